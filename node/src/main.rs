@@ -1,1 +1,24 @@
-fn main(){}
+//! The `lamina` binary: parses the command line and runs one command.
+
+use clap::Parser;
+
+fn main() -> std::process::ExitCode {
+    let cli = lamina_node::cli::Cli::parse();
+    // Thread counts must be fixed before candle builds its pools on first use.
+    if let Some(n) = cli.threads() {
+        lamina_node::cmd::set_compute_threads(n);
+    }
+    let filter = tracing_subscriber::EnvFilter::try_from_env("LAMINA_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    match lamina_node::cmd::run(cli) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::from(1)
+        }
+    }
+}

@@ -1,1 +1,86 @@
-//! placeholder
+//! # lamina-protocol
+//!
+//! Every type that crosses lamina's network, and the code that turns them into bytes and
+//! back. Pure code: no sockets, no clocks, no tokio, no candle, no libp2p. The node moves
+//! bytes between QUIC streams and a [`FrameDecoder`]; everything that can be wrong with
+//! those bytes is decided here, as a typed [`ProtocolError`], never as a panic.
+//!
+//! ## Modules
+//! * [`ids`]: [`ModelId`], [`CertFingerprint`], [`SessionId`] (hex text, raw bytes on the wire).
+//! * [`layers`]: [`LayerRange`] (`"a..b"`).
+//! * [`tensor`]: [`WireTensor`] and [`WireDType`]: activations and logits as raw LE bytes.
+//! * [`message`]: [`Message`] and the structs it carries; [`ErrorCode`]; [`PROTOCOL_VERSION`].
+//! * [`frame`]: the frame layout, [`encode_frame`], [`FrameDecoder`], [`FrameLimits`].
+//! * [`error`]: [`ProtocolError`].
+//!
+//! ## One generation on the wire
+//! The client (the entry peer) has planned a chain of hops `h0 .. hn` whose layer ranges
+//! are contiguous and cover the model. Each data-plane stream carries one session:
+//!
+//! 1. **Handshake.** The dialer sends [`Hello`] (protocol version, model id, name); the hop
+//!    answers [`HelloAck`] with the layers it has loaded, or [`Message::Error`] with
+//!    `UnsupportedVersion` / `WrongModel`. The version is read before anything else, so
+//!    peers of different versions can always say so to each other.
+//! 2. **Open.** The client sends [`OpenSession`] to `h0`: session id, layers, `max_length`,
+//!    activation dtype, and `next_hops` = the rest of the chain (each hop's layers, address
+//!    and certificate fingerprint). `h0` opens the same session on `h1` with
+//!    `next_hops[1..]`, and so on; only the last hop gets [`SamplingSettings`]. Each hop
+//!    answers [`SessionOpened`] (or an `Error` such as `SessionLimit` or `LayerMismatch`).
+//!    The client may pipeline the first `Forward` behind `OpenSession`.
+//! 3. **Prefill.** The client sends [`Forward`] with the prompt's token ids
+//!    ([`ForwardInput::Tokens`]) at `start_pos = 0`, split into chunks if the hidden states
+//!    would not fit in one frame ([`FrameLimits::max_hidden_rows`]). `h0` embeds and runs its
+//!    layers and sends `Forward` with [`ForwardInput::Hidden`] (`[rows, hidden_dim]`, f16 by
+//!    default) to `h1`, which does the same. The last hop applies the final norm and the
+//!    output head, samples, and the [`StepResult`] with [`StepOutput::Token`] travels back
+//!    up the chain to the client.
+//! 4. **Decode.** Every new token is one more `Forward` of one row with the next `step` and
+//!    `start_pos`; every hop appends to its KV cache. `step` increases strictly, so a replay
+//!    after failover and the hop's own checks agree on which step is which.
+//! 5. **Close.** [`Close`] travels down the chain, each hop frees its cache and answers
+//!    [`Closed`]. Idle sessions also expire on their own (node policy, announced by an
+//!    unasked `Closed`).
+//!
+//! Any frame that fails to decode is answered with `Message::Error` whose code comes from
+//! [`ProtocolError::code`]; the stream stays usable unless the error
+//! [`is_fatal`](ProtocolError::is_fatal).
+//!
+//! ## Limits, and why each exists
+//! * **Frame size** ([`FrameLimits::max_frame_bytes`], 64 MiB by default): a peer must not
+//!   be able to make a node buffer without bound. Checked on the 4-byte length prefix,
+//!   before the body is read or any memory is set aside for it.
+//! * **Header size** ([`FrameLimits::max_header_bytes`], at most 1 MiB): bounds the
+//!   variable-length fields (token ids, names, hop lists); tensors live outside the header.
+//! * **bincode allocation limit** (4 MiB per header): a length field inside the header
+//!   cannot make bincode reserve memory it will never fill.
+//! * **Tensor rank** ([`MAX_TENSOR_RANK`] = 8) and **element count**
+//!   ([`MAX_TENSOR_ELEMENTS`] = 2^31), checked with overflow checks: the byte length of a
+//!   tensor is computed from its shape, so an absurd shape must be refused before that
+//!   arithmetic can wrap.
+//! * **Error message length** ([`MAX_ERROR_MESSAGE_BYTES`]): an error reply is never large.
+//!
+//! See [`frame`] for the byte-by-byte frame layout.
+
+pub mod error;
+pub mod frame;
+pub mod ids;
+pub mod layers;
+pub mod message;
+pub mod tensor;
+
+pub use error::{ProtocolError, Result};
+pub use frame::{
+    decode_frame, encode_frame, encode_frame_parts, encode_frame_with, FrameDecoder, FrameLimits,
+    FrameParts, DEFAULT_MAX_FRAME_BYTES, MAX_HEADER_BYTES,
+};
+pub use ids::{CertFingerprint, ModelId, SessionId};
+pub use layers::LayerRange;
+pub use message::{
+    check_version, Close, Closed, ErrorCode, ErrorMessage, Forward, ForwardInput, Hello, HelloAck,
+    HopAddr, Message, MessageKind, OpenSession, SamplingSettings, SessionOpened, StepOutput,
+    StepResult, MAX_ERROR_MESSAGE_BYTES, PROTOCOL_VERSION,
+};
+pub use tensor::{
+    checked_byte_len, checked_element_count, WireDType, WireTensor, MAX_TENSOR_ELEMENTS,
+    MAX_TENSOR_RANK,
+};

@@ -1,1 +1,567 @@
-//! (in progress)
+//! The layer-range executor: one shard of a Llama-family model on candle.
+//!
+//! A [`Shard`] holds the weights of layers `a..b` (plus the embedding when `a == 0` and
+//! the final norm and output head when `b == L`) and runs forward steps for any number of
+//! sessions, each with its own [`KvCache`]. One step may carry several sessions' rows at
+//! once: the weight matmuls run over all rows together (that is where batching pays, the
+//! weights are streamed once), attention runs per session against its own cache.
+//!
+//! candle-transformers' `quantized_llama` loads every layer and keeps its caches inside
+//! the layers, so it cannot be cut; this executor reuses candle's building blocks
+//! (`QMatMul`, the fused RMSNorm, `rope_i`/`rope`) with explicit caches and per-row
+//! positions. Matmuls run on the quantized weights; nothing is dequantized at load except
+//! float weights, which candle keeps as plain tensors.
+
+use crate::config::{ModelConfig, RopeStyle};
+use crate::kv_cache::KvCache;
+use crate::layers::LayerRange;
+use crate::source::ModelFile;
+use crate::{Error, Result};
+use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
+use candle_core::{DType, Device, Module, Tensor};
+use std::sync::Arc;
+
+/// What a shard is fed for one session in one step.
+#[derive(Clone, Debug)]
+pub enum ShardInput {
+    /// Token ids (first shard only).
+    Tokens(Vec<u32>),
+    /// Hidden states `(rows, dim)`, f32 (every other shard).
+    Hidden(Tensor),
+}
+
+impl ShardInput {
+    pub fn rows(&self) -> Result<usize> {
+        Ok(match self {
+            ShardInput::Tokens(t) => t.len(),
+            ShardInput::Hidden(h) => h.dim(0)?,
+        })
+    }
+}
+
+/// Which rows the last shard turns into logits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogitRows {
+    /// Only the last row (what generation needs).
+    Last,
+    /// Every row (for tests that compare whole sequences).
+    All,
+}
+
+/// The result of one session's step.
+#[derive(Clone, Debug)]
+pub enum ShardOutput {
+    /// Hidden states `(rows, dim)` to send to the next shard.
+    Hidden(Tensor),
+    /// Logits `(n, vocab)` from the last shard.
+    Logits(Tensor),
+}
+
+impl ShardOutput {
+    pub fn into_tensor(self) -> Tensor {
+        match self {
+            ShardOutput::Hidden(t) | ShardOutput::Logits(t) => t,
+        }
+    }
+}
+
+/// One session's part of a batched step.
+pub struct SeqStep<'a> {
+    pub cache: &'a mut KvCache,
+    pub input: ShardInput,
+    pub logits: LogitRows,
+}
+
+/// RMSNorm with its weight; candle's fused kernel over the last dimension.
+#[derive(Debug, Clone)]
+struct RmsNorm {
+    weight: Tensor,
+    eps: f32,
+}
+
+impl RmsNorm {
+    fn load(model: &ModelFile, name: &str, dim: usize, eps: f64, dev: &Device) -> Result<Self> {
+        let w = model.load(name, Some(&[dim]), dev)?.dequantize(dev)?;
+        Ok(Self {
+            weight: w,
+            eps: eps as f32,
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(candle_nn::ops::rms_norm(x, &self.weight, self.eps)?)
+    }
+}
+
+/// A linear layer on the stored (usually quantized) weight.
+#[derive(Debug, Clone)]
+struct Linear {
+    inner: QMatMul,
+}
+
+impl Linear {
+    fn from_qtensor(t: Arc<QTensor>) -> Result<Self> {
+        Ok(Self {
+            inner: QMatMul::from_arc(t)?,
+        })
+    }
+
+    fn load(model: &ModelFile, name: &str, out: usize, inp: usize, dev: &Device) -> Result<Self> {
+        let t = model.load(name, Some(&[out, inp]), dev)?;
+        Self::from_qtensor(Arc::new(t))
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(self.inner.forward(x)?)
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Block {
+    attn_norm: RmsNorm,
+    wq: Linear,
+    wk: Linear,
+    wv: Linear,
+    wo: Linear,
+    ffn_norm: RmsNorm,
+    gate: Linear,
+    up: Linear,
+    down: Linear,
+}
+
+/// The token embedding, kept in its stored type; rows are dequantized on lookup.
+#[derive(Debug, Clone)]
+enum Embedding {
+    Float(Tensor),
+    Quantized(Arc<QTensor>),
+}
+
+impl Embedding {
+    fn forward(&self, ids: &[u32], dev: &Device) -> Result<Tensor> {
+        let ids_t = Tensor::new(ids, dev)?;
+        Ok(match self {
+            Embedding::Float(t) => t.index_select(&ids_t, 0)?,
+            Embedding::Quantized(q) => q.embedding(&ids_t)?,
+        })
+    }
+}
+
+/// Final norm and output head.
+#[derive(Debug, Clone)]
+struct Head {
+    norm: RmsNorm,
+    output: Linear,
+}
+
+/// Precomputed rotary tables `(positions, head_dim / 2)`.
+#[derive(Debug, Clone)]
+struct Rope {
+    cos: Tensor,
+    sin: Tensor,
+    style: RopeStyle,
+}
+
+impl Rope {
+    fn new(cfg: &ModelConfig, max_pos: usize, dev: &Device) -> Result<Self> {
+        let half = cfg.rope_dim / 2;
+        // theta_i = base^(-2i/d), the same recurrence as llama.cpp's rope.
+        let inv: Vec<f32> = (0..half)
+            .map(|i| 1.0 / cfg.rope_base.powf(2.0 * i as f32 / cfg.rope_dim as f32))
+            .collect();
+        let mut cos = Vec::with_capacity(max_pos * half);
+        let mut sin = Vec::with_capacity(max_pos * half);
+        for p in 0..max_pos {
+            for f in &inv {
+                let a = p as f32 * f;
+                cos.push(a.cos());
+                sin.push(a.sin());
+            }
+        }
+        Ok(Self {
+            cos: Tensor::from_vec(cos, (max_pos, half), dev)?,
+            sin: Tensor::from_vec(sin, (max_pos, half), dev)?,
+            style: cfg.rope_style,
+        })
+    }
+
+    /// Rotates `x` of shape `(rows, heads, head_dim)`, row `r` at position `pos[r]`.
+    fn apply(&self, x: &Tensor, pos: &Tensor) -> Result<Tensor> {
+        let (rows, heads, hd) = x.dims3()?;
+        // (rows, heads, 1, hd): each row is its own "batch" with its own position, so
+        // rows of different sessions rotate in one call without a copy.
+        let x4 = x.reshape((rows, heads, 1, hd))?;
+        let cos = self.cos.index_select(pos, 0)?.reshape((rows, 1, hd / 2))?;
+        let sin = self.sin.index_select(pos, 0)?.reshape((rows, 1, hd / 2))?;
+        let y = match self.style {
+            RopeStyle::Interleaved => candle_nn::rotary_emb::rope_i(&x4, &cos, &sin)?,
+            RopeStyle::Neox => candle_nn::rotary_emb::rope(&x4, &cos, &sin)?,
+        };
+        Ok(y.reshape((rows, heads, hd))?)
+    }
+}
+
+/// The weights of one layer range, and the code to run them.
+#[derive(Debug, Clone)]
+pub struct Shard {
+    cfg: Arc<ModelConfig>,
+    range: LayerRange,
+    device: Device,
+    embedding: Option<Embedding>,
+    blocks: Vec<Block>,
+    head: Option<Head>,
+    rope: Rope,
+    /// Positions a session may reach: the model's context length.
+    max_positions: usize,
+}
+
+impl Shard {
+    /// Loads layers `range` of `model`, reading only the tensors this range needs.
+    pub fn load(model: &ModelFile, range: LayerRange, device: &Device) -> Result<Self> {
+        let cfg = model.config()?;
+        Self::load_with_config(model, Arc::new(cfg), range, device)
+    }
+
+    /// As [`Shard::load`], with a config already read (shared between shards).
+    pub fn load_with_config(
+        model: &ModelFile,
+        cfg: Arc<ModelConfig>,
+        range: LayerRange,
+        device: &Device,
+    ) -> Result<Self> {
+        range.check(cfg.n_layers)?;
+        let _span = tracing::info_span!("load_shard", layers = %range).entered();
+        let dim = cfg.dim;
+        let q_dim = cfg.n_heads * cfg.head_dim;
+        let kv_dim = cfg.n_kv_heads * cfg.head_dim;
+        let is_last = range.is_last(cfg.n_layers);
+
+        // The embedding is shared with a tied output head: read it once.
+        let need_embd = range.is_first() || (is_last && cfg.tied_embeddings);
+        let embd_q = if need_embd {
+            Some(Arc::new(model.load(
+                "token_embd.weight",
+                Some(&[cfg.vocab_size, dim]),
+                device,
+            )?))
+        } else {
+            None
+        };
+        let embedding = match (&embd_q, range.is_first()) {
+            (Some(q), true) => Some(match q.dtype() {
+                GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16 => {
+                    Embedding::Float(q.dequantize(device)?)
+                }
+                _ => Embedding::Quantized(q.clone()),
+            }),
+            _ => None,
+        };
+
+        let mut blocks = Vec::with_capacity(range.len());
+        for l in range.iter() {
+            let n = |s: &str| format!("blk.{l}.{s}");
+            blocks.push(Block {
+                attn_norm: RmsNorm::load(model, &n("attn_norm.weight"), dim, cfg.rms_eps, device)?,
+                wq: Linear::load(model, &n("attn_q.weight"), q_dim, dim, device)?,
+                wk: Linear::load(model, &n("attn_k.weight"), kv_dim, dim, device)?,
+                wv: Linear::load(model, &n("attn_v.weight"), kv_dim, dim, device)?,
+                wo: Linear::load(model, &n("attn_output.weight"), dim, q_dim, device)?,
+                ffn_norm: RmsNorm::load(model, &n("ffn_norm.weight"), dim, cfg.rms_eps, device)?,
+                gate: Linear::load(model, &n("ffn_gate.weight"), cfg.ffn_dim, dim, device)?,
+                up: Linear::load(model, &n("ffn_up.weight"), cfg.ffn_dim, dim, device)?,
+                down: Linear::load(model, &n("ffn_down.weight"), dim, cfg.ffn_dim, device)?,
+            });
+        }
+
+        let head = if is_last {
+            let norm = RmsNorm::load(model, "output_norm.weight", dim, cfg.rms_eps, device)?;
+            let output = if cfg.tied_embeddings {
+                match &embd_q {
+                    Some(q) => Linear::from_qtensor(q.clone())?,
+                    None => return Err(Error::MissingTensor("token_embd.weight".into())),
+                }
+            } else {
+                Linear::load(model, "output.weight", cfg.vocab_size, dim, device)?
+            };
+            Some(Head { norm, output })
+        } else {
+            None
+        };
+        let max_positions = cfg.context_length;
+        let rope = Rope::new(&cfg, max_positions, device)?;
+        Ok(Self {
+            cfg,
+            range,
+            device: device.clone(),
+            embedding,
+            blocks,
+            head,
+            rope,
+            max_positions,
+        })
+    }
+
+    pub fn config(&self) -> &ModelConfig {
+        &self.cfg
+    }
+
+    pub fn range(&self) -> LayerRange {
+        self.range
+    }
+
+    pub fn is_first(&self) -> bool {
+        self.range.is_first()
+    }
+
+    pub fn is_last(&self) -> bool {
+        self.head.is_some()
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// A new, empty cache for one session of at most `max_len` positions (capped by the
+    /// model's context length).
+    pub fn new_cache(&self, max_len: usize) -> Result<KvCache> {
+        if max_len == 0 || max_len > self.max_positions {
+            return Err(Error::ContextOverflow {
+                needed: max_len,
+                limit: self.max_positions,
+            });
+        }
+        Ok(KvCache::new(
+            self.range.start,
+            self.range.len(),
+            self.cfg.n_kv_heads,
+            self.cfg.head_dim,
+            max_len,
+        ))
+    }
+
+    /// Runs one step for one session.
+    pub fn forward(
+        &self,
+        cache: &mut KvCache,
+        input: ShardInput,
+        logits: LogitRows,
+    ) -> Result<ShardOutput> {
+        let mut steps = [SeqStep {
+            cache,
+            input,
+            logits,
+        }];
+        let mut out = self.forward_batch(&mut steps)?;
+        out.pop()
+            .ok_or_else(|| Error::InvalidInput("empty batch".into()))
+    }
+
+    /// Runs one step for several sessions at once. Either every session advances or, on
+    /// error, none does.
+    pub fn forward_batch(&self, steps: &mut [SeqStep<'_>]) -> Result<Vec<ShardOutput>> {
+        if steps.is_empty() {
+            return Ok(Vec::new());
+        }
+        let _span = tracing::debug_span!("shard_forward", layers = %self.range, seqs = steps.len()).entered();
+        // Validate everything before touching any cache.
+        let mut rows_of = Vec::with_capacity(steps.len());
+        for s in steps.iter() {
+            let rows = self.check_input(s)?;
+            s.cache.check_room(rows)?;
+            rows_of.push(rows);
+        }
+        // Positions of every row, and the input rows stacked.
+        let mut pos = Vec::with_capacity(rows_of.iter().sum());
+        for (s, &rows) in steps.iter().zip(&rows_of) {
+            let start = s.cache.len() as u32;
+            pos.extend(start..start + rows as u32);
+        }
+        let pos_t = Tensor::new(pos.as_slice(), &self.device)?;
+        let mut x = self.stack_inputs(steps)?;
+
+        for (i, block) in self.blocks.iter().enumerate() {
+            x = self.block_forward(i, block, &x, &pos_t, steps, &rows_of)?;
+        }
+
+        for (s, &rows) in steps.iter_mut().zip(&rows_of) {
+            s.cache.commit(rows);
+        }
+
+        let mut outs = Vec::with_capacity(steps.len());
+        let mut offset = 0;
+        for (s, &rows) in steps.iter().zip(&rows_of) {
+            let h = x.narrow(0, offset, rows)?;
+            offset += rows;
+            outs.push(match &self.head {
+                None => ShardOutput::Hidden(h),
+                Some(head) => {
+                    let h = match s.logits {
+                        LogitRows::Last => h.narrow(0, rows - 1, 1)?,
+                        LogitRows::All => h,
+                    };
+                    let h = head.norm.forward(&h)?;
+                    ShardOutput::Logits(head.output.forward(&h)?)
+                }
+            });
+        }
+        Ok(outs)
+    }
+
+    fn check_input(&self, s: &SeqStep<'_>) -> Result<usize> {
+        if s.cache.first_layer() != self.range.start || s.cache.n_layers() != self.range.len() {
+            return Err(Error::InvalidInput(format!(
+                "the cache is for layers {}..{}, this shard runs {}",
+                s.cache.first_layer(),
+                s.cache.first_layer() + s.cache.n_layers(),
+                self.range
+            )));
+        }
+        match (&s.input, self.embedding.is_some()) {
+            (ShardInput::Tokens(t), true) => {
+                if t.is_empty() {
+                    return Err(Error::InvalidInput("no tokens in the step".into()));
+                }
+                if let Some(bad) = t.iter().find(|&&id| id as usize >= self.cfg.vocab_size) {
+                    return Err(Error::InvalidInput(format!(
+                        "token id {bad} is outside the vocabulary (size {})",
+                        self.cfg.vocab_size
+                    )));
+                }
+                Ok(t.len())
+            }
+            (ShardInput::Hidden(h), false) => {
+                let dims = h.dims();
+                if dims.len() != 2 || dims[1] != self.cfg.dim || dims[0] == 0 {
+                    return Err(Error::InvalidInput(format!(
+                        "hidden states must have shape (rows >= 1, {}), got {:?}",
+                        self.cfg.dim, dims
+                    )));
+                }
+                if h.dtype() != DType::F32 {
+                    return Err(Error::InvalidInput(format!(
+                        "hidden states must be f32, got {:?}",
+                        h.dtype()
+                    )));
+                }
+                Ok(dims[0])
+            }
+            (ShardInput::Tokens(_), false) => Err(Error::InvalidInput(format!(
+                "shard {} starts mid-model and takes hidden states, not token ids",
+                self.range
+            ))),
+            (ShardInput::Hidden(_), true) => Err(Error::InvalidInput(format!(
+                "shard {} starts the model and takes token ids, not hidden states",
+                self.range
+            ))),
+        }
+    }
+
+    fn stack_inputs(&self, steps: &[SeqStep<'_>]) -> Result<Tensor> {
+        let parts = steps
+            .iter()
+            .map(|s| match &s.input {
+                ShardInput::Tokens(t) => match &self.embedding {
+                    Some(e) => e.forward(t, &self.device),
+                    None => Err(Error::InvalidInput("no embedding".into())),
+                },
+                ShardInput::Hidden(h) => Ok(h.to_device(&self.device)?),
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(if parts.len() == 1 {
+            parts.into_iter().next().ok_or_else(|| Error::InvalidInput("empty".into()))?
+        } else {
+            Tensor::cat(&parts, 0)?
+        })
+    }
+
+    fn block_forward(
+        &self,
+        layer: usize,
+        b: &Block,
+        x: &Tensor,
+        pos: &Tensor,
+        steps: &mut [SeqStep<'_>],
+        rows_of: &[usize],
+    ) -> Result<Tensor> {
+        let cfg = &*self.cfg;
+        let (hd, nh, nkv) = (cfg.head_dim, cfg.n_heads, cfg.n_kv_heads);
+        let rows = x.dim(0)?;
+        let h = b.attn_norm.forward(x)?;
+        let q = b.wq.forward(&h)?.reshape((rows, nh, hd))?;
+        let k = b.wk.forward(&h)?.reshape((rows, nkv, hd))?;
+        let v = b.wv.forward(&h)?.reshape((rows, nkv, hd))?;
+        let q = self.rope.apply(&q, pos)?;
+        let k = self.rope.apply(&k, pos)?;
+
+        let mut outs = Vec::with_capacity(steps.len());
+        let mut offset = 0;
+        for (s, &n) in steps.iter_mut().zip(rows_of) {
+            let qs = q.narrow(0, offset, n)?;
+            let ks = k.narrow(0, offset, n)?.transpose(0, 1)?.contiguous()?;
+            let vs = v.narrow(0, offset, n)?.transpose(0, 1)?.contiguous()?;
+            offset += n;
+            let start = s.cache.len();
+            let (kc, vc) = s.cache.append(layer, &ks, &vs)?;
+            outs.push(attention(&qs, &kc, &vc, start, nh, nkv, hd)?);
+        }
+        let attn = if outs.len() == 1 {
+            outs.pop().ok_or_else(|| Error::InvalidInput("empty".into()))?
+        } else {
+            Tensor::cat(&outs, 0)?
+        };
+        let x = (x + b.wo.forward(&attn)?)?;
+
+        let h = b.ffn_norm.forward(&x)?;
+        let g = candle_nn::ops::silu(&b.gate.forward(&h)?)?;
+        let u = b.up.forward(&h)?;
+        let y = b.down.forward(&(g * u)?)?;
+        Ok((x + y)?)
+    }
+}
+
+/// Causal grouped-query attention of `q` `(t, n_heads, hd)` at positions
+/// `start..start + t` against the cached `k`, `v` `(n_kv, start + t, hd)`. Query heads
+/// sharing a KV head are folded into one matmul instead of copying K and V per head.
+fn attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    start: usize,
+    nh: usize,
+    nkv: usize,
+    hd: usize,
+) -> Result<Tensor> {
+    let t = q.dim(0)?;
+    let kv_len = start + t;
+    let rep = nh / nkv;
+    // (t, nh, hd) -> (nh, t, hd) -> (nkv, rep * t, hd)
+    let q = q.transpose(0, 1)?.contiguous()?.reshape((nkv, rep * t, hd))?;
+    let scale = 1.0 / (hd as f64).sqrt();
+    let att = (q.matmul(&k.t()?)? * scale)?;
+    let att = if t > 1 {
+        // Row i of the step sees keys 0..=start + i.
+        let mut mask = vec![0f32; t * kv_len];
+        for i in 0..t {
+            for j in (start + i + 1)..kv_len {
+                mask[i * kv_len + j] = f32::NEG_INFINITY;
+            }
+        }
+        let mask = Tensor::from_vec(mask, (t, kv_len), q.device())?;
+        att.reshape((nkv, rep, t, kv_len))?
+            .broadcast_add(&mask)?
+            .reshape((nkv, rep * t, kv_len))?
+    } else {
+        att
+    };
+    let att = candle_nn::ops::softmax_last_dim(&att)?;
+    let y = att.matmul(v)?; // (nkv, rep * t, hd)
+    Ok(y
+        .reshape((nh, t, hd))?
+        .transpose(0, 1)?
+        .contiguous()?
+        .reshape((t, nh * hd))?)
+}
+
+/// One row of a logits tensor as a vector.
+pub fn logits_row(logits: &Tensor, row: usize) -> Result<Vec<f32>> {
+    Ok(logits.get(row)?.to_dtype(DType::F32)?.to_vec1::<f32>()?)
+}

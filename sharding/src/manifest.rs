@@ -1,1 +1,134 @@
-//! (in progress)
+//! Content manifests: a blake3 hash of every tensor's stored bytes, grouped by the layer
+//! it belongs to. The model id is the blake3 of the manifest's canonical encoding, so two
+//! nodes agree that they serve the same model exactly when they hold the same bytes,
+//! whatever the files are called, and a node can check the slice it loads.
+
+use crate::source::ModelFile;
+use crate::Result;
+use std::collections::BTreeMap;
+
+/// Which part of the model a tensor belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+pub enum Group {
+    /// The token embedding (needed by the first shard).
+    Embedding,
+    /// A transformer block.
+    Layer(usize),
+    /// Final norm and output head (needed by the last shard).
+    Head,
+    /// Anything else (kept so that the id covers every byte).
+    Other,
+}
+
+/// Classifies a GGUF tensor name.
+pub fn group_of(name: &str) -> Group {
+    if name == "token_embd.weight" {
+        return Group::Embedding;
+    }
+    if name == "output_norm.weight" || name == "output.weight" {
+        return Group::Head;
+    }
+    if let Some(rest) = name.strip_prefix("blk.") {
+        if let Some((n, _)) = rest.split_once('.') {
+            if let Ok(n) = n.parse() {
+                return Group::Layer(n);
+            }
+        }
+    }
+    Group::Other
+}
+
+/// One tensor's entry.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct TensorHash {
+    pub name: String,
+    pub dtype: String,
+    pub shape: Vec<usize>,
+    pub bytes: u64,
+    pub blake3: String,
+}
+
+/// The manifest of a model.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Manifest {
+    pub groups: BTreeMap<Group, Vec<TensorHash>>,
+}
+
+impl Manifest {
+    /// Hashes every tensor of the file. Tensors of a type lamina cannot load are hashed
+    /// too (their bytes still identify the model) when their size is known.
+    pub fn compute(model: &ModelFile) -> Result<Self> {
+        let mut groups: BTreeMap<Group, Vec<TensorHash>> = BTreeMap::new();
+        for t in model.tensor_list() {
+            let Ok(bytes) = model.raw_bytes(&t.name) else {
+                continue;
+            };
+            let hash = blake3::hash(bytes);
+            groups.entry(group_of(&t.name)).or_default().push(TensorHash {
+                name: t.name.clone(),
+                dtype: t.dtype.clone(),
+                shape: t.shape.clone(),
+                bytes: bytes.len() as u64,
+                blake3: hash.to_hex().to_string(),
+            });
+        }
+        for v in groups.values_mut() {
+            v.sort_by(|a, b| a.name.cmp(&b.name));
+        }
+        Ok(Self { groups })
+    }
+
+    /// The canonical encoding the model id is computed from: one line per tensor, sorted
+    /// by group then name, `name dtype dims bytes hash`.
+    pub fn canonical(&self) -> String {
+        let mut out = String::from("lamina-manifest-v1\n");
+        for tensors in self.groups.values() {
+            for t in tensors {
+                let dims: Vec<String> = t.shape.iter().map(|d| d.to_string()).collect();
+                out.push_str(&format!(
+                    "{} {} {} {} {}\n",
+                    t.name,
+                    t.dtype,
+                    dims.join("x"),
+                    t.bytes,
+                    t.blake3
+                ));
+            }
+        }
+        out
+    }
+
+    /// The model id: blake3 of the canonical manifest, hex.
+    pub fn model_id(&self) -> String {
+        blake3::hash(self.canonical().as_bytes()).to_hex().to_string()
+    }
+
+    /// Bytes per group, for `model inspect`.
+    pub fn group_bytes(&self) -> BTreeMap<Group, u64> {
+        self.groups
+            .iter()
+            .map(|(g, ts)| (*g, ts.iter().map(|t| t.bytes).sum()))
+            .collect()
+    }
+
+    /// Looks up one tensor's hash.
+    pub fn get(&self, name: &str) -> Option<&TensorHash> {
+        self.groups
+            .get(&group_of(name))
+            .and_then(|v| v.iter().find(|t| t.name == name))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn groups() {
+        assert_eq!(group_of("token_embd.weight"), Group::Embedding);
+        assert_eq!(group_of("blk.12.attn_q.weight"), Group::Layer(12));
+        assert_eq!(group_of("output.weight"), Group::Head);
+        assert_eq!(group_of("output_norm.weight"), Group::Head);
+        assert_eq!(group_of("rope_freqs.weight"), Group::Other);
+    }
+}

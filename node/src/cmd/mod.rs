@@ -1,0 +1,22 @@
+//! The commands of the `lamina` binary, one module each.
+
+mod generate;
+mod model;
+
+use crate::cli::{Cli, Command};
+
+/// Fixes the number of compute threads candle uses. Must run before any tensor work,
+/// because candle sizes its thread pools once, from these variables, on first use.
+pub fn set_compute_threads(n: usize) {
+    // SAFETY (edition 2021: not unsafe): called at startup, before any other thread exists.
+    std::env::set_var("RAYON_NUM_THREADS", n.to_string());
+    std::env::set_var("CANDLE_NUM_THREADS", n.to_string());
+}
+
+/// Runs the parsed command.
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Generate(args) => generate::run(args),
+        Command::Model(cmd) => model::run(cmd),
+    }
+}

@@ -1,0 +1,774 @@
+//! The wire messages: one [`Message`] enum for both directions of a data-plane stream.
+//!
+//! # Why one enum, not Request/Response enums
+//! A hop is a server to its upstream and a client to its downstream (it forwards its output
+//! to the next hop itself), and errors flow both ways. A single tag space means any frame can
+//! be identified without knowing which side sent it, one [`FrameDecoder`](crate::FrameDecoder)
+//! serves every stream, and the fuzzer covers every message through one entry point. Which
+//! message is legal when is the session state machine's business (in `lamina-node`), which
+//! answers an out-of-place message with [`ErrorCode::UnexpectedMessage`].
+//!
+//! Every message here is plain data with public fields. [`Message::validate`] holds the rules
+//! that the types alone cannot (non-empty token lists, contiguous hop chains, ...); the frame
+//! encoder refuses to send and the decoder refuses to accept a message that breaks them.
+
+use std::fmt;
+use std::ops::Range;
+
+use bincode::de::{BorrowDecoder, Decoder};
+use bincode::enc::Encoder;
+use bincode::error::{DecodeError, EncodeError};
+use bincode::{BorrowDecode, Decode, Encode};
+use serde::{Deserialize, Serialize};
+
+use crate::error::ProtocolError;
+use crate::ids::{CertFingerprint, ModelId, SessionId};
+use crate::layers::LayerRange;
+use crate::tensor::{WireDType, WireTensor};
+
+/// The version of this protocol. A `Hello` or `HelloAck` carrying another version is refused
+/// with [`ProtocolError::UnsupportedVersion`] (and an [`ErrorCode::UnsupportedVersion`]
+/// reply) before the rest of it is read.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Bytes of an error message kept by [`ErrorMessage::new`]: enough for a useful sentence,
+/// small enough that an error reply never competes with real traffic.
+pub const MAX_ERROR_MESSAGE_BYTES: usize = 1024;
+
+/// Checks a peer's announced protocol version against [`PROTOCOL_VERSION`].
+pub fn check_version(peer: u32) -> Result<(), ProtocolError> {
+    if peer == PROTOCOL_VERSION {
+        Ok(())
+    } else {
+        Err(ProtocolError::UnsupportedVersion {
+            peer,
+            ours: PROTOCOL_VERSION,
+        })
+    }
+}
+
+/// The kind of a message, i.e. its tag byte in a frame.
+///
+/// Tags 0 (`Hello`), 1 (`HelloAck`) and 2 (`Error`) and the leading `protocol_version` field
+/// of `Hello`/`HelloAck` are frozen for all future versions, so that peers of different
+/// versions can always tell each other so.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+#[repr(u8)]
+pub enum MessageKind {
+    /// See [`Hello`].
+    Hello = 0,
+    /// See [`HelloAck`].
+    HelloAck = 1,
+    /// See [`ErrorMessage`].
+    Error = 2,
+    /// See [`OpenSession`].
+    OpenSession = 3,
+    /// See [`SessionOpened`].
+    SessionOpened = 4,
+    /// See [`Forward`].
+    Forward = 5,
+    /// See [`StepResult`].
+    StepResult = 6,
+    /// See [`Close`].
+    Close = 7,
+    /// See [`Closed`].
+    Closed = 8,
+}
+
+impl MessageKind {
+    /// Every kind, in tag order.
+    pub const ALL: [MessageKind; 9] = [
+        MessageKind::Hello,
+        MessageKind::HelloAck,
+        MessageKind::Error,
+        MessageKind::OpenSession,
+        MessageKind::SessionOpened,
+        MessageKind::Forward,
+        MessageKind::StepResult,
+        MessageKind::Close,
+        MessageKind::Closed,
+    ];
+
+    /// The tag byte.
+    pub const fn tag(self) -> u8 {
+        self as u8
+    }
+
+    /// The kind with this tag byte, if any.
+    pub fn from_tag(tag: u8) -> Option<Self> {
+        Self::ALL.get(usize::from(tag)).copied()
+    }
+
+    /// The kind's name, as in the enum.
+    pub const fn name(self) -> &'static str {
+        match self {
+            MessageKind::Hello => "Hello",
+            MessageKind::HelloAck => "HelloAck",
+            MessageKind::Error => "Error",
+            MessageKind::OpenSession => "OpenSession",
+            MessageKind::SessionOpened => "SessionOpened",
+            MessageKind::Forward => "Forward",
+            MessageKind::StepResult => "StepResult",
+            MessageKind::Close => "Close",
+            MessageKind::Closed => "Closed",
+        }
+    }
+}
+
+impl fmt::Display for MessageKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Every message of the data plane.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Message {
+    /// First frame a dialer sends on a new stream.
+    Hello(Hello),
+    /// The answer to a compatible `Hello`.
+    HelloAck(HelloAck),
+    /// A typed failure; may answer any message.
+    Error(ErrorMessage),
+    /// Asks a hop to run a range of layers for one session.
+    OpenSession(OpenSession),
+    /// The answer to an accepted `OpenSession`.
+    SessionOpened(SessionOpened),
+    /// Input rows for one step of a session.
+    Forward(Forward),
+    /// Output of one step of a session.
+    StepResult(StepResult),
+    /// Ends a session and frees its KV cache.
+    Close(Close),
+    /// The answer to `Close`.
+    Closed(Closed),
+}
+
+impl Message {
+    /// The message's kind (its tag byte).
+    pub fn kind(&self) -> MessageKind {
+        match self {
+            Message::Hello(_) => MessageKind::Hello,
+            Message::HelloAck(_) => MessageKind::HelloAck,
+            Message::Error(_) => MessageKind::Error,
+            Message::OpenSession(_) => MessageKind::OpenSession,
+            Message::SessionOpened(_) => MessageKind::SessionOpened,
+            Message::Forward(_) => MessageKind::Forward,
+            Message::StepResult(_) => MessageKind::StepResult,
+            Message::Close(_) => MessageKind::Close,
+            Message::Closed(_) => MessageKind::Closed,
+        }
+    }
+
+    /// Checks the rules the types cannot express. Run by the frame encoder and decoder.
+    ///
+    /// The protocol version of `Hello`/`HelloAck` is not checked here (the decoder does it
+    /// before reading the rest), so a test can still build and send a foreign version.
+    pub fn validate(&self) -> Result<(), ProtocolError> {
+        match self {
+            Message::Hello(_)
+            | Message::Error(_)
+            | Message::SessionOpened(_)
+            | Message::Close(_)
+            | Message::Closed(_) => Ok(()),
+            Message::HelloAck(m) => m.validate(),
+            Message::OpenSession(m) => m.validate(),
+            Message::Forward(m) => m.validate(),
+            Message::StepResult(m) => m.validate(),
+        }
+    }
+
+    /// The session a message is about, if it is about one.
+    pub fn session_id(&self) -> Option<SessionId> {
+        match self {
+            Message::OpenSession(m) => Some(m.session_id),
+            Message::SessionOpened(m) => Some(m.session_id),
+            Message::Forward(m) => Some(m.session_id),
+            Message::StepResult(m) => Some(m.session_id),
+            Message::Close(m) => Some(m.session_id),
+            Message::Closed(m) => Some(m.session_id),
+            Message::Hello(_) | Message::HelloAck(_) | Message::Error(_) => None,
+        }
+    }
+
+    /// Shorthand for an error reply.
+    pub fn error(code: ErrorCode, message: impl Into<String>) -> Self {
+        Message::Error(ErrorMessage::new(code, message))
+    }
+}
+
+/// First frame on a new stream: who is calling, for which model, in which version.
+///
+/// `protocol_version` must stay the first field forever (see [`MessageKind`]).
+#[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
+pub struct Hello {
+    /// The dialer's [`PROTOCOL_VERSION`].
+    pub protocol_version: u32,
+    /// The model the dialer wants to run; a node hosting another answers `WrongModel`.
+    pub model_id: ModelId,
+    /// Human-readable name for logs (not an identity: the TLS certificate is).
+    pub node_name: String,
+}
+
+impl Hello {
+    /// A `Hello` in this crate's [`PROTOCOL_VERSION`].
+    pub fn new(model_id: ModelId, node_name: impl Into<String>) -> Self {
+        Self {
+            protocol_version: PROTOCOL_VERSION,
+            model_id,
+            node_name: node_name.into(),
+        }
+    }
+}
+
+/// The answer to a compatible `Hello`.
+///
+/// `protocol_version` must stay the first field forever (see [`MessageKind`]).
+#[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
+pub struct HelloAck {
+    /// The answering node's [`PROTOCOL_VERSION`].
+    pub protocol_version: u32,
+    /// Human-readable name for logs.
+    pub node_name: String,
+    /// The layers the node has loaded right now (`None` while it loads none), which may be
+    /// fresher than its last announcement.
+    pub layers: Option<LayerRange>,
+}
+
+impl HelloAck {
+    /// A `HelloAck` in this crate's [`PROTOCOL_VERSION`].
+    pub fn new(node_name: impl Into<String>, layers: Option<LayerRange>) -> Self {
+        Self {
+            protocol_version: PROTOCOL_VERSION,
+            node_name: node_name.into(),
+            layers,
+        }
+    }
+
+    fn validate(&self) -> Result<(), ProtocolError> {
+        match &self.layers {
+            Some(l) => l.validate(),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Sampling settings for the last hop, which applies the final norm and output head and
+/// picks the next token. Sampling is deterministic given `seed`, so a replayed session
+/// (failover) produces the same tokens.
+///
+/// Defaults are greedy decoding with every filter off.
+#[derive(Clone, Copy, Debug, PartialEq, Encode, Decode, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SamplingSettings {
+    /// Softmax temperature; `0` means greedy (argmax).
+    pub temperature: f32,
+    /// Keep only the `top_k` most likely tokens; `0` disables the filter.
+    pub top_k: u32,
+    /// Nucleus sampling: keep the smallest set whose probability reaches `top_p`; `1` disables.
+    pub top_p: f32,
+    /// Drop tokens whose probability is below `min_p` times the best one's; `0` disables.
+    pub min_p: f32,
+    /// Divide (positive) or multiply (negative) logits of recently seen tokens; `1` disables.
+    pub repetition_penalty: f32,
+    /// How many of the most recent tokens the repetition penalty looks at.
+    pub repetition_window: u32,
+    /// Seed of the session's random number generator.
+    pub seed: u64,
+}
+
+impl Default for SamplingSettings {
+    fn default() -> Self {
+        Self::greedy()
+    }
+}
+
+impl SamplingSettings {
+    /// Greedy decoding, all filters off.
+    pub const fn greedy() -> Self {
+        Self {
+            temperature: 0.0,
+            top_k: 0,
+            top_p: 1.0,
+            min_p: 0.0,
+            repetition_penalty: 1.0,
+            repetition_window: 64,
+            seed: 0,
+        }
+    }
+
+    /// Whether these settings pick the argmax.
+    pub fn is_greedy(&self) -> bool {
+        self.temperature == 0.0
+    }
+
+    /// Checks ranges: every float finite, `temperature >= 0`, `0 < top_p <= 1`,
+    /// `0 <= min_p <= 1`, `repetition_penalty > 0`.
+    pub fn validate(&self) -> Result<(), ProtocolError> {
+        let bad = |reason: String| Err(ProtocolError::invalid(MessageKind::OpenSession, reason));
+        let floats = [
+            ("temperature", self.temperature),
+            ("top_p", self.top_p),
+            ("min_p", self.min_p),
+            ("repetition_penalty", self.repetition_penalty),
+        ];
+        if let Some((name, v)) = floats.iter().find(|(_, v)| !v.is_finite()) {
+            return bad(format!("sampling {name} is not finite ({v})"));
+        }
+        if self.temperature < 0.0 {
+            return bad(format!("temperature {} is negative", self.temperature));
+        }
+        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
+            return bad(format!("top_p {} is outside (0, 1]", self.top_p));
+        }
+        if !(0.0..=1.0).contains(&self.min_p) {
+            return bad(format!("min_p {} is outside [0, 1]", self.min_p));
+        }
+        if self.repetition_penalty <= 0.0 {
+            return bad(format!(
+                "repetition_penalty {} is not positive",
+                self.repetition_penalty
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// One later hop of a session's chain, as told to the hop before it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Encode, Decode, Serialize, Deserialize)]
+pub struct HopAddr {
+    /// The layers that hop runs for this session.
+    pub layers: LayerRange,
+    /// Its data-plane address (e.g. `"203.0.113.7:4433"`), as announced.
+    pub addr: String,
+    /// The blake3 fingerprint of its TLS certificate, which the dialer pins.
+    pub cert: CertFingerprint,
+}
+
+/// Asks a hop to run `layers` for a new session.
+///
+/// With `next_hops` non-empty the hop forwards its output to `next_hops[0]` itself (opening
+/// the session there with `next_hops[1..]`), which saves a round trip through the client per
+/// hop and token. With `next_hops` empty the hop returns its output in a `StepResult`.
+#[derive(Clone, Debug, PartialEq, Encode, Decode)]
+pub struct OpenSession {
+    /// Chosen by the client, the same on every hop.
+    pub session_id: SessionId,
+    /// Must be the model the hop serves, else `WrongModel`.
+    pub model_id: ModelId,
+    /// The layers to run; must lie within the hop's loaded range, else `LayerMismatch`.
+    pub layers: LayerRange,
+    /// Positions the KV cache must hold (prompt + generated tokens), at least 1; a `Forward`
+    /// past it gets `ContextOverflow`. Lets the hop size (and refuse) the cache up front.
+    pub max_length: u32,
+    /// Element type of the hidden states this hop sends on (f16 by default; f32 for
+    /// bit-exact tests).
+    pub activation_dtype: WireDType,
+    /// Present exactly on the hop that runs the model's last layer: it samples tokens.
+    pub sampling: Option<SamplingSettings>,
+    /// Whether the last hop returns the logits with each token (bit-exactness tests only:
+    /// a vocabulary of f32 per token is far bigger than the token itself).
+    pub return_logits: bool,
+    /// The rest of the chain, in order; layer ranges must be contiguous from `layers.end`.
+    pub next_hops: Vec<HopAddr>,
+}
+
+impl OpenSession {
+    fn validate(&self) -> Result<(), ProtocolError> {
+        let kind = MessageKind::OpenSession;
+        self.layers.validate()?;
+        if self.max_length == 0 {
+            return Err(ProtocolError::invalid(kind, "max_length is 0"));
+        }
+        let mut end = self.layers.end;
+        for (i, hop) in self.next_hops.iter().enumerate() {
+            hop.layers.validate()?;
+            if hop.layers.start != end {
+                return Err(ProtocolError::invalid(
+                    kind,
+                    format!(
+                        "next_hops[{i}] starts at layer {} but the previous hop ends at {end}",
+                        hop.layers.start
+                    ),
+                ));
+            }
+            end = hop.layers.end;
+        }
+        if let Some(s) = &self.sampling {
+            if !self.next_hops.is_empty() {
+                return Err(ProtocolError::invalid(
+                    kind,
+                    "sampling settings given to a hop that is not last",
+                ));
+            }
+            s.validate()?;
+        } else if self.return_logits {
+            return Err(ProtocolError::invalid(
+                kind,
+                "return_logits without sampling settings (only the last hop has logits)",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The answer to an accepted `OpenSession`. A client may pipeline its first `Forward`
+/// without waiting for it; a refusal arrives as an `Error` instead.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Encode, Decode)]
+pub struct SessionOpened {
+    /// The session that was opened.
+    pub session_id: SessionId,
+}
+
+/// What one `Forward` carries: token ids for the first hop, hidden states for the others.
+/// An enum, so a message cannot carry both or neither.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ForwardInput {
+    /// Token ids, one per row (first hop: it owns the embedding).
+    Tokens(Vec<u32>),
+    /// Hidden states of shape `[rows, hidden_dim]`.
+    Hidden(WireTensor),
+}
+
+/// Input rows for one step of a session: the whole prompt (or a chunk of it) at prefill, one
+/// row per decode step.
+///
+/// The rows occupy positions `start_pos .. start_pos + rows`; the row count is not a separate
+/// field but the token count or the tensor's first dimension, so it cannot disagree with
+/// the data.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Forward {
+    /// The session.
+    pub session_id: SessionId,
+    /// Strictly increasing per session (the replay log and failover identify steps by it; a
+    /// hop answers a step it has already seen with `StepOutOfOrder`).
+    pub step: u64,
+    /// Position of the first row in the sequence (the KV cache length before this step).
+    pub start_pos: u32,
+    /// Token ids or hidden states.
+    pub input: ForwardInput,
+}
+
+impl Forward {
+    /// Number of rows (tokens or hidden-state rows). Saturates at `u32::MAX` for a token
+    /// vector too long to be valid.
+    pub fn rows(&self) -> u32 {
+        match &self.input {
+            ForwardInput::Tokens(t) => u32::try_from(t.len()).unwrap_or(u32::MAX),
+            ForwardInput::Hidden(h) => h.shape().first().copied().unwrap_or(0),
+        }
+    }
+
+    /// The sequence positions this step fills. Saturates for an invalid message.
+    pub fn positions(&self) -> Range<u32> {
+        self.start_pos..self.start_pos.saturating_add(self.rows())
+    }
+
+    fn validate(&self) -> Result<(), ProtocolError> {
+        let kind = MessageKind::Forward;
+        match &self.input {
+            ForwardInput::Tokens(t) => {
+                if t.is_empty() {
+                    return Err(ProtocolError::invalid(kind, "no tokens"));
+                }
+                if u32::try_from(t.len()).is_err() {
+                    return Err(ProtocolError::invalid(kind, "more than u32::MAX tokens"));
+                }
+            }
+            ForwardInput::Hidden(h) => check_rows_tensor(h, "hidden state")?,
+        }
+        if self.start_pos.checked_add(self.rows()).is_none() {
+            return Err(ProtocolError::invalid(
+                kind,
+                format!("positions {}+{} overflow u32", self.start_pos, self.rows()),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A tensor of rows must be `[rows >= 1, width >= 1]`.
+fn check_rows_tensor(t: &WireTensor, what: &str) -> Result<(), ProtocolError> {
+    match t.shape() {
+        [rows, width] if *rows > 0 && *width > 0 => Ok(()),
+        shape => Err(ProtocolError::BadTensor {
+            reason: format!("{what} must have shape [rows >= 1, width >= 1], got {shape:?}"),
+        }),
+    }
+}
+
+/// Output of one step.
+#[derive(Clone, Debug, PartialEq)]
+pub enum StepOutput {
+    /// From the last hop: the sampled token, with the logits it was sampled from when the
+    /// session asked for them (`return_logits`), shape `[vocab]` or `[rows, vocab]`.
+    Token {
+        /// The sampled token id.
+        id: u32,
+        /// Raw logits, only when asked.
+        logits: Option<WireTensor>,
+    },
+    /// From a hop that is not last and has no next hop to forward to: its hidden states,
+    /// `[rows, hidden_dim]`.
+    Hidden(WireTensor),
+}
+
+/// The result of step `step` of a session.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StepResult {
+    /// The session.
+    pub session_id: SessionId,
+    /// The step of the `Forward` this answers.
+    pub step: u64,
+    /// A token or hidden states.
+    pub output: StepOutput,
+}
+
+impl StepResult {
+    fn validate(&self) -> Result<(), ProtocolError> {
+        match &self.output {
+            StepOutput::Token { logits: None, .. } => Ok(()),
+            StepOutput::Token {
+                logits: Some(l), ..
+            } => match l.shape() {
+                [vocab] | [_, vocab] if l.element_count() > 0 && *vocab > 0 => Ok(()),
+                shape => Err(ProtocolError::BadTensor {
+                    reason: format!(
+                        "logits must have shape [vocab] or [rows, vocab], got {shape:?}"
+                    ),
+                }),
+            },
+            StepOutput::Hidden(h) => check_rows_tensor(h, "hidden state"),
+        }
+    }
+}
+
+/// Ends a session: the hop frees its KV cache and forwards the `Close` down the chain.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Encode, Decode)]
+pub struct Close {
+    /// The session to close.
+    pub session_id: SessionId,
+}
+
+/// The answer to `Close` (also sent unasked when a hop expires an idle session).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Encode, Decode)]
+pub struct Closed {
+    /// The session that is gone.
+    pub session_id: SessionId,
+}
+
+/// A typed failure. The stream stays usable unless the error says the frame boundary was
+/// lost (`FrameTooLarge`), in which case the sender closes it after this message.
+///
+/// Its layout (code, then message) is frozen for all versions, like `Hello`'s.
+#[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
+pub struct ErrorMessage {
+    /// What went wrong, for the peer's logic.
+    pub code: ErrorCode,
+    /// Details, for humans.
+    pub message: String,
+}
+
+impl ErrorMessage {
+    /// An error with `message` cut to [`MAX_ERROR_MESSAGE_BYTES`] (at a char boundary).
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        let mut message = message.into();
+        if message.len() > MAX_ERROR_MESSAGE_BYTES {
+            let mut cut = MAX_ERROR_MESSAGE_BYTES;
+            while !message.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            message.truncate(cut);
+        }
+        Self { code, message }
+    }
+}
+
+impl From<&ProtocolError> for ErrorMessage {
+    /// The reply to a peer whose frame failed to decode.
+    fn from(e: &ProtocolError) -> Self {
+        ErrorMessage::new(e.code(), e.to_string())
+    }
+}
+
+/// Why a request failed. Encoded as a `u16`; codes this version does not know (from a newer
+/// peer) decode to [`ErrorCode::Unknown`] instead of failing, so new codes can be added
+/// without a version bump.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ErrorCode {
+    /// The frame could not be decoded (truncated, trailing bytes, garbage, unknown tag).
+    BadFrame,
+    /// The frame (or its header) is over the size limit; the stream is closed after this.
+    FrameTooLarge,
+    /// The peer speaks another protocol version.
+    UnsupportedVersion,
+    /// The node does not serve the requested model.
+    WrongModel,
+    /// No open session has this id (never opened, closed, or expired).
+    UnknownSession,
+    /// The node has no free session slot.
+    SessionLimit,
+    /// A tensor's shape or dtype does not fit the session (or its bytes their shape).
+    BadTensor,
+    /// The requested layers are not (all) loaded on this node.
+    LayerMismatch,
+    /// The step would go past the session's `max_length`.
+    ContextOverflow,
+    /// A bug or resource failure on the answering node.
+    Internal,
+    /// Temporarily overloaded; retry later or elsewhere.
+    Busy,
+    /// A well-formed message that breaks a protocol rule.
+    InvalidMessage,
+    /// A step number that is not above the last one seen, or positions that do not continue
+    /// the KV cache.
+    StepOutOfOrder,
+    /// `OpenSession` with the id of a session that is already open.
+    SessionExists,
+    /// A message that is not valid in the stream's current state.
+    UnexpectedMessage,
+    /// The hop could not reach (or lost) its next hop; the client re-plans the route.
+    NextHopFailed,
+    /// The node is shutting down; move the session elsewhere.
+    ShuttingDown,
+    /// A code this version does not know.
+    Unknown(u16),
+}
+
+impl ErrorCode {
+    /// Every known code, in wire order.
+    pub const KNOWN: [ErrorCode; 17] = [
+        ErrorCode::BadFrame,
+        ErrorCode::FrameTooLarge,
+        ErrorCode::UnsupportedVersion,
+        ErrorCode::WrongModel,
+        ErrorCode::UnknownSession,
+        ErrorCode::SessionLimit,
+        ErrorCode::BadTensor,
+        ErrorCode::LayerMismatch,
+        ErrorCode::ContextOverflow,
+        ErrorCode::Internal,
+        ErrorCode::Busy,
+        ErrorCode::InvalidMessage,
+        ErrorCode::StepOutOfOrder,
+        ErrorCode::SessionExists,
+        ErrorCode::UnexpectedMessage,
+        ErrorCode::NextHopFailed,
+        ErrorCode::ShuttingDown,
+    ];
+
+    /// The wire value: 1-based position in [`KNOWN`](Self::KNOWN); 0 is never assigned.
+    pub fn as_u16(self) -> u16 {
+        match self {
+            ErrorCode::Unknown(v) => v,
+            known => Self::KNOWN
+                .iter()
+                .position(|&c| c == known)
+                .map_or(0, |i| i as u16 + 1),
+        }
+    }
+
+    /// The code for a wire value. A value that names a known code always decodes to it, so
+    /// `Unknown(v)` only ever holds unassigned values after decoding.
+    pub fn from_u16(v: u16) -> Self {
+        usize::from(v)
+            .checked_sub(1)
+            .and_then(|i| Self::KNOWN.get(i).copied())
+            .unwrap_or(ErrorCode::Unknown(v))
+    }
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ErrorCode::Unknown(v) => write!(f, "Unknown({v})"),
+            known => write!(f, "{known:?}"),
+        }
+    }
+}
+
+impl Encode for ErrorCode {
+    fn encode<E: Encoder>(&self, encoder: &mut E) -> Result<(), EncodeError> {
+        self.as_u16().encode(encoder)
+    }
+}
+
+impl<Context> Decode<Context> for ErrorCode {
+    fn decode<D: Decoder<Context = Context>>(decoder: &mut D) -> Result<Self, DecodeError> {
+        Ok(Self::from_u16(u16::decode(decoder)?))
+    }
+}
+
+impl<'de, Context> BorrowDecode<'de, Context> for ErrorCode {
+    fn borrow_decode<D: BorrowDecoder<'de, Context = Context>>(
+        decoder: &mut D,
+    ) -> Result<Self, DecodeError> {
+        Ok(Self::from_u16(u16::decode(decoder)?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_codes_round_trip_and_unknown_survives() {
+        for (i, c) in ErrorCode::KNOWN.iter().enumerate() {
+            assert_eq!(c.as_u16(), i as u16 + 1);
+            assert_eq!(ErrorCode::from_u16(c.as_u16()), *c);
+        }
+        assert_eq!(ErrorCode::from_u16(0), ErrorCode::Unknown(0));
+        assert_eq!(ErrorCode::from_u16(999), ErrorCode::Unknown(999));
+        let bytes =
+            bincode::encode_to_vec(ErrorCode::Unknown(999), bincode::config::standard()).unwrap();
+        let (back, _): (ErrorCode, usize) =
+            bincode::decode_from_slice(&bytes, bincode::config::standard()).unwrap();
+        assert_eq!(back, ErrorCode::Unknown(999));
+    }
+
+    #[test]
+    fn message_kind_tags() {
+        for (i, k) in MessageKind::ALL.iter().enumerate() {
+            assert_eq!(k.tag() as usize, i);
+            assert_eq!(MessageKind::from_tag(k.tag()), Some(*k));
+        }
+        assert_eq!(MessageKind::from_tag(9), None);
+        assert_eq!(MessageKind::from_tag(255), None);
+    }
+
+    #[test]
+    fn version_check() {
+        assert!(check_version(PROTOCOL_VERSION).is_ok());
+        assert_eq!(
+            check_version(2),
+            Err(ProtocolError::UnsupportedVersion { peer: 2, ours: 1 })
+        );
+    }
+
+    #[test]
+    fn error_message_is_cut_at_char_boundary() {
+        let long = "é".repeat(MAX_ERROR_MESSAGE_BYTES);
+        let e = ErrorMessage::new(ErrorCode::Internal, long);
+        assert!(e.message.len() <= MAX_ERROR_MESSAGE_BYTES);
+        assert!(e.message.len() >= MAX_ERROR_MESSAGE_BYTES - 1);
+    }
+
+    #[test]
+    fn sampling_validation() {
+        assert!(SamplingSettings::greedy().validate().is_ok());
+        let mut s = SamplingSettings::greedy();
+        s.top_p = 0.0;
+        assert!(s.validate().is_err());
+        s = SamplingSettings {
+            temperature: f32::NAN,
+            ..SamplingSettings::greedy()
+        };
+        assert!(s.validate().is_err());
+        let json = r#"{"temperature":0.7,"seed":42}"#;
+        let s: SamplingSettings = serde_json::from_str(json).unwrap();
+        assert_eq!(s.temperature, 0.7);
+        assert_eq!(s.top_p, 1.0);
+        assert!(s.validate().is_ok());
+    }
+}
