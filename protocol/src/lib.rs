@@ -6,12 +6,12 @@
 //! those bytes is decided here, as a typed [`ProtocolError`], never as a panic.
 //!
 //! ## Modules
-//! * [`ids`]: [`ModelId`], [`CertFingerprint`], [`SessionId`] (hex text, raw bytes on the wire).
-//! * [`layers`]: [`LayerRange`] (`"a..b"`).
-//! * [`tensor`]: [`WireTensor`] and [`WireDType`]: activations and logits as raw LE bytes.
-//! * [`message`]: [`Message`] and the structs it carries; [`ErrorCode`]; [`PROTOCOL_VERSION`].
-//! * [`frame`]: the frame layout, [`encode_frame`], [`FrameDecoder`], [`FrameLimits`].
-//! * [`error`]: [`ProtocolError`].
+//! * [`ids`] holds [`ModelId`], [`CertFingerprint`], [`SessionId`] (hex text, raw bytes on the wire).
+//! * [`layers`] holds [`LayerRange`] (`"a..b"`).
+//! * [`tensor`] holds [`WireTensor`] and [`WireDType`]: activations and logits as raw LE bytes.
+//! * [`message`] holds [`Message`] and the structs it carries; [`ErrorCode`]; [`PROTOCOL_VERSION`].
+//! * [`frame`] holds the frame layout, [`encode_frame`], [`FrameDecoder`], [`FrameLimits`].
+//! * [`error`] holds [`ProtocolError`].
 //!
 //! ## One generation on the wire
 //! The client (the entry peer) has planned a chain of hops `h0 .. hn` whose layer ranges
@@ -23,10 +23,11 @@
 //!    peers of different versions can always say so to each other.
 //! 2. **Open.** The client sends [`OpenSession`] to `h0`: session id, layers, `max_length`,
 //!    activation dtype, and `next_hops` = the rest of the chain (each hop's layers, address
-//!    and certificate fingerprint). `h0` opens the same session on `h1` with
-//!    `next_hops[1..]`, and so on; only the last hop gets [`SamplingSettings`]. Each hop
-//!    answers [`SessionOpened`] (or an `Error` such as `SessionLimit` or `LayerMismatch`).
-//!    The client may pipeline the first `Forward` behind `OpenSession`.
+//!    and certificate fingerprint) and the [`SamplingSettings`]. `h0` opens the same
+//!    session on `h1` with `next_hops[1..]` ([`OpenSession::for_next_hop`]), and so on; the
+//!    hop that runs the model's last layer uses the sampling settings. Each hop answers
+//!    [`SessionOpened`] (or an `Error` such as `SessionLimit` or `LayerMismatch`). The client
+//!    may pipeline the first `Forward` behind `OpenSession`.
 //! 3. **Prefill.** The client sends [`Forward`] with the prompt's token ids
 //!    ([`ForwardInput::Tokens`]) at `start_pos = 0`, split into chunks if the hidden states
 //!    would not fit in one frame ([`FrameLimits::max_hidden_rows`]). `h0` embeds and runs its

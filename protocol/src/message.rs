@@ -347,9 +347,10 @@ pub struct HopAddr {
 
 /// Asks a hop to run `layers` for a new session.
 ///
-/// With `next_hops` non-empty the hop forwards its output to `next_hops[0]` itself (opening
-/// the session there with `next_hops[1..]`), which saves a round trip through the client per
-/// hop and token. With `next_hops` empty the hop returns its output in a `StepResult`.
+/// With `next_hops` non-empty the hop forwards its output to `next_hops[0]` itself, opening
+/// the session there with [`OpenSession::for_next_hop`] (the same settings, that hop's
+/// layers and `next_hops[1..]`). This saves a round trip through the client per hop and
+/// token. With `next_hops` empty the hop returns its output in a `StepResult`.
 #[derive(Clone, Debug, PartialEq, Encode, Decode)]
 pub struct OpenSession {
     /// Chosen by the client, the same on every hop.
@@ -364,16 +365,34 @@ pub struct OpenSession {
     /// Element type of the hidden states this hop sends on (f16 by default; f32 for
     /// bit-exact tests).
     pub activation_dtype: WireDType,
-    /// Present exactly on the hop that runs the model's last layer: it samples tokens.
+    /// How the hop that runs the model's last layer picks tokens. Every hop carries it so
+    /// that it travels down the chain with `for_next_hop`; the other hops ignore it. `None`
+    /// means the chain ends in hidden states (`StepOutput::Hidden`), e.g. for a client that
+    /// runs a partial range.
     pub sampling: Option<SamplingSettings>,
     /// Whether the last hop returns the logits with each token (bit-exactness tests only:
-    /// a vocabulary of f32 per token is far bigger than the token itself).
+    /// a vocabulary of f32 per token is far bigger than the token itself). Needs `sampling`.
     pub return_logits: bool,
     /// The rest of the chain, in order; layer ranges must be contiguous from `layers.end`.
     pub next_hops: Vec<HopAddr>,
 }
 
 impl OpenSession {
+    /// What this hop sends down the chain: the address of the next hop and the
+    /// `OpenSession` for it (same session, model, length, dtype and sampling; the next hop's
+    /// layers; the chain after it). `None` on the last hop.
+    pub fn for_next_hop(&self) -> Option<(&HopAddr, OpenSession)> {
+        let (next, rest) = self.next_hops.split_first()?;
+        Some((
+            next,
+            OpenSession {
+                layers: next.layers,
+                next_hops: rest.to_vec(),
+                ..self.clone()
+            },
+        ))
+    }
+
     fn validate(&self) -> Result<(), ProtocolError> {
         let kind = MessageKind::OpenSession;
         self.layers.validate()?;
@@ -395,17 +414,11 @@ impl OpenSession {
             end = hop.layers.end;
         }
         if let Some(s) = &self.sampling {
-            if !self.next_hops.is_empty() {
-                return Err(ProtocolError::invalid(
-                    kind,
-                    "sampling settings given to a hop that is not last",
-                ));
-            }
             s.validate()?;
         } else if self.return_logits {
             return Err(ProtocolError::invalid(
                 kind,
-                "return_logits without sampling settings (only the last hop has logits)",
+                "return_logits without sampling settings (logits come with sampled tokens)",
             ));
         }
         Ok(())

@@ -8,17 +8,21 @@
 //! itself. A failure is shrunk to a minimal input and reported with the seed.
 //!
 //! Environment:
-//! * `LAMINA_FUZZ_CASES`: executions to run (default 1500, a few seconds in debug).
+//! * `LAMINA_FUZZ_CASES`: executions to run (default 20000: about 2 s in a debug build).
 //! * `LAMINA_FUZZ_SECONDS`: optional wall-clock budget; stops early when reached.
 //! * `LAMINA_FUZZ_SEED`: fixes the RNG seed (default: a fresh seed, printed).
+//! * `LAMINA_FUZZ_WRITE_CORPUS=DIR`: also write valid frames there as a seed corpus for the
+//!   cargo-fuzz target in `protocol/fuzz` (first byte 0 = default limits, one chunk).
 //!
 //! Long run: `LAMINA_FUZZ_CASES=1000000000 LAMINA_FUZZ_SECONDS=600 cargo test -p
 //! lamina-protocol --release --test fuzz_decode -- --nocapture`
 
 mod common;
 
+use std::collections::BTreeMap;
 use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -26,6 +30,7 @@ use lamina_protocol::*;
 use proptest::collection::vec;
 use proptest::prelude::*;
 use proptest::sample::Index;
+use proptest::strategy::ValueTree;
 use proptest::test_runner::{Config, TestRunner};
 
 /// One edit of a byte stream.
@@ -134,6 +139,8 @@ fn stream() -> impl Strategy<Value = Vec<u8>> {
         // Noise behind a correct prefix, often with a known tag.
         2 => (prop_oneof![0u8..9, any::<u8>()], vec(any::<u8>(), 0..300), vec(any::<u8>(), 0..64))
             .prop_map(|(tag, header, payload)| raw_frame(tag, &header, &payload)),
+        // Tensor-carrying frames with arbitrary descriptors (reaches the shape checks).
+        2 => tensor_frame(),
         // Valid frames, mutated.
         6 => (vec(message(), 1..4), vec(mutation(), 0..6)).prop_map(|(msgs, muts)| {
             let mut s = Vec::new();
@@ -148,6 +155,39 @@ fn stream() -> impl Strategy<Value = Vec<u8>> {
     ]
 }
 
+/// A `Forward` or `StepResult` frame whose tensor descriptor (shape, dtype, byte_len) and
+/// payload length are drawn independently, laid out field by field as the frame module's
+/// derives do.
+fn tensor_frame() -> impl Strategy<Value = Vec<u8>> {
+    let dim = prop_oneof![0u32..5, 1u32..5000, Just(u32::MAX), any::<u32>()];
+    (
+        any::<[u8; 16]>(),
+        any::<u64>(),
+        any::<u32>(),
+        vec(dim, 0..11),
+        prop_oneof![0u32..3, 0u32..300],
+        any::<Option<u64>>(),
+        0u8..3,
+        -4i64..5,
+    )
+        .prop_map(|(sid, step, n, shape, dtype, byte_len, variant, delta)| {
+            let size = [4u64, 2, 2].get(dtype as usize).copied().unwrap_or(1);
+            let expected = shape
+                .iter()
+                .try_fold(size, |acc, &d| acc.checked_mul(u64::from(d)))
+                .unwrap_or(u64::MAX);
+            let byte_len = byte_len.unwrap_or(expected);
+            let desc = (shape, dtype, byte_len);
+            let (tag, header) = match variant {
+                0 => (5u8, bincode_bytes((sid, step, n, 1u32, desc))),
+                1 => (6, bincode_bytes((sid, step, 0u32, n, 1u8, desc))),
+                _ => (6, bincode_bytes((sid, step, 1u32, desc))),
+            };
+            let payload_len = (expected.min(4096) as i64 + delta).max(0) as usize;
+            raw_frame(tag, &header, &vec![0x3c; payload_len])
+        })
+}
+
 fn case() -> impl Strategy<Value = Case> {
     (stream(), vec(1usize..80, 1..5), prop::bool::weighted(0.2)).prop_map(
         |(stream, chunk_sizes, tiny_limits)| Case {
@@ -160,6 +200,8 @@ fn case() -> impl Strategy<Value = Case> {
 
 static EXECUTIONS: AtomicU64 = AtomicU64::new(0);
 static ACCEPTED: AtomicU64 = AtomicU64::new(0);
+/// How often each error variant came up: shows which checks the inputs reach.
+static ERRORS: Mutex<BTreeMap<String, u64>> = Mutex::new(BTreeMap::new());
 
 /// The property: no panic, progress, and accepted messages are valid fixed points.
 fn run(case: &Case) {
@@ -194,6 +236,14 @@ fn check(r: Result<Message, ProtocolError>) {
         Err(e) => {
             let reply = ErrorMessage::from(&e);
             assert!(reply.message.len() <= MAX_ERROR_MESSAGE_BYTES);
+            let debug = format!("{e:?}");
+            let variant: String = debug
+                .chars()
+                .take_while(char::is_ascii_alphanumeric)
+                .collect();
+            if let Ok(mut map) = ERRORS.lock() {
+                *map.entry(variant).or_default() += 1;
+            }
         }
     }
 }
@@ -204,7 +254,7 @@ fn env_u64(name: &str) -> Option<u64> {
 
 #[test]
 fn fuzz_decode() {
-    let cases = env_u64("LAMINA_FUZZ_CASES").unwrap_or(1500);
+    let cases = env_u64("LAMINA_FUZZ_CASES").unwrap_or(20_000);
     let budget = env_u64("LAMINA_FUZZ_SECONDS").map(Duration::from_secs);
     let seed = env_u64("LAMINA_FUZZ_SEED").unwrap_or_else(|| {
         let mut h = std::collections::hash_map::RandomState::new().build_hasher();
@@ -218,6 +268,9 @@ fn fuzz_decode() {
         ..Config::default()
     };
     let mut runner = TestRunner::new(config);
+    if let Ok(dir) = std::env::var("LAMINA_FUZZ_WRITE_CORPUS") {
+        write_corpus(&mut runner, std::path::Path::new(&dir));
+    }
     let strategy = case();
     let start = Instant::now();
     let mut done = 0u64;
@@ -246,4 +299,20 @@ fn fuzz_decode() {
         done as f64 / secs.max(1e-9),
         seed
     );
+    if let Ok(map) = ERRORS.lock() {
+        println!("fuzz_decode: errors by variant: {map:?}");
+    }
+}
+
+/// Writes 200 valid single frames (prefixed by a control byte 0) as a libFuzzer seed corpus.
+fn write_corpus(runner: &mut TestRunner, dir: &std::path::Path) {
+    std::fs::create_dir_all(dir).unwrap();
+    let strategy = message();
+    for i in 0..200 {
+        let msg = strategy.new_tree(runner).unwrap().current();
+        let mut bytes = vec![0u8];
+        bytes.extend_from_slice(&encode_frame(&msg).unwrap());
+        std::fs::write(dir.join(format!("seed-{i:03}")), bytes).unwrap();
+    }
+    println!("fuzz_decode: wrote 200 seed frames to {}", dir.display());
 }

@@ -454,13 +454,24 @@ fn invalid_messages_are_refused_both_ways() {
     assert!(encode_frame(&Message::OpenSession(ok.clone())).is_ok());
     let mut gap = ok.clone();
     gap.next_hops[0].layers.start = 5;
-    let mut sampling_not_last = ok.clone();
-    sampling_not_last.sampling = Some(SamplingSettings::greedy());
+    let mut logits_without_sampling = ok.clone();
+    logits_without_sampling.return_logits = true;
+    let mut bad_sampling = ok.clone();
+    bad_sampling.sampling = Some(SamplingSettings {
+        top_p: 1.5,
+        ..SamplingSettings::greedy()
+    });
     let mut bad_range = ok.clone();
     bad_range.layers = LayerRange { start: 4, end: 4 };
     let mut zero_len = ok.clone();
     zero_len.max_length = 0;
-    for bad in [gap, sampling_not_last, bad_range, zero_len] {
+    for bad in [
+        gap,
+        logits_without_sampling,
+        bad_sampling,
+        bad_range,
+        zero_len,
+    ] {
         let err = encode_frame(&Message::OpenSession(bad.clone())).unwrap_err();
         assert_eq!(err.code(), ErrorCode::InvalidMessage, "{err:?}");
         // Bypass the encoder's check: the decoder refuses it too.
@@ -483,6 +494,41 @@ fn invalid_messages_are_refused_both_ways() {
         decode_frame(&raw_frame(5, &header, &[]), &FrameLimits::default()),
         Err(ProtocolError::InvalidMessage { .. })
     ));
+}
+
+#[test]
+fn open_session_walks_down_the_chain() {
+    let hop = |start, end, port: u16| HopAddr {
+        layers: LayerRange::new(start, end).unwrap(),
+        addr: format!("127.0.0.1:{port}"),
+        cert: CertFingerprint([port as u8; 32]),
+    };
+    let first = OpenSession {
+        session_id: SessionId(SID),
+        model_id: ModelId([2; 32]),
+        layers: LayerRange::new(0, 4).unwrap(),
+        max_length: 64,
+        activation_dtype: WireDType::F32,
+        sampling: Some(SamplingSettings::greedy()),
+        return_logits: true,
+        next_hops: vec![hop(4, 10, 1), hop(10, 22, 2)],
+    };
+    let (addr1, second) = first.for_next_hop().unwrap();
+    assert_eq!(addr1, &first.next_hops[0]);
+    assert_eq!(second.layers, LayerRange::new(4, 10).unwrap());
+    assert_eq!(second.next_hops, vec![hop(10, 22, 2)]);
+    let (addr2, third) = second.for_next_hop().unwrap();
+    assert_eq!(addr2.addr, "127.0.0.1:2");
+    assert_eq!(third.layers, LayerRange::new(10, 22).unwrap());
+    assert!(third.next_hops.is_empty());
+    assert!(third.for_next_hop().is_none());
+    for m in [&first, &second, &third] {
+        assert_eq!(
+            (m.session_id, m.sampling, m.return_logits),
+            (first.session_id, first.sampling, true)
+        );
+        assert!(encode_frame(&Message::OpenSession(m.clone())).is_ok());
+    }
 }
 
 #[test]

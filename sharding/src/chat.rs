@@ -58,7 +58,10 @@ impl std::fmt::Debug for ChatTemplate {
 impl ChatTemplate {
     /// From GGUF metadata `tokenizer.chat_template` (`None` if the model has none); BOS/EOS
     /// strings are the tokenizer's.
-    pub fn from_gguf_metadata(md: &HashMap<String, Value>, tok: &Tokenizer) -> Result<Option<Self>> {
+    pub fn from_gguf_metadata(
+        md: &HashMap<String, Value>,
+        tok: &Tokenizer,
+    ) -> Result<Option<Self>> {
         let key = "tokenizer.chat_template";
         let source = match md.get(key) {
             None => return Ok(None),
@@ -95,14 +98,16 @@ impl ChatTemplate {
 
     /// The ChatML fallback for models that ship no template.
     pub fn chatml() -> Self {
-        Self::new(CHATML, "", "<|im_end|>")
-            .expect("the built-in ChatML template is valid Jinja")
+        Self::new(CHATML, "", "<|im_end|>").expect("the built-in ChatML template is valid Jinja")
     }
 
     /// Renders a conversation; with `add_generation_prompt` the text ends where the assistant's
     /// reply begins. Encode the result with [`encode_rendered`].
     pub fn render(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<String> {
-        let tmpl = self.env.get_template(TEMPLATE_NAME).map_err(template_error)?;
+        let tmpl = self
+            .env
+            .get_template(TEMPLATE_NAME)
+            .map_err(template_error)?;
         tmpl.render(minijinja::context! {
             messages => messages,
             add_generation_prompt => add_generation_prompt,
@@ -294,7 +299,7 @@ fn write_json(v: &serde_json::Value, indent: Option<usize>, depth: usize, out: &
     }
 }
 
-fn arg_str<'v>(args: &'v [JValue], i: usize) -> Option<&'v str> {
+fn arg_str(args: &[JValue], i: usize) -> Option<&str> {
     args.get(i).and_then(JValue::as_str)
 }
 
@@ -314,7 +319,10 @@ fn strip_set(s: &str, chars: Option<&str>, left: bool, right: bool) -> String {
 }
 
 /// `startswith`/`endswith` take a string or a tuple (list) of strings.
-fn affix_match(arg: Option<&JValue>, test: impl Fn(&str) -> bool) -> std::result::Result<bool, minijinja::Error> {
+fn affix_match(
+    arg: Option<&JValue>,
+    test: impl Fn(&str) -> bool,
+) -> std::result::Result<bool, minijinja::Error> {
     let Some(arg) = arg else {
         return Err(minijinja::Error::new(
             ErrorKind::MissingArgument,
@@ -350,8 +358,8 @@ fn python_method(
                 "rstrip" => JValue::from(strip_set(s, arg_str(args, 0), false, true)),
                 "lower" => JValue::from(s.to_lowercase()),
                 "upper" => JValue::from(s.to_uppercase()),
-                "title" => state.apply_filter("title", &[value.clone()])?,
-                "capitalize" => state.apply_filter("capitalize", &[value.clone()])?,
+                "title" => state.apply_filter("title", std::slice::from_ref(value))?,
+                "capitalize" => state.apply_filter("capitalize", std::slice::from_ref(value))?,
                 "startswith" => JValue::from(affix_match(args.first(), |p| s.starts_with(p))?),
                 "endswith" => JValue::from(affix_match(args.first(), |p| s.ends_with(p))?),
                 "replace" => {
@@ -406,7 +414,7 @@ fn python_method(
             })
         }
         ValueKind::Map => match method {
-            "items" => state.apply_filter("items", &[value.clone()]),
+            "items" => state.apply_filter("items", std::slice::from_ref(value)),
             "keys" => Ok(JValue::from(value.try_iter()?.collect::<Vec<_>>())),
             "values" => {
                 let mut vals = Vec::new();
@@ -467,7 +475,10 @@ mod tests {
     fn chatml_fallback() {
         let t = ChatTemplate::chatml();
         let out = t.render(&[user("hi")], true).unwrap();
-        assert_eq!(out, "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n");
+        assert_eq!(
+            out,
+            "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
+        );
         let out = t.render(&[user("hi")], false).unwrap();
         assert_eq!(out, "<|im_start|>user\nhi<|im_end|>\n");
     }
@@ -501,7 +512,10 @@ mod tests {
     #[test]
     fn tojson_is_python_style() {
         let t = ChatTemplate::new("{{ {'a': '<b>', 'c': [1, 2]} | tojson }}", "", "").unwrap();
-        assert_eq!(t.render(&[], false).unwrap(), r#"{"a": "<b>", "c": [1, 2]}"#);
+        assert_eq!(
+            t.render(&[], false).unwrap(),
+            r#"{"a": "<b>", "c": [1, 2]}"#
+        );
     }
 
     #[test]
@@ -509,7 +523,10 @@ mod tests {
         // 2024-02-29 13:05:09 UTC, a Thursday.
         let t = 1_709_211_909;
         assert_eq!(strftime("%Y-%m-%d %H:%M:%S", t), "2024-02-29 13:05:09");
-        assert_eq!(strftime("%d %B %Y, %A %b %-d %j", t), "29 February 2024, Thursday Feb 29 060");
+        assert_eq!(
+            strftime("%d %B %Y, %A %b %-d %j", t),
+            "29 February 2024, Thursday Feb 29 060"
+        );
         assert_eq!(strftime("%F", 0), "1970-01-01");
         let now = ChatTemplate::new("{{ strftime_now('%Y') }}", "", "").unwrap();
         assert!(now.render(&[], false).unwrap().starts_with("20"));

@@ -376,6 +376,25 @@ mod tests {
     }
 
     #[test]
+    fn scratch_buffers_are_reused_between_tokens() {
+        let mut s = Sampler::new(SamplingParams {
+            temperature: 0.8,
+            top_p: 0.9,
+            repetition_penalty: 1.2,
+            ..Default::default()
+        })
+        .unwrap();
+        let logits: Vec<f32> = (0..5000).map(|i| (i % 97) as f32 / 10.0).collect();
+        let history: Vec<u32> = (0..100).collect();
+        s.sample(&logits, &history).unwrap();
+        let buffers = (s.candidates.as_ptr(), s.recent.as_ptr());
+        for _ in 0..10 {
+            s.sample(&logits, &history).unwrap();
+        }
+        assert_eq!(buffers, (s.candidates.as_ptr(), s.recent.as_ptr()));
+    }
+
+    #[test]
     fn held_back_respects_char_boundaries() {
         let mut c = StopChecker::new(vec!["éa".into()]);
         assert_eq!(c.push("xé"), ("x".to_string(), false));

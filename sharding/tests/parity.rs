@@ -52,14 +52,24 @@ fn stories260k_matches_reference_tokens_and_logits() {
         let want = ids(&r["generated_token_ids"]);
         let (got, logits) = greedy_with_logits(&chain, &got_prompt, want.len());
         assert_eq!(got, want, "greedy tokens of {prompt:?}");
-        for top in r["first_position_top5_logits"].as_array().unwrap() {
-            let id = top["token_id"].as_u64().unwrap() as usize;
-            let want = top["logit"].as_f64().unwrap() as f32;
-            let got = logits[0][id];
-            assert!(
-                (got - want).abs() < 1e-3,
-                "{prompt:?}: logit of token {id} is {got}, reference {want}"
-            );
+        // First-position top-5 logits. Against HF transformers (f32, an exact float
+        // implementation like lamina's): within 1e-4. Against llama.cpp: within 5e-3,
+        // because llama.cpp rounds attention to f16 (its KV cache is f16) and its own
+        // value moves by up to 4e-3 with the attention path it takes (11.806465 without
+        // flash attention, 11.802307 with it, 11.804745 in reference.json, for the
+        // "Lily and Tom were friends" top logit); the closing note has the figures.
+        let hf = &r["crosscheck_hf_transformers"]["first_position_top5_logits"];
+        for (src, tops, tol) in [("llama.cpp", &r["first_position_top5_logits"], 5e-3f32), ("transformers", hf, 1e-4)] {
+            for top in tops.as_array().unwrap() {
+                let id = top["token_id"].as_u64().unwrap() as usize;
+                let want = top["logit"].as_f64().unwrap() as f32;
+                let got = logits[0][id];
+                eprintln!("{prompt:?} token {id}: lamina {got:.6}, {src} {want:.6}, diff {:.2e}", (got - want).abs());
+                assert!(
+                    (got - want).abs() < tol,
+                    "{prompt:?}: logit of token {id} is {got}, {src} says {want}"
+                );
+            }
         }
         // The text through the generation loop equals llama.cpp's detokenization.
         let req = GenerateRequest {
@@ -110,8 +120,9 @@ fn stories260k_logits_close_to_llamacpp_at_every_position() {
         }
     }
     eprintln!("stories260K: max |logit - llama.cpp| over all positions = {worst}");
-    // llama.cpp and HF transformers differ by up to 0.021 on this model (README).
-    assert!(worst < 2e-3, "max logit difference {worst}");
+    // llama.cpp's f16 KV cache moves its logits by up to 0.021 from exact f32 arithmetic
+    // (the README measures the same 0.021 between llama.cpp and HF transformers).
+    assert!(worst < 0.025, "max logit difference {worst}");
 }
 
 #[test]

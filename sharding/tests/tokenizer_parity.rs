@@ -207,10 +207,14 @@ fn corpus() -> Vec<String> {
     let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
     for _ in 0..80 {
         let mut s = String::new();
-        state = state.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+        state = state
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1);
         let len = 1 + (state >> 60) as usize;
         for _ in 0..len {
-            state = state.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+            state = state
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1);
             s.push_str(pool[(state >> 33) as usize % pool.len()]);
         }
         out.push(s);
@@ -219,15 +223,25 @@ fn corpus() -> Vec<String> {
     out
 }
 
-/// Strings where a whitespace run of 2+ characters directly precedes a digit. llama.cpp's
-/// "smollm" pre-tokenizer isolates digits first, so the run is split at a segment end where
-/// `\s+(?!\S)` takes it whole ("  1" -> "  ", "1" -> [ĠĠ, 1]); the shared tokenizer.json uses
-/// only GPT-2's regex, where the look-ahead leaves the last space to the digit
-/// ("  1" -> " ", " 1" -> [Ġ, Ġ, 1]).
-fn whitespace_run_before_digit(s: &str) -> bool {
-    let chars: Vec<char> = s.chars().collect();
-    (2..chars.len()).any(|i| {
-        chars[i].is_numeric() && chars[i - 1].is_whitespace() && chars[i - 2].is_whitespace()
+/// Strings where whitespace directly precedes a number and the shared SmolLM2 tokenizer.json
+/// tokenizes differently from llama.cpp. llama.cpp's "smollm" pre-tokenizer isolates every
+/// `\p{N}` character first, so the whitespace before it ends a segment; the shared file only
+/// has GPT-2's regex, so ` ?\p{N}+` and `\s+(?!\S)` see the number. That changes the ids when
+/// - the whitespace run has 2+ characters: llama.cpp keeps the run whole ("  1" -> "  ", "1"
+///   -> [ĠĠ, 1]) while GPT-2's look-ahead leaves the last space to the number
+///   ("  1" -> " ", " 1" -> [Ġ, Ġ, 1]);
+/// - the number is not an ASCII digit: " ²" is one pre-token for HF, and SmolLM2 has merges of
+///   "Ġ" with the first byte-level character of "²", "٣", ... (there are none with ASCII
+///   digits, so " 1" gives [Ġ, 1] both ways).
+///
+/// The original SmolLM tokenizer has a `Digits(individual_digits)` pre-tokenizer, which the
+/// GGUF-to-tokenizer.json conversion dropped; with it restored, HF agrees on every string.
+fn whitespace_before_number(s: &str) -> bool {
+    let c: Vec<char> = s.chars().collect();
+    (1..c.len()).any(|i| {
+        c[i].is_numeric()
+            && c[i - 1].is_whitespace()
+            && (!c[i].is_ascii_digit() || (i >= 2 && c[i - 2].is_whitespace()))
     })
 }
 
@@ -259,7 +273,10 @@ fn reference_prompts_and_detokenization() {
             return;
         };
         let model = &reference["models"][file];
-        assert_eq!(model["n_vocab"].as_u64().unwrap() as usize, tok.vocab_size());
+        assert_eq!(
+            model["n_vocab"].as_u64().unwrap() as usize,
+            tok.vocab_size()
+        );
         assert_eq!(model["add_bos"].as_bool().unwrap(), tok.add_bos_default());
         let prompts = model["prompts"].as_object().unwrap();
         assert_eq!(prompts.len(), 3);
@@ -344,7 +361,7 @@ fn smollm_matches_hf_tokenizers() {
         }
         // Against the shared file: all but the documented class.
         let plain = hf_ids(&hf, &s, false);
-        if whitespace_run_before_digit(&s) {
+        if whitespace_before_number(&s) {
             class_differs += usize::from(ours != plain);
         } else if ours != plain {
             mismatches.push(format!("shared HF: {s:?}: ours {ours:?} hf {plain:?}"));
@@ -354,8 +371,21 @@ fn smollm_matches_hf_tokenizers() {
     // Evidence that the excluded class really differs.
     assert!(class_differs > 0);
     let id = |t: &str| hf.token_to_id(t).unwrap();
-    assert_eq!(tok.encode("  1", false, false).unwrap(), vec![id("ĠĠ"), id("1")]);
+    assert_eq!(
+        tok.encode("  1", false, false).unwrap(),
+        vec![id("ĠĠ"), id("1")]
+    );
     assert_eq!(hf_ids(&hf, "  1", false), vec![id("Ġ"), id("Ġ"), id("1")]);
+    assert_eq!(
+        tok.encode(" ²", false, false).unwrap(),
+        vec![id("Ġ"), id("Â²")]
+    );
+    assert_eq!(hf_ids(&hf, " ²", false), vec![id("ĠÂ"), id("²")]);
+    // One space before an ASCII digit is the same both ways.
+    assert_eq!(
+        tok.encode("a 1", false, false).unwrap(),
+        hf_ids(&hf, "a 1", false)
+    );
 }
 
 #[test]
@@ -387,7 +417,10 @@ fn stories_matches_hf_tokenizers() {
     assert!(class_differs > 0);
     // " a": llama.cpp "▁▁a", HF "▁a".
     let id = |t: &str| hf.token_to_id(t).unwrap();
-    assert_eq!(tok.encode(" a", true, false).unwrap(), vec![1, id("▁"), id("▁a")]);
+    assert_eq!(
+        tok.encode(" a", true, false).unwrap(),
+        vec![1, id("▁"), id("▁a")]
+    );
     assert_eq!(hf_ids(&hf, " a", true), vec![1, id("▁a")]);
 }
 
@@ -406,11 +439,15 @@ fn hf_file_tokenizer_agrees_with_gguf() {
         assert_eq!(hf.eos_id(), gg.eos_id(), "{hf_name}");
         assert_eq!(hf.eog_ids(), gg.eog_ids(), "{hf_name}");
         for s in corpus() {
-            if s.starts_with(' ') || s.starts_with('\u{2581}') || whitespace_run_before_digit(&s) {
+            if s.starts_with(' ') || s.starts_with('\u{2581}') || whitespace_before_number(&s) {
                 continue; // the documented HF/llama.cpp differences, tested above
             }
             let ids = hf.encode(&s, hf.add_bos_default(), false).unwrap();
-            assert_eq!(ids, gg.encode(&s, gg.add_bos_default(), false).unwrap(), "{s:?}");
+            assert_eq!(
+                ids,
+                gg.encode(&s, gg.add_bos_default(), false).unwrap(),
+                "{s:?}"
+            );
             assert_eq!(hf.decode(&ids).unwrap(), gg.decode(&ids).unwrap(), "{s:?}");
         }
         // Special tokens are parsed only when asked.
@@ -445,12 +482,18 @@ fn round_trip_corpus() {
     }
     if let Some(tok) = gguf_tokenizer(STORIES) {
         for s in corpus() {
+            // U+2581 is SentencePiece's escaped space: it decodes as ' ', like in llama.cpp.
+            let s = s.replace('\u{2581}', " ");
             // After BOS the dummy prefix space is dropped again ...
             let ids = tok.encode(&s, true, false).unwrap();
             assert_eq!(tok.decode(&ids).unwrap(), s);
             // ... without BOS it is part of the text.
             let ids = tok.encode(&s, false, false).unwrap();
-            let want = if s.is_empty() { String::new() } else { format!(" {s}") };
+            let want = if s.is_empty() {
+                String::new()
+            } else {
+                format!(" {s}")
+            };
             assert_eq!(tok.decode(&ids).unwrap(), want);
         }
     }
@@ -470,7 +513,13 @@ fn long_inputs_are_fast() {
         tok.encode(&spaces, false, false).unwrap();
         let mixed: String = corpus().concat().chars().cycle().take(100_000).collect();
         let ids = tok.encode(&mixed, false, false).unwrap();
-        assert_eq!(tok.decode(&ids).unwrap().trim_start_matches(' '), mixed.trim_start_matches(' '));
+        let back = tok.decode(&ids).unwrap();
+        let want = if file == STORIES {
+            format!(" {}", mixed.replace('\u{2581}', " "))
+        } else {
+            mixed
+        };
+        assert!(back == want, "{file}: 100k-char round trip differs");
         let took = start.elapsed();
         assert!(took.as_secs() < 20, "{file}: {took:?}");
     }
@@ -485,7 +534,9 @@ fn smollm_chat_template() {
         return;
     };
     let tok = Tokenizer::from_gguf_metadata(&md).unwrap();
-    let tmpl = ChatTemplate::from_gguf_metadata(&md, &tok).unwrap().unwrap();
+    let tmpl = ChatTemplate::from_gguf_metadata(&md, &tok)
+        .unwrap()
+        .unwrap();
     let messages = [ChatMessage {
         role: "user".into(),
         content: "What is 2 + 2?".into(),
@@ -518,14 +569,16 @@ fn smollm_chat_template() {
     // stories260K has no template.
     if let Some(md) = gguf_metadata(STORIES) {
         let tok = Tokenizer::from_gguf_metadata(&md).unwrap();
-        assert!(ChatTemplate::from_gguf_metadata(&md, &tok).unwrap().is_none());
+        assert!(ChatTemplate::from_gguf_metadata(&md, &tok)
+            .unwrap()
+            .is_none());
     }
 }
 
 #[test]
 fn broken_template_is_a_chat_template_error() {
-    let err = ChatTemplate::new("{% if messages %}{{ messages[0].content }", "<s>", "</s>")
-        .unwrap_err();
+    let err =
+        ChatTemplate::new("{% if messages %}{{ messages[0].content }", "<s>", "</s>").unwrap_err();
     assert!(matches!(err, Error::ChatTemplate(_)), "{err:?}");
     let err = ChatTemplate::new("{% for m in messages %}", "", "").unwrap_err();
     assert!(matches!(err, Error::ChatTemplate(_)), "{err:?}");
@@ -546,7 +599,9 @@ fn tiny_bpe_metadata() -> HashMap<String, Value> {
             b as char
         } else {
             let n = (0..b)
-                .filter(|&x| !((0x21..=0x7e).contains(&x) || (0xa1..=0xac).contains(&x) || x >= 0xae))
+                .filter(|&x| {
+                    !((0x21..=0x7e).contains(&x) || (0xa1..=0xac).contains(&x) || x >= 0xae)
+                })
                 .count() as u32;
             char::from_u32(256 + n).unwrap()
         }
@@ -560,8 +615,14 @@ fn tiny_bpe_metadata() -> HashMap<String, Value> {
     let mut types = vec![Value::I32(3), Value::I32(3)];
     types.extend((2..tokens.len()).map(|_| Value::I32(1)));
     HashMap::from([
-        ("tokenizer.ggml.model".to_string(), Value::String("gpt2".into())),
-        ("tokenizer.ggml.pre".to_string(), Value::String("smollm".into())),
+        (
+            "tokenizer.ggml.model".to_string(),
+            Value::String("gpt2".into()),
+        ),
+        (
+            "tokenizer.ggml.pre".to_string(),
+            Value::String("smollm".into()),
+        ),
         ("tokenizer.ggml.tokens".to_string(), strings(&tokens)),
         ("tokenizer.ggml.token_type".to_string(), Value::Array(types)),
         (
@@ -570,8 +631,14 @@ fn tiny_bpe_metadata() -> HashMap<String, Value> {
         ),
         ("tokenizer.ggml.eos_token_id".to_string(), Value::U32(1)),
         ("tokenizer.ggml.bos_token_id".to_string(), Value::U32(0)),
-        ("tokenizer.ggml.add_bos_token".to_string(), Value::Bool(false)),
-        ("tokenizer.ggml.padding_token_id".to_string(), Value::U32(u32::MAX)),
+        (
+            "tokenizer.ggml.add_bos_token".to_string(),
+            Value::Bool(false),
+        ),
+        (
+            "tokenizer.ggml.padding_token_id".to_string(),
+            Value::U32(u32::MAX),
+        ),
     ])
 }
 
@@ -604,29 +671,44 @@ fn invalid_metadata_gives_errors() {
     };
     let mut md = tiny_bpe_metadata();
     md.remove("tokenizer.ggml.tokens");
-    assert!(matches!(check(md, "missing tokens"), Error::MissingMetadata(_)));
+    assert!(matches!(
+        check(md, "missing tokens"),
+        Error::MissingMetadata(_)
+    ));
 
     let mut md = tiny_bpe_metadata();
     md.remove("tokenizer.ggml.model");
-    assert!(matches!(check(md, "missing model"), Error::MissingMetadata(_)));
+    assert!(matches!(
+        check(md, "missing model"),
+        Error::MissingMetadata(_)
+    ));
 
     let mut md = tiny_bpe_metadata();
     md.remove("tokenizer.ggml.merges");
-    assert!(matches!(check(md, "missing merges"), Error::MissingMetadata(_)));
+    assert!(matches!(
+        check(md, "missing merges"),
+        Error::MissingMetadata(_)
+    ));
 
     let mut md = tiny_bpe_metadata();
     md.insert(
         "tokenizer.ggml.scores".into(),
         Value::Array(vec![Value::String("x".into()); 300]),
     );
-    assert!(matches!(check(md, "string scores"), Error::BadMetadata { .. }));
+    assert!(matches!(
+        check(md, "string scores"),
+        Error::BadMetadata { .. }
+    ));
 
     let mut md = tiny_bpe_metadata();
     md.insert("tokenizer.ggml.scores".into(), Value::F32(1.0));
     check(md, "scalar scores");
 
     let mut md = tiny_bpe_metadata();
-    md.insert("tokenizer.ggml.scores".into(), Value::Array(vec![Value::F32(0.0); 3]));
+    md.insert(
+        "tokenizer.ggml.scores".into(),
+        Value::Array(vec![Value::F32(0.0); 3]),
+    );
     check(md, "too few scores");
 
     let mut md = tiny_bpe_metadata();
@@ -635,7 +717,10 @@ fn invalid_metadata_gives_errors() {
     assert!(err.to_string().contains("merges"), "{err}");
 
     let mut md = tiny_bpe_metadata();
-    md.insert("tokenizer.ggml.merges".into(), Value::Array(vec![Value::U32(1)]));
+    md.insert(
+        "tokenizer.ggml.merges".into(),
+        Value::Array(vec![Value::U32(1)]),
+    );
     check(md, "numeric merges");
 
     let mut md = tiny_bpe_metadata();
@@ -649,15 +734,24 @@ fn invalid_metadata_gives_errors() {
     check(md, "eos out of range");
 
     let mut md = tiny_bpe_metadata();
-    md.insert("tokenizer.ggml.bos_token_id".into(), Value::String("1".into()));
+    md.insert(
+        "tokenizer.ggml.bos_token_id".into(),
+        Value::String("1".into()),
+    );
     check(md, "string bos id");
 
     let mut md = tiny_bpe_metadata();
-    md.insert("tokenizer.ggml.token_type".into(), Value::Array(vec![Value::I32(1); 5]));
+    md.insert(
+        "tokenizer.ggml.token_type".into(),
+        Value::Array(vec![Value::I32(1); 5]),
+    );
     check(md, "too few token types");
 
     let mut md = tiny_bpe_metadata();
-    md.insert("tokenizer.ggml.tokens".into(), Value::Array(vec![Value::U32(5)]));
+    md.insert(
+        "tokenizer.ggml.tokens".into(),
+        Value::Array(vec![Value::U32(5)]),
+    );
     check(md, "numeric tokens");
 
     let mut md = tiny_bpe_metadata();
@@ -745,7 +839,11 @@ fn stream_decoder_equals_decode() {
         }
         // Reference continuations stream to llama.cpp's text.
         if let Some(reference) = reference() {
-            for p in reference["models"][file]["prompts"].as_object().unwrap().values() {
+            for p in reference["models"][file]["prompts"]
+                .as_object()
+                .unwrap()
+                .values()
+            {
                 let ids = ids_of(&p["generated_token_ids"]);
                 assert_eq!(
                     stream(&tok, &ids),

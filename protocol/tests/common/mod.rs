@@ -103,7 +103,7 @@ pub fn open_session() -> impl Strategy<Value = OpenSession> {
         1u32..100_000,
         dtype(),
         vec((1u32..20, "[a-z0-9.:]{1,30}", cert()), 0..4),
-        sampling(),
+        proptest::option::of(sampling()),
         any::<bool>(),
     )
         .prop_map(
@@ -124,15 +124,14 @@ pub fn open_session() -> impl Strategy<Value = OpenSession> {
                         hop
                     })
                     .collect();
-                let last = next_hops.is_empty();
                 OpenSession {
                     session_id,
                     model_id,
                     layers,
                     max_length,
                     activation_dtype: dt,
-                    sampling: last.then_some(sampling),
-                    return_logits: last && logits,
+                    return_logits: sampling.is_some() && logits,
+                    sampling,
                     next_hops,
                 }
             },

@@ -6,8 +6,9 @@ use crate::{Error, Result};
 /// The architecture of one synthetic model: everything except the weights themselves.
 ///
 /// Fields are public so tests can build shapes that no preset covers; [`Preset::validate`]
-/// catches combinations that a Llama forward pass cannot run.
-#[derive(Clone, Copy, Debug, PartialEq)]
+/// catches combinations that a Llama forward pass cannot run. Not `Copy`, so that adding a
+/// field that is not `Copy` later does not break callers.
+#[derive(Clone, Debug, PartialEq)]
 pub struct Preset {
     pub name: &'static str,
     pub n_layers: usize,
@@ -42,19 +43,19 @@ impl Preset {
         if self.dim == 0 || self.n_heads == 0 || self.n_kv_heads == 0 || self.ffn_dim == 0 {
             return bad("dim, n_heads, n_kv_heads and ffn_dim must be positive".into());
         }
-        if self.dim % self.n_heads != 0 {
+        if !self.dim.is_multiple_of(self.n_heads) {
             return bad(format!(
                 "dim {} is not a multiple of n_heads {}",
                 self.dim, self.n_heads
             ));
         }
-        if self.head_dim() % 2 != 0 {
+        if !self.head_dim().is_multiple_of(2) {
             return bad(format!(
                 "head dim {} is odd; rotary embeddings rotate pairs",
                 self.head_dim()
             ));
         }
-        if self.n_heads % self.n_kv_heads != 0 {
+        if !self.n_heads.is_multiple_of(self.n_kv_heads) {
             return bad(format!(
                 "n_heads {} is not a multiple of n_kv_heads {}",
                 self.n_heads, self.n_kv_heads

@@ -4,11 +4,12 @@
 //! name, row index). That makes a value depend only on where it sits, not on the order in
 //! which tensors or rows are generated, so rows can be filled by several threads, a tensor can
 //! be regenerated on its own, and files are byte-identical on every platform and thread count.
-//! The stream itself is rand 0.9's `StdRng` (ChaCha12); a rand upgrade that changes `StdRng`
-//! would change the bytes of every synthetic file, which the golden-hash test would catch.
-
-use rand::rngs::StdRng;
-use rand::{RngCore, SeedableRng};
+//!
+//! The stream is xoshiro256++, written out here rather than taken from `rand`: `StdRng`'s
+//! algorithm may change between rand releases (which would silently change every synthetic
+//! model's bytes and ids), and ChaCha12 costs about twice as much per value, which is the
+//! largest part of writing an 8B-shape file. blake3 supplies the seed quality; xoshiro only
+//! has to stretch 256 good bits over one row.
 
 /// Domain separation for blake3, so these seeds never collide with other uses of the same
 /// hash in lamina (tensor manifests, model ids).
@@ -54,10 +55,10 @@ pub fn tensor_key(seed: u64, name: &str) -> [u8; 32] {
 /// Fills `out` (one row) with approximately normal values.
 ///
 /// Uses the Irwin-Hall sum of four 16-bit uniforms taken from a single `u64`: one RNG call
-/// per value and no transcendental functions, which keeps an 8B-parameter file to about a
-/// minute, while the bell shape (bounded at ±3.46 σ) is all random-weight tests need.
+/// per value and no transcendental functions (Box-Muller would need a log, a sqrt and a
+/// cosine per pair), while the bell shape, bounded at ±3.46 σ, is all random-weight tests need.
 pub fn fill_row(key: &[u8; 32], row: u64, init: Init, out: &mut [f32]) {
-    let mut rng = StdRng::from_seed(*blake3::keyed_hash(key, &row.to_le_bytes()).as_bytes());
+    let mut rng = Xoshiro256pp::from_seed(blake3::keyed_hash(key, &row.to_le_bytes()).as_bytes());
     // Sum of four uniforms on 0..=65535 has mean 131070 and std 65536/sqrt(3) (to 1e-9).
     let scale = init.std * 3f32.sqrt() / 65536.0;
     for x in out.iter_mut() {
@@ -67,9 +68,70 @@ pub fn fill_row(key: &[u8; 32], row: u64, init: Init, out: &mut [f32]) {
     }
 }
 
+/// xoshiro256++ (Blackman & Vigna, 2019), the generator of `rand_xoshiro::Xoshiro256PlusPlus`.
+pub struct Xoshiro256pp {
+    s: [u64; 4],
+}
+
+impl Xoshiro256pp {
+    /// The seed is read as four little-endian `u64`s. An all-zero state would output only
+    /// zeros; blake3 output is never all zero in practice, but it is replaced anyway.
+    pub fn from_seed(seed: &[u8; 32]) -> Self {
+        let mut s = [0u64; 4];
+        for (word, bytes) in s.iter_mut().zip(seed.chunks_exact(8)) {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(bytes);
+            *word = u64::from_le_bytes(b);
+        }
+        if s == [0; 4] {
+            s[0] = 1;
+        }
+        Xoshiro256pp { s }
+    }
+
+    #[inline]
+    pub fn next_u64(&mut self) -> u64 {
+        let s = &mut self.s;
+        let result = s[0].wrapping_add(s[3]).rotate_left(23).wrapping_add(s[0]);
+        let t = s[1] << 17;
+        s[2] ^= s[0];
+        s[3] ^= s[1];
+        s[1] ^= s[2];
+        s[0] ^= s[3];
+        s[2] ^= t;
+        s[3] = s[3].rotate_left(45);
+        result
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn xoshiro_matches_the_reference_outputs() {
+        // State [1, 2, 3, 4]: the test vector of the reference C code / rand_xoshiro.
+        let mut seed = [0u8; 32];
+        for (i, w) in [1u64, 2, 3, 4].iter().enumerate() {
+            seed[i * 8..i * 8 + 8].copy_from_slice(&w.to_le_bytes());
+        }
+        let mut rng = Xoshiro256pp::from_seed(&seed);
+        let expected = [
+            41943041u64,
+            58720359,
+            3588806011781223,
+            3591011842654386,
+            9228616714210784205,
+            9973669472204895162,
+            14011001112246962877,
+            12406186145184390807,
+            15849039046786891736,
+            10450023813501588000,
+        ];
+        for e in expected {
+            assert_eq!(rng.next_u64(), e);
+        }
+    }
 
     #[test]
     fn moments_match_init() {

@@ -80,7 +80,7 @@ pub fn ggml_type_code(dtype: GgmlDType) -> Result<u32> {
 /// Byte size of a tensor of `n_elems` values, which must be whole blocks.
 pub fn tensor_bytes(dtype: GgmlDType, n_elems: usize) -> Result<u64> {
     let block = dtype.block_size();
-    if n_elems % block != 0 {
+    if !n_elems.is_multiple_of(block) {
         return Err(Error::Synth(format!(
             "{n_elems} values are not a whole number of {dtype:?} blocks of {block}"
         )));
@@ -242,10 +242,9 @@ pub fn write_all<W: Write + Seek>(
     }
     let written = out.written;
     let end = w.stream_position().map_err(|e| Error::io(label, e))?;
-    if end - start != written {
+    if end.checked_sub(start) != Some(written) {
         return Err(Error::Synth(format!(
-            "writer position moved by {} bytes, but {written} bytes were written",
-            end - start
+            "writer moved from position {start} to {end}, but {written} bytes were written"
         )));
     }
     Ok(written)
@@ -270,44 +269,41 @@ fn write_tensor<W: Write>(
     let init = Init::for_tensor(&t.name);
     let (rows, cols) = rows_cols(t);
     let rows_per_task = (workers.elems_per_task / cols.max(1)).max(1);
-    let threads = workers.threads.max(1);
-    let mut row = 0;
-    while row < rows {
-        // One step: up to `threads` consecutive row ranges, encoded in parallel and
-        // written in order.
-        let mut ranges = Vec::with_capacity(threads);
-        while ranges.len() < threads && row < rows {
-            let end = (row + rows_per_task).min(rows);
-            ranges.push(row..end);
-            row = end;
-        }
-        let encoded: Vec<Result<Vec<u8>>> = if ranges.len() == 1 {
-            vec![encode_rows(&key, init, ranges[0].clone(), cols, t.dtype)]
-        } else {
-            std::thread::scope(|s| {
-                let handles: Vec<_> = ranges
-                    .iter()
-                    .map(|r| {
-                        let r = r.clone();
-                        let key = &key;
-                        s.spawn(move || encode_rows(key, init, r, cols, t.dtype))
-                    })
-                    .collect();
-                handles
-                    .into_iter()
-                    .map(|h| {
-                        h.join().unwrap_or_else(|_| {
-                            Err(Error::Synth("weight generation thread panicked".into()))
-                        })
-                    })
-                    .collect()
-            })
-        };
-        for bytes in encoded {
-            out.bytes(&bytes?)?;
-        }
+    if rows <= rows_per_task {
+        // Norms and small matrices: not worth a thread.
+        return out.bytes(&encode_rows(&key, init, 0..rows, cols, t.dtype)?);
     }
-    Ok(())
+    let threads = workers.threads.max(1);
+    let mut next_row = 0;
+    // Each step hands up to `threads` consecutive row ranges to worker threads; while they
+    // run, the main thread writes the previous step's bytes in order, so I/O overlaps with
+    // generation and at most two steps are in memory.
+    std::thread::scope(|s| {
+        let mut in_flight = Vec::new();
+        loop {
+            let mut step = Vec::with_capacity(threads);
+            while step.len() < threads && next_row < rows {
+                let range = next_row..(next_row + rows_per_task).min(rows);
+                next_row = range.end;
+                let key = &key;
+                step.push(s.spawn(move || encode_rows(key, init, range, cols, t.dtype)));
+            }
+            for handle in in_flight.drain(..) {
+                let bytes = join(handle)?;
+                out.bytes(&bytes)?;
+            }
+            if step.is_empty() {
+                return Ok(());
+            }
+            in_flight = step;
+        }
+    })
+}
+
+fn join(handle: std::thread::ScopedJoinHandle<'_, Result<Vec<u8>>>) -> Result<Vec<u8>> {
+    handle
+        .join()
+        .unwrap_or_else(|_| Err(Error::Synth("weight generation thread panicked".into())))
 }
 
 /// Generates rows `rows` of a tensor and encodes them in `dtype`. Whole rows are whole
@@ -326,11 +322,20 @@ fn encode_rows(
         fill_row(key, r as u64, init, chunk);
     }
     match dtype {
-        GgmlDType::F32 => Ok(values.iter().flat_map(|v| v.to_le_bytes()).collect()),
-        GgmlDType::F16 => Ok(values
-            .iter()
-            .flat_map(|&v| half::f16::from_f32(v).to_le_bytes())
-            .collect()),
+        GgmlDType::F32 => {
+            let mut bytes = Vec::with_capacity(values.len() * 4);
+            for v in &values {
+                bytes.extend_from_slice(&v.to_le_bytes());
+            }
+            Ok(bytes)
+        }
+        GgmlDType::F16 => {
+            let mut bytes = Vec::with_capacity(values.len() * 2);
+            for &v in &values {
+                bytes.extend_from_slice(&half::f16::from_f32(v).to_le_bytes());
+            }
+            Ok(bytes)
+        }
         _ => {
             let t = Tensor::from_vec(values, (n_rows, cols), &Device::Cpu)?;
             let q = QTensor::quantize(&t, dtype)?;

@@ -87,7 +87,7 @@ pub(crate) struct Bpe {
     /// (left piece, right piece) -> (rank, merged piece).
     merges: HashMap<(u32, u32), (u32, u32)>,
     /// Piece of each byte's stand-in character.
-    byte_piece: [u32; 256],
+    byte_piece: Box<[u32; 256]>,
 }
 
 #[derive(Clone, Copy)]
@@ -148,7 +148,7 @@ impl Bpe {
             table.entry((l, r)).or_insert((rank, merged));
         }
         let table_chars = byte_to_char();
-        let mut byte_piece = [NO_PIECE; 256];
+        let mut byte_piece = Box::new([NO_PIECE; 256]);
         for (b, slot) in byte_piece.iter_mut().enumerate() {
             let mut buf = [0u8; 4];
             let s: &str = table_chars[b].encode_utf8(&mut buf);

@@ -73,15 +73,13 @@ fn adds_dummy_prefix(v: &Json) -> bool {
         Json::Object(map) => {
             let ty = map.get("type").and_then(Json::as_str);
             let hit = match ty {
-                Some("Metaspace") => {
-                    match map.get("prepend_scheme").and_then(Json::as_str) {
-                        Some(s) => s != "never",
-                        None => map
-                            .get("add_prefix_space")
-                            .and_then(Json::as_bool)
-                            .unwrap_or(true),
-                    }
-                }
+                Some("Metaspace") => match map.get("prepend_scheme").and_then(Json::as_str) {
+                    Some(s) => s != "never",
+                    None => map
+                        .get("add_prefix_space")
+                        .and_then(Json::as_bool)
+                        .unwrap_or(true),
+                },
                 Some("Prepend") => map.get("prepend").and_then(Json::as_str) == Some("\u{2581}"),
                 _ => false,
             };
@@ -121,7 +119,11 @@ pub(crate) fn load(path: &Path, add_bos: Option<bool>) -> Result<(Vocab, HfModel
     plain.set_encode_special_tokens(true);
 
     let vocab_map = with_special.get_vocab(true);
-    let n = vocab_map.values().map(|&i| i as usize + 1).max().unwrap_or(0);
+    let n = vocab_map
+        .values()
+        .map(|&i| i as usize + 1)
+        .max()
+        .unwrap_or(0);
     if n == 0 {
         return Err(Error::Tokenizer(format!(
             "{}: the vocabulary is empty",
@@ -205,11 +207,14 @@ pub(crate) fn load(path: &Path, add_bos: Option<bool>) -> Result<(Vocab, HfModel
         .or_else(|| config_eos.first().copied())
         .or_else(|| EOS_NAMES.iter().find_map(|t| id_of(t)));
     let add_bos = add_bos
-        .or_else(|| cfg.and_then(|c| c.get("add_bos_token")).and_then(Json::as_bool))
+        .or_else(|| {
+            cfg.and_then(|c| c.get("add_bos_token"))
+                .and_then(Json::as_bool)
+        })
         .unwrap_or(post_bos.is_some())
         && bos.is_some();
-    let add_space_prefix = adds_dummy_prefix(&json["normalizer"])
-        || adds_dummy_prefix(&json["pre_tokenizer"]);
+    let add_space_prefix =
+        adds_dummy_prefix(&json["normalizer"]) || adds_dummy_prefix(&json["pre_tokenizer"]);
 
     let vocab = Vocab::build(VocabParts {
         tokens,
@@ -221,8 +226,11 @@ pub(crate) fn load(path: &Path, add_bos: Option<bool>) -> Result<(Vocab, HfModel
         add_space_prefix,
         style,
     })?;
-    Ok((vocab, HfModel {
-        with_special,
-        plain,
-    }))
+    Ok((
+        vocab,
+        HfModel {
+            with_special,
+            plain,
+        },
+    ))
 }

@@ -1,10 +1,10 @@
 //! Tokenizers that reproduce llama.cpp's tokenization exactly, so that a prompt gives the same
 //! token ids (and so the same logits) as llama.cpp on the same GGUF file.
 //!
-//! - GGUF `tokenizer.ggml.model = "llama"`: SentencePiece BPE ([`spm`]).
-//! - GGUF `tokenizer.ggml.model = "gpt2"`: byte-level BPE ([`bpe`]) with the pre-tokenizer
-//!   regexes llama.cpp picks from `tokenizer.ggml.pre` ([`pretokenize`]).
-//! - Hugging Face `tokenizer.json` ([`hf`]), for safetensors checkpoints.
+//! - GGUF `tokenizer.ggml.model = "llama"`: SentencePiece BPE (`spm`).
+//! - GGUF `tokenizer.ggml.model = "gpt2"`: byte-level BPE (`bpe`) with the pre-tokenizer
+//!   regexes llama.cpp picks from `tokenizer.ggml.pre` (`pretokenize`).
+//! - Hugging Face `tokenizer.json` (`hf`), for safetensors checkpoints.
 //!
 //! Special tokens written in the text are split out first, like llama.cpp's
 //! `tokenizer_st_partition`: user-defined tokens always, control tokens only when the caller
@@ -357,11 +357,17 @@ mod tests {
         scores.extend((0..normal.len()).map(|i| Value::F32(-(i as f32))));
         let tokens: Vec<&str> = tokens.iter().map(String::as_str).collect();
         HashMap::from([
-            ("tokenizer.ggml.model".to_string(), Value::String("llama".into())),
+            (
+                "tokenizer.ggml.model".to_string(),
+                Value::String("llama".into()),
+            ),
             ("tokenizer.ggml.tokens".to_string(), strs(&tokens)),
             ("tokenizer.ggml.scores".to_string(), Value::Array(scores)),
             ("tokenizer.ggml.token_type".to_string(), Value::Array(types)),
-            ("tokenizer.ggml.padding_token_id".to_string(), Value::U32(u32::MAX)),
+            (
+                "tokenizer.ggml.padding_token_id".to_string(),
+                Value::U32(u32::MAX),
+            ),
         ])
     }
 
@@ -376,11 +382,10 @@ mod tests {
         // Without BOS the dummy space is text.
         assert_eq!(tok.decode(&ids[1..]).unwrap(), " ab b");
         // Special tokens only with parse_special; the dummy prefix comes back after them.
-        assert_eq!(tok.encode("a</s>a", false, true).unwrap(), vec![
-            id("▁a"),
-            2,
-            id("▁a")
-        ]);
+        assert_eq!(
+            tok.encode("a</s>a", false, true).unwrap(),
+            vec![id("▁a"), 2, id("▁a")]
+        );
         assert_eq!(tok.encode("</s>", false, false).unwrap().len(), 5);
         assert_eq!(tok.eog_ids(), &[2]);
     }
@@ -431,10 +436,7 @@ mod tests {
         ));
 
         let mut md = spm_md();
-        md.insert(
-            "tokenizer.ggml.scores".into(),
-            strs(&["not", "a", "float"]),
-        );
+        md.insert("tokenizer.ggml.scores".into(), strs(&["not", "a", "float"]));
         assert!(matches!(
             Tokenizer::from_gguf_metadata(&md),
             Err(Error::BadMetadata { .. })
@@ -448,7 +450,10 @@ mod tests {
         ));
 
         let mut md = spm_md();
-        md.insert("tokenizer.ggml.model".into(), Value::String("wordpiece".into()));
+        md.insert(
+            "tokenizer.ggml.model".into(),
+            Value::String("wordpiece".into()),
+        );
         assert!(matches!(
             Tokenizer::from_gguf_metadata(&md),
             Err(Error::Tokenizer(_))

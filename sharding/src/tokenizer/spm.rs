@@ -12,7 +12,7 @@ use std::collections::{BinaryHeap, HashMap};
 #[derive(Debug)]
 pub(crate) struct Spm {
     /// `<0xNN>` token of each byte (or the byte itself as a one-character token).
-    byte_tokens: [Option<u32>; 256],
+    byte_tokens: Box<[Option<u32>; 256]>,
     unk: Option<u32>,
 }
 
@@ -54,7 +54,7 @@ impl Ord for Bigram {
 
 impl Spm {
     pub(crate) fn new(token_to_id: &HashMap<String, u32>, unk: Option<u32>) -> Self {
-        let mut byte_tokens = [None; 256];
+        let mut byte_tokens = Box::new([None; 256]);
         for (b, slot) in byte_tokens.iter_mut().enumerate() {
             let hex = format!("<0x{b:02X}>");
             *slot = token_to_id.get(hex.as_str()).copied().or_else(|| {
@@ -89,8 +89,8 @@ impl Spm {
             });
         }
         let n = symbols.len();
-        for i in 0..n.saturating_sub(1) {
-            symbols[i].next = Some(i + 1);
+        for (i, s) in symbols.iter_mut().enumerate() {
+            s.next = (i + 1 < n).then_some(i + 1);
         }
         let mut heap = BinaryHeap::new();
         let try_add = |heap: &mut BinaryHeap<Bigram>, symbols: &[Symbol], l: usize, r: usize| {

@@ -126,7 +126,7 @@ impl Vocab {
         let mut offsets = Vec::with_capacity(tokens.len() + 1);
         offsets.push(0);
         for (t, &a) in tokens.iter().zip(&attrs) {
-            append_piece(&mut pieces, t, a, style)?;
+            append_piece(&mut pieces, t, a, style);
             offsets.push(pieces.len());
         }
 
@@ -169,30 +169,29 @@ impl Vocab {
     }
 }
 
-/// llama.cpp's `token_to_piece` with `special = false`.
-fn append_piece(out: &mut Vec<u8>, text: &str, a: u8, style: PieceStyle) -> Result<()> {
+/// llama.cpp's `token_to_piece` with `special = false`. A byte-typed token that is not
+/// `<0xNN>` (llama.cpp would read garbage from it) decodes like a normal token instead.
+fn append_piece(out: &mut Vec<u8>, text: &str, a: u8, style: PieceStyle) {
     if a & (attr::UNKNOWN | attr::CONTROL) != 0 {
-        return Ok(());
+        return;
     }
     if a & attr::USER_DEFINED != 0 {
         out.extend_from_slice(text.as_bytes());
-        return Ok(());
-    }
-    if a & attr::NORMAL != 0 {
-        match style {
-            PieceStyle::Spm => out.extend_from_slice(text.replace('\u{2581}', " ").as_bytes()),
-            PieceStyle::ByteLevel => out.extend(decode_byte_level(text)),
-            PieceStyle::Raw => out.extend_from_slice(text.as_bytes()),
-        }
-        return Ok(());
+        return;
     }
     if a & attr::BYTE != 0 {
-        out.push(parse_byte_token(text).ok_or_else(|| Error::BadMetadata {
-            key: "tokenizer.ggml.tokens".into(),
-            reason: format!("byte token {text:?} is not of the form <0xNN>"),
-        })?);
+        if let Some(b) = parse_byte_token(text) {
+            out.push(b);
+            return;
+        }
+    } else if a & attr::NORMAL == 0 {
+        return; // unused / undefined
     }
-    Ok(())
+    match style {
+        PieceStyle::Spm => out.extend_from_slice(text.replace('\u{2581}', " ").as_bytes()),
+        PieceStyle::ByteLevel => out.extend(decode_byte_level(text)),
+        PieceStyle::Raw => out.extend_from_slice(text.as_bytes()),
+    }
 }
 
 /// The byte of a `<0xNN>` token.
@@ -235,7 +234,10 @@ fn get_str<'a>(md: &'a HashMap<String, Value>, key: &str) -> Result<Option<&'a s
     match md.get(key) {
         None => Ok(None),
         Some(Value::String(s)) => Ok(Some(s)),
-        Some(v) => Err(bad(key, format!("expected a string, found {}", type_name(v)))),
+        Some(v) => Err(bad(
+            key,
+            format!("expected a string, found {}", type_name(v)),
+        )),
     }
 }
 
@@ -265,7 +267,10 @@ fn get_array<'a>(md: &'a HashMap<String, Value>, key: &str) -> Result<Option<&'a
     match md.get(key) {
         None => Ok(None),
         Some(Value::Array(items)) => Ok(Some(items)),
-        Some(v) => Err(bad(key, format!("expected an array, found {}", type_name(v)))),
+        Some(v) => Err(bad(
+            key,
+            format!("expected an array, found {}", type_name(v)),
+        )),
     }
 }
 
@@ -276,7 +281,10 @@ fn get_id(md: &HashMap<String, Value>, key: &str, n_vocab: usize) -> Result<Opti
         return Ok(None);
     };
     let x = as_int(v).ok_or_else(|| {
-        bad(key, format!("expected an integer token id, found {}", type_name(v)))
+        bad(
+            key,
+            format!("expected an integer token id, found {}", type_name(v)),
+        )
     })?;
     if x < 0 || x == u32::MAX as i128 || x == u64::MAX as i128 {
         return Ok(Some(None));
