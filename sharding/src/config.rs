@@ -155,7 +155,9 @@ impl ModelConfig {
             ffn_dim: num("intermediate_size")?,
             vocab_size: num("vocab_size")?,
             context_length: num("max_position_embeddings").unwrap_or(2048),
-            rope_base: get("rope_theta").and_then(|v| v.as_f64()).unwrap_or(10_000.0) as f32,
+            rope_base: get("rope_theta")
+                .and_then(|v| v.as_f64())
+                .unwrap_or(10_000.0) as f32,
             rope_dim: head_dim,
             rope_style: RopeStyle::Neox,
             rms_eps: get("rms_norm_eps").and_then(|v| v.as_f64()).unwrap_or(1e-6),
@@ -182,7 +184,7 @@ impl ModelConfig {
                 return Err(bad(k, "must be positive".into()));
             }
         }
-        if self.n_heads % self.n_kv_heads != 0 {
+        if !self.n_heads.is_multiple_of(self.n_kv_heads) {
             return Err(bad(
                 "attention.head_count_kv",
                 format!(
@@ -200,11 +202,14 @@ impl ModelConfig {
                 ),
             ));
         }
-        if self.head_dim % 2 != 0 {
+        if !self.head_dim.is_multiple_of(2) {
             return Err(bad("head_dim", "must be even for RoPE".into()));
         }
         if !(self.rms_eps.is_finite() && self.rms_eps > 0.0) {
-            return Err(bad("attention.layer_norm_rms_epsilon", "must be positive".into()));
+            return Err(bad(
+                "attention.layer_norm_rms_epsilon",
+                "must be positive".into(),
+            ));
         }
         if !(self.rope_base.is_finite() && self.rope_base > 0.0) {
             return Err(bad("rope.freq_base", "must be positive".into()));
@@ -229,7 +234,10 @@ pub(crate) fn md_string(md: &HashMap<String, Value>, key: &str) -> Result<String
     match md.get(key) {
         None => Err(Error::MissingMetadata(key.to_string())),
         Some(Value::String(s)) => Ok(s.clone()),
-        Some(v) => Err(bad(key, format!("expected a string, found {:?}", v.value_type()))),
+        Some(v) => Err(bad(
+            key,
+            format!("expected a string, found {:?}", v.value_type()),
+        )),
     }
 }
 
@@ -265,6 +273,9 @@ pub(crate) fn md_f64(md: &HashMap<String, Value>, key: &str) -> Result<f64> {
         None => Err(Error::MissingMetadata(key.to_string())),
         Some(Value::F32(x)) => Ok(*x as f64),
         Some(Value::F64(x)) => Ok(*x),
-        Some(v) => Err(bad(key, format!("expected a float, found {:?}", v.value_type()))),
+        Some(v) => Err(bad(
+            key,
+            format!("expected a float, found {:?}", v.value_type()),
+        )),
     }
 }

@@ -47,7 +47,9 @@ pub enum Error {
     #[error("invalid layer range `{text}`: {reason}")]
     ParseLayerRange { text: String, reason: String },
 
-    #[error("layer range {range} is out of bounds: the model has {n_layers} layers (0..{n_layers})")]
+    #[error(
+        "layer range {range} is out of bounds: the model has {n_layers} layers (0..{n_layers})"
+    )]
     LayerRangeOutOfBounds { range: String, n_layers: usize },
 
     #[error("layer split does not cover the model: {0}")]

@@ -361,7 +361,8 @@ impl Shard {
         if steps.is_empty() {
             return Ok(Vec::new());
         }
-        let _span = tracing::debug_span!("shard_forward", layers = %self.range, seqs = steps.len()).entered();
+        let _span = tracing::debug_span!("shard_forward", layers = %self.range, seqs = steps.len())
+            .entered();
         // Validate everything before touching any cache.
         let mut rows_of = Vec::with_capacity(steps.len());
         for s in steps.iter() {
@@ -467,7 +468,10 @@ impl Shard {
             })
             .collect::<Result<Vec<_>>>()?;
         Ok(if parts.len() == 1 {
-            parts.into_iter().next().ok_or_else(|| Error::InvalidInput("empty".into()))?
+            parts
+                .into_iter()
+                .next()
+                .ok_or_else(|| Error::InvalidInput("empty".into()))?
         } else {
             Tensor::cat(&parts, 0)?
         })
@@ -504,7 +508,8 @@ impl Shard {
             outs.push(attention(&qs, &kc, &vc, start, nh, nkv, hd)?);
         }
         let attn = if outs.len() == 1 {
-            outs.pop().ok_or_else(|| Error::InvalidInput("empty".into()))?
+            outs.pop()
+                .ok_or_else(|| Error::InvalidInput("empty".into()))?
         } else {
             Tensor::cat(&outs, 0)?
         };
@@ -534,7 +539,10 @@ fn attention(
     let kv_len = start + t;
     let rep = nh / nkv;
     // (t, nh, hd) -> (nh, t, hd) -> (nkv, rep * t, hd)
-    let q = q.transpose(0, 1)?.contiguous()?.reshape((nkv, rep * t, hd))?;
+    let q = q
+        .transpose(0, 1)?
+        .contiguous()?
+        .reshape((nkv, rep * t, hd))?;
     let scale = 1.0 / (hd as f64).sqrt();
     let att = (q.matmul(&k.t()?)? * scale)?;
     let att = if t > 1 {
@@ -554,8 +562,7 @@ fn attention(
     };
     let att = candle_nn::ops::softmax_last_dim(&att)?;
     let y = att.matmul(v)?; // (nkv, rep * t, hd)
-    Ok(y
-        .reshape((nh, t, hd))?
+    Ok(y.reshape((nh, t, hd))?
         .transpose(0, 1)?
         .contiguous()?
         .reshape((t, nh * hd))?)

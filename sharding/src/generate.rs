@@ -74,7 +74,12 @@ impl LocalChain {
     }
 
     /// Runs `tokens` through every shard and returns the logits rows asked for.
-    pub fn forward(&self, caches: &mut [KvCache], tokens: &[u32], rows: LogitRows) -> Result<Tensor> {
+    pub fn forward(
+        &self,
+        caches: &mut [KvCache],
+        tokens: &[u32],
+        rows: LogitRows,
+    ) -> Result<Tensor> {
         let mut input = ShardInput::Tokens(tokens.to_vec());
         for (shard, cache) in self.shards.iter().zip(caches.iter_mut()) {
             match shard.forward(cache, input, rows)? {
@@ -101,7 +106,9 @@ impl ChainSession<'_> {
 
 impl Stepper for ChainSession<'_> {
     fn step(&mut self, tokens: &[u32]) -> Result<Vec<f32>> {
-        let l = self.chain.forward(&mut self.caches, tokens, LogitRows::Last)?;
+        let l = self
+            .chain
+            .forward(&mut self.caches, tokens, LogitRows::Last)?;
         Ok(l.get(0)?.to_dtype(DType::F32)?.to_vec1::<f32>()?)
     }
 
@@ -156,7 +163,9 @@ pub struct GenerationOutput {
 /// prompt that cannot fit fails before any compute.
 pub fn session_length(req: &GenerateRequest, context_length: usize) -> Result<usize> {
     if req.prompt_ids.is_empty() {
-        return Err(Error::InvalidInput("the prompt is empty (no tokens)".into()));
+        return Err(Error::InvalidInput(
+            "the prompt is empty (no tokens)".into(),
+        ));
     }
     if req.prompt_ids.len() >= context_length {
         return Err(Error::ContextOverflow {

@@ -148,7 +148,9 @@ impl GgufFile {
             let mut dims = Vec::with_capacity(n_dims as usize);
             for _ in 0..n_dims {
                 let d = r.len_field(v1)?;
-                dims.push(usize::try_from(d).map_err(|_| r.malformed("dimension overflow".into()))?);
+                dims.push(
+                    usize::try_from(d).map_err(|_| r.malformed("dimension overflow".into()))?,
+                );
             }
             // GGUF lists the innermost dimension first; candle wants it last.
             dims.reverse();
@@ -163,7 +165,7 @@ impl GgufFile {
                 Some(dt) => {
                     let bs = dt.block_size() as u64;
                     let inner = *dims.last().unwrap_or(&0) as u64;
-                    if inner % bs != 0 {
+                    if !inner.is_multiple_of(bs) {
                         return Err(r.malformed(format!(
                             "tensor `{name}`: row length {inner} is not a multiple of the {} block size {bs}",
                             ggml_type_name(type_id)
@@ -275,7 +277,7 @@ impl GgufFile {
             dtype: info.type_name(),
         })?;
         let bytes = self.tensor_bytes(name)?;
-        let storage = if (bytes.as_ptr() as usize) % 8 == 0 {
+        let storage = if (bytes.as_ptr() as usize).is_multiple_of(8) {
             QStorage::from_data(Cow::Borrowed(bytes), device, dtype)?
         } else {
             // candle reinterprets the bytes as blocks and needs them aligned.

@@ -8,7 +8,9 @@ use std::fmt;
 use std::str::FromStr;
 
 /// Layers `start..end` of a model (half-open).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 pub struct LayerRange {
     pub start: usize,
     pub end: usize,

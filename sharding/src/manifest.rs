@@ -8,7 +8,9 @@ use crate::Result;
 use std::collections::BTreeMap;
 
 /// Which part of the model a tensor belongs to.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 pub enum Group {
     /// The token embedding (needed by the first shard).
     Embedding,
@@ -64,13 +66,16 @@ impl Manifest {
                 continue;
             };
             let hash = blake3::hash(bytes);
-            groups.entry(group_of(&t.name)).or_default().push(TensorHash {
-                name: t.name.clone(),
-                dtype: t.dtype.clone(),
-                shape: t.shape.clone(),
-                bytes: bytes.len() as u64,
-                blake3: hash.to_hex().to_string(),
-            });
+            groups
+                .entry(group_of(&t.name))
+                .or_default()
+                .push(TensorHash {
+                    name: t.name.clone(),
+                    dtype: t.dtype.clone(),
+                    shape: t.shape.clone(),
+                    bytes: bytes.len() as u64,
+                    blake3: hash.to_hex().to_string(),
+                });
         }
         for v in groups.values_mut() {
             v.sort_by(|a, b| a.name.cmp(&b.name));
@@ -100,7 +105,9 @@ impl Manifest {
 
     /// The model id: blake3 of the canonical manifest, hex.
     pub fn model_id(&self) -> String {
-        blake3::hash(self.canonical().as_bytes()).to_hex().to_string()
+        blake3::hash(self.canonical().as_bytes())
+            .to_hex()
+            .to_string()
     }
 
     /// Bytes per group, for `model inspect`.

@@ -156,7 +156,7 @@ impl SafetensorsModel {
     }
 
     pub fn has(&self, gguf: &str) -> bool {
-        hf_name(gguf).is_some_and(|h| self.names.iter().any(|n| *n == h))
+        hf_name(gguf).is_some_and(|h| self.names.contains(&h))
     }
 
     /// (dtype name, shape, raw bytes) of a GGUF-named tensor.

@@ -47,9 +47,10 @@ impl ModelFile {
 
     pub fn config(&self) -> Result<ModelConfig> {
         match self {
-            Self::Gguf(g) => {
-                ModelConfig::from_gguf_metadata(g.metadata(), g.tensor_info("output.weight").is_some())
-            }
+            Self::Gguf(g) => ModelConfig::from_gguf_metadata(
+                g.metadata(),
+                g.tensor_info("output.weight").is_some(),
+            ),
             Self::Safetensors(s) => s.config(),
         }
     }

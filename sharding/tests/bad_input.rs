@@ -68,7 +68,12 @@ fn truncated_file_is_named_truncated() {
             "cut {cut}: {msg}"
         );
         if cut > 4 {
-            assert!(msg.contains("truncated") || msg.contains("ends early") || msg.contains("past the end"), "cut {cut}: {msg}");
+            assert!(
+                msg.contains("truncated")
+                    || msg.contains("ends early")
+                    || msg.contains("past the end"),
+                "cut {cut}: {msg}"
+            );
         }
     }
 }
@@ -93,7 +98,10 @@ fn unsupported_architecture() {
     );
     let m = open(bytes).unwrap();
     let err = m.config().unwrap_err();
-    assert!(matches!(err, Error::UnsupportedArchitecture(ref a) if a == "mamba"), "{err}");
+    assert!(
+        matches!(err, Error::UnsupportedArchitecture(ref a) if a == "mamba"),
+        "{err}"
+    );
     assert!(err.to_string().contains("mamba"));
 }
 
@@ -128,7 +136,10 @@ fn missing_tensor_is_named_and_other_shards_still_load() {
     let bytes = rewrite(tiny_bytes(), |_| {}, |n| n != "blk.2.ffn_up.weight");
     let m = open(bytes).unwrap();
     let err = load_all(&m).unwrap_err();
-    assert!(matches!(err, Error::MissingTensor(ref n) if n == "blk.2.ffn_up.weight"), "{err}");
+    assert!(
+        matches!(err, Error::MissingTensor(ref n) if n == "blk.2.ffn_up.weight"),
+        "{err}"
+    );
     // A shard reads only its own tensors.
     Shard::load(&m, LayerRange::new(0, 2).unwrap(), &Device::Cpu).unwrap();
     Shard::load(&m, LayerRange::new(3, 4).unwrap(), &Device::Cpu).unwrap();
@@ -144,7 +155,10 @@ fn missing_metadata_is_named() {
         |_| true,
     );
     let err = open(bytes).unwrap().config().unwrap_err();
-    assert!(matches!(err, Error::MissingMetadata(ref k) if k == "llama.embedding_length"), "{err}");
+    assert!(
+        matches!(err, Error::MissingMetadata(ref k) if k == "llama.embedding_length"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -191,7 +205,16 @@ fn prompt_longer_than_context() {
     let err = shard
         .forward(&mut cache, ShardInput::Tokens(vec![5; 9]), LogitRows::Last)
         .unwrap_err();
-    assert!(matches!(err, Error::ContextOverflow { needed: 9, limit: 8 }), "{err}");
+    assert!(
+        matches!(
+            err,
+            Error::ContextOverflow {
+                needed: 9,
+                limit: 8
+            }
+        ),
+        "{err}"
+    );
     assert_eq!(cache.len(), 0);
     assert!(shard.new_cache(ctx + 1).is_err());
 }
@@ -206,20 +229,39 @@ fn bad_step_inputs_are_refused_without_side_effects() {
     let mut c2 = second.new_cache(16).unwrap();
     // Token id outside the vocabulary.
     let err = first
-        .forward(&mut c1, ShardInput::Tokens(vec![cfg.vocab_size as u32]), LogitRows::Last)
+        .forward(
+            &mut c1,
+            ShardInput::Tokens(vec![cfg.vocab_size as u32]),
+            LogitRows::Last,
+        )
         .unwrap_err();
     assert!(err.to_string().contains("outside the vocabulary"), "{err}");
     // Hidden states of the wrong width.
-    let h = candle_core::Tensor::zeros((2, cfg.dim + 1), candle_core::DType::F32, &Device::Cpu).unwrap();
-    let err = second.forward(&mut c2, ShardInput::Hidden(h), LogitRows::Last).unwrap_err();
+    let h = candle_core::Tensor::zeros((2, cfg.dim + 1), candle_core::DType::F32, &Device::Cpu)
+        .unwrap();
+    let err = second
+        .forward(&mut c2, ShardInput::Hidden(h), LogitRows::Last)
+        .unwrap_err();
     assert!(err.to_string().contains("shape"), "{err}");
     // Tokens to a mid-model shard; a cache of another shard.
-    assert!(second.forward(&mut c2, ShardInput::Tokens(vec![1]), LogitRows::Last).is_err());
-    assert!(first.forward(&mut c2, ShardInput::Tokens(vec![1]), LogitRows::Last).is_err());
+    assert!(second
+        .forward(&mut c2, ShardInput::Tokens(vec![1]), LogitRows::Last)
+        .is_err());
+    assert!(first
+        .forward(&mut c2, ShardInput::Tokens(vec![1]), LogitRows::Last)
+        .is_err());
     assert_eq!((c1.len(), c2.len()), (0, 0));
     // Empty prompt.
-    let req = GenerateRequest { prompt_ids: vec![], max_tokens: 1, sampling: SamplingParams::greedy(), stop: vec![] };
-    assert!(matches!(session_length(&req, 100), Err(Error::InvalidInput(_))));
+    let req = GenerateRequest {
+        prompt_ids: vec![],
+        max_tokens: 1,
+        sampling: SamplingParams::greedy(),
+        stop: vec![],
+    };
+    assert!(matches!(
+        session_length(&req, 100),
+        Err(Error::InvalidInput(_))
+    ));
 }
 
 #[test]
@@ -237,7 +279,11 @@ fn garbage_never_panics() {
         b[at] = (state >> 32) as u8;
         if let Ok(m) = open(b) {
             if let Ok(cfg) = m.config() {
-                if cfg.n_layers <= 8 && cfg.dim <= 256 && cfg.vocab_size <= 1024 && cfg.context_length <= 4096 {
+                if cfg.n_layers <= 8
+                    && cfg.dim <= 256
+                    && cfg.vocab_size <= 1024
+                    && cfg.context_length <= 4096
+                {
                     let _ = load_all(&m);
                 }
             }

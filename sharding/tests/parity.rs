@@ -59,12 +59,18 @@ fn stories260k_matches_reference_tokens_and_logits() {
         // flash attention, 11.802307 with it, 11.804745 in reference.json, for the
         // "Lily and Tom were friends" top logit); the closing note has the figures.
         let hf = &r["crosscheck_hf_transformers"]["first_position_top5_logits"];
-        for (src, tops, tol) in [("llama.cpp", &r["first_position_top5_logits"], 5e-3f32), ("transformers", hf, 1e-4)] {
+        for (src, tops, tol) in [
+            ("llama.cpp", &r["first_position_top5_logits"], 5e-3f32),
+            ("transformers", hf, 1e-4),
+        ] {
             for top in tops.as_array().unwrap() {
                 let id = top["token_id"].as_u64().unwrap() as usize;
                 let want = top["logit"].as_f64().unwrap() as f32;
                 let got = logits[0][id];
-                eprintln!("{prompt:?} token {id}: lamina {got:.6}, {src} {want:.6}, diff {:.2e}", (got - want).abs());
+                eprintln!(
+                    "{prompt:?} token {id}: lamina {got:.6}, {src} {want:.6}, diff {:.2e}",
+                    (got - want).abs()
+                );
                 assert!(
                     (got - want).abs() < tol,
                     "{prompt:?}: logit of token {id} is {got}, {src} says {want}"
@@ -92,8 +98,10 @@ fn stories260k_matches_reference_tokens_and_logits() {
 /// Every position's logits against llama.cpp's full vectors.
 #[test]
 fn stories260k_logits_close_to_llamacpp_at_every_position() {
-    let (Some(path), Some(lp)) = (model_path(STORIES), model_path("stories260K_logits_llamacpp.json"))
-    else {
+    let (Some(path), Some(lp)) = (
+        model_path(STORIES),
+        model_path("stories260K_logits_llamacpp.json"),
+    ) else {
         return;
     };
     let data: serde_json::Value =
@@ -150,14 +158,18 @@ fn smollm2_prompt_ids_and_greedy_tokens_match_reference() {
                 break;
             }
             assert_eq!(
-                got[i], want[i],
+                got[i],
+                want[i],
                 "{prompt:?}: token {i} differs (reference margin {:.3}, ours {:.3})",
                 ref_margins[i],
                 margin(&logits[i])
             );
             compared += 1;
         }
-        eprintln!("SmolLM2 {prompt:?}: {compared} of {} tokens compared and equal", want.len());
+        eprintln!(
+            "SmolLM2 {prompt:?}: {compared} of {} tokens compared and equal",
+            want.len()
+        );
         // The top-5 logits at the first position are within quantization noise.
         for top in r["first_position_top5_logits"].as_array().unwrap() {
             let id = top["token_id"].as_u64().unwrap() as usize;
@@ -175,7 +187,10 @@ fn smollm2_prompt_ids_and_greedy_tokens_match_reference() {
 /// continuations (made by `benches/scripts/reference_margins.py` with llama-cpp-python
 /// 0.3.36 on the shared file; committed as a test fixture).
 fn llamacpp_margins() -> std::collections::HashMap<String, Vec<f32>> {
-    let p = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/smollm2_reference_margins.json");
+    let p = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/smollm2_reference_margins.json"
+    );
     let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap();
     v["prompts"]
         .as_object()

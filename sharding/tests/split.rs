@@ -65,7 +65,11 @@ fn check_model(model: &ModelFile, prompts: &[Vec<u32>], extra_splits: &[Vec<Laye
             let (toks, logits) = run(&chain, prompt, 8);
             assert_eq!(toks, want_toks, "split {split:?}");
             for (a, b) in logits.iter().zip(&want_logits) {
-                let d = a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+                let d = a
+                    .iter()
+                    .zip(b)
+                    .map(|(x, y)| (x - y).abs())
+                    .fold(0f32, f32::max);
                 assert!(d <= 1e-5, "split {split:?}: logits differ by {d}");
             }
         }
@@ -137,26 +141,46 @@ fn batched_sessions_equal_single_sessions() {
     let mut alone = vec![];
     for p in &prompts {
         let mut c = shard.new_cache(32).unwrap();
-        let out = shard.forward(&mut c, ShardInput::Tokens(p.clone()), LogitRows::Last).unwrap();
-        let step2 = shard.forward(&mut c, ShardInput::Tokens(vec![11]), LogitRows::Last).unwrap();
-        alone.push((out.into_tensor().to_vec2::<f32>().unwrap(), step2.into_tensor().to_vec2::<f32>().unwrap()));
+        let out = shard
+            .forward(&mut c, ShardInput::Tokens(p.clone()), LogitRows::Last)
+            .unwrap();
+        let step2 = shard
+            .forward(&mut c, ShardInput::Tokens(vec![11]), LogitRows::Last)
+            .unwrap();
+        alone.push((
+            out.into_tensor().to_vec2::<f32>().unwrap(),
+            step2.into_tensor().to_vec2::<f32>().unwrap(),
+        ));
     }
     // Together.
-    let mut caches: Vec<_> = prompts.iter().map(|_| shard.new_cache(32).unwrap()).collect();
+    let mut caches: Vec<_> = prompts
+        .iter()
+        .map(|_| shard.new_cache(32).unwrap())
+        .collect();
     let mut steps: Vec<SeqStep> = caches
         .iter_mut()
         .zip(&prompts)
-        .map(|(c, p)| SeqStep { cache: c, input: ShardInput::Tokens(p.clone()), logits: LogitRows::Last })
+        .map(|(c, p)| SeqStep {
+            cache: c,
+            input: ShardInput::Tokens(p.clone()),
+            logits: LogitRows::Last,
+        })
         .collect();
     let first = shard.forward_batch(&mut steps).unwrap();
     drop(steps);
     let mut steps: Vec<SeqStep> = caches
         .iter_mut()
-        .map(|c| SeqStep { cache: c, input: ShardInput::Tokens(vec![11]), logits: LogitRows::Last })
+        .map(|c| SeqStep {
+            cache: c,
+            input: ShardInput::Tokens(vec![11]),
+            logits: LogitRows::Last,
+        })
         .collect();
     let second = shard.forward_batch(&mut steps).unwrap();
     for (i, (a, b)) in first.into_iter().zip(second).enumerate() {
-        let (ShardOutput::Logits(a), ShardOutput::Logits(b)) = (a, b) else { panic!("logits expected") };
+        let (ShardOutput::Logits(a), ShardOutput::Logits(b)) = (a, b) else {
+            panic!("logits expected")
+        };
         let (a, b) = (a.to_vec2::<f32>().unwrap(), b.to_vec2::<f32>().unwrap());
         for (x, y) in a[0].iter().zip(&alone[i].0[0]) {
             assert!((x - y).abs() <= 1e-5, "prefill of seq {i}");

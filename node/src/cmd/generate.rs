@@ -22,7 +22,10 @@ pub fn default_model() -> anyhow::Result<ModelFile> {
         n_layers_override: None,
     };
     let bytes = synth::gguf_bytes(&spec)?;
-    Ok(ModelFile::from_gguf_bytes("<built-in tiny synthetic model>", bytes)?)
+    Ok(ModelFile::from_gguf_bytes(
+        "<built-in tiny synthetic model>",
+        bytes,
+    )?)
 }
 
 pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
@@ -94,12 +97,18 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
 
     let mut stdout = std::io::stdout().lock();
     let streaming = args.format == OutputFormat::Text;
-    let out = generate(&mut session, &tokenizer, &req, cfg.context_length, |piece| {
-        if streaming {
-            let _ = write!(stdout, "{piece}");
-            let _ = stdout.flush();
-        }
-    })?;
+    let out = generate(
+        &mut session,
+        &tokenizer,
+        &req,
+        cfg.context_length,
+        |piece| {
+            if streaming {
+                let _ = write!(stdout, "{piece}");
+                let _ = stdout.flush();
+            }
+        },
+    )?;
     match args.format {
         OutputFormat::Text => {
             writeln!(stdout)?;

@@ -42,8 +42,7 @@ pub fn run(cmd: ModelCommand) -> anyhow::Result<()> {
 }
 
 fn inspect(file: &std::path::Path, format: OutputFormat) -> anyhow::Result<()> {
-    let model =
-        ModelFile::open(file).with_context(|| format!("cannot load {}", file.display()))?;
+    let model = ModelFile::open(file).with_context(|| format!("cannot load {}", file.display()))?;
     let cfg = model.config()?;
     let manifest = Manifest::compute(&model)?;
     let model_id = manifest.model_id();
@@ -95,11 +94,18 @@ fn inspect(file: &std::path::Path, format: OutputFormat) -> anyhow::Result<()> {
             println!("rms eps:        {:e}", cfg.rms_eps);
             println!(
                 "output head:    {}",
-                if cfg.tied_embeddings { "tied to the embedding" } else { "separate" }
+                if cfg.tied_embeddings {
+                    "tied to the embedding"
+                } else {
+                    "separate"
+                }
             );
             println!("tensor types:");
             for (ty, (n, b)) in &types {
-                println!("  {ty:<8} {n:>5} tensors  {:>10.2} MiB", *b as f64 / (1 << 20) as f64);
+                println!(
+                    "  {ty:<8} {n:>5} tensors  {:>10.2} MiB",
+                    *b as f64 / (1 << 20) as f64
+                );
             }
             let mib = |b: u64| b as f64 / (1 << 20) as f64;
             println!(
