@@ -44,6 +44,7 @@ pub enum OutputFormat {
 }
 
 #[derive(Args, Debug)]
+#[command(allow_negative_numbers = true)]
 pub struct GenerateArgs {
     /// The prompt (with --chat: the user's message).
     pub prompt: String,

@@ -53,7 +53,30 @@ pub struct TensorHash {
 /// The manifest of a model.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Manifest {
+    #[serde(with = "group_list")]
     pub groups: BTreeMap<Group, Vec<TensorHash>>,
+}
+
+/// JSON objects need string keys; the groups travel as a list of `[group, tensors]`.
+mod group_list {
+    use super::{Group, TensorHash};
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+    use std::collections::BTreeMap;
+
+    pub fn serialize<S: Serializer>(
+        m: &BTreeMap<Group, Vec<TensorHash>>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        let v: Vec<(&Group, &Vec<TensorHash>)> = m.iter().collect();
+        v.serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<BTreeMap<Group, Vec<TensorHash>>, D::Error> {
+        let v: Vec<(Group, Vec<TensorHash>)> = Vec::deserialize(d)?;
+        Ok(v.into_iter().collect())
+    }
 }
 
 impl Manifest {
@@ -129,6 +152,17 @@ impl Manifest {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn manifest_serializes_to_json() {
+        let mut groups = BTreeMap::new();
+        groups.insert(Group::Layer(1), vec![]);
+        groups.insert(Group::Embedding, vec![]);
+        let m = Manifest { groups };
+        let text = serde_json::to_string(&m).unwrap();
+        let back: Manifest = serde_json::from_str(&text).unwrap();
+        assert_eq!(back, m);
+    }
 
     #[test]
     fn groups() {

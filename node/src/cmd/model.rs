@@ -63,12 +63,12 @@ fn inspect(file: &std::path::Path, format: OutputFormat) -> anyhow::Result<()> {
                 "file": file,
                 "format": model.format_name(),
                 "model_id": model_id,
-                "config": cfg,
+                "config": serde_json::to_value(&cfg)?,
                 "tensor_types": types.iter().map(|(k, (n, b))| (k.clone(), serde_json::json!({"tensors": n, "bytes": b}))).collect::<serde_json::Map<_, _>>(),
                 "embedding_bytes": group_bytes.get(&Group::Embedding).copied().unwrap_or(0),
                 "head_bytes": group_bytes.get(&Group::Head).copied().unwrap_or(0),
                 "layer_bytes": layers,
-                "manifest": manifest,
+                "manifest": serde_json::to_value(&manifest)?,
             });
             println!("{}", serde_json::to_string_pretty(&v)?);
         }
