@@ -23,6 +23,7 @@ impl Cli {
     pub fn threads(&self) -> Option<usize> {
         match &self.command {
             Command::Generate(g) => g.threads,
+            Command::Node(n) => n.threads,
             _ => None,
         }
     }
@@ -35,6 +36,73 @@ pub enum Command {
     /// Inspect or create model files.
     #[command(subcommand)]
     Model(ModelCommand),
+    /// Serve a layer range of a model on the QUIC data plane.
+    Node(NodeArgs),
+    /// Start or stop a local testnet of node processes.
+    #[command(subcommand)]
+    Testnet(TestnetCommand),
+}
+
+#[derive(Args, Debug)]
+pub struct NodeArgs {
+    /// The model file (GGUF or safetensors directory).
+    #[arg(long)]
+    pub model: PathBuf,
+    /// The layers to serve, e.g. 0..2.
+    #[arg(long)]
+    pub layers: String,
+    /// The data-plane (QUIC, UDP) address; port 0 picks a free one (printed when ready).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    pub listen: std::net::SocketAddr,
+    /// Where the node keeps its certificate and key.
+    #[arg(long, default_value = ".lamina")]
+    pub data_dir: PathBuf,
+    /// Sessions served at once.
+    #[arg(long, default_value_t = 64, value_parser = parse_max_sessions)]
+    pub max_sessions: usize,
+    /// Close sessions idle this many seconds.
+    #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..=86400))]
+    pub idle_timeout_secs: u64,
+    /// Serve the HTTP API (POST /v1/completions) on this address.
+    #[arg(long)]
+    pub api: Option<std::net::SocketAddr>,
+    /// The chain file the HTTP API runs requests through (read on every request).
+    #[arg(long)]
+    pub api_chain: Option<PathBuf>,
+    /// Also write the ready line (JSON) to this file.
+    #[arg(long)]
+    pub ready_file: Option<PathBuf>,
+    /// Name in logs and handshakes.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Compute threads (default: the physical cores).
+    #[arg(long, value_parser = parse_threads)]
+    pub threads: Option<usize>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TestnetCommand {
+    /// Start N nodes on loopback, layers split evenly, and write the state file.
+    Up {
+        /// Number of nodes.
+        #[arg(long, default_value_t = 3)]
+        nodes: usize,
+        /// The model file every node serves a part of.
+        #[arg(long)]
+        model: PathBuf,
+        /// The state file to write (JSON).
+        #[arg(long)]
+        state: PathBuf,
+        /// Folder for data dirs and logs (default: STATE.d).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// Stop the nodes of a testnet.
+    Down {
+        /// The state file `up` wrote.
+        #[arg(long)]
+        state: PathBuf,
+    },
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
@@ -88,6 +156,12 @@ pub struct GenerateArgs {
     /// Output: the text as it streams, or one JSON object at the end.
     #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
     pub format: OutputFormat,
+    /// Run through running nodes: a JSON chain file, a list of {layers, addr, fingerprint}.
+    #[arg(long, value_name = "FILE")]
+    pub chain: Option<PathBuf>,
+    /// Activations on the wire with --chain: f16 or f32 (bit-exact).
+    #[arg(long, default_value = "f16")]
+    pub activation_dtype: lamina_protocol::WireDType,
 }
 
 #[derive(Subcommand, Debug)]
@@ -125,5 +199,13 @@ fn parse_threads(s: &str) -> Result<usize, String> {
     match s.parse::<usize>() {
         Ok(n) if (1..=1024).contains(&n) => Ok(n),
         _ => Err(format!("`{s}` is not a thread count from 1 to 1024")),
+    }
+}
+
+/// Session limits from 1 to 65536.
+fn parse_max_sessions(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if (1..=65536).contains(&n) => Ok(n),
+        _ => Err(format!("`{s}` is not a session count from 1 to 65536")),
     }
 }

@@ -14,5 +14,9 @@
 //!   idle expiry, limits) and the pipeline client (prefill, decode, replay log, failover);
 //! - `api`: the OpenAI-compatible HTTP API, `/status`, `/metrics`.
 
+pub mod api;
 pub mod cli;
 pub mod cmd;
+pub mod dataplane;
+pub mod pipeline;
+pub mod session;

@@ -55,14 +55,24 @@ fn default_model_runs_with_a_notice() {
 
 #[test]
 fn stories_split_generation_matches_reference() {
-    let Some(m) = model("stories260K.gguf") else { return };
+    let Some(m) = model("stories260K.gguf") else {
+        return;
+    };
     let m = m.to_str().unwrap();
     let want: Vec<u64> = vec![
         432, 383, 286, 261, 376, 298, 315, 421, 395, 317, 426, 338, 401, 396, 267, 337, 410, 408,
         419, 292, 411, 322, 265, 282, 295, 433, 426, 385, 328, 432, 358, 394,
     ];
     for split in [None, Some("0..2,2..5"), Some("0..1,1..2,2..3,3..4,4..5")] {
-        let mut args = vec!["generate", "--model", m, "--max-tokens", "32", "--format", "json"];
+        let mut args = vec![
+            "generate",
+            "--model",
+            m,
+            "--max-tokens",
+            "32",
+            "--format",
+            "json",
+        ];
         if let Some(s) = split {
             args.extend(["--layers-split", s]);
         }
@@ -86,14 +96,24 @@ fn stories_split_generation_matches_reference() {
 /// `--chat` renders SmolLM2's own template, stops at `<|im_end|>`, and answers.
 #[test]
 fn smollm2_chat_answers_and_stops_at_im_end() {
-    let Some(m) = model("SmolLM2-135M-Instruct.Q4_1.gguf") else { return };
+    let Some(m) = model("SmolLM2-135M-Instruct.Q4_1.gguf") else {
+        return;
+    };
     let m = m.to_str().unwrap();
     for (q, must) in [
         ("What is 2 + 2?", "4"),
         ("What color is the sky on a clear day?", "blue"),
     ] {
         let v = json(&lamina(&[
-            "generate", "--model", m, "--chat", "--max-tokens", "40", "--format", "json", q,
+            "generate",
+            "--model",
+            m,
+            "--chat",
+            "--max-tokens",
+            "40",
+            "--format",
+            "json",
+            q,
         ]));
         let text = v["text"].as_str().unwrap();
         assert!(text.to_lowercase().contains(must), "{q:?} -> {text:?}");
@@ -108,7 +128,10 @@ fn smollm2_chat_answers_and_stops_at_im_end() {
         assert_eq!(prompt.iter().filter(|&&t| t == 1).count(), 3);
         assert_eq!(prompt.iter().filter(|&&t| t == 2).count(), 2);
         if q.starts_with("What is") {
-            assert_eq!(v["finish_reason"], "stop", "{text:?} should end at <|im_end|>");
+            assert_eq!(
+                v["finish_reason"], "stop",
+                "{text:?} should end at <|im_end|>"
+            );
             assert!(!text.contains("<|im_end|>"));
         }
     }
@@ -118,14 +141,41 @@ fn smollm2_chat_answers_and_stops_at_im_end() {
 fn bad_flags_and_files_are_clear_errors() {
     let cases: Vec<(Vec<&str>, &str)> = vec![
         (vec!["generate", "--threads", "0", "x"], "thread count"),
-        (vec!["generate", "--layers-split", "0..2,3..4", "x"], "layer split"),
-        (vec!["generate", "--layers-split", "0..9", "x"], "out of bounds"),
-        (vec!["generate", "--layers-split", "banana", "x"], "invalid layer range"),
-        (vec!["generate", "--model", "/nonexistent/model.gguf", "x"], "/nonexistent/model.gguf"),
+        (
+            vec!["generate", "--layers-split", "0..2,3..4", "x"],
+            "layer split",
+        ),
+        (
+            vec!["generate", "--layers-split", "0..9", "x"],
+            "out of bounds",
+        ),
+        (
+            vec!["generate", "--layers-split", "banana", "x"],
+            "invalid layer range",
+        ),
+        (
+            vec!["generate", "--model", "/nonexistent/model.gguf", "x"],
+            "/nonexistent/model.gguf",
+        ),
         (vec!["generate", "--temperature", "-1", "x"], "temperature"),
         (vec!["generate", "--top-p", "0", "x"], "top_p"),
-        (vec!["model", "synth", "--preset", "nope", "--out", "/tmp/x.gguf"], "preset"),
-        (vec!["model", "synth", "--preset", "tiny", "--dtype", "q3_z", "--out", "/tmp/x.gguf"], "q3_z"),
+        (
+            vec!["model", "synth", "--preset", "nope", "--out", "/tmp/x.gguf"],
+            "preset",
+        ),
+        (
+            vec![
+                "model",
+                "synth",
+                "--preset",
+                "tiny",
+                "--dtype",
+                "q3_z",
+                "--out",
+                "/tmp/x.gguf",
+            ],
+            "q3_z",
+        ),
         (vec!["model", "inspect", "/etc/hostname"], "not a GGUF file"),
     ];
     for (args, needle) in cases {
@@ -146,7 +196,9 @@ fn synth_then_inspect_then_generate() {
     std::fs::create_dir_all(&dir).unwrap();
     let f = dir.join("tiny.gguf");
     let f = f.to_str().unwrap();
-    let o = lamina(&["model", "synth", "--preset", "tiny", "--dtype", "q4_0", "--seed", "3", "--out", f]);
+    let o = lamina(&[
+        "model", "synth", "--preset", "tiny", "--dtype", "q4_0", "--seed", "3", "--out", f,
+    ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let v = json(&lamina(&["model", "inspect", "--format", "json", f]));
     assert_eq!(v["config"]["n_layers"], 4);
@@ -156,20 +208,45 @@ fn synth_then_inspect_then_generate() {
     let text = stdout(&lamina(&["model", "inspect", f]));
     assert!(text.contains(v["model_id"].as_str().unwrap()), "{text}");
     assert!(text.contains("Q4_0"), "{text}");
-    let g = json(&lamina(&["generate", "--model", f, "--max-tokens", "4", "--format", "json", "--layers-split", "0..1,1..4", "abc"]));
+    let g = json(&lamina(&[
+        "generate",
+        "--model",
+        f,
+        "--max-tokens",
+        "4",
+        "--format",
+        "json",
+        "--layers-split",
+        "0..1,1..4",
+        "abc",
+    ]));
     assert_eq!(g["generated_token_ids"].as_array().unwrap().len(), 4);
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
 fn inspect_real_model_reports_id_and_layers() {
-    let Some(m) = model("stories260K.gguf") else { return };
-    let v = json(&lamina(&["model", "inspect", "--format", "json", m.to_str().unwrap()]));
+    let Some(m) = model("stories260K.gguf") else {
+        return;
+    };
+    let v = json(&lamina(&[
+        "model",
+        "inspect",
+        "--format",
+        "json",
+        m.to_str().unwrap(),
+    ]));
     assert_eq!(v["config"]["n_layers"], 5);
     assert_eq!(v["config"]["n_kv_heads"], 4);
     assert_eq!(v["config"]["tied_embeddings"], false);
-    assert_eq!(v["tensor_types"]["F32"]["tensors"].as_u64().unwrap() > 0, true);
+    assert!(v["tensor_types"]["F32"]["tensors"].as_u64().unwrap() > 0);
     // Stable across runs: the id is a function of the bytes.
-    let again = json(&lamina(&["model", "inspect", "--format", "json", m.to_str().unwrap()]));
+    let again = json(&lamina(&[
+        "model",
+        "inspect",
+        "--format",
+        "json",
+        m.to_str().unwrap(),
+    ]));
     assert_eq!(v["model_id"], again["model_id"]);
 }

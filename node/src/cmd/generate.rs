@@ -29,6 +29,9 @@ pub fn default_model() -> anyhow::Result<ModelFile> {
 }
 
 pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
+    if let Some(chain) = &args.chain {
+        return super::chain::run(&args, chain);
+    }
     let model = match &args.model {
         Some(p) => ModelFile::open(p).with_context(|| format!("cannot load {}", p.display()))?,
         None => {

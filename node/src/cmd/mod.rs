@@ -1,7 +1,10 @@
 //! The commands of the `lamina` binary, one module each.
 
+mod chain;
 mod generate;
 mod model;
+pub mod node;
+mod testnet;
 
 use crate::cli::{Cli, Command};
 
@@ -18,5 +21,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Generate(args) => generate::run(args),
         Command::Model(cmd) => model::run(cmd),
+        Command::Node(args) => node::run(args),
+        Command::Testnet(cmd) => testnet::run(cmd),
     }
 }

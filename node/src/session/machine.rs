@@ -1,0 +1,511 @@
+//! The per-stream session state machine of a hop: which message is legal when, and every
+//! check that needs no model and no socket. Pure (no I/O, no clock): the server
+//! ([`super::server`]) drives it and does what it decides.
+//!
+//! One data-plane stream carries one session: `Hello` -> `OpenSession` -> `Forward`* ->
+//! `Close`. Every refusal is an [`ErrorMessage`] with a typed code; a refused message leaves
+//! the state unchanged, so the stream (and the session) can go on.
+
+use lamina_protocol::{
+    ErrorCode, ErrorMessage, Forward, ForwardInput, Hello, HelloAck, LayerRange, ModelId,
+    OpenSession, SessionId,
+};
+
+/// What a hop serves: fixed for the life of the node.
+#[derive(Clone, Debug)]
+pub struct HostInfo {
+    pub node_name: String,
+    pub model_id: ModelId,
+    /// The layers loaded (sessions must ask for exactly these).
+    pub layers: LayerRange,
+    /// Layers of the whole model.
+    pub n_layers: u32,
+    /// Width of the hidden states.
+    pub hidden_dim: u32,
+    /// Vocabulary size (token ids must be below it).
+    pub vocab_size: u32,
+    /// Most positions a session may ask for.
+    pub context_length: u32,
+}
+
+impl HostInfo {
+    /// Whether this hop embeds tokens.
+    pub fn is_first(&self) -> bool {
+        self.layers.start == 0
+    }
+
+    /// Whether this hop runs the output head.
+    pub fn is_last(&self) -> bool {
+        self.layers.end == self.n_layers
+    }
+}
+
+/// What a hop does with the output of a step.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// Sends hidden states to the next hop and relays its result upstream.
+    Forward,
+    /// Runs the head and samples (returning logits when asked).
+    Sample { return_logits: bool },
+    /// Returns its hidden states upstream (a client running the rest itself).
+    ReturnHidden,
+}
+
+/// The state of an open session on this stream.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OpenState {
+    pub session_id: SessionId,
+    pub max_length: u32,
+    /// Step numbers must increase strictly; the next one must be at least this.
+    pub next_step: u64,
+    /// Positions held by the KV cache (= the next `start_pos`).
+    pub position: u32,
+    pub role: Role,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Phase {
+    AwaitHello,
+    AwaitOpen,
+    Open(OpenState),
+    Closed,
+}
+
+/// The state machine of one data-plane stream.
+#[derive(Clone, Debug)]
+pub struct StreamMachine {
+    host: HostInfo,
+    phase: Phase,
+}
+
+fn err(code: ErrorCode, msg: impl Into<String>) -> ErrorMessage {
+    ErrorMessage::new(code, msg)
+}
+
+impl StreamMachine {
+    /// A fresh stream, waiting for `Hello`.
+    pub fn new(host: HostInfo) -> Self {
+        Self {
+            host,
+            phase: Phase::AwaitHello,
+        }
+    }
+
+    /// The host this machine checks against.
+    pub fn host(&self) -> &HostInfo {
+        &self.host
+    }
+
+    /// The open session, if any.
+    pub fn session(&self) -> Option<&OpenState> {
+        match &self.phase {
+            Phase::Open(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// Whether the stream's session was closed (by request or expiry).
+    pub fn is_closed(&self) -> bool {
+        self.phase == Phase::Closed
+    }
+
+    /// `Hello`: the protocol version was checked by the decoder; here the model.
+    pub fn on_hello(&mut self, h: &Hello) -> Result<HelloAck, ErrorMessage> {
+        if self.phase != Phase::AwaitHello {
+            return Err(err(
+                ErrorCode::UnexpectedMessage,
+                "Hello was already received",
+            ));
+        }
+        if h.model_id != self.host.model_id {
+            return Err(err(
+                ErrorCode::WrongModel,
+                format!(
+                    "this node serves model {}, not {}",
+                    self.host.model_id, h.model_id
+                ),
+            ));
+        }
+        self.phase = Phase::AwaitOpen;
+        Ok(HelloAck::new(
+            self.host.node_name.clone(),
+            Some(self.host.layers),
+        ))
+    }
+
+    /// Checks an `OpenSession` (`slot_free`: whether the node's session limit allows one
+    /// more). On success returns the role; call [`opened`](Self::opened) once the session
+    /// really is open (after the next hop accepted it, for a forwarding hop).
+    pub fn check_open(&self, o: &OpenSession, slot_free: bool) -> Result<Role, ErrorMessage> {
+        match self.phase {
+            Phase::AwaitHello => {
+                return Err(err(
+                    ErrorCode::UnexpectedMessage,
+                    "OpenSession before Hello",
+                ))
+            }
+            Phase::Open(_) => {
+                return Err(err(
+                    ErrorCode::SessionExists,
+                    "this stream already carries a session (open one stream per session)",
+                ))
+            }
+            Phase::Closed => {
+                return Err(err(ErrorCode::UnexpectedMessage, "the session was closed"))
+            }
+            Phase::AwaitOpen => {}
+        }
+        if o.model_id != self.host.model_id {
+            return Err(err(
+                ErrorCode::WrongModel,
+                format!(
+                    "this node serves model {}, not {}",
+                    self.host.model_id, o.model_id
+                ),
+            ));
+        }
+        if o.layers != self.host.layers {
+            return Err(err(
+                ErrorCode::LayerMismatch,
+                format!(
+                    "this node runs layers {}, the session asks for {}",
+                    self.host.layers, o.layers
+                ),
+            ));
+        }
+        if o.max_length > self.host.context_length {
+            return Err(err(
+                ErrorCode::ContextOverflow,
+                format!(
+                    "max_length {} exceeds the model's context of {}",
+                    o.max_length, self.host.context_length
+                ),
+            ));
+        }
+        let role = match (self.host.is_last(), o.next_hops.is_empty(), o.sampling) {
+            (true, true, Some(_)) => Role::Sample {
+                return_logits: o.return_logits,
+            },
+            (true, true, None) => {
+                return Err(err(
+                    ErrorCode::InvalidMessage,
+                    "the last hop needs sampling settings",
+                ))
+            }
+            (true, false, _) => {
+                return Err(err(
+                    ErrorCode::LayerMismatch,
+                    "next hops after the model's last layer",
+                ))
+            }
+            (false, false, _) => Role::Forward,
+            (false, true, _) => Role::ReturnHidden,
+        };
+        if !slot_free {
+            return Err(err(
+                ErrorCode::SessionLimit,
+                "this node serves its maximum number of sessions; try another node or later",
+            ));
+        }
+        Ok(role)
+    }
+
+    /// Records that the session is open.
+    pub fn opened(&mut self, o: &OpenSession, role: Role) {
+        self.phase = Phase::Open(OpenState {
+            session_id: o.session_id,
+            max_length: o.max_length,
+            next_step: 0,
+            position: 0,
+            role,
+        });
+    }
+
+    /// Checks a `Forward` against the session: id, step order, positions, input kind and
+    /// shape. On success returns the number of rows.
+    pub fn check_forward(&self, f: &Forward) -> Result<u32, ErrorMessage> {
+        let Phase::Open(s) = &self.phase else {
+            return Err(err(
+                ErrorCode::UnknownSession,
+                format!("no open session {} on this stream", f.session_id),
+            ));
+        };
+        if f.session_id != s.session_id {
+            return Err(err(
+                ErrorCode::UnknownSession,
+                format!(
+                    "session {} is not open on this stream (it carries {})",
+                    f.session_id, s.session_id
+                ),
+            ));
+        }
+        if f.step < s.next_step {
+            return Err(err(
+                ErrorCode::StepOutOfOrder,
+                format!(
+                    "step {} after step {}",
+                    f.step,
+                    s.next_step.saturating_sub(1)
+                ),
+            ));
+        }
+        if f.start_pos != s.position {
+            return Err(err(
+                ErrorCode::StepOutOfOrder,
+                format!(
+                    "start_pos {} but the cache holds {} positions",
+                    f.start_pos, s.position
+                ),
+            ));
+        }
+        let rows = f.rows();
+        if u64::from(s.position) + u64::from(rows) > u64::from(s.max_length) {
+            return Err(err(
+                ErrorCode::ContextOverflow,
+                format!(
+                    "{} + {rows} positions exceed the session's max_length {}",
+                    s.position, s.max_length
+                ),
+            ));
+        }
+        match (&f.input, self.host.is_first()) {
+            (ForwardInput::Tokens(t), true) => {
+                if let Some(bad) = t.iter().find(|&&id| id >= self.host.vocab_size) {
+                    return Err(err(
+                        ErrorCode::InvalidMessage,
+                        format!(
+                            "token id {bad} is outside the vocabulary (size {})",
+                            self.host.vocab_size
+                        ),
+                    ));
+                }
+            }
+            (ForwardInput::Tokens(_), false) => {
+                return Err(err(
+                    ErrorCode::BadTensor,
+                    format!(
+                        "this hop runs layers {} and takes hidden states, not token ids",
+                        self.host.layers
+                    ),
+                ))
+            }
+            (ForwardInput::Hidden(_), true) => {
+                return Err(err(
+                    ErrorCode::BadTensor,
+                    "the first hop takes token ids, not hidden states",
+                ))
+            }
+            (ForwardInput::Hidden(h), false) => {
+                if h.shape() != [rows, self.host.hidden_dim] {
+                    return Err(err(
+                        ErrorCode::BadTensor,
+                        format!(
+                            "hidden states must have shape [rows, {}], got {:?}",
+                            self.host.hidden_dim,
+                            h.shape()
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(rows)
+    }
+
+    /// Records a step that ran.
+    pub fn forwarded(&mut self, f: &Forward) {
+        if let Phase::Open(s) = &mut self.phase {
+            s.next_step = f.step.saturating_add(1);
+            s.position = s.position.saturating_add(f.rows());
+        }
+    }
+
+    /// Checks a `Close`.
+    pub fn check_close(&self, id: SessionId) -> Result<(), ErrorMessage> {
+        match &self.phase {
+            Phase::Open(s) if s.session_id == id => Ok(()),
+            _ => Err(err(
+                ErrorCode::UnknownSession,
+                format!("no open session {id} on this stream"),
+            )),
+        }
+    }
+
+    /// Records the end of the session (by `Close` or idle expiry).
+    pub fn closed(&mut self) {
+        self.phase = Phase::Closed;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lamina_protocol::{SamplingSettings, WireDType, WireTensor};
+
+    fn host(start: u32, end: u32) -> HostInfo {
+        HostInfo {
+            node_name: "t".into(),
+            model_id: ModelId::from_bytes([7; 32]),
+            layers: LayerRange::new(start, end).unwrap(),
+            n_layers: 5,
+            hidden_dim: 4,
+            vocab_size: 10,
+            context_length: 16,
+        }
+    }
+
+    fn open(start: u32, end: u32) -> OpenSession {
+        OpenSession {
+            session_id: SessionId::from(1u128),
+            model_id: ModelId::from_bytes([7; 32]),
+            layers: LayerRange::new(start, end).unwrap(),
+            max_length: 8,
+            activation_dtype: WireDType::F32,
+            sampling: Some(SamplingSettings::greedy()),
+            return_logits: false,
+            next_hops: vec![],
+        }
+    }
+
+    fn fwd(step: u64, pos: u32, input: ForwardInput) -> Forward {
+        Forward {
+            session_id: SessionId::from(1u128),
+            step,
+            start_pos: pos,
+            input,
+        }
+    }
+
+    fn hidden(rows: u32, width: u32) -> ForwardInput {
+        let n = (rows * width) as usize;
+        ForwardInput::Hidden(
+            WireTensor::from_f32(&[rows, width], &vec![0.0; n], WireDType::F16).unwrap(),
+        )
+    }
+
+    #[test]
+    fn happy_path_then_close() {
+        let mut m = StreamMachine::new(host(0, 5));
+        let h = Hello::new(ModelId::from_bytes([7; 32]), "c");
+        assert!(m.on_hello(&h).is_ok());
+        let o = open(0, 5);
+        let role = m.check_open(&o, true).unwrap();
+        assert_eq!(
+            role,
+            Role::Sample {
+                return_logits: false
+            }
+        );
+        m.opened(&o, role);
+        let f = fwd(0, 0, ForwardInput::Tokens(vec![1, 2, 3]));
+        assert_eq!(m.check_forward(&f), Ok(3));
+        m.forwarded(&f);
+        let f = fwd(1, 3, ForwardInput::Tokens(vec![4]));
+        assert_eq!(m.check_forward(&f), Ok(1));
+        m.forwarded(&f);
+        assert_eq!(m.session().unwrap().position, 4);
+        assert!(m.check_close(SessionId::from(1u128)).is_ok());
+        m.closed();
+        assert!(m.is_closed());
+    }
+
+    #[test]
+    fn refusals_have_codes_and_leave_state() {
+        let mut m = StreamMachine::new(host(2, 4));
+        let f = fwd(0, 0, hidden(1, 4));
+        assert_eq!(
+            m.check_forward(&f).unwrap_err().code,
+            ErrorCode::UnknownSession
+        );
+        assert_eq!(
+            m.check_open(&open(2, 4), true).unwrap_err().code,
+            ErrorCode::UnexpectedMessage
+        );
+        let wrong = Hello::new(ModelId::from_bytes([8; 32]), "c");
+        assert_eq!(m.on_hello(&wrong).unwrap_err().code, ErrorCode::WrongModel);
+        m.on_hello(&Hello::new(ModelId::from_bytes([7; 32]), "c"))
+            .unwrap();
+        assert_eq!(
+            m.check_open(&open(0, 4), true).unwrap_err().code,
+            ErrorCode::LayerMismatch
+        );
+        assert_eq!(
+            m.check_open(&open(2, 4), false).unwrap_err().code,
+            ErrorCode::SessionLimit
+        );
+        let mut big = open(2, 4);
+        big.max_length = 17;
+        assert_eq!(
+            m.check_open(&big, true).unwrap_err().code,
+            ErrorCode::ContextOverflow
+        );
+        let o = open(2, 4);
+        let role = m.check_open(&o, true).unwrap();
+        assert_eq!(role, Role::ReturnHidden);
+        m.opened(&o, role);
+        assert_eq!(
+            m.check_open(&o, true).unwrap_err().code,
+            ErrorCode::SessionExists
+        );
+        assert_eq!(
+            m.check_forward(&fwd(0, 0, hidden(1, 5))).unwrap_err().code,
+            ErrorCode::BadTensor
+        );
+        assert_eq!(
+            m.check_forward(&fwd(0, 0, ForwardInput::Tokens(vec![1])))
+                .unwrap_err()
+                .code,
+            ErrorCode::BadTensor
+        );
+        assert_eq!(
+            m.check_forward(&fwd(0, 1, hidden(1, 4))).unwrap_err().code,
+            ErrorCode::StepOutOfOrder
+        );
+        assert_eq!(
+            m.check_forward(&fwd(0, 0, hidden(9, 4))).unwrap_err().code,
+            ErrorCode::ContextOverflow
+        );
+        let mut other = fwd(0, 0, hidden(1, 4));
+        other.session_id = SessionId::from(2u128);
+        assert_eq!(
+            m.check_forward(&other).unwrap_err().code,
+            ErrorCode::UnknownSession
+        );
+        let ok = fwd(0, 0, hidden(2, 4));
+        assert_eq!(m.check_forward(&ok), Ok(2));
+        m.forwarded(&ok);
+        assert_eq!(
+            m.check_forward(&fwd(0, 2, hidden(1, 4))).unwrap_err().code,
+            ErrorCode::StepOutOfOrder
+        );
+        assert_eq!(
+            m.check_close(SessionId::from(3u128)).unwrap_err().code,
+            ErrorCode::UnknownSession
+        );
+    }
+
+    #[test]
+    fn first_hop_checks_token_ids_and_last_needs_sampling() {
+        let mut m = StreamMachine::new(host(0, 5));
+        m.on_hello(&Hello::new(ModelId::from_bytes([7; 32]), "c"))
+            .unwrap();
+        let mut o = open(0, 5);
+        o.sampling = None;
+        assert_eq!(
+            m.check_open(&o, true).unwrap_err().code,
+            ErrorCode::InvalidMessage
+        );
+        let o = open(0, 5);
+        let role = m.check_open(&o, true).unwrap();
+        m.opened(&o, role);
+        assert_eq!(
+            m.check_forward(&fwd(0, 0, ForwardInput::Tokens(vec![10])))
+                .unwrap_err()
+                .code,
+            ErrorCode::InvalidMessage
+        );
+        assert_eq!(
+            m.check_forward(&fwd(0, 0, hidden(1, 4))).unwrap_err().code,
+            ErrorCode::BadTensor
+        );
+    }
+}

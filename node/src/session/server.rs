@@ -1,0 +1,570 @@
+//! The session server: accepts data-plane connections, runs one task per stream (= per
+//! session), keeps the session's KV cache, runs forward steps on blocking threads, forwards
+//! hidden states to the next hop itself and relays the result back upstream.
+//!
+//! Results travel back along the chain (each hop relays the `StepResult` of its next hop on
+//! the same stream) rather than from the last hop straight to the client: the client needs
+//! no listening socket (it may sit behind NAT), each session is exactly one stream per
+//! neighbour, and a failed hop is reported by the hop before it with `NextHopFailed`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use candle_core::{DType, Device, Tensor};
+use lamina_protocol::{
+    Close, Closed, ErrorCode, ErrorMessage, Forward, ForwardInput, FrameLimits, Message, ModelId,
+    OpenSession, SessionId, SessionOpened, StepOutput, StepResult, WireDType, WireTensor,
+};
+use lamina_sharding::executor::{LogitRows, Shard, ShardInput, ShardOutput};
+use lamina_sharding::kv_cache::KvCache;
+use lamina_sharding::sampling::{Sampler, SamplingParams};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tracing::Instrument;
+
+use super::machine::{HostInfo, Role, StreamMachine};
+use super::replay::ReplayLog;
+use crate::dataplane::{Dialer, FramedRecv, FramedSend, RecvError};
+
+/// Limits and policies of a session server.
+#[derive(Clone, Debug)]
+pub struct ServerOptions {
+    /// Name for logs and `HelloAck`.
+    pub node_name: String,
+    /// Sessions served at once; the next `OpenSession` gets `SessionLimit`.
+    pub max_sessions: usize,
+    /// A stream silent this long is closed (its session freed, an unasked `Closed` sent).
+    pub idle_timeout: Duration,
+    /// Frame limits of every stream.
+    pub limits: FrameLimits,
+}
+
+impl Default for ServerOptions {
+    fn default() -> Self {
+        Self {
+            node_name: "lamina".into(),
+            max_sessions: 64,
+            idle_timeout: Duration::from_secs(300),
+            limits: FrameLimits::default(),
+        }
+    }
+}
+
+/// Serves one shard to data-plane peers.
+pub struct SessionServer {
+    shard: Arc<Shard>,
+    host: HostInfo,
+    slots: Arc<Semaphore>,
+    dialer: Dialer,
+    opts: ServerOptions,
+}
+
+/// Converts sampling settings from the wire to the sampler's.
+pub fn sampling_params(s: &lamina_protocol::SamplingSettings) -> SamplingParams {
+    SamplingParams {
+        temperature: s.temperature,
+        top_k: s.top_k as usize,
+        top_p: s.top_p,
+        min_p: s.min_p,
+        repetition_penalty: s.repetition_penalty,
+        repetition_window: s.repetition_window as usize,
+        seed: s.seed,
+    }
+}
+
+/// Converts the sampler's settings to the wire's.
+pub fn sampling_settings(p: &SamplingParams) -> lamina_protocol::SamplingSettings {
+    lamina_protocol::SamplingSettings {
+        temperature: p.temperature,
+        top_k: u32::try_from(p.top_k).unwrap_or(u32::MAX),
+        top_p: p.top_p,
+        min_p: p.min_p,
+        repetition_penalty: p.repetition_penalty,
+        repetition_window: u32::try_from(p.repetition_window).unwrap_or(u32::MAX),
+        seed: p.seed,
+    }
+}
+
+/// What runs on the blocking thread: the cache and the sampler move there and back.
+struct Compute {
+    cache: KvCache,
+    sampler: Option<Sampler>,
+    history: Vec<u32>,
+}
+
+enum ComputeOut {
+    Hidden(WireTensor),
+    Token { id: u32, logits: Option<WireTensor> },
+}
+
+struct Downstream {
+    addr: String,
+    tx: FramedSend,
+    rx: FramedRecv,
+}
+
+struct Live {
+    session_id: SessionId,
+    compute: Option<Compute>,
+    downstream: Option<Downstream>,
+    replay: ReplayLog,
+    dtype: WireDType,
+    _permit: OwnedSemaphorePermit,
+}
+
+fn internal(e: impl std::fmt::Display) -> ErrorMessage {
+    ErrorMessage::new(ErrorCode::Internal, e.to_string())
+}
+
+impl SessionServer {
+    /// A server for `shard` of model `model_id`; `dialer` opens streams to next hops.
+    pub fn new(
+        shard: Arc<Shard>,
+        model_id: ModelId,
+        dialer: Dialer,
+        opts: ServerOptions,
+    ) -> Result<Arc<Self>, lamina_protocol::ProtocolError> {
+        let cfg = shard.config();
+        let r = shard.range();
+        let u = |v: usize| u32::try_from(v).unwrap_or(u32::MAX);
+        let host = HostInfo {
+            node_name: opts.node_name.clone(),
+            model_id,
+            layers: lamina_protocol::LayerRange::new(u(r.start), u(r.end))?,
+            n_layers: u(cfg.n_layers),
+            hidden_dim: u(cfg.dim),
+            vocab_size: u(cfg.vocab_size),
+            context_length: u(cfg.context_length),
+        };
+        Ok(Arc::new(Self {
+            shard,
+            host,
+            slots: Arc::new(Semaphore::new(opts.max_sessions)),
+            dialer,
+            opts,
+        }))
+    }
+
+    /// What this server hosts.
+    pub fn host(&self) -> &HostInfo {
+        &self.host
+    }
+
+    /// Sessions open right now.
+    pub fn active_sessions(&self) -> usize {
+        self.opts
+            .max_sessions
+            .saturating_sub(self.slots.available_permits())
+    }
+
+    /// Accepts connections on `endpoint` until it is closed.
+    pub async fn serve(self: Arc<Self>, endpoint: quinn::Endpoint) {
+        while let Some(incoming) = endpoint.accept().await {
+            let server = self.clone();
+            tokio::spawn(async move {
+                match incoming.await {
+                    Ok(conn) => server.connection(conn).await,
+                    Err(e) => tracing::debug!("incoming connection failed: {e}"),
+                }
+            });
+        }
+    }
+
+    async fn connection(self: Arc<Self>, conn: quinn::Connection) {
+        let peer = conn.remote_address();
+        let span = tracing::info_span!("peer", %peer);
+        async move {
+            tracing::debug!("connected");
+            loop {
+                match conn.accept_bi().await {
+                    Ok((send, recv)) => {
+                        let server = self.clone();
+                        let tx = FramedSend::new(send, server.opts.limits);
+                        let rx = FramedRecv::new(recv, server.opts.limits);
+                        tokio::spawn(server.stream(tx, rx).in_current_span());
+                    }
+                    Err(e) => {
+                        tracing::debug!("connection ended: {e}");
+                        break;
+                    }
+                }
+            }
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// Serves one stream (one session) until it ends, is closed or expires.
+    pub async fn stream(self: Arc<Self>, mut tx: FramedSend, mut rx: FramedRecv) {
+        let mut machine = StreamMachine::new(self.host.clone());
+        let mut live: Option<Live> = None;
+        let span = tracing::info_span!("session", layers = %self.host.layers, session = tracing::field::Empty);
+        async {
+            loop {
+                let next = tokio::time::timeout(self.opts.idle_timeout, rx.recv()).await;
+                let msg = match next {
+                    Err(_) => {
+                        tracing::info!("idle timeout");
+                        if let Some(l) = &live {
+                            let _ = tx
+                                .send(&Message::Closed(Closed {
+                                    session_id: l.session_id,
+                                }))
+                                .await;
+                        }
+                        break;
+                    }
+                    Ok(Ok(None)) => break,
+                    Ok(Ok(Some(m))) => m,
+                    Ok(Err(RecvError::Stream(e))) => {
+                        tracing::debug!("stream failed: {e}");
+                        break;
+                    }
+                    Ok(Err(RecvError::Protocol(e))) => {
+                        tracing::debug!("bad frame: {e}");
+                        let _ = tx.send(&Message::Error(ErrorMessage::from(&e))).await;
+                        if e.is_fatal() {
+                            break;
+                        }
+                        continue;
+                    }
+                };
+                let reply = self.handle(&mut machine, &mut live, msg).await;
+                let done = machine.is_closed();
+                if let Some(reply) = reply {
+                    if let Err(e) = tx.send(&reply).await {
+                        tracing::debug!("cannot reply: {e}");
+                        break;
+                    }
+                }
+                if done {
+                    break;
+                }
+            }
+            if let Some(mut l) = live.take() {
+                if let Some(d) = &mut l.downstream {
+                    if !machine.is_closed() {
+                        let _ =
+                            d.tx.send(&Message::Close(Close {
+                                session_id: l.session_id,
+                            }))
+                            .await;
+                    }
+                    d.tx.finish();
+                }
+            }
+            tx.finish();
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn handle(
+        &self,
+        machine: &mut StreamMachine,
+        live: &mut Option<Live>,
+        msg: Message,
+    ) -> Option<Message> {
+        match msg {
+            Message::Hello(h) => Some(match machine.on_hello(&h) {
+                Ok(ack) => Message::HelloAck(ack),
+                Err(e) => Message::Error(e),
+            }),
+            Message::OpenSession(o) => Some(match self.open(machine, live, o).await {
+                Ok(m) => m,
+                Err(e) => Message::Error(e),
+            }),
+            Message::Forward(f) => Some(match self.forward(machine, live, f).await {
+                Ok(m) => m,
+                Err(e) => Message::Error(e),
+            }),
+            Message::Close(c) => Some(match machine.check_close(c.session_id) {
+                Ok(()) => {
+                    if let Some(l) = live.as_mut() {
+                        if let Some(d) = &mut l.downstream {
+                            close_downstream(d, c.session_id, self.opts.idle_timeout).await;
+                        }
+                    }
+                    machine.closed();
+                    *live = None;
+                    tracing::info!("closed");
+                    Message::Closed(Closed {
+                        session_id: c.session_id,
+                    })
+                }
+                Err(e) => Message::Error(e),
+            }),
+            Message::Error(e) => {
+                tracing::debug!("peer reported {}: {}", e.code, e.message);
+                None
+            }
+            other => Some(Message::error(
+                ErrorCode::UnexpectedMessage,
+                format!("{} is not a request", other.kind()),
+            )),
+        }
+    }
+
+    async fn open(
+        &self,
+        machine: &mut StreamMachine,
+        live: &mut Option<Live>,
+        o: OpenSession,
+    ) -> Result<Message, ErrorMessage> {
+        let permit = self.slots.clone().try_acquire_owned().ok();
+        let role = machine.check_open(&o, permit.is_some())?;
+        let Some(permit) = permit else {
+            return Err(ErrorMessage::new(
+                ErrorCode::SessionLimit,
+                "no free session slot",
+            ));
+        };
+        tracing::Span::current().record("session", tracing::field::display(o.session_id));
+        let cache = self
+            .shard
+            .new_cache(o.max_length as usize)
+            .map_err(|e| ErrorMessage::new(ErrorCode::ContextOverflow, e.to_string()))?;
+        let sampler = match (role, &o.sampling) {
+            (Role::Sample { .. }, Some(s)) => Some(
+                Sampler::new(sampling_params(s))
+                    .map_err(|e| ErrorMessage::new(ErrorCode::InvalidMessage, e.to_string()))?,
+            ),
+            _ => None,
+        };
+        let downstream = match o.for_next_hop() {
+            Some((hop, next_open)) => Some(self.open_downstream(hop, next_open).await?),
+            None => None,
+        };
+        machine.opened(&o, role);
+        *live = Some(Live {
+            session_id: o.session_id,
+            compute: Some(Compute {
+                cache,
+                sampler,
+                history: Vec::new(),
+            }),
+            downstream,
+            replay: ReplayLog::new(o.max_length),
+            dtype: o.activation_dtype,
+            _permit: permit,
+        });
+        tracing::info!(max_length = o.max_length, dtype = %o.activation_dtype, ?role, "opened");
+        Ok(Message::SessionOpened(SessionOpened {
+            session_id: o.session_id,
+        }))
+    }
+
+    async fn open_downstream(
+        &self,
+        hop: &lamina_protocol::HopAddr,
+        open: OpenSession,
+    ) -> Result<Downstream, ErrorMessage> {
+        let fail = |what: String| {
+            ErrorMessage::new(
+                ErrorCode::NextHopFailed,
+                format!("next hop {} ({}): {what}", hop.addr, hop.layers),
+            )
+        };
+        let (mut tx, mut rx) = self
+            .dialer
+            .open_stream(&hop.addr, hop.cert)
+            .await
+            .map_err(|e| fail(e.to_string()))?;
+        let t = self.opts.idle_timeout;
+        let hello = lamina_protocol::Hello::new(self.host.model_id, self.host.node_name.clone());
+        tx.send(&Message::Hello(hello))
+            .await
+            .map_err(|e| fail(e.to_string()))?;
+        tx.send(&Message::OpenSession(open))
+            .await
+            .map_err(|e| fail(e.to_string()))?;
+        match recv_timeout(&mut rx, t).await.map_err(fail)? {
+            Message::HelloAck(_) => {}
+            Message::Error(e) => return Err(relay_error(&hop.addr, e)),
+            m => return Err(fail(format!("answered Hello with {}", m.kind()))),
+        }
+        match recv_timeout(&mut rx, t).await.map_err(fail)? {
+            Message::SessionOpened(_) => {}
+            Message::Error(e) => return Err(relay_error(&hop.addr, e)),
+            m => return Err(fail(format!("answered OpenSession with {}", m.kind()))),
+        }
+        Ok(Downstream {
+            addr: hop.addr.clone(),
+            tx,
+            rx,
+        })
+    }
+
+    async fn forward(
+        &self,
+        machine: &mut StreamMachine,
+        live: &mut Option<Live>,
+        f: Forward,
+    ) -> Result<Message, ErrorMessage> {
+        let rows = machine.check_forward(&f)?;
+        let role = machine
+            .session()
+            .map(|s| s.role)
+            .ok_or_else(|| internal("session state lost"))?;
+        let l = live
+            .as_mut()
+            .ok_or_else(|| internal("session state lost"))?;
+        let span = tracing::debug_span!("step", step = f.step, rows);
+        async {
+            let compute = l
+                .compute
+                .take()
+                .ok_or_else(|| internal("the session's cache was lost in an earlier step"))?;
+            let shard = self.shard.clone();
+            let dtype = l.dtype;
+            let dim = self.host.hidden_dim as usize;
+            let input = f.input.clone();
+            let (compute, out) = tokio::task::spawn_blocking(move || {
+                let mut c = compute;
+                let out = run_compute(&shard, &mut c, input, rows as usize, dim, dtype, role);
+                (c, out)
+            })
+            .await
+            .map_err(internal)?;
+            l.compute = Some(compute);
+            let out = out?;
+            machine.forwarded(&f);
+            match (out, role) {
+                (ComputeOut::Hidden(h), Role::Forward) => {
+                    let d = l.downstream.as_mut().ok_or_else(|| {
+                        ErrorMessage::new(ErrorCode::NextHopFailed, "the next hop is gone")
+                    })?;
+                    let next = Forward {
+                        session_id: f.session_id,
+                        step: f.step,
+                        start_pos: f.start_pos,
+                        input: ForwardInput::Hidden(h),
+                    };
+                    let r = forward_downstream(d, &next, self.opts.idle_timeout).await;
+                    if r.is_err() {
+                        // The next hop's state is unknown now; later steps fail fast.
+                        l.downstream = None;
+                    }
+                    let _ = l.replay.push(next);
+                    r
+                }
+                (ComputeOut::Hidden(h), _) => Ok(Message::StepResult(StepResult {
+                    session_id: f.session_id,
+                    step: f.step,
+                    output: StepOutput::Hidden(h),
+                })),
+                (ComputeOut::Token { id, logits }, _) => Ok(Message::StepResult(StepResult {
+                    session_id: f.session_id,
+                    step: f.step,
+                    output: StepOutput::Token { id, logits },
+                })),
+            }
+        }
+        .instrument(span)
+        .await
+    }
+}
+
+fn run_compute(
+    shard: &Shard,
+    c: &mut Compute,
+    input: ForwardInput,
+    rows: usize,
+    dim: usize,
+    dtype: WireDType,
+    role: Role,
+) -> Result<ComputeOut, ErrorMessage> {
+    let bad = |e: lamina_sharding::Error| ErrorMessage::new(ErrorCode::BadTensor, e.to_string());
+    let input = match input {
+        ForwardInput::Tokens(t) => ShardInput::Tokens(t),
+        ForwardInput::Hidden(h) => {
+            let v = h
+                .to_f32()
+                .map_err(|e| ErrorMessage::new(ErrorCode::BadTensor, e.to_string()))?;
+            ShardInput::Hidden(Tensor::from_vec(v, (rows, dim), &Device::Cpu).map_err(internal)?)
+        }
+    };
+    let out = shard
+        .forward(&mut c.cache, input, LogitRows::Last)
+        .map_err(bad)?;
+    match (out, role) {
+        (ShardOutput::Hidden(h), _) => {
+            let v = h
+                .to_dtype(DType::F32)
+                .and_then(|t| t.flatten_all())
+                .and_then(|t| t.to_vec1::<f32>())
+                .map_err(internal)?;
+            let shape = [rows as u32, dim as u32];
+            Ok(ComputeOut::Hidden(
+                WireTensor::from_f32(&shape, &v, dtype).map_err(internal)?,
+            ))
+        }
+        (ShardOutput::Logits(l), Role::Sample { return_logits }) => {
+            let v = l
+                .to_dtype(DType::F32)
+                .and_then(|t| t.flatten_all())
+                .and_then(|t| t.to_vec1::<f32>())
+                .map_err(internal)?;
+            let sampler = c
+                .sampler
+                .as_mut()
+                .ok_or_else(|| internal("no sampler on the last hop"))?;
+            let id = sampler.sample(&v, &c.history).map_err(internal)?;
+            c.history.push(id);
+            let logits = if return_logits {
+                let n = u32::try_from(v.len()).map_err(internal)?;
+                Some(WireTensor::from_f32(&[n], &v, WireDType::F32).map_err(internal)?)
+            } else {
+                None
+            };
+            Ok(ComputeOut::Token { id, logits })
+        }
+        (ShardOutput::Logits(_), _) => Err(internal("logits on a hop that does not sample")),
+    }
+}
+
+async fn recv_timeout(rx: &mut FramedRecv, t: Duration) -> Result<Message, String> {
+    match tokio::time::timeout(t, rx.recv()).await {
+        Err(_) => Err(format!("no answer within {t:?}")),
+        Ok(Ok(Some(m))) => Ok(m),
+        Ok(Ok(None)) => Err("closed the stream".into()),
+        Ok(Err(e)) => Err(e.to_string()),
+    }
+}
+
+fn relay_error(addr: &str, e: ErrorMessage) -> ErrorMessage {
+    ErrorMessage::new(e.code, format!("{addr}: {}", e.message))
+}
+
+async fn forward_downstream(
+    d: &mut Downstream,
+    f: &Forward,
+    t: Duration,
+) -> Result<Message, ErrorMessage> {
+    let fail = |what: String| {
+        ErrorMessage::new(
+            ErrorCode::NextHopFailed,
+            format!("next hop {}: {what}", d.addr),
+        )
+    };
+    d.tx.send(&Message::Forward(f.clone()))
+        .await
+        .map_err(|e| fail(e.to_string()))?;
+    match recv_timeout(&mut d.rx, t).await.map_err(fail)? {
+        Message::StepResult(r) if r.session_id == f.session_id && r.step == f.step => {
+            Ok(Message::StepResult(r))
+        }
+        Message::Error(e) => Err(relay_error(&d.addr, e)),
+        m => Err(fail(format!("answered Forward with {}", m.kind()))),
+    }
+}
+
+async fn close_downstream(d: &mut Downstream, id: SessionId, t: Duration) {
+    if d.tx
+        .send(&Message::Close(Close { session_id: id }))
+        .await
+        .is_ok()
+    {
+        let _ = recv_timeout(&mut d.rx, t.min(Duration::from_secs(5))).await;
+    }
+    d.tx.finish();
+}
