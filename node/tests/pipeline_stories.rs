@@ -18,69 +18,6 @@ use lamina_sharding::sampling::argmax;
 use lamina_sharding::source::ModelFile;
 use pipeline_common::*;
 
-/// Greedy tokens (and per-step logits when asked) through the chain.
-async fn run_remote(
-    dialer: &Dialer,
-    chain: &[ChainHop],
-    model_id: ModelId,
-    prompt: &[u32],
-    n: usize,
-    dtype: WireDType,
-    logits: bool,
-) -> (Vec<u32>, Vec<Vec<f32>>) {
-    let opts = PipelineOptions {
-        max_length: (prompt.len() + n) as u32,
-        activation_dtype: dtype,
-        return_logits: logits,
-        ..PipelineOptions::default()
-    };
-    let mut s = PipelineSession::open(dialer, chain, model_id, &opts)
-        .await
-        .expect("open session");
-    let mut tokens = Vec::new();
-    let mut all_logits = Vec::new();
-    let mut r = s.step(prompt).await.expect("prefill");
-    loop {
-        tokens.push(r.token);
-        if let Some(l) = r.logits.take() {
-            assert_eq!(
-                argmax(&l),
-                r.token,
-                "the last hop's greedy token is the argmax"
-            );
-            all_logits.push(l);
-        }
-        if tokens.len() == n {
-            break;
-        }
-        r = s.step(&[r.token]).await.expect("decode step");
-    }
-    assert_eq!(s.replay_log().rows() as usize, prompt.len() + n - 1);
-    s.close().await.expect("close");
-    (tokens, all_logits)
-}
-
-fn local_greedy(chain: &LocalChain, prompt: &[u32], n: usize) -> (Vec<u32>, Vec<Vec<f32>>) {
-    let mut s = chain.session(prompt.len() + n).expect("session");
-    let mut logits = s.step(prompt).expect("prefill");
-    let mut tokens = Vec::new();
-    let mut all = Vec::new();
-    loop {
-        let t = argmax(&logits);
-        tokens.push(t);
-        all.push(logits);
-        if tokens.len() == n {
-            break;
-        }
-        logits = s.step(&[t]).expect("step");
-    }
-    (tokens, all)
-}
-
-fn bits(v: &[f32]) -> Vec<u32> {
-    v.iter().map(|x| x.to_bits()).collect()
-}
-
 #[test]
 fn three_nodes_generate_reference_tokens_f32_bit_exact_and_f16() {
     let (Some(path), Some(prompts)) = (model_path(STORIES), reference_prompts(STORIES)) else {
