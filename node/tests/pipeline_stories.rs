@@ -10,11 +10,9 @@ use std::time::Duration;
 use candle_core::Device;
 use lamina_node::cmd::node::model_id_of;
 use lamina_node::dataplane::{client_endpoint, Dialer};
-use lamina_node::pipeline::{ChainHop, PipelineOptions, PipelineSession};
-use lamina_protocol::{FrameLimits, ModelId, WireDType};
-use lamina_sharding::generate::{LocalChain, Stepper};
+use lamina_protocol::{FrameLimits, WireDType};
+use lamina_sharding::generate::LocalChain;
 use lamina_sharding::layers::LayerRange;
-use lamina_sharding::sampling::argmax;
 use lamina_sharding::source::ModelFile;
 use pipeline_common::*;
 

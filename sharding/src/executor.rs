@@ -93,16 +93,25 @@ impl RmsNorm {
     }
 }
 
-/// A linear layer on the stored (usually quantized) weight.
+/// A linear layer on the stored (usually quantized) weight: lamina's kernels when they
+/// cover the weight type (and `LAMINA_KERNELS` is not `candle`), else candle's
+/// `QMatMul`. Both share the one `Arc<QTensor>`.
 #[derive(Debug, Clone)]
 struct Linear {
     inner: QMatMul,
+    kernel: Option<crate::kernels::QLinear>,
 }
 
 impl Linear {
     fn from_qtensor(t: Arc<QTensor>) -> Result<Self> {
+        let kernel = if crate::kernels::enabled() {
+            crate::kernels::QLinear::new(t.clone())
+        } else {
+            None
+        };
         Ok(Self {
             inner: QMatMul::from_arc(t)?,
+            kernel,
         })
     }
 
@@ -112,6 +121,11 @@ impl Linear {
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if let Some(k) = &self.kernel {
+            if let Some(y) = k.forward(x)? {
+                return Ok(y);
+            }
+        }
         Ok(self.inner.forward(x)?)
     }
 }

@@ -12,6 +12,7 @@
 //! - [`safetensors`]: Hugging Face Llama-layout safetensors checkpoints.
 //! - [`source`]: one interface over both formats, so a shard reads only its own tensors.
 //! - [`manifest`]: blake3 of every tensor, grouped by layer; the model id.
+//! - [`kernels`]: quantized CPU matmul kernels (Q4_0, Q4_1, Q8_0) with SIMD.
 //! - [`kv_cache`]: per-session, per-layer key/value storage with positions.
 //! - [`executor`]: the layer-range executor (embedding, blocks, final norm, output head).
 //! - [`tokenizer`]: SentencePiece and byte-level BPE tokenizers from GGUF metadata, and
@@ -27,6 +28,7 @@ pub mod error;
 pub mod executor;
 pub mod generate;
 pub mod gguf;
+pub mod kernels;
 pub mod kv_cache;
 pub mod layers;
 pub mod manifest;

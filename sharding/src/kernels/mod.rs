@@ -1,0 +1,389 @@
+//! Quantized CPU matmul kernels in llama.cpp's style (issue 3).
+//!
+//! `y[m, n] = x[m, k] · W[n, k]^T` for GGUF weights of type Q4_0, Q4_1 and Q8_0 kept in
+//! ggml's block layout (see [`blocks`]): each activation row is quantized to 8-bit
+//! blocks of 32 ([`quantize`]), then every (weight block, activation block) pair is an
+//! exact integer dot product scaled by the two block scales, with SIMD where the CPU has
+//! it ([`Isa`]) and a portable scalar path ([`scalar`]) that is the numerical reference.
+//! Work is split over weight rows `n` across rayon's threads (the pool candle uses,
+//! sized by `RAYON_NUM_THREADS`, which `lamina --threads` sets).
+//!
+//! The weights are not copied: [`QLinear`] keeps the `Arc<QTensor>` (shared with
+//! candle's `QMatMul` fallback and, for tied heads, with the embedding) and borrows its
+//! CPU bytes per call. The quantized activations live in a thread-local buffer that is
+//! reused across calls; the only allocation per call is the output tensor.
+//!
+//! Environment:
+//! - `LAMINA_KERNELS=candle` (read when a layer is loaded): use candle's `QMatMul`
+//!   everywhere, for A/B runs and bisecting.
+//! - `LAMINA_KERNELS_ISA=scalar|avx2|avx512` (read once): cap the SIMD level.
+
+pub mod blocks;
+pub mod quantize;
+pub mod scalar;
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod x86;
+
+use crate::{Error, Result};
+pub use blocks::{WeightType, QK};
+use candle_core::quantized::QTensor;
+use candle_core::{DType, Device, Storage, Tensor};
+pub use quantize::QActs;
+use rayon::prelude::*;
+use std::cell::RefCell;
+use std::ops::Range;
+use std::sync::{Arc, OnceLock};
+
+/// An instruction-set level of the kernels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Isa {
+    /// Portable Rust; the numerical reference.
+    Scalar,
+    /// AVX2 + FMA + F16C.
+    Avx2,
+    /// AVX2 kernels with AVX-512 VNNI dot products (AVX512F/BW/VL/VNNI).
+    Avx512Vnni,
+}
+
+impl Isa {
+    /// Whether this CPU can run `self`.
+    pub fn is_available(self) -> bool {
+        match self {
+            Isa::Scalar => true,
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => {
+                is_x86_feature_detected!("avx2")
+                    && is_x86_feature_detected!("fma")
+                    && is_x86_feature_detected!("f16c")
+            }
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512Vnni => {
+                Isa::Avx2.is_available()
+                    && is_x86_feature_detected!("avx512f")
+                    && is_x86_feature_detected!("avx512bw")
+                    && is_x86_feature_detected!("avx512vl")
+                    && is_x86_feature_detected!("avx512vnni")
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            _ => false,
+        }
+    }
+
+    /// Every level this CPU can run, lowest first.
+    pub fn available() -> Vec<Isa> {
+        [Isa::Scalar, Isa::Avx2, Isa::Avx512Vnni]
+            .into_iter()
+            .filter(|i| i.is_available())
+            .collect()
+    }
+
+    /// The best level of this CPU, ignoring the environment.
+    pub fn best() -> Isa {
+        Self::available().pop().unwrap_or(Isa::Scalar)
+    }
+
+    /// The level the kernels use: [`Isa::best`], capped by `LAMINA_KERNELS_ISA`
+    /// (`scalar`, `avx2`, `avx512`). Read once per process.
+    pub fn detect() -> Isa {
+        static ISA: OnceLock<Isa> = OnceLock::new();
+        *ISA.get_or_init(|| {
+            let best = Self::best();
+            let cap = match std::env::var("LAMINA_KERNELS_ISA").as_deref() {
+                Ok("scalar") => Isa::Scalar,
+                Ok("avx2") => Isa::Avx2,
+                _ => Isa::Avx512Vnni,
+            };
+            if cap.rank() < best.rank() {
+                cap
+            } else {
+                best
+            }
+        })
+    }
+
+    fn rank(self) -> u8 {
+        match self {
+            Isa::Scalar => 0,
+            Isa::Avx2 => 1,
+            Isa::Avx512Vnni => 2,
+        }
+    }
+}
+
+/// Whether `LAMINA_KERNELS` leaves the kernels on (anything but `candle`).
+pub fn enabled() -> bool {
+    !matches!(std::env::var("LAMINA_KERNELS").as_deref(), Ok("candle"))
+}
+
+/// A borrowed weight matrix `W[n, k]` in ggml block layout, validated.
+#[derive(Clone, Copy, Debug)]
+pub struct QMatrix<'a> {
+    ty: WeightType,
+    n: usize,
+    k: usize,
+    data: &'a [u8],
+}
+
+impl<'a> QMatrix<'a> {
+    /// `data` must hold exactly `n` rows of `k / 32` blocks of `ty`.
+    pub fn new(ty: WeightType, n: usize, k: usize, data: &'a [u8]) -> Result<Self> {
+        if k == 0 || !k.is_multiple_of(QK) {
+            return Err(Error::InvalidInput(format!(
+                "quantized matmul: k = {k} is not a positive multiple of {QK}"
+            )));
+        }
+        let want = n
+            .checked_mul(k / QK)
+            .and_then(|b| b.checked_mul(ty.block_bytes()));
+        if want != Some(data.len()) {
+            return Err(Error::InvalidInput(format!(
+                "quantized matmul: {ty:?} weight of shape ({n}, {k}) needs {want:?} bytes, got {}",
+                data.len()
+            )));
+        }
+        Ok(Self { ty, n, k, data })
+    }
+
+    pub fn weight_type(&self) -> WeightType {
+        self.ty
+    }
+
+    pub fn rows(&self) -> usize {
+        self.n
+    }
+
+    pub fn cols(&self) -> usize {
+        self.k
+    }
+
+    /// Bytes per weight row.
+    fn row_bytes(&self) -> usize {
+        self.k / QK * self.ty.block_bytes()
+    }
+}
+
+/// A raw output pointer shared by the threads of one matmul, each writing its own
+/// columns.
+#[derive(Clone, Copy)]
+pub(crate) struct OutPtr {
+    ptr: *mut f32,
+    len: usize,
+}
+
+// SAFETY: an `OutPtr` is only used inside one `matmul` call while the `&mut [f32]` it
+// was made from is borrowed, and the threads write disjoint indices.
+unsafe impl Send for OutPtr {}
+// SAFETY: as above.
+unsafe impl Sync for OutPtr {}
+
+impl OutPtr {
+    /// # Safety
+    /// `i < len`, and no other thread reads or writes index `i` during the call.
+    #[inline(always)]
+    pub(crate) unsafe fn write(self, i: usize, v: f32) {
+        debug_assert!(i < self.len);
+        // SAFETY: the caller guarantees `i` is in bounds and not shared.
+        unsafe { *self.ptr.add(i) = v };
+    }
+}
+
+/// Below this many (weight block x activation row) products a matmul runs on the calling
+/// thread: waking the pool costs more than it saves.
+const PAR_MIN_BLOCKS: usize = 4096;
+
+thread_local! {
+    static ACTS: RefCell<QActs> = RefCell::new(QActs::new());
+}
+
+/// `y[m, n] = x[m, k] · W[n, k]^T` with `isa` on up to `threads` threads. `x` is
+/// row-major `m * k`, `y` row-major `m * n`.
+pub fn matmul(
+    w: &QMatrix<'_>,
+    x: &[f32],
+    m: usize,
+    y: &mut [f32],
+    isa: Isa,
+    threads: usize,
+) -> Result<()> {
+    if x.len() != m * w.k || y.len() != m * w.n {
+        return Err(Error::InvalidInput(format!(
+            "quantized matmul: x has {} values and y {}, expected {m} x {} and {m} x {}",
+            x.len(),
+            y.len(),
+            w.k,
+            w.n
+        )));
+    }
+    if !isa.is_available() {
+        return Err(Error::InvalidInput(format!(
+            "quantized matmul: {isa:?} is not supported by this CPU"
+        )));
+    }
+    if m == 0 || w.n == 0 {
+        return Ok(());
+    }
+    ACTS.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut acts) => {
+            acts.fill(x, m, w.k, isa);
+            matmul_quantized(w, &acts, y, isa, threads);
+        }
+        // Re-entered on this thread (a rayon worker picked up another matmul while
+        // waiting): use a fresh buffer rather than the one in use.
+        Err(_) => {
+            let mut acts = QActs::new();
+            acts.fill(x, m, w.k, isa);
+            matmul_quantized(w, &acts, y, isa, threads);
+        }
+    });
+    Ok(())
+}
+
+/// Quantizes `x` (`m * k`) into a new [`QActs`] with `isa` (the reference when
+/// `Isa::Scalar`).
+pub fn quantize_acts(x: &[f32], m: usize, k: usize, isa: Isa) -> Result<QActs> {
+    if k == 0 || !k.is_multiple_of(QK) || x.len() != m * k || !isa.is_available() {
+        return Err(Error::InvalidInput(format!(
+            "quantize_acts: {} values as {m} x {k} with {isa:?}",
+            x.len()
+        )));
+    }
+    let mut a = QActs::new();
+    a.fill(x, m, k, isa);
+    Ok(a)
+}
+
+/// The product on already quantized activations; shapes checked by the caller.
+fn matmul_quantized(w: &QMatrix<'_>, acts: &QActs, y: &mut [f32], isa: Isa, threads: usize) {
+    let n = w.n;
+    let out = OutPtr {
+        ptr: y.as_mut_ptr(),
+        len: y.len(),
+    };
+    let work = n * (w.k / QK) * acts.m;
+    let threads = if work < PAR_MIN_BLOCKS {
+        1
+    } else {
+        threads.clamp(1, n.div_ceil(4))
+    };
+    if threads == 1 {
+        run_rows(w, acts, out, isa, 0..n);
+        return;
+    }
+    // Chunks of whole 4-row tiles, one per thread.
+    let per = n.div_ceil(threads).next_multiple_of(4);
+    (0..threads).into_par_iter().for_each(|t| {
+        let start = (t * per).min(n);
+        let end = ((t + 1) * per).min(n);
+        if start < end {
+            run_rows(w, acts, out, isa, start..end);
+        }
+    });
+}
+
+/// Computes output columns `rows` (weight rows) for every activation row.
+fn run_rows(w: &QMatrix<'_>, acts: &QActs, out: OutPtr, isa: Isa, rows: Range<usize>) {
+    debug_assert!(rows.end <= w.n && acts.k == w.k && out.len == acts.m * w.n);
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => {
+            // SAFETY: `matmul` checked the CPU has AVX2/FMA/F16C; `w` was validated to
+            // hold n rows of k / 32 blocks; `out` has m * n values; the threads of one
+            // call get disjoint `rows`.
+            unsafe { x86::avx2::gemm(w.ty, w.data, acts, out, w.n, rows) }
+        }
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512Vnni => {
+            // SAFETY: as above, with the AVX-512 VNNI features checked.
+            unsafe { x86::avx512::gemm(w.ty, w.data, acts, out, w.n, rows) }
+        }
+        _ => {
+            let rb = w.row_bytes();
+            for r in rows {
+                let row = &w.data[r * rb..(r + 1) * rb];
+                for c in 0..acts.m {
+                    let v = scalar::dot_row(w.ty, row, acts, c);
+                    // SAFETY: c * n + r < m * n; this thread owns column r.
+                    unsafe { out.write(c * w.n + r, v) };
+                }
+            }
+        }
+    }
+}
+
+/// A linear layer `y = x · W^T` on a quantized CPU weight, run by these kernels.
+#[derive(Clone, Debug)]
+pub struct QLinear {
+    weight: Arc<QTensor>,
+    ty: WeightType,
+    n: usize,
+    k: usize,
+}
+
+impl QLinear {
+    /// `Some` when the kernels can run this weight: a supported block type, 2-D
+    /// `(n, k)` with `k` a multiple of 32, on the CPU, with borrowable bytes.
+    pub fn new(weight: Arc<QTensor>) -> Option<Self> {
+        let ty = WeightType::from_ggml(weight.dtype())?;
+        if !weight.device().is_cpu() {
+            return None;
+        }
+        let (n, k) = weight.shape().dims2().ok()?;
+        {
+            let data = weight.data().ok()?;
+            if !matches!(data, std::borrow::Cow::Borrowed(_)) {
+                return None;
+            }
+            QMatrix::new(ty, n, k, &data).ok()?;
+        }
+        Some(Self { weight, ty, n, k })
+    }
+
+    pub fn weight_type(&self) -> WeightType {
+        self.ty
+    }
+
+    /// `x[.., k] -> y[.., n]`, or `None` when `x` is not an f32 CPU tensor (the caller
+    /// falls back to candle).
+    pub fn forward(&self, x: &Tensor) -> Result<Option<Tensor>> {
+        if x.dtype() != DType::F32 || !x.device().is_cpu() {
+            return Ok(None);
+        }
+        let dims = x.dims();
+        let Some((&k, batch)) = dims.split_last() else {
+            return Ok(None);
+        };
+        if k != self.k {
+            return Err(Error::InvalidInput(format!(
+                "linear layer: input has {k} columns, the weight {}",
+                self.k
+            )));
+        }
+        let m: usize = batch.iter().product();
+        let x = x.contiguous()?;
+        let mut y = vec![0f32; m * self.n];
+        {
+            let (storage, layout) = x.storage_and_layout();
+            let Storage::Cpu(cpu) = &*storage else {
+                return Ok(None);
+            };
+            let all = cpu.as_slice::<f32>()?;
+            let start = layout.start_offset();
+            let xs = all.get(start..start + m * k).ok_or_else(|| {
+                Error::InvalidInput("linear layer: input storage is too short".into())
+            })?;
+            let data = self.weight.data()?;
+            let w = QMatrix::new(self.ty, self.n, self.k, &data)?;
+            matmul(
+                &w,
+                xs,
+                m,
+                &mut y,
+                Isa::detect(),
+                rayon::current_num_threads(),
+            )?;
+        }
+        let mut out_dims = batch.to_vec();
+        out_dims.push(self.n);
+        Ok(Some(Tensor::from_vec(y, out_dims, &Device::Cpu)?))
+    }
+}
