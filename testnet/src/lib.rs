@@ -175,7 +175,8 @@ pub fn up(opts: &UpOptions) -> anyhow::Result<TestnetState> {
         nodes.push(NodeState {
             id,
             layers,
-            api: info.api,
+            // A URL a person or an HTTP client can use as is.
+            api: info.api.map(|a| format!("http://{a}")),
             pid,
             log,
             dataplane: info.listen,
