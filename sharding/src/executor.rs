@@ -106,6 +106,7 @@ impl Linear {
     fn from_qtensor(t: Arc<QTensor>) -> Result<Self> {
         let kernel = if crate::kernels::enabled() {
             crate::kernels::QLinear::new(t.clone())
+                .filter(|k| crate::kernels::preferred(k.weight_type()))
         } else {
             None
         };

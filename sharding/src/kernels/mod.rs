@@ -115,6 +115,19 @@ pub fn enabled() -> bool {
     !matches!(std::env::var("LAMINA_KERNELS").as_deref(), Ok("candle"))
 }
 
+/// Whether the executor should use these kernels for a weight type by default.
+///
+/// Q8_0 stays on candle for now: candle repacks Q8_0 for its AVX path, and the end-to-end
+/// bench (benches/RESULTS.md, synthetic TinyLlama-1.1B Q8_0) measured it ahead of these
+/// unrepacked kernels (decode 10.3 vs 9.6 tok/s on 1 thread, prefill 69 vs 31).
+/// `LAMINA_KERNELS=all` opts Q8_0 in, to measure it.
+pub fn preferred(ty: WeightType) -> bool {
+    match ty {
+        WeightType::Q4_0 | WeightType::Q4_1 => true,
+        WeightType::Q8_0 => matches!(std::env::var("LAMINA_KERNELS").as_deref(), Ok("all")),
+    }
+}
+
 /// A borrowed weight matrix `W[n, k]` in ggml block layout, validated.
 #[derive(Clone, Copy, Debug)]
 pub struct QMatrix<'a> {
