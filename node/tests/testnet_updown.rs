@@ -31,7 +31,9 @@ impl Drop for Down {
 }
 
 fn post(url: &str, body: &serde_json::Value) -> (u16, serde_json::Value) {
-    let addr = url.strip_prefix("http://").expect("the api is an http:// URL");
+    let addr = url
+        .strip_prefix("http://")
+        .expect("the api is an http:// URL");
     let mut s = std::net::TcpStream::connect(addr).expect("connect to the API");
     s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
     let body = body.to_string();
