@@ -130,6 +130,9 @@ pub fn run(opts: &CompareOptions, models: &[BenchModel], command: &str) -> Resul
             prompt_ids: ids,
         });
     }
+    // The tree as the run starts (`cargo run` has just built from it); checked again at the
+    // end, since others may commit or edit meanwhile.
+    let tree_start = sys::tree_state(&workspace_dir());
     let mut samples = Vec::new();
     let total = entries.len() * opts.threads.len() * opts.rounds * opts.impls.len();
     let mut done = 0;
@@ -210,11 +213,18 @@ pub fn run(opts: &CompareOptions, models: &[BenchModel], command: &str) -> Resul
         date: sys::utc_now(),
         command: command.to_string(),
         machine: sys::machine_facts(),
-        tree: format!(
-            "{}; LAMINA_KERNELS={}",
-            sys::tree_state(&workspace_dir()),
-            std::env::var("LAMINA_KERNELS").unwrap_or_else(|_| "(unset)".into())
-        ),
+        tree: {
+            let end = sys::tree_state(&workspace_dir());
+            format!(
+                "{tree_start}{}; LAMINA_KERNELS={}",
+                if end == tree_start {
+                    String::new()
+                } else {
+                    format!(" at the start (at the end: {end}; the binary was built at the start)")
+                },
+                std::env::var("LAMINA_KERNELS").unwrap_or_else(|_| "(unset)".into())
+            )
+        },
         options: opts.clone(),
         models: entries,
         samples,

@@ -145,6 +145,9 @@ struct WorkerArgs {
     gen: usize,
     #[arg(long)]
     no_warmup: bool,
+    /// Untimed warm-up passes (ignored with --no-warmup).
+    #[arg(long, default_value_t = 1)]
+    warmups: usize,
 }
 
 #[derive(Args)]
@@ -204,7 +207,7 @@ fn run_worker(a: WorkerArgs) -> Result<()> {
         &ids,
         a.gen,
         a.threads,
-        !a.no_warmup,
+        if a.no_warmup { 0 } else { a.warmups },
     )?;
     r.info = Some(format!(
         "candle threads: {}",

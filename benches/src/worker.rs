@@ -184,7 +184,7 @@ pub fn run_in_process(
     ids: &[u32],
     gen: usize,
     threads: usize,
-    warmup: bool,
+    warmups: usize,
 ) -> Result<RunResult> {
     if ids.is_empty() {
         bail!("empty prompt");
@@ -198,7 +198,7 @@ pub fn run_in_process(
             let chain = LocalChain::load(&model, &[LayerRange::new(0, n_layers)?], &Device::Cpu)?;
             drop(model);
             let load_s = t.elapsed().as_secs_f64();
-            if warmup {
+            for _ in 0..warmups {
                 let mut s = chain.session(max_len)?;
                 measure(&mut s, ids, WARMUP_DECODE_STEPS.min(gen))?;
             }
@@ -212,7 +212,7 @@ pub fn run_in_process(
             let mut model = ModelWeights::from_gguf(content, &mut file, &Device::Cpu)?;
             drop(file);
             let load_s = t.elapsed().as_secs_f64();
-            if warmup {
+            for _ in 0..warmups {
                 let mut s = CandleStepper::new(&mut model);
                 measure(&mut s, ids, WARMUP_DECODE_STEPS.min(gen))?;
             }
