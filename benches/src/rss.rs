@@ -11,7 +11,8 @@ use crate::report::{markdown_table, median};
 use crate::sys;
 use anyhow::{Context, Result};
 use candle_core::Device;
-use lamina_sharding::executor::Shard;
+use candle_core::{DType, Tensor};
+use lamina_sharding::executor::{LogitRows, Shard, ShardInput};
 use lamina_sharding::layers::LayerRange;
 use lamina_sharding::source::ModelFile;
 use serde::{Deserialize, Serialize};
@@ -26,7 +27,7 @@ pub struct RssSample {
     pub range: Option<LayerRange>,
     /// `VmRSS` when `main` started, before anything was read.
     pub rss_start_kib: u64,
-    /// `VmRSS` with the shard loaded and the model file closed.
+    /// `VmRSS` with the shard loaded, the model file closed and one step run.
     pub rss_kib: u64,
     /// Peak `VmRSS` of the process (`VmHWM`), loading included.
     pub hwm_kib: u64,
@@ -70,6 +71,9 @@ pub fn worker(path: &Path, range: Option<LayerRange>) -> Result<RssSample> {
             weight_bytes = range_weight_bytes(&model, r)?;
             let shard = Shard::load(&model, r, &Device::Cpu)?;
             drop(model);
+            // Weights the kernels read in place are only paged in when used: one forward
+            // step touches every weight, so the figure is what a serving node holds.
+            touch_every_weight(&shard)?;
             Some(shard)
         }
         None => None,
@@ -85,6 +89,23 @@ pub fn worker(path: &Path, range: Option<LayerRange>) -> Result<RssSample> {
         hwm_kib,
         weight_bytes,
     })
+}
+
+/// Runs one 4-row step through `shard` (token ids for a first shard, zero hidden states
+/// otherwise) with a throwaway 8-position cache.
+fn touch_every_weight(shard: &Shard) -> Result<()> {
+    let mut cache = shard.new_cache(8)?;
+    let input = if shard.is_first() {
+        ShardInput::Tokens(vec![1, 2, 3, 4])
+    } else {
+        ShardInput::Hidden(Tensor::zeros(
+            (4, shard.config().dim),
+            DType::F32,
+            &Device::Cpu,
+        )?)
+    };
+    shard.forward(&mut cache, input, LogitRows::Last)?;
+    Ok(())
 }
 
 /// The result of `rss` over several ranges.
@@ -119,6 +140,7 @@ fn med(v: &[RssSample], f: fn(&RssSample) -> u64) -> f64 {
 
 /// Measures the baseline and every range `repeats` times (interleaved).
 pub fn run(path: &Path, ranges: &[LayerRange], repeats: usize, command: &str) -> Result<RssReport> {
+    let tree = sys::tree_state(&crate::compare::workspace_dir());
     let mut baseline = Vec::new();
     let mut per: Vec<(LayerRange, Vec<RssSample>)> =
         ranges.iter().map(|&r| (r, Vec::new())).collect();
@@ -137,7 +159,7 @@ pub fn run(path: &Path, ranges: &[LayerRange], repeats: usize, command: &str) ->
     Ok(RssReport {
         date: sys::utc_now(),
         command: command.to_string(),
-        tree: sys::tree_state(&crate::compare::workspace_dir()),
+        tree,
         model: path.to_path_buf(),
         repeats,
         baseline,
@@ -211,8 +233,9 @@ impl RssReport {
              Source tree: {}  \n\
              Model: `{}`\n\n\
              Method: every row is a fresh process (`lamina-bench rss-worker`); it loads the shard \
-             with `Shard::load(&model, range, &Device::Cpu)`, drops the `ModelFile` (unmapping \
-             the file), then reads `VmRSS` and `VmHWM` from `/proc/self/status`. The baseline \
+             with `Shard::load(&model, range, &Device::Cpu)`, drops the `ModelFile`, runs one \
+             4-token forward step (so every weight page the shard reads in place is resident), \
+             then reads `VmRSS` and `VmHWM` from `/proc/self/status`. The baseline \
              process is the same binary loading nothing. Medians of {} repetitions.\n\n\
              {}\n\
              {}\n",

@@ -94,40 +94,53 @@ impl RmsNorm {
 }
 
 /// A linear layer on the stored (usually quantized) weight: lamina's kernels when they
-/// cover the weight type (and `LAMINA_KERNELS` is not `candle`), else candle's
-/// `QMatMul`. Both share the one `Arc<QTensor>`.
+/// cover the weight type (and `LAMINA_KERNELS` is not `candle`), reading the weight in
+/// place from the mapped file; else candle's `QMatMul` on a copy.
 #[derive(Debug, Clone)]
-struct Linear {
-    inner: QMatMul,
-    kernel: Option<crate::kernels::QLinear>,
+enum Linear {
+    Kernel(crate::kernels::QLinear),
+    Candle(QMatMul),
 }
 
 impl Linear {
     fn from_qtensor(t: Arc<QTensor>) -> Result<Self> {
-        let kernel = if crate::kernels::enabled() {
-            crate::kernels::QLinear::new(t.clone())
+        if crate::kernels::enabled() {
+            if let Some(k) = crate::kernels::QLinear::new(t.clone())
                 .filter(|k| crate::kernels::preferred(k.weight_type()))
-        } else {
-            None
-        };
-        Ok(Self {
-            inner: QMatMul::from_arc(t)?,
-            kernel,
-        })
+            {
+                return Ok(Self::Kernel(k));
+            }
+        }
+        Ok(Self::Candle(QMatMul::from_arc(t)?))
     }
 
     fn load(model: &ModelFile, name: &str, out: usize, inp: usize, dev: &Device) -> Result<Self> {
+        if dev.is_cpu() && crate::kernels::enabled() {
+            if let Some((view, dtype)) = model.view(name, &[out, inp])? {
+                let wanted = crate::kernels::WeightType::from_ggml(dtype)
+                    .is_some_and(crate::kernels::preferred);
+                if wanted {
+                    if let Some(k) = crate::kernels::QLinear::from_view(view, dtype, out, inp)? {
+                        return Ok(Self::Kernel(k));
+                    }
+                }
+            }
+        }
         let t = model.load(name, Some(&[out, inp]), dev)?;
         Self::from_qtensor(Arc::new(t))
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        if let Some(k) = &self.kernel {
-            if let Some(y) = k.forward(x)? {
-                return Ok(y);
-            }
+        match self {
+            Self::Kernel(k) => k.forward(x)?.ok_or_else(|| {
+                Error::InvalidInput(format!(
+                    "linear layer: the kernels take f32 CPU inputs, got {:?} on {:?}",
+                    x.dtype(),
+                    x.device()
+                ))
+            }),
+            Self::Candle(m) => Ok(m.forward(x)?),
         }
-        Ok(self.inner.forward(x)?)
     }
 }
 
@@ -144,19 +157,117 @@ struct Block {
     down: Linear,
 }
 
-/// The token embedding, kept in its stored type; rows are dequantized on lookup.
+/// How one row of a mapped embedding is stored.
+#[derive(Debug, Clone, Copy)]
+enum RowFormat {
+    F32,
+    F16,
+    BF16,
+    Blocks(crate::kernels::WeightType),
+}
+
+impl RowFormat {
+    fn of(dtype: GgmlDType, dim: usize) -> Option<Self> {
+        use crate::kernels::{WeightType, QK};
+        Some(match dtype {
+            GgmlDType::F32 => Self::F32,
+            GgmlDType::F16 => Self::F16,
+            GgmlDType::BF16 => Self::BF16,
+            GgmlDType::Q4_0 if dim.is_multiple_of(QK) => Self::Blocks(WeightType::Q4_0),
+            GgmlDType::Q4_1 if dim.is_multiple_of(QK) => Self::Blocks(WeightType::Q4_1),
+            GgmlDType::Q8_0 if dim.is_multiple_of(QK) => Self::Blocks(WeightType::Q8_0),
+            _ => return None,
+        })
+    }
+
+    fn row_bytes(self, dim: usize) -> usize {
+        match self {
+            Self::F32 => dim * 4,
+            Self::F16 | Self::BF16 => dim * 2,
+            Self::Blocks(t) => dim / crate::kernels::QK * t.block_bytes(),
+        }
+    }
+
+    fn decode(self, row: &[u8], out: &mut [f32]) {
+        use crate::kernels::{blocks, QK};
+        match self {
+            Self::F32 => {
+                for (o, b) in out.iter_mut().zip(row.chunks_exact(4)) {
+                    *o = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+                }
+            }
+            Self::F16 => {
+                for (o, b) in out.iter_mut().zip(row.chunks_exact(2)) {
+                    *o = half::f16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32();
+                }
+            }
+            Self::BF16 => {
+                for (o, b) in out.iter_mut().zip(row.chunks_exact(2)) {
+                    *o = half::bf16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32();
+                }
+            }
+            Self::Blocks(t) => {
+                for (o, b) in out
+                    .chunks_exact_mut(QK)
+                    .zip(row.chunks_exact(t.block_bytes()))
+                {
+                    blocks::dequantize_block(t, b, o);
+                }
+            }
+        }
+    }
+}
+
+/// The token embedding. A lookup needs only a prompt's rows, so on the CPU the table stays
+/// in the mapped file and rows are decoded on lookup: the first shard does not hold a
+/// vocabulary-sized table it barely reads. Other devices and formats copy it.
 #[derive(Debug, Clone)]
 enum Embedding {
     Float(Tensor),
     Quantized(Arc<QTensor>),
+    Mapped {
+        view: crate::gguf::TensorView,
+        format: RowFormat,
+        dim: usize,
+    },
 }
 
 impl Embedding {
+    fn load(model: &ModelFile, vocab: usize, dim: usize, dev: &Device) -> Result<Self> {
+        const NAME: &str = "token_embd.weight";
+        if dev.is_cpu() {
+            if let Some((view, dtype)) = model.view(NAME, &[vocab, dim])? {
+                if let Some(format) = RowFormat::of(dtype, dim) {
+                    if view.len() == vocab * format.row_bytes(dim) {
+                        return Ok(Self::Mapped { view, format, dim });
+                    }
+                }
+            }
+        }
+        let q = model.load(NAME, Some(&[vocab, dim]), dev)?;
+        Ok(match q.dtype() {
+            GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16 => Self::Float(q.dequantize(dev)?),
+            _ => Self::Quantized(Arc::new(q)),
+        })
+    }
+
     fn forward(&self, ids: &[u32], dev: &Device) -> Result<Tensor> {
-        let ids_t = Tensor::new(ids, dev)?;
         Ok(match self {
-            Embedding::Float(t) => t.index_select(&ids_t, 0)?,
-            Embedding::Quantized(q) => q.embedding(&ids_t)?,
+            Self::Float(t) => t.index_select(&Tensor::new(ids, dev)?, 0)?,
+            Self::Quantized(q) => q.embedding(&Tensor::new(ids, dev)?)?,
+            Self::Mapped { view, format, dim } => {
+                let rb = format.row_bytes(*dim);
+                let bytes = view.as_bytes();
+                let mut out = vec![0f32; ids.len() * dim];
+                for (&id, o) in ids.iter().zip(out.chunks_exact_mut(*dim)) {
+                    let at = id as usize * rb;
+                    let row = bytes.get(at..at + rb).ok_or_else(|| {
+                        Error::InvalidInput(format!("token id {id} is outside the embedding table"))
+                    })?;
+                    format.decode(row, o);
+                }
+                Tensor::from_vec(out, (ids.len(), *dim), dev)?
+            }
         })
     }
 }
@@ -250,25 +361,10 @@ impl Shard {
         let kv_dim = cfg.n_kv_heads * cfg.head_dim;
         let is_last = range.is_last(cfg.n_layers);
 
-        // The embedding is shared with a tied output head: read it once.
-        let need_embd = range.is_first() || (is_last && cfg.tied_embeddings);
-        let embd_q = if need_embd {
-            Some(Arc::new(model.load(
-                "token_embd.weight",
-                Some(&[cfg.vocab_size, dim]),
-                device,
-            )?))
+        let embedding = if range.is_first() {
+            Some(Embedding::load(model, cfg.vocab_size, dim, device)?)
         } else {
             None
-        };
-        let embedding = match (&embd_q, range.is_first()) {
-            (Some(q), true) => Some(match q.dtype() {
-                GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16 => {
-                    Embedding::Float(q.dequantize(device)?)
-                }
-                _ => Embedding::Quantized(q.clone()),
-            }),
-            _ => None,
         };
 
         let mut blocks = Vec::with_capacity(range.len());
@@ -289,14 +385,14 @@ impl Shard {
 
         let head = if is_last {
             let norm = RmsNorm::load(model, "output_norm.weight", dim, cfg.rms_eps, device)?;
-            let output = if cfg.tied_embeddings {
-                match &embd_q {
-                    Some(q) => Linear::from_qtensor(q.clone())?,
-                    None => return Err(Error::MissingTensor("token_embd.weight".into())),
-                }
+            // A tied head reads the embedding table as its weight: in place for the
+            // kernels' types, else as candle's own copy.
+            let name = if cfg.tied_embeddings {
+                "token_embd.weight"
             } else {
-                Linear::load(model, "output.weight", cfg.vocab_size, dim, device)?
+                "output.weight"
             };
+            let output = Linear::load(model, name, cfg.vocab_size, dim, device)?;
             Some(Head { norm, output })
         } else {
             None

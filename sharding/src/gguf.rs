@@ -13,6 +13,7 @@ use candle_core::Device;
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// Hard limits on header fields, so a hostile file cannot make the parser allocate
 /// without bound before it has been checked against the file size.
@@ -33,6 +34,41 @@ impl std::ops::Deref for FileBytes {
             FileBytes::Mapped(m) => m,
             FileBytes::Owned(v) => v,
         }
+    }
+}
+
+/// The stored bytes of one tensor, borrowed from the file in place.
+///
+/// The kernels read quantized weights straight from the mapping (as llama.cpp does with
+/// mmap), so a node holds each weight once: as page-cache pages it shares with every other
+/// process mapping the file, not as a private copy. The view keeps the mapping alive.
+#[derive(Clone)]
+pub struct TensorView {
+    bytes: Arc<FileBytes>,
+    start: usize,
+    len: usize,
+}
+
+impl TensorView {
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes[self.start..self.start + self.len]
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+impl std::fmt::Debug for TensorView {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TensorView")
+            .field("start", &self.start)
+            .field("len", &self.len)
+            .finish()
     }
 }
 
@@ -65,7 +101,7 @@ impl TensorInfo {
 /// A parsed GGUF file.
 pub struct GgufFile {
     path: PathBuf,
-    bytes: FileBytes,
+    bytes: Arc<FileBytes>,
     version: u32,
     metadata: HashMap<String, Value>,
     tensors: Vec<TensorInfo>,
@@ -84,8 +120,9 @@ impl std::fmt::Debug for GgufFile {
 }
 
 impl GgufFile {
-    /// Maps and parses a file. The mapping is read-only and private; tensors are copied
-    /// out of it on load, so dropping the file afterwards releases the pages.
+    /// Maps and parses a file. The mapping is read-only and private. Tensors the kernels
+    /// run on are read in place ([`GgufFile::tensor_view`]); tensors copied out for candle
+    /// have their pages released from this process right after the copy.
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref().to_path_buf();
         let file = std::fs::File::open(&path).map_err(|e| Error::io(&path, e))?;
@@ -221,7 +258,7 @@ impl GgufFile {
         }
         Ok(Self {
             path,
-            bytes,
+            bytes: Arc::new(bytes),
             version,
             metadata,
             tensors,
@@ -254,8 +291,8 @@ impl GgufFile {
         self.bytes.len() as u64
     }
 
-    /// The raw bytes of one tensor (bounds were checked at parse time).
-    pub fn tensor_bytes(&self, name: &str) -> Result<&[u8]> {
+    /// Where one tensor's bytes lie in the file (bounds were checked at parse time).
+    fn tensor_span(&self, name: &str) -> Result<(usize, usize)> {
         let info = self
             .tensor_info(name)
             .ok_or_else(|| Error::MissingTensor(name.to_string()))?;
@@ -263,8 +300,46 @@ impl GgufFile {
             name: name.to_string(),
             dtype: info.type_name(),
         })?;
-        let start = (self.data_offset + info.offset) as usize;
-        Ok(&self.bytes[start..start + size as usize])
+        Ok(((self.data_offset + info.offset) as usize, size as usize))
+    }
+
+    /// The raw bytes of one tensor.
+    pub fn tensor_bytes(&self, name: &str) -> Result<&[u8]> {
+        let (start, len) = self.tensor_span(name)?;
+        Ok(&self.bytes[start..start + len])
+    }
+
+    /// One tensor's bytes in place, kept alive independently of this `GgufFile`.
+    pub fn tensor_view(&self, name: &str) -> Result<TensorView> {
+        let (start, len) = self.tensor_span(name)?;
+        Ok(TensorView {
+            bytes: self.bytes.clone(),
+            start,
+            len,
+        })
+    }
+
+    /// Drops this process's resident pages of one tensor's bytes (the page cache keeps
+    /// them; a later read faults them back in). Called once a tensor has been copied or
+    /// hashed, so that RSS counts each weight once. Best effort: a failure only leaves
+    /// pages resident.
+    pub fn release_pages(&self, name: &str) {
+        let Ok((start, len)) = self.tensor_span(name) else {
+            return;
+        };
+        if let FileBytes::Mapped(map) = &*self.bytes {
+            const PAGE: usize = 4096;
+            let lo = start / PAGE * PAGE;
+            let hi = (start + len).next_multiple_of(PAGE).min(map.len());
+            if hi > lo {
+                // SAFETY: the mapping is read-only and file-backed, so MADV_DONTNEED only
+                // drops page-table entries; the next access reads the same file bytes
+                // again. Pages shared with a neighbouring tensor are re-read on demand.
+                let _ = unsafe {
+                    map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, lo, hi - lo)
+                };
+            }
+        }
     }
 
     /// Copies one tensor out of the file into a candle `QTensor`.
@@ -285,6 +360,7 @@ impl GgufFile {
             let view = &bytemuck_bytes(&aligned)[..bytes.len()];
             QStorage::from_data(Cow::Borrowed(view), device, dtype)?
         };
+        self.release_pages(name);
         Ok(QTensor::new(storage, info.shape.clone())?)
     }
 }

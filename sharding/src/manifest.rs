@@ -89,6 +89,9 @@ impl Manifest {
                 continue;
             };
             let hash = blake3::hash(bytes);
+            // Hashing reads the whole file; without this a node would hold every page
+            // of it, not just its own layers.
+            model.release_pages(&t.name);
             groups
                 .entry(group_of(&t.name))
                 .or_default()

@@ -3,11 +3,11 @@
 
 use crate::chat::ChatTemplate;
 use crate::config::ModelConfig;
-use crate::gguf::GgufFile;
+use crate::gguf::{GgufFile, TensorView};
 use crate::safetensors::SafetensorsModel;
 use crate::tokenizer::Tokenizer;
 use crate::{Error, Result};
-use candle_core::quantized::QTensor;
+use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::Device;
 use std::path::Path;
 
@@ -112,6 +112,31 @@ impl ModelFile {
         Ok(t)
     }
 
+    /// One tensor's stored bytes in place, with its type, for the readers that run on the
+    /// stored layout without a copy (the kernels, quantized embedding lookups). `None`
+    /// where the format has no such layout (safetensors are converted on load). The shape
+    /// is checked against `expected` as in [`ModelFile::load`].
+    pub fn view(&self, name: &str, expected: &[usize]) -> Result<Option<(TensorView, GgmlDType)>> {
+        let Self::Gguf(g) = self else {
+            return Ok(None);
+        };
+        let info = g
+            .tensor_info(name)
+            .ok_or_else(|| Error::MissingTensor(name.to_string()))?;
+        if info.shape != expected {
+            return Err(Error::TensorShape {
+                name: name.to_string(),
+                got: info.shape.clone(),
+                expected: expected.to_vec(),
+            });
+        }
+        let dtype = info.dtype.ok_or_else(|| Error::UnsupportedTensorType {
+            name: name.to_string(),
+            dtype: info.type_name(),
+        })?;
+        Ok(Some((g.tensor_view(name)?, dtype)))
+    }
+
     /// Every tensor with its type, shape and size, in file order (GGUF) or name order.
     pub fn tensor_list(&self) -> Vec<TensorEntry> {
         match self {
@@ -149,6 +174,14 @@ impl ModelFile {
         match self {
             Self::Gguf(g) => g.tensor_bytes(name),
             Self::Safetensors(s) => Ok(s.raw(name)?.2),
+        }
+    }
+
+    /// Releases this process's resident pages of one tensor (GGUF mappings only); see
+    /// [`GgufFile::release_pages`].
+    pub fn release_pages(&self, name: &str) {
+        if let Self::Gguf(g) = self {
+            g.release_pages(name);
         }
     }
 

@@ -24,9 +24,10 @@ pub mod scalar;
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod x86;
 
+use crate::gguf::TensorView;
 use crate::{Error, Result};
 pub use blocks::{WeightType, QK};
-use candle_core::quantized::QTensor;
+use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{DType, Device, Storage, Tensor};
 pub use quantize::QActs;
 use rayon::prelude::*;
@@ -323,10 +324,19 @@ fn run_rows(w: &QMatrix<'_>, acts: &QActs, out: OutPtr, isa: Isa, rows: Range<us
     }
 }
 
+/// Where a [`QLinear`]'s weight bytes live.
+#[derive(Clone, Debug)]
+enum WeightBytes {
+    /// Inside a candle `QTensor` (shared with a candle fallback or a tied embedding).
+    Tensor(Arc<QTensor>),
+    /// In the memory-mapped model file, read in place: no copy at load.
+    View(TensorView),
+}
+
 /// A linear layer `y = x · W^T` on a quantized CPU weight, run by these kernels.
 #[derive(Clone, Debug)]
 pub struct QLinear {
-    weight: Arc<QTensor>,
+    weight: WeightBytes,
     ty: WeightType,
     n: usize,
     k: usize,
@@ -348,7 +358,32 @@ impl QLinear {
             }
             QMatrix::new(ty, n, k, &data).ok()?;
         }
-        Some(Self { weight, ty, n, k })
+        Some(Self {
+            weight: WeightBytes::Tensor(weight),
+            ty,
+            n,
+            k,
+        })
+    }
+
+    /// A layer on a weight `(n, k)` read in place from a model file. `None` when the
+    /// kernels do not cover `dtype`; an error when the bytes do not fit the shape.
+    pub fn from_view(
+        view: TensorView,
+        dtype: GgmlDType,
+        n: usize,
+        k: usize,
+    ) -> Result<Option<Self>> {
+        let Some(ty) = WeightType::from_ggml(dtype) else {
+            return Ok(None);
+        };
+        QMatrix::new(ty, n, k, view.as_bytes())?;
+        Ok(Some(Self {
+            weight: WeightBytes::View(view),
+            ty,
+            n,
+            k,
+        }))
     }
 
     pub fn weight_type(&self) -> WeightType {
@@ -384,8 +419,15 @@ impl QLinear {
             let xs = all.get(start..start + m * k).ok_or_else(|| {
                 Error::InvalidInput("linear layer: input storage is too short".into())
             })?;
-            let data = self.weight.data()?;
-            let w = QMatrix::new(self.ty, self.n, self.k, &data)?;
+            let owned;
+            let data: &[u8] = match &self.weight {
+                WeightBytes::Tensor(t) => {
+                    owned = t.data()?;
+                    &owned
+                }
+                WeightBytes::View(v) => v.as_bytes(),
+            };
+            let w = QMatrix::new(self.ty, self.n, self.k, data)?;
             matmul(
                 &w,
                 xs,
