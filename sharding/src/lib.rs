@@ -21,6 +21,7 @@
 //! - [`sampling`]: greedy, temperature, top-k, top-p, repetition penalty, seeded.
 //! - [`generate`]: the generation loop over a chain of in-process shards, with stop rules.
 //! - [`synth`]: random-weight GGUF models of real architectures.
+//! - [`planner`]: pure placement (which layers to host) and routing (which chain of peers).
 
 pub mod chat;
 pub mod config;
@@ -32,6 +33,7 @@ pub mod kernels;
 pub mod kv_cache;
 pub mod layers;
 pub mod manifest;
+pub mod planner;
 pub mod safetensors;
 pub mod sampling;
 pub mod source;

@@ -1,26 +1,56 @@
 //! The quantized matmul kernels (`lamina_sharding::kernels`) against their scalar
 //! reference and against candle.
 //!
+//! Every weight type the kernels take: Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 (8-bit activation
+//! blocks of 32), Q4_K, Q5_K, Q6_K (Q8_K activation blocks of 256), F16, BF16 (f32
+//! activations).
+//!
 //! Tolerances:
-//! - SIMD vs scalar (same quantized activations, same exact i32 block dots, only the f32
-//!   summation order differs): `|y_simd - y_scalar| <= 1e-5 * sum_j |w_j x_j| + 1e-6`.
-//! - Activation quantization is bit-identical between SIMD and scalar.
+//! - SIMD vs scalar, 32-element quant types (same quantized activations, same exact i32
+//!   block dots, only the f32 summation order differs):
+//!   `|y_simd - y_scalar| <= 1e-5 * sum_j |w_j x_j| + 1e-6`.
+//! - SIMD vs scalar, K-quants: bit-identical (the integer super-block sums are reduced
+//!   before the f32 step, which both compute in the same order).
+//! - SIMD vs scalar, F16 / BF16 (same 8-lane summation order, FMA vs two roundings):
+//!   `1e-5 * sum_j |w_j x_j| + 1e-6`.
+//! - Activation quantization (Q8 blocks of 32 and Q8_K) is bit-identical between SIMD
+//!   and scalar.
 //! - Scalar (and candle's `QMatMul`) vs the exact product of the dequantized weights
 //!   with the f32 activations: within the worst case of 8-bit activation rounding plus
-//!   f16 scale rounding, `B = sum_blocks amax_b(x) * 32 * max_b|w| * (1/254 + 1/256)`;
+//!   scale rounding, `B = sum_blocks amax_b(x) * QB * max_b|w| * (1/254 + 1/256)` with
+//!   `QB` the activation block (32 or 256); for F16 / BF16 `B = 1e-5 sum_j |w_j x_j|`;
 //!   scalar vs candle within `2B`.
 
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{DType, Device, Module, Tensor};
 use lamina_sharding::kernels::{
-    self, blocks, matmul, quantize_acts, Isa, QLinear, QMatrix, WeightType, QK,
+    self, blocks, matmul, quantize_acts, quantize_acts_k, Isa, QLinear, QMatrix, WeightType, QK,
+    QK_K,
 };
 use proptest::prelude::*;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::sync::Arc;
 
-const TYPES: [WeightType; 3] = [WeightType::Q4_0, WeightType::Q4_1, WeightType::Q8_0];
+const TYPES: [WeightType; 10] = WeightType::ALL;
+
+fn is_k(ty: WeightType) -> bool {
+    ty.block_elems() == QK_K
+}
+
+fn is_float(ty: WeightType) -> bool {
+    matches!(ty, WeightType::F16 | WeightType::BF16)
+}
+
+/// Widths to test for a type: `small` for the 32-element types, multiples of 256 for
+/// the K-quants.
+fn widths(ty: WeightType, small: &[usize]) -> Vec<usize> {
+    if is_k(ty) {
+        vec![256, 512, 768]
+    } else {
+        small.to_vec()
+    }
+}
 
 /// Values in (-1, 1) with a per-block scale spread over three decades and some outliers,
 /// so blocks have very different scales as real weights and activations do.
@@ -124,16 +154,20 @@ impl Case {
 
     /// The activation-quantization bound `B` of the module docs, per output.
     fn act_bound(&self) -> Vec<f32> {
+        if is_float(self.ty) {
+            return self.magnitude().iter().map(|m| 1e-5 * m + 1e-6).collect();
+        }
+        let qb = self.ty.block_elems();
         let mut y = vec![0f32; self.m * self.n];
         for c in 0..self.m {
             for r in 0..self.n {
                 let mut b = 0f32;
-                for blk in 0..self.k / QK {
-                    let xs = &self.x[c * self.k + blk * QK..][..QK];
-                    let ws = &self.w[r * self.k + blk * QK..][..QK];
+                for blk in 0..self.k / qb {
+                    let xs = &self.x[c * self.k + blk * qb..][..qb];
+                    let ws = &self.w[r * self.k + blk * qb..][..qb];
                     let amax = xs.iter().fold(0f32, |a, v| a.max(v.abs()));
                     let wmax = ws.iter().fold(0f32, |a, v| a.max(v.abs()));
-                    b += amax * 32.0 * wmax * (1.0 / 254.0 + 1.0 / 256.0);
+                    b += amax * qb as f32 * wmax * (1.0 / 254.0 + 1.0 / 256.0);
                 }
                 y[c * self.n + r] = b + 1e-6;
             }
@@ -157,19 +191,22 @@ fn assert_close(what: &str, got: &[f32], want: &[f32], tol: &[f32]) -> f32 {
 }
 
 fn simd_tolerance(case: &Case) -> Vec<f32> {
+    if is_k(case.ty) {
+        return vec![0.0; case.m * case.n];
+    }
     case.magnitude().iter().map(|m| 1e-5 * m + 1e-6).collect()
 }
 
 #[test]
 fn dequantize_block_matches_candle() {
     for ty in TYPES {
-        let case = Case::new(ty, 5, 96, 1, 7);
+        let case = Case::new(ty, 5, 512, 1, 7);
         let data = case.qt.data().unwrap();
-        let bb = ty.block_bytes();
-        let mut out = [0f32; QK];
+        let (bb, qb) = (ty.block_bytes(), ty.block_elems());
+        let mut out = vec![0f32; qb];
         for (i, blk) in data.chunks_exact(bb).enumerate() {
             blocks::dequantize_block(ty, blk, &mut out);
-            assert_eq!(&out[..], &case.w[i * QK..(i + 1) * QK], "{ty:?} block {i}");
+            assert_eq!(&out[..], &case.w[i * qb..(i + 1) * qb], "{ty:?} block {i}");
         }
     }
 }
@@ -209,7 +246,7 @@ fn simd_matches_scalar_on_odd_shapes() {
     );
     let mut seed = 100;
     for ty in TYPES {
-        for k in [32, 96, 576] {
+        for k in widths(ty, &[32, 96, 576]) {
             for n in [1, 3, 17, 33, 577] {
                 for m in [1, 2, 5, 7] {
                     seed += 1;
@@ -234,7 +271,7 @@ fn rows_are_batch_invariant_bitwise() {
     // A row's output must not depend on the rows batched with it (tile shapes, threads):
     // batched sessions must equal single sessions exactly.
     for ty in TYPES {
-        let case = Case::new(ty, 37, 96, 7, 77);
+        let case = Case::new(ty, 37, widths(ty, &[96])[0], 7, 77);
         for isa in Isa::available() {
             let all = case.run(isa, 2);
             for c in 0..case.m {
@@ -258,7 +295,7 @@ fn scalar_and_candle_match_the_exact_product_within_activation_rounding() {
     let mut seed = 500;
     for ty in TYPES {
         // Candle's Q4_1 kernel wants an even number of blocks per row.
-        for k in [64, 576] {
+        for k in widths(ty, &[64, 576]) {
             for n in [1, 17, 33] {
                 for m in [1, 2, 5, 7] {
                     seed += 1;
@@ -325,7 +362,7 @@ fn qlinear_runs_supported_weights_and_declines_the_rest() {
     assert!(lin.forward(&bad).is_err());
     // Unsupported weight types are declined at load.
     let f = Tensor::zeros((4, 256), DType::F32, &Device::Cpu).unwrap();
-    for dt in [GgmlDType::F32, GgmlDType::Q4K, GgmlDType::Q5_0] {
+    for dt in [GgmlDType::F32, GgmlDType::Q2K, GgmlDType::Q3K] {
         let q = QTensor::quantize(&f, dt).unwrap();
         assert!(QLinear::new(Arc::new(q)).is_none(), "{dt:?}");
     }
@@ -359,21 +396,95 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(48))]
     #[test]
     fn simd_equals_scalar_property(
-        ty in 0usize..3,
+        ty in 0usize..10,
         n in 1usize..70,
         nb in 1usize..7,
         m in 1usize..9,
         threads in 1usize..4,
         seed in any::<u64>(),
     ) {
-        let case = Case::new(TYPES[ty], n, nb * QK, m, seed);
+        let ty = TYPES[ty];
+        let case = Case::new(ty, n, nb * ty.block_elems(), m, seed);
         let reference = case.run(Isa::Scalar, 1);
         let tol = simd_tolerance(&case);
         for isa in Isa::available() {
             let got = case.run(isa, threads);
             for ((g, w), t) in got.iter().zip(&reference).zip(&tol) {
-                prop_assert!((g - w).abs() <= *t, "{:?} {:?}: {} vs {}", TYPES[ty], isa, g, w);
+                prop_assert!((g - w).abs() <= *t, "{:?} {:?}: {} vs {}", ty, isa, g, w);
             }
         }
     }
+}
+
+#[test]
+fn q8k_activation_quantization_is_bit_identical_across_isas() {
+    let mut rng = StdRng::seed_from_u64(12);
+    for (m, k) in [(1, 256), (3, 512), (2, 1536)] {
+        let mut x = random_values(&mut rng, m * k);
+        // A zero super-block, and a row whose largest magnitude appears twice with
+        // opposite signs (the first one sets the sign of the scale).
+        let zero_block = k > QK_K;
+        if zero_block {
+            for v in &mut x[k - QK_K..k] {
+                *v = 0.0;
+            }
+        }
+        x[3] = 50.0;
+        x[7] = -50.0;
+        let reference = quantize_acts_k(&x, m, k, Isa::Scalar).unwrap();
+        for isa in Isa::available() {
+            let q = quantize_acts_k(&x, m, k, isa).unwrap();
+            for r in 0..m {
+                assert_eq!(q.qs_row(r), reference.qs_row(r), "{isa:?} quants row {r}");
+                assert_eq!(q.d_row(r), reference.d_row(r), "{isa:?} scales row {r}");
+                assert_eq!(
+                    q.bsums_row(r),
+                    reference.bsums_row(r),
+                    "{isa:?} sums row {r}"
+                );
+            }
+        }
+        if zero_block {
+            assert_eq!(reference.d_row(0)[k / QK_K - 1], 0.0);
+            assert!(reference.qs_row(0)[k - QK_K..].iter().all(|&q| q == 0));
+        }
+        assert_eq!(reference.qs_row(0)[3], -127);
+        assert_eq!(reference.qs_row(0)[7], 127);
+        // bsums are the sums of 16 quants.
+        let s: i16 = reference.qs_row(0)[..16].iter().map(|&q| q as i16).sum();
+        assert_eq!(reference.bsums_row(0)[0], s);
+    }
+}
+
+#[test]
+fn new_types_run_through_qlinear_and_reject_bad_widths() {
+    for ty in [
+        WeightType::Q5_0,
+        WeightType::Q5_1,
+        WeightType::Q4K,
+        WeightType::Q5K,
+        WeightType::Q6K,
+        WeightType::F16,
+        WeightType::BF16,
+    ] {
+        let k = widths(ty, &[64])[0];
+        let case = Case::new(ty, 9, k, 2, 31);
+        let lin = QLinear::new(case.qt.clone()).expect("supported on the CPU");
+        assert_eq!(lin.weight_type(), ty);
+        let x = Tensor::from_vec(case.x.clone(), (2, k), &Device::Cpu).unwrap();
+        let got = lin.forward(&x).unwrap().unwrap();
+        let got = got.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let want = case.run(Isa::detect(), 1);
+        assert_eq!(got, want, "{ty:?}");
+        // k must be a multiple of the type's block.
+        let qb = ty.block_elems();
+        let data = vec![0u8; ty.block_bytes()];
+        assert!(QMatrix::new(ty, 1, qb, &data).is_ok());
+        assert!(QMatrix::new(ty, 1, qb / 2, &data).is_err(), "{ty:?}");
+    }
+    // A K-quant weight must have a width that is a multiple of 256, not just of 32.
+    let data = vec![0u8; 144];
+    assert!(QMatrix::new(WeightType::Q4K, 1, 256, &data).is_ok());
+    assert!(QMatrix::new(WeightType::Q4K, 2, 128, &data).is_err());
+    assert!(quantize_acts_k(&[0.0; 128], 1, 128, Isa::Scalar).is_err());
 }

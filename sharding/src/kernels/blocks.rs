@@ -1,39 +1,92 @@
 //! GGUF (ggml) block layouts of the weight types the kernels read, and the 8-bit
 //! activation blocks they multiply against.
 //!
-//! Every weight block covers [`QK`] = 32 consecutive elements of one row:
+//! The 32-element types (one block covers [`QK`] = 32 consecutive elements of a row):
 //!
 //! | type | bytes | layout | element `j` |
 //! | --- | --- | --- | --- |
 //! | Q4_0 | 18 | `f16 d; u8 qs[16]` | `(nib(j) - 8) * d` |
 //! | Q4_1 | 20 | `f16 d; f16 m; u8 qs[16]` | `nib(j) * d + m` |
+//! | Q5_0 | 22 | `f16 d; u8 qh[4]; u8 qs[16]` | `(nib(j) + 16 hbit(j) - 16) * d` |
+//! | Q5_1 | 24 | `f16 d; f16 m; u8 qh[4]; u8 qs[16]` | `(nib(j) + 16 hbit(j)) * d + m` |
 //! | Q8_0 | 34 | `f16 d; i8 qs[32]` | `qs[j] * d` |
+//! | F16 | 64 | `f16 v[32]` | `v[j]` |
+//! | BF16 | 64 | `bf16 v[32]` | `v[j]` |
 //!
 //! where `nib(j)` is the low nibble of `qs[j]` for `j < 16` and the high nibble of
-//! `qs[j - 16]` for `j >= 16`. All multi-byte fields are little-endian and blocks are
-//! packed without padding, so a block may start at any byte offset.
+//! `qs[j - 16]` for `j >= 16`, and `hbit(j)` is bit `j` of the little-endian u32 `qh`.
+//! F16 and BF16 have no blocks in ggml; grouping them by 32 lets every 32-element type
+//! share one shape check, and every real model's widths are multiples of 32 anyway.
+//!
+//! The K-quants cover [`QK_K`] = 256 elements per super-block; their layouts are in
+//! [`super::kquants`].
+//!
+//! All multi-byte fields are little-endian and blocks are packed without padding, so a
+//! block may start at any byte offset.
 
 use candle_core::quantized::GgmlDType;
-use half::f16;
+use half::{bf16, f16};
 
-/// Elements per block, for every supported type.
+/// Elements per block of the 32-element types.
 pub const QK: usize = 32;
+
+/// Elements per super-block of the K-quants.
+pub const QK_K: usize = 256;
 
 /// The weight block types the kernels implement.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum WeightType {
     Q4_0,
     Q4_1,
+    Q5_0,
+    Q5_1,
     Q8_0,
+    Q4K,
+    Q5K,
+    Q6K,
+    F16,
+    BF16,
+}
+
+/// What a weight type is multiplied against.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum ActFormat {
+    /// 8-bit blocks of 32 with f16 scale and block sum ([`super::quantize::QActs`]).
+    Q8x32,
+    /// 8-bit blocks of 256 with f32 scale and sums per 16 ([`super::kquants::Q8KActs`]).
+    Q8K,
+    /// The f32 activations themselves.
+    F32,
 }
 
 impl WeightType {
+    /// Every type, in declaration order.
+    pub const ALL: [WeightType; 10] = [
+        Self::Q4_0,
+        Self::Q4_1,
+        Self::Q5_0,
+        Self::Q5_1,
+        Self::Q8_0,
+        Self::Q4K,
+        Self::Q5K,
+        Self::Q6K,
+        Self::F16,
+        Self::BF16,
+    ];
+
     /// The kernel type of a ggml dtype, if there is one.
     pub fn from_ggml(dtype: GgmlDType) -> Option<Self> {
         match dtype {
             GgmlDType::Q4_0 => Some(Self::Q4_0),
             GgmlDType::Q4_1 => Some(Self::Q4_1),
+            GgmlDType::Q5_0 => Some(Self::Q5_0),
+            GgmlDType::Q5_1 => Some(Self::Q5_1),
             GgmlDType::Q8_0 => Some(Self::Q8_0),
+            GgmlDType::Q4K => Some(Self::Q4K),
+            GgmlDType::Q5K => Some(Self::Q5K),
+            GgmlDType::Q6K => Some(Self::Q6K),
+            GgmlDType::F16 => Some(Self::F16),
+            GgmlDType::BF16 => Some(Self::BF16),
             _ => None,
         }
     }
@@ -42,24 +95,59 @@ impl WeightType {
         match self {
             Self::Q4_0 => GgmlDType::Q4_0,
             Self::Q4_1 => GgmlDType::Q4_1,
+            Self::Q5_0 => GgmlDType::Q5_0,
+            Self::Q5_1 => GgmlDType::Q5_1,
             Self::Q8_0 => GgmlDType::Q8_0,
+            Self::Q4K => GgmlDType::Q4K,
+            Self::Q5K => GgmlDType::Q5K,
+            Self::Q6K => GgmlDType::Q6K,
+            Self::F16 => GgmlDType::F16,
+            Self::BF16 => GgmlDType::BF16,
         }
     }
 
-    /// Bytes of one block of [`QK`] elements.
+    /// Elements per block: [`QK`] or, for the K-quants, [`QK_K`]. `k` must be a multiple.
+    pub const fn block_elems(self) -> usize {
+        match self {
+            Self::Q4K | Self::Q5K | Self::Q6K => QK_K,
+            _ => QK,
+        }
+    }
+
+    /// Bytes of one block of [`Self::block_elems`] elements.
     pub const fn block_bytes(self) -> usize {
         match self {
             Self::Q4_0 => 18,
             Self::Q4_1 => 20,
+            Self::Q5_0 => 22,
+            Self::Q5_1 => 24,
             Self::Q8_0 => 34,
+            Self::Q4K => 144,
+            Self::Q5K => 176,
+            Self::Q6K => 210,
+            Self::F16 | Self::BF16 => 64,
         }
     }
 
-    /// Offset of the quants inside a block (after the f16 scale, and min for Q4_1).
+    /// Offset of the (low bits of the) quants inside a block: after the f16 scale, the
+    /// min and the high bits where the type has them. 0 for F16 / BF16.
     pub const fn qs_offset(self) -> usize {
         match self {
             Self::Q4_0 | Self::Q8_0 => 2,
             Self::Q4_1 => 4,
+            Self::Q5_0 => 6,
+            Self::Q5_1 => 8,
+            Self::Q4K => 16,
+            Self::Q5K => 48,
+            Self::Q6K | Self::F16 | Self::BF16 => 0,
+        }
+    }
+
+    pub(crate) const fn act_format(self) -> ActFormat {
+        match self {
+            Self::Q4K | Self::Q5K | Self::Q6K => ActFormat::Q8K,
+            Self::F16 | Self::BF16 => ActFormat::F32,
+            _ => ActFormat::Q8x32,
         }
     }
 }
@@ -70,13 +158,25 @@ pub fn f16_at(b: &[u8], at: usize) -> f32 {
     f16::from_bits(u16::from_le_bytes([b[at], b[at + 1]])).to_f32()
 }
 
+/// Reads the little-endian bf16 at `b[at..at + 2]` as f32.
+#[inline]
+pub fn bf16_at(b: &[u8], at: usize) -> f32 {
+    bf16::from_bits(u16::from_le_bytes([b[at], b[at + 1]])).to_f32()
+}
+
+/// Reads the little-endian u32 at `b[at..at + 4]`.
+#[inline]
+pub fn u32_at(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+}
+
 /// Rounds an f32 to the nearest f16 and back (how ggml stores block scales).
 #[inline]
 pub fn round_f16(x: f32) -> f32 {
     f16::from_f32(x).to_f32()
 }
 
-/// The 4-bit quant of element `j` (0..32) of a Q4 block's `qs`.
+/// The 4-bit quant of element `j` (0..32) of a Q4/Q5 block's `qs`.
 #[inline]
 pub fn nibble(qs: &[u8], j: usize) -> u8 {
     if j < QK / 2 {
@@ -86,26 +186,59 @@ pub fn nibble(qs: &[u8], j: usize) -> u8 {
     }
 }
 
-/// Dequantizes one block (`block.len() == ty.block_bytes()`) into `out[..32]`.
+/// The 5-bit quant (0..32) of element `j` of a Q5_0 / Q5_1 block.
+#[inline]
+pub fn quant5(qh: u32, qs: &[u8], j: usize) -> u8 {
+    nibble(qs, j) | ((((qh >> j) & 1) as u8) << 4)
+}
+
+/// Dequantizes one block (`block.len() == ty.block_bytes()`) into
+/// `out[..ty.block_elems()]`.
 pub fn dequantize_block(ty: WeightType, block: &[u8], out: &mut [f32]) {
-    let d = f16_at(block, 0);
     let qs = &block[ty.qs_offset()..ty.block_bytes()];
     match ty {
         WeightType::Q4_0 => {
+            let d = f16_at(block, 0);
             for (j, o) in out.iter_mut().enumerate().take(QK) {
                 *o = (nibble(qs, j) as f32 - 8.0) * d;
             }
         }
         WeightType::Q4_1 => {
-            let m = f16_at(block, 2);
+            let (d, m) = (f16_at(block, 0), f16_at(block, 2));
             for (j, o) in out.iter_mut().enumerate().take(QK) {
                 *o = nibble(qs, j) as f32 * d + m;
             }
         }
+        WeightType::Q5_0 => {
+            let (d, qh) = (f16_at(block, 0), u32_at(block, 2));
+            for (j, o) in out.iter_mut().enumerate().take(QK) {
+                *o = (quant5(qh, qs, j) as f32 - 16.0) * d;
+            }
+        }
+        WeightType::Q5_1 => {
+            let (d, m, qh) = (f16_at(block, 0), f16_at(block, 2), u32_at(block, 4));
+            for (j, o) in out.iter_mut().enumerate().take(QK) {
+                *o = quant5(qh, qs, j) as f32 * d + m;
+            }
+        }
         WeightType::Q8_0 => {
+            let d = f16_at(block, 0);
             for (o, &q) in out.iter_mut().zip(qs) {
                 *o = q as i8 as f32 * d;
             }
+        }
+        WeightType::F16 => {
+            for (j, o) in out.iter_mut().enumerate().take(QK) {
+                *o = f16_at(block, 2 * j);
+            }
+        }
+        WeightType::BF16 => {
+            for (j, o) in out.iter_mut().enumerate().take(QK) {
+                *o = bf16_at(block, 2 * j);
+            }
+        }
+        WeightType::Q4K | WeightType::Q5K | WeightType::Q6K => {
+            super::kquants::dequantize_superblock(ty, block, out)
         }
     }
 }

@@ -1,10 +1,16 @@
 //! Quantized CPU matmul kernels in llama.cpp's style (issue 3).
 //!
-//! `y[m, n] = x[m, k] · W[n, k]^T` for GGUF weights of type Q4_0, Q4_1 and Q8_0 kept in
-//! ggml's block layout (see [`blocks`]): each activation row is quantized to 8-bit
-//! blocks of 32 ([`quantize`]), then every (weight block, activation block) pair is an
-//! exact integer dot product scaled by the two block scales, with SIMD where the CPU has
-//! it ([`Isa`]) and a portable scalar path ([`scalar`]) that is the numerical reference.
+//! `y[m, n] = x[m, k] · W[n, k]^T` for GGUF weights kept in ggml's block layout (see
+//! [`blocks`]), with SIMD where the CPU has it ([`Isa`]) and portable scalar paths that
+//! are the numerical references. Three families, by what the weights meet:
+//! - Q4_0, Q4_1, Q5_0, Q5_1, Q8_0: each activation row is quantized to 8-bit blocks of
+//!   32 ([`quantize`]), then every (weight block, activation block) pair is an exact
+//!   integer dot product scaled by the two block scales ([`scalar`], `x86.rs`).
+//! - Q4_K, Q5_K, Q6_K: activations quantized to 256-element Q8_K blocks, one exact
+//!   integer sum per super-block ([`kquants`], `x86_kquants.rs`).
+//! - F16, BF16: weights widened to f32 in registers against the f32 activations
+//!   ([`floats`]).
+//!
 //! Work is split over weight rows `n` across rayon's threads (the pool candle uses,
 //! sized by `RAYON_NUM_THREADS`, which `lamina --threads` sets).
 //!
@@ -19,16 +25,22 @@
 //! - `LAMINA_KERNELS_ISA=scalar|avx2|avx512` (read once): cap the SIMD level.
 
 pub mod blocks;
+pub mod floats;
+pub mod kquants;
 pub mod quantize;
 pub mod scalar;
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod x86;
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod x86_kquants;
 
 use crate::gguf::TensorView;
 use crate::{Error, Result};
-pub use blocks::{WeightType, QK};
+use blocks::ActFormat;
+pub use blocks::{WeightType, QK, QK_K};
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{DType, Device, Storage, Tensor};
+pub use kquants::Q8KActs;
 pub use quantize::QActs;
 use rayon::prelude::*;
 use std::cell::RefCell;
@@ -125,7 +137,14 @@ pub fn enabled() -> bool {
 pub fn preferred(ty: WeightType) -> bool {
     match ty {
         WeightType::Q4_0 | WeightType::Q4_1 => true,
-        WeightType::Q8_0 => matches!(std::env::var("LAMINA_KERNELS").as_deref(), Ok("all")),
+        WeightType::Q8_0
+        | WeightType::Q5_0
+        | WeightType::Q5_1
+        | WeightType::Q4K
+        | WeightType::Q5K
+        | WeightType::Q6K
+        | WeightType::F16
+        | WeightType::BF16 => matches!(std::env::var("LAMINA_KERNELS").as_deref(), Ok("all")),
     }
 }
 
@@ -139,15 +158,16 @@ pub struct QMatrix<'a> {
 }
 
 impl<'a> QMatrix<'a> {
-    /// `data` must hold exactly `n` rows of `k / 32` blocks of `ty`.
+    /// `data` must hold exactly `n` rows of `k / ty.block_elems()` blocks of `ty`.
     pub fn new(ty: WeightType, n: usize, k: usize, data: &'a [u8]) -> Result<Self> {
-        if k == 0 || !k.is_multiple_of(QK) {
+        let qk = ty.block_elems();
+        if k == 0 || !k.is_multiple_of(qk) {
             return Err(Error::InvalidInput(format!(
-                "quantized matmul: k = {k} is not a positive multiple of {QK}"
+                "quantized matmul: k = {k} is not a positive multiple of {qk} ({ty:?})"
             )));
         }
         let want = n
-            .checked_mul(k / QK)
+            .checked_mul(k / qk)
             .and_then(|b| b.checked_mul(ty.block_bytes()));
         if want != Some(data.len()) {
             return Err(Error::InvalidInput(format!(
@@ -172,7 +192,7 @@ impl<'a> QMatrix<'a> {
 
     /// Bytes per weight row.
     fn row_bytes(&self) -> usize {
-        self.k / QK * self.ty.block_bytes()
+        self.k / self.ty.block_elems() * self.ty.block_bytes()
     }
 }
 
@@ -207,6 +227,7 @@ const PAR_MIN_BLOCKS: usize = 4096;
 
 thread_local! {
     static ACTS: RefCell<QActs> = RefCell::new(QActs::new());
+    static ACTS_K: RefCell<Q8KActs> = RefCell::new(Q8KActs::new());
 }
 
 /// `y[m, n] = x[m, k] · W[n, k]^T` with `isa` on up to `threads` threads. `x` is
@@ -236,20 +257,55 @@ pub fn matmul(
     if m == 0 || w.n == 0 {
         return Ok(());
     }
-    ACTS.with(|cell| match cell.try_borrow_mut() {
-        Ok(mut acts) => {
-            acts.fill(x, m, w.k, isa);
-            matmul_quantized(w, &acts, y, isa, threads);
-        }
-        // Re-entered on this thread (a rayon worker picked up another matmul while
-        // waiting): use a fresh buffer rather than the one in use.
-        Err(_) => {
-            let mut acts = QActs::new();
-            acts.fill(x, m, w.k, isa);
-            matmul_quantized(w, &acts, y, isa, threads);
-        }
-    });
+    let out = OutPtr {
+        ptr: y.as_mut_ptr(),
+        len: y.len(),
+    };
+    match w.ty.act_format() {
+        ActFormat::Q8x32 => ACTS.with(|cell| match cell.try_borrow_mut() {
+            Ok(mut acts) => {
+                acts.fill(x, m, w.k, isa);
+                let acts = &*acts;
+                split_rows(w, m, threads, |r| run_rows(w, acts, out, isa, r));
+            }
+            // Re-entered on this thread (a rayon worker picked up another matmul while
+            // waiting): use a fresh buffer rather than the one in use.
+            Err(_) => {
+                let mut acts = QActs::new();
+                acts.fill(x, m, w.k, isa);
+                split_rows(w, m, threads, |r| run_rows(w, &acts, out, isa, r));
+            }
+        }),
+        ActFormat::Q8K => ACTS_K.with(|cell| match cell.try_borrow_mut() {
+            Ok(mut acts) => {
+                acts.fill(x, m, w.k, isa);
+                let acts = &*acts;
+                split_rows(w, m, threads, |r| run_rows_k(w, acts, out, isa, r));
+            }
+            // As above.
+            Err(_) => {
+                let mut acts = Q8KActs::new();
+                acts.fill(x, m, w.k, isa);
+                split_rows(w, m, threads, |r| run_rows_k(w, &acts, out, isa, r));
+            }
+        }),
+        ActFormat::F32 => split_rows(w, m, threads, |r| run_rows_f(w, x, m, out, isa, r)),
+    }
     Ok(())
+}
+
+/// Quantizes `x` (`m * k`) into new Q8_K activations with `isa` (the reference when
+/// `Isa::Scalar`); `k` a multiple of 256.
+pub fn quantize_acts_k(x: &[f32], m: usize, k: usize, isa: Isa) -> Result<Q8KActs> {
+    if k == 0 || !k.is_multiple_of(QK_K) || x.len() != m * k || !isa.is_available() {
+        return Err(Error::InvalidInput(format!(
+            "quantize_acts_k: {} values as {m} x {k} with {isa:?}",
+            x.len()
+        )));
+    }
+    let mut a = Q8KActs::new();
+    a.fill(x, m, k, isa);
+    Ok(a)
 }
 
 /// Quantizes `x` (`m * k`) into a new [`QActs`] with `isa` (the reference when
@@ -266,30 +322,27 @@ pub fn quantize_acts(x: &[f32], m: usize, k: usize, isa: Isa) -> Result<QActs> {
     Ok(a)
 }
 
-/// The product on already quantized activations; shapes checked by the caller.
-fn matmul_quantized(w: &QMatrix<'_>, acts: &QActs, y: &mut [f32], isa: Isa, threads: usize) {
+/// Runs `f` over the weight rows `0..n`, split across up to `threads` threads in
+/// chunks of whole 4-row tiles; small products stay on the calling thread.
+fn split_rows(w: &QMatrix<'_>, m: usize, threads: usize, f: impl Fn(Range<usize>) + Sync) {
     let n = w.n;
-    let out = OutPtr {
-        ptr: y.as_mut_ptr(),
-        len: y.len(),
-    };
-    let work = n * (w.k / QK) * acts.m;
+    // Work in units of 32 weights x one activation row, whatever the block size.
+    let work = n * (w.k / QK) * m;
     let threads = if work < PAR_MIN_BLOCKS {
         1
     } else {
         threads.clamp(1, n.div_ceil(4))
     };
     if threads == 1 {
-        run_rows(w, acts, out, isa, 0..n);
+        f(0..n);
         return;
     }
-    // Chunks of whole 4-row tiles, one per thread.
     let per = n.div_ceil(threads).next_multiple_of(4);
     (0..threads).into_par_iter().for_each(|t| {
         let start = (t * per).min(n);
         let end = ((t + 1) * per).min(n);
         if start < end {
-            run_rows(w, acts, out, isa, start..end);
+            f(start..end);
         }
     });
 }
@@ -316,6 +369,66 @@ fn run_rows(w: &QMatrix<'_>, acts: &QActs, out: OutPtr, isa: Isa, rows: Range<us
                 let row = &w.data[r * rb..(r + 1) * rb];
                 for c in 0..acts.m {
                     let v = scalar::dot_row(w.ty, row, acts, c);
+                    // SAFETY: c * n + r < m * n; this thread owns column r.
+                    unsafe { out.write(c * w.n + r, v) };
+                }
+            }
+        }
+    }
+}
+
+/// [`run_rows`] for the K-quants.
+fn run_rows_k(w: &QMatrix<'_>, acts: &Q8KActs, out: OutPtr, isa: Isa, rows: Range<usize>) {
+    debug_assert!(rows.end <= w.n && acts.k == w.k && out.len == acts.m * w.n);
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => {
+            // SAFETY: `matmul` checked the CPU has AVX2/FMA/F16C; `w` was validated to
+            // hold n rows of k / 256 super-blocks of its K-quant type; `out` has m * n
+            // values; the threads of one call get disjoint `rows`.
+            unsafe { x86_kquants::avx2::gemm(w.ty, w.data, acts, out, w.n, rows) }
+        }
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512Vnni => {
+            // SAFETY: as above, with the AVX-512 VNNI features checked.
+            unsafe { x86_kquants::avx512::gemm(w.ty, w.data, acts, out, w.n, rows) }
+        }
+        _ => {
+            let rb = w.row_bytes();
+            for r in rows {
+                let row = &w.data[r * rb..(r + 1) * rb];
+                for c in 0..acts.m {
+                    let v = kquants::dot_row(w.ty, row, acts, c);
+                    // SAFETY: c * n + r < m * n; this thread owns column r.
+                    unsafe { out.write(c * w.n + r, v) };
+                }
+            }
+        }
+    }
+}
+
+/// [`run_rows`] for F16 / BF16 weights on the f32 activations `x` (`m * k`).
+fn run_rows_f(w: &QMatrix<'_>, x: &[f32], m: usize, out: OutPtr, isa: Isa, rows: Range<usize>) {
+    debug_assert!(rows.end <= w.n && x.len() == m * w.k && out.len == m * w.n);
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => {
+            // SAFETY: `matmul` checked the CPU has AVX2/FMA/F16C; `w` holds n rows of k
+            // 2-byte weights, k a multiple of 32; `x` has m * k values and `out` m * n;
+            // the threads of one call get disjoint `rows`.
+            unsafe { floats::avx2::gemm(w.ty, w.data, x, m, w.k, out, w.n, rows) }
+        }
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512Vnni => {
+            // SAFETY: as above, with the AVX-512 features checked.
+            unsafe { floats::avx512::gemm(w.ty, w.data, x, m, w.k, out, w.n, rows) }
+        }
+        _ => {
+            let rb = w.row_bytes();
+            for r in rows {
+                let row = &w.data[r * rb..(r + 1) * rb];
+                for c in 0..m {
+                    let v = floats::dot_row(w.ty, row, &x[c * w.k..(c + 1) * w.k]);
                     // SAFETY: c * n + r < m * n; this thread owns column r.
                     unsafe { out.write(c * w.n + r, v) };
                 }

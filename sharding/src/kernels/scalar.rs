@@ -1,8 +1,11 @@
-//! The portable kernels, and the numerical reference of the SIMD ones.
+//! The portable kernels of the 32-element quant types, and the numerical reference of
+//! the SIMD ones.
 //!
 //! Per block, the integer dot product of the weight quants and the activation quants is
-//! exact (i32); it is scaled by `d_w * d_x` in f32. Q4_1 adds `m_w * s_x` (its min times
-//! the activation block sum), as ggml's `ggml_vec_dot_q4_1_q8_1`. The SIMD kernels
+//! exact (i32); it is scaled by `d_w * d_x` in f32. Q4_1 and Q5_1 add `m_w * s_x` (their
+//! min times the activation block sum), as ggml's `ggml_vec_dot_q4_1_q8_1` and
+//! `ggml_vec_dot_q5_1_q8_1`; Q4_0 and Q5_0 subtract their offset (8, 16) inside the
+//! integer sum, as `ggml_vec_dot_q{4,5}_0_q8_0`. The SIMD kernels
 //! compute the same integers and the same per-block products; only the order of the f32
 //! summation differs.
 //!
@@ -13,11 +16,11 @@
 //! dominates, and quant flips in outlier blocks make any change chaotic), and it moved
 //! SmolLM2's greedy tokens away from llama.cpp's, which uses the uncentered form.
 
-use super::blocks::{f16_at, nibble, WeightType, QK};
+use super::blocks::{f16_at, nibble, quant5, u32_at, WeightType, QK};
 use super::quantize::QActs;
 
-/// `sum_k w[k] * x[c, k]` for one weight row (`row.len() == nb * block_bytes`) and
-/// activation row `c`.
+/// `sum_k w[k] * x[c, k]` for one weight row (`row.len() == nb * block_bytes`) of a
+/// 32-element quant type and activation row `c`.
 pub fn dot_row(ty: WeightType, row: &[u8], acts: &QActs, c: usize) -> f32 {
     let bb = ty.block_bytes();
     let qo = ty.qs_offset();
@@ -42,6 +45,20 @@ pub fn dot_row(ty: WeightType, row: &[u8], acts: &QActs, c: usize) -> f32 {
                 let isum: i32 = (0..QK).map(|j| nibble(qs, j) as i32 * yq[j] as i32).sum();
                 acc += isum as f32 * (dw * dy) + mw * sy;
             }
+            WeightType::Q5_0 => {
+                let qh = u32_at(wb, 2);
+                let isum: i32 = (0..QK)
+                    .map(|j| (quant5(qh, qs, j) as i32 - 16) * yq[j] as i32)
+                    .sum();
+                acc += isum as f32 * (dw * dy);
+            }
+            WeightType::Q5_1 => {
+                let (mw, qh) = (f16_at(wb, 2), u32_at(wb, 4));
+                let isum: i32 = (0..QK)
+                    .map(|j| quant5(qh, qs, j) as i32 * yq[j] as i32)
+                    .sum();
+                acc += isum as f32 * (dw * dy) + mw * sy;
+            }
             WeightType::Q8_0 => {
                 let isum: i32 = qs
                     .iter()
@@ -50,6 +67,12 @@ pub fn dot_row(ty: WeightType, row: &[u8], acts: &QActs, c: usize) -> f32 {
                     .sum();
                 acc += isum as f32 * (dw * dy);
             }
+            // Not 32-element quant types: `matmul` routes them elsewhere.
+            WeightType::Q4K
+            | WeightType::Q5K
+            | WeightType::Q6K
+            | WeightType::F16
+            | WeightType::BF16 => {}
         }
     }
     acc

@@ -6,13 +6,18 @@
 //! Zen 4, 512-bit ops run as two 256-bit halves, so 256-bit vectors with VNNI lose
 //! nothing and keep the block-at-a-time structure (one 32-element block per vector).
 //!
-//! Tricks, as in ggml's `ggml_vec_dot_q4_{0,1}_q8_{0,1}` and `ggml_vec_dot_q8_0_q8_0`:
+//! Tricks, as in ggml's `ggml_vec_dot_q{4,5}_{0,1}_q8_{0,1}` and `ggml_vec_dot_q8_0_q8_0`:
 //! - Q4 nibbles are expanded to 32 unsigned bytes (low nibbles, then high nibbles) and
 //!   multiplied as unsigned against the signed activation quants.
-//! - Q4_0's `-8` nibble offset is applied in i32: `dot(nib, y) - dot(8, y)`, exact, with
-//!   `dot(8, y)` computed once per activation block for every weight row of the tile.
-//! - Q4_1 keeps ggml's float structure: `d_w d_x sum(nib q)` accumulated in 8 f32 lanes
-//!   per block, `m_w s_x` summed apart and added at the end (see `scalar.rs` on why).
+//! - Q5's fifth bits are spread from the u32 `qh` to one byte each (ggml's
+//!   `bytes_from_bits_32`: broadcast, byte shuffle, OR with all-but-one-bit masks,
+//!   compare with all ones) and OR-ed in as bit 4, giving unsigned quants 0..32.
+//! - Q4_0's `-8` (Q5_0's `-16`) offset is applied in i32: `dot(q, y) - dot(8, y)`,
+//!   exact, with `dot(8, y)` computed once per activation block for every weight row of
+//!   the tile.
+//! - Q4_1 and Q5_1 keep ggml's float structure: `d_w d_x sum(q y)` accumulated in 8 f32
+//!   lanes per block, `m_w s_x` summed apart and added at the end (see `scalar.rs` on
+//!   why).
 //! - Weight rows are prefetched [`PF_TILES`] tiles ahead: the rows of one tile are short
 //!   (360 to 960 bytes here), and without it the output head streamed at ~5 GB/s on one
 //!   Zen 4 core instead of ~8.
@@ -34,11 +39,13 @@ const PF_TILES: usize = 2;
 const T_Q4_0: u8 = 0;
 const T_Q4_1: u8 = 1;
 const T_Q8_0: u8 = 2;
+const T_Q5_0: u8 = 3;
+const T_Q5_1: u8 = 4;
 
 macro_rules! x86_kernels {
     ($modname:ident, $features:literal, |$a:ident, $b:ident| $dot:block) => {
         pub(crate) mod $modname {
-            use super::{OutPtr, QActs, Range, PF_TILES, QK, T_Q4_0, T_Q4_1, T_Q8_0};
+            use super::{OutPtr, QActs, Range, PF_TILES, QK, T_Q4_0, T_Q4_1, T_Q5_0, T_Q5_1, T_Q8_0};
             use crate::kernels::blocks::WeightType;
             use std::arch::x86_64::*;
 
@@ -73,6 +80,8 @@ macro_rules! x86_kernels {
                 match t {
                     T_Q4_0 => 18,
                     T_Q4_1 => 20,
+                    T_Q5_0 => 22,
+                    T_Q5_1 => 24,
                     _ => 34,
                 }
             }
@@ -98,6 +107,18 @@ macro_rules! x86_kernels {
                 let bb = block_bytes(T);
                 let mask = _mm256_set1_epi8(0x0F);
                 let eight = _mm256_set1_epi8(8);
+                let sixteen = _mm256_set1_epi8(16);
+                let bit4 = _mm256_set1_epi8(0x10);
+                // ggml's `bytes_from_bits_32` constants: byte i of the broadcast u32
+                // picks qh byte i / 8, and the OR mask leaves only bit i % 8 unknown.
+                let spread = _mm256_set_epi64x(
+                    0x0303_0303_0303_0303,
+                    0x0202_0202_0202_0202,
+                    0x0101_0101_0101_0101,
+                    0,
+                );
+                let bits = _mm256_set1_epi64x(0x7fbf_dfef_f7fb_fdfe);
+                let ones = _mm256_set1_epi64x(-1);
                 let mut acc = [[_mm256_setzero_ps(); C]; R];
                 let mut mins = [[0f32; C]; R];
                 for b in 0..nb {
@@ -115,12 +136,15 @@ macro_rules! x86_kernels {
                         }
                         if T == T_Q4_0 {
                             corr[c] = dot(eight, qy[c]);
+                        } else if T == T_Q5_0 {
+                            corr[c] = dot(sixteen, qy[c]);
                         }
                     }
                     for r in 0..R {
                         // SAFETY: weight row r has nb blocks of bb bytes (caller
                         // contract); every block is at least 18 bytes, so the 4-byte
-                        // scale read and the quant loads below stay inside it.
+                        // scale read stays inside it, and each type's quant loads
+                        // below read its own layout.
                         let blk = unsafe { w.add(r * row_bytes + b * bb) };
                         // Stream the rows of the tile after next into L1 while this one
                         // runs; `wrapping_add` because it may point past the weights
@@ -138,19 +162,32 @@ macro_rules! x86_kernels {
                                 acc[r][c] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), sc, acc[r][c]);
                             }
                         } else {
-                            let off = if T == T_Q4_1 { 4 } else { 2 };
-                            // SAFETY: the 16 quant bytes of a Q4 block follow its header.
+                            let off = match T {
+                                T_Q4_0 => 2,
+                                T_Q4_1 => 4,
+                                T_Q5_0 => 6,
+                                _ => 8,
+                            };
+                            // SAFETY: the 16 quant bytes of a Q4 / Q5 block follow its
+                            // header (d, m, qh as the type has them).
                             let raw = unsafe { _mm_loadu_si128(blk.add(off).cast()) };
                             let both = _mm256_set_m128i(_mm_srli_epi16::<4>(raw), raw);
-                            let qx = _mm256_and_si256(both, mask);
+                            let mut qx = _mm256_and_si256(both, mask);
+                            if T == T_Q5_0 || T == T_Q5_1 {
+                                // SAFETY: the 4 bytes of qh sit just before the quants.
+                                let qh = unsafe { std::ptr::read_unaligned(blk.add(off - 4).cast::<i32>()) };
+                                let b = _mm256_shuffle_epi8(_mm256_set1_epi32(qh), spread);
+                                let set = _mm256_cmpeq_epi8(_mm256_or_si256(b, bits), ones);
+                                qx = _mm256_or_si256(qx, _mm256_and_si256(set, bit4));
+                            }
                             for c in 0..C {
                                 let mut p = dot(qx, qy[c]);
-                                if T == T_Q4_0 {
+                                if T == T_Q4_0 || T == T_Q5_0 {
                                     p = _mm256_sub_epi32(p, corr[c]);
                                 }
                                 let sc = _mm256_set1_ps(dw * dy[c]);
                                 acc[r][c] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), sc, acc[r][c]);
-                                if T == T_Q4_1 {
+                                if T == T_Q4_1 || T == T_Q5_1 {
                                     mins[r][c] += mw * sy[c];
                                 }
                             }
@@ -250,7 +287,8 @@ macro_rules! x86_kernels {
             /// `y[c, r] = sum_k w[r, k] * x[c, k]` for `r` in `rows`, every `c`.
             ///
             /// # Safety
-            /// The CPU supports this module's features; `w` holds at least
+            /// The CPU supports this module's features; `ty` is a 32-element quant
+            /// type; `w` holds at least
             /// `rows.end` rows of `acts.nb` blocks of `ty`; `out` has room for
             /// `acts.m * n` values, `rows.end <= n`, and no other thread writes the
             /// columns `rows` concurrently.
@@ -268,7 +306,10 @@ macro_rules! x86_kernels {
                     match ty {
                         WeightType::Q4_0 => gemm_t::<T_Q4_0>(w, acts, out, n, rows),
                         WeightType::Q4_1 => gemm_t::<T_Q4_1>(w, acts, out, n, rows),
+                        WeightType::Q5_0 => gemm_t::<T_Q5_0>(w, acts, out, n, rows),
+                        WeightType::Q5_1 => gemm_t::<T_Q5_1>(w, acts, out, n, rows),
                         WeightType::Q8_0 => gemm_t::<T_Q8_0>(w, acts, out, n, rows),
+                        _ => debug_assert!(false, "{ty:?} is not a 32-element quant type"),
                     }
                 }
             }
