@@ -11,8 +11,9 @@
 //! - F16, BF16: weights widened to f32 in registers against the f32 activations
 //!   ([`floats`]).
 //!
-//! Work is split over weight rows `n` across rayon's threads (the pool candle uses,
-//! sized by `RAYON_NUM_THREADS`, which `lamina --threads` sets).
+//! Work is split over weight rows `n` across the threads of [`pool`], a persistent pool
+//! whose workers spin briefly between matmuls (sized like rayon's, by
+//! `RAYON_NUM_THREADS`, which `lamina --threads` sets).
 //!
 //! The weights are not copied: [`QLinear`] keeps the `Arc<QTensor>` (shared with
 //! candle's `QMatMul` fallback and, for tied heads, with the embedding) and borrows its
@@ -27,6 +28,7 @@
 pub mod blocks;
 pub mod floats;
 pub mod kquants;
+pub mod pool;
 pub mod quantize;
 pub mod scalar;
 #[cfg(target_arch = "x86_64")]
@@ -42,7 +44,6 @@ use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{DType, Device, Storage, Tensor};
 pub use kquants::Q8KActs;
 pub use quantize::QActs;
-use rayon::prelude::*;
 use std::cell::RefCell;
 use std::ops::Range;
 use std::sync::{Arc, OnceLock};
@@ -337,14 +338,23 @@ fn split_rows(w: &QMatrix<'_>, m: usize, threads: usize, f: impl Fn(Range<usize>
         f(0..n);
         return;
     }
-    let per = n.div_ceil(threads).next_multiple_of(4);
-    (0..threads).into_par_iter().for_each(|t| {
+    // Two parts per thread: parts are claimed dynamically, so the halves of a late
+    // thread's share go to whoever is free.
+    let parts = (threads * 2).min(n.div_ceil(4));
+    let per = n.div_ceil(parts).next_multiple_of(4);
+    let part = |t: usize| {
         let start = (t * per).min(n);
         let end = ((t + 1) * per).min(n);
         if start < end {
             f(start..end);
         }
-    });
+    };
+    if pool::use_rayon() {
+        use rayon::prelude::*;
+        (0..parts).into_par_iter().for_each(part);
+    } else {
+        pool::global().run(parts, &part);
+    }
 }
 
 /// Computes output columns `rows` (weight rows) for every activation row.
@@ -541,14 +551,7 @@ impl QLinear {
                 WeightBytes::View(v) => v.as_bytes(),
             };
             let w = QMatrix::new(self.ty, self.n, self.k, data)?;
-            matmul(
-                &w,
-                xs,
-                m,
-                &mut y,
-                Isa::detect(),
-                rayon::current_num_threads(),
-            )?;
+            matmul(&w, xs, m, &mut y, Isa::detect(), pool::global().threads())?;
         }
         let mut out_dims = batch.to_vec();
         out_dims.push(self.n);
