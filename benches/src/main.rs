@@ -71,8 +71,12 @@ struct CompareArgs {
     smollm2: PathBuf,
     #[arg(long, default_value = "tinyllama-1.1b")]
     synth_preset: String,
-    #[arg(long, default_value = "q8_0")]
-    synth_dtype: String,
+    /// One or more dtypes, comma-separated: one synthetic model each.
+    #[arg(long, value_delimiter = ',', default_value = "q8_0")]
+    synth_dtype: Vec<String>,
+    /// More GGUF files to run, as `LABEL=PATH` (repeatable), e.g. a requantization.
+    #[arg(long = "gguf", value_name = "LABEL=PATH")]
+    extra: Vec<String>,
     #[arg(long, default_value_t = 0)]
     synth_seed: u64,
     #[arg(long, value_delimiter = ',', default_value = "1,2")]
@@ -235,23 +239,38 @@ fn run_compare(a: CompareArgs, command: &str) -> Result<()> {
                 });
             }
             ModelChoice::Synth => {
-                let dtype: SynthDType = a.synth_dtype.parse()?;
-                let path = models::ensure_synth(
-                    &models::cache_dir(),
-                    &a.synth_preset,
-                    dtype,
-                    a.synth_seed,
-                )?;
-                bench_models.push(BenchModel {
-                    label: format!(
-                        "{} {} (synthetic)",
-                        a.synth_preset,
-                        dtype.name().to_uppercase()
-                    ),
-                    path,
-                });
+                for d in &a.synth_dtype {
+                    let dtype: SynthDType = d.parse()?;
+                    let path = models::ensure_synth(
+                        &models::cache_dir(),
+                        &a.synth_preset,
+                        dtype,
+                        a.synth_seed,
+                    )?;
+                    bench_models.push(BenchModel {
+                        label: format!(
+                            "{} {} (synthetic)",
+                            a.synth_preset,
+                            dtype.name().to_uppercase()
+                        ),
+                        path,
+                    });
+                }
             }
         }
+    }
+    for e in &a.extra {
+        let Some((label, path)) = e.split_once('=') else {
+            bail!("--gguf takes LABEL=PATH, got `{e}`");
+        };
+        let path = PathBuf::from(path);
+        if !path.exists() {
+            bail!("--gguf {label}: {} not found", path.display());
+        }
+        bench_models.push(BenchModel {
+            label: label.to_string(),
+            path,
+        });
     }
     if bench_models.is_empty() {
         bail!("no models to run");
