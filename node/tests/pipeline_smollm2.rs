@@ -92,3 +92,72 @@ fn smollm2_three_nodes_equal_single_process() {
         .expect("test finished in time");
     });
 }
+
+/// `VmHWM` (peak RSS) of a process, in bytes, from `/proc/PID/status`.
+fn peak_rss_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM");
+    kib * 1024
+}
+
+/// Issue 3's memory line: a node serving all 30 layers of SmolLM2 Q4_1 peaks at no more
+/// than the file size plus the session's KV cache plus 64 MiB. It holds because the
+/// kernels read the Q4_1 weights in place from the mapped file (no private copy) and the
+/// pages of copied or hashed tensors are released.
+#[test]
+fn smollm2_node_peak_rss_is_file_plus_kv_plus_64_mib() {
+    let Some(path) = model_path(SMOLLM) else {
+        return;
+    };
+    let model = ModelFile::open(&path).expect("model");
+    let model_id = model_id_of(&model).expect("model id");
+    let cfg = model.config().expect("config");
+    drop(model);
+    let node = NodeProc::start(&path, "0..30", &[]);
+    let chain = vec![node.hop()];
+    let prompt: Vec<u32> = vec![6403, 1980, 253, 655];
+    const GEN: usize = 200;
+    let rt = runtime();
+    let tokens = rt.block_on(async {
+        tokio::time::timeout(Duration::from_secs(600), async {
+            let dialer = Dialer::new(client_endpoint(None).unwrap(), FrameLimits::default());
+            run_remote(
+                &dialer,
+                &chain,
+                model_id,
+                &prompt,
+                GEN,
+                WireDType::F16,
+                false,
+            )
+            .await
+            .0
+        })
+        .await
+        .expect("generation within 600 s")
+    });
+    assert_eq!(tokens.len(), GEN);
+    let file = std::fs::metadata(&path).expect("model file").len();
+    // K and V, f32, every layer, every position of the session.
+    let kv = (2 * cfg.n_layers * cfg.n_kv_heads * cfg.head_dim * 4 * (prompt.len() + GEN)) as u64;
+    let peak = peak_rss_bytes(node.child.id());
+    let limit = file + kv + 64 * 1024 * 1024;
+    let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+    eprintln!(
+        "node peak RSS {:.1} MiB; file {:.1} MiB + KV {:.1} MiB + 64 MiB = {:.1} MiB",
+        mib(peak),
+        mib(file),
+        mib(kv),
+        mib(limit)
+    );
+    assert!(
+        peak <= limit,
+        "peak RSS {:.1} MiB exceeds {:.1} MiB",
+        mib(peak),
+        mib(limit)
+    );
+}
