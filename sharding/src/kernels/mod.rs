@@ -131,21 +131,43 @@ pub fn enabled() -> bool {
 
 /// Whether the executor should use these kernels for a weight type by default.
 ///
-/// Q8_0 stays on candle for now: candle repacks Q8_0 for its AVX path, and the end-to-end
-/// bench (benches/RESULTS.md, synthetic TinyLlama-1.1B Q8_0) measured it ahead of these
-/// unrepacked kernels (decode 10.3 vs 9.6 tok/s on 1 thread, prefill 69 vs 31).
-/// `LAMINA_KERNELS=all` opts Q8_0 in, to measure it.
+/// A type is on only where the kernel bench (`cargo bench -p lamina-benches --bench
+/// kernels`, lamina vs candle's `QMatMul`, 2 threads, GB/s of GGUF weight bytes, one run
+/// per figure) measured lamina at least as fast for both m = 1 and m = 64 on 2048x2048
+/// and 576x1536 weights:
+/// - Q5_0 (13.1 vs 0.6 and 9.2 vs 0.4 GB/s at m = 1; 0.45 vs 0.02 and 0.55 vs 0.02 at
+///   m = 64) and Q5_1 (16.7 vs 0.9, 23.1 vs 2.1; 0.45 vs 0.04, 0.77 vs 0.03): candle has
+///   no SIMD kernel for them.
+/// - F16 (96.6 vs 33.8, 30.8 vs 19.9; 2.29 vs 1.71, 1.70 vs 1.34) and BF16 (46.0 vs 30.3,
+///   34.0 vs 22.1; 1.66 vs 1.34, 1.80 vs 1.24): candle multiplies an f32 copy it
+///   dequantizes at load, twice the bytes (and twice the memory) of these.
+///
+/// Off, on candle:
+/// - Q8_0: candle repacks Q8_0 for its AVX-512 VNNI path (107 vs 41 GB/s at m = 1 and
+///   4.9 vs 1.2 at m = 64 on 2048x2048), and the end-to-end bench (benches/RESULTS.md,
+///   synthetic TinyLlama-1.1B Q8_0) agreed (decode 10.3 vs 9.6 tok/s on 1 thread,
+///   prefill 69 vs 31).
+/// - Q4_K: candle repacks it too; lamina wins decode (17.4 vs 8.2, 13.3 vs 0.7) but
+///   loses prefill on 2048x2048 (0.57 vs 2.92 GB/s).
+/// - Q5_K: lamina wins prefill (1.16 vs 0.59, 1.06 vs 0.49) but was a hair behind at
+///   decode on 2 threads in two runs (35.9 vs 37.5 and 23.7 vs 24.2; ahead on 1 thread,
+///   22.0 vs 20.2 and 22.0 vs 17.5).
+/// - Q6_K: candle repacks it for m > 1; lamina wins decode (26.1 vs 16.0, 19.1 vs 14.9)
+///   but loses prefill on 576x1536 (0.70 vs 2.04; 1 thread: 0.65 vs 1.62 and 0.68 vs
+///   1.21).
+///
+/// `LAMINA_KERNELS=all` opts every type in, to measure it.
 pub fn preferred(ty: WeightType) -> bool {
     match ty {
-        WeightType::Q4_0 | WeightType::Q4_1 => true,
-        WeightType::Q8_0
+        WeightType::Q4_0
+        | WeightType::Q4_1
         | WeightType::Q5_0
         | WeightType::Q5_1
-        | WeightType::Q4K
-        | WeightType::Q5K
-        | WeightType::Q6K
         | WeightType::F16
-        | WeightType::BF16 => matches!(std::env::var("LAMINA_KERNELS").as_deref(), Ok("all")),
+        | WeightType::BF16 => true,
+        WeightType::Q8_0 | WeightType::Q4K | WeightType::Q5K | WeightType::Q6K => {
+            matches!(std::env::var("LAMINA_KERNELS").as_deref(), Ok("all"))
+        }
     }
 }
 
