@@ -105,9 +105,10 @@ enum Linear {
 impl Linear {
     fn from_qtensor(t: Arc<QTensor>) -> Result<Self> {
         if crate::kernels::enabled() {
-            if let Some(k) = crate::kernels::QLinear::new(t.clone())
-                .filter(|k| crate::kernels::preferred(k.weight_type()))
-            {
+            if let Some(k) = crate::kernels::QLinear::new(t.clone()).filter(|k| {
+                let (n, kk) = k.shape();
+                crate::kernels::preferred_for(k.weight_type(), n, kk)
+            }) {
                 return Ok(Self::Kernel(k));
             }
         }
@@ -118,7 +119,7 @@ impl Linear {
         if dev.is_cpu() && crate::kernels::enabled() {
             if let Some((view, dtype)) = model.view(name, &[out, inp])? {
                 let wanted = crate::kernels::WeightType::from_ggml(dtype)
-                    .is_some_and(crate::kernels::preferred);
+                    .is_some_and(|t| crate::kernels::preferred_for(t, out, inp));
                 if wanted {
                     if let Some(k) = crate::kernels::QLinear::from_view(view, dtype, out, inp)? {
                         return Ok(Self::Kernel(k));

@@ -105,16 +105,20 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-/// Single-process vs three-node decode tokens/s, medians over alternating rounds.
+/// Single-process vs three-node decode tokens/s, medians over alternating rounds; one
+/// chain figure per activation dtype in `dtypes`.
+#[allow(clippy::too_many_arguments)]
 fn compare(
     bin: &Path,
     model: &Path,
     ranges: &[&str],
     threads: usize,
+    single_threads: usize,
+    dtypes: &[&str],
     tokens: usize,
     rounds: usize,
     work: &Path,
-) -> Result<(f64, f64)> {
+) -> Result<(f64, Vec<f64>)> {
     let mut nodes = Vec::new();
     let mut hops = Vec::new();
     for (i, r) in ranges.iter().enumerate() {
@@ -133,22 +137,36 @@ fn compare(
         "json".into(),
     ];
     let mut single = vec![];
-    let mut chained = vec![];
+    let mut chained: Vec<Vec<f64>> = vec![vec![]; dtypes.len()];
     // One warm-up of each (page cache, connection set-up), then the measured rounds.
     for round in 0..=rounds {
         let mut a = common.clone();
-        a.extend(["--threads".into(), threads.to_string(), PROMPT.into()]);
+        a.extend([
+            "--threads".into(),
+            single_threads.to_string(),
+            PROMPT.into(),
+        ]);
         let s = generate(bin, &a)?;
-        let mut b = common.clone();
-        b.extend(["--chain".into(), chain.display().to_string(), PROMPT.into()]);
-        let c = generate(bin, &b)?;
         if round > 0 {
             single.push(s);
-            chained.push(c);
+        }
+        for (d, out) in dtypes.iter().zip(chained.iter_mut()) {
+            let mut b = common.clone();
+            b.extend([
+                "--chain".into(),
+                chain.display().to_string(),
+                "--activation-dtype".into(),
+                d.to_string(),
+                PROMPT.into(),
+            ]);
+            let c = generate(bin, &b)?;
+            if round > 0 {
+                out.push(c);
+            }
         }
     }
     drop(nodes);
-    Ok((median(single), median(chained)))
+    Ok((median(single), chained.into_iter().map(median).collect()))
 }
 
 fn main() -> Result<()> {
@@ -173,29 +191,36 @@ fn main() -> Result<()> {
     std::fs::create_dir_all(&work)?;
 
     println!("## Three-node loopback chain vs one process (decode tokens/s, median of {rounds} alternating rounds, {tokens} tokens)\n");
-    println!("| model | threads per process | one process | 3 nodes | ratio |");
-    println!("| --- | --- | --- | --- | --- |");
-    for threads in [1, 2] {
+    println!("For one sequence a pipeline runs one hop at a time, so with T threads per node the threads computing at any moment are T, as in one process with T threads (rows 1-2); the last row holds the sum of threads equal instead (3 nodes x 1 thread vs one process with 3).\n");
+    println!(
+        "| model | threads per node | threads of the one process | one process | 3 nodes | ratio |"
+    );
+    println!("| --- | --- | --- | --- | --- | --- |");
+    for (threads, single_threads) in [(1, 1), (2, 2), (1, 3)] {
         let (s, c) = compare(
             &bin,
             &model,
             &["0..10", "10..20", "20..30"],
             threads,
+            single_threads,
+            &["f16"],
             tokens,
             rounds,
-            &work.join(format!("smol{threads}")),
+            &work.join(format!("smol{threads}-{single_threads}")),
         )?;
+        let c = c[0];
         println!(
-            "| SmolLM2-135M Q4_1 (0..10, 10..20, 20..30) | {threads} | {s:.1} | {c:.1} | {:.2} |",
+            "| SmolLM2-135M Q4_1 (0..10, 10..20, 20..30) | {threads} | {single_threads} | {s:.1} | {c:.1} | {:.2} |",
             c / s
         );
     }
 
     println!("\n## Time added per hop per token (synthetic 3-layer models, q8_0, 1 thread per process)\n");
+    println!("Three network hops carry each token (client -> node 1 -> node 2 -> node 3, and the sampled token back along the same streams); added per hop = (chain ms/token - one process ms/token) / 3.\n");
     println!(
-        "| hidden size | preset | one process ms/token | 3 nodes ms/token | added per hop (µs) |"
+        "| hidden size | preset | one process ms/token | 3 nodes f16 ms/token | added per hop f16 (µs) | 3 nodes f32 ms/token | added per hop f32 (µs) |"
     );
-    println!("| --- | --- | --- | --- | --- |");
+    println!("| --- | --- | --- | --- | --- | --- | --- |");
     for (dim, preset) in [
         (576, "smollm2-135m-shape"),
         (2048, "tinyllama-1.1b"),
@@ -217,16 +242,18 @@ fn main() -> Result<()> {
             &file,
             &["0..1", "1..2", "2..3"],
             1,
+            1,
+            &["f16", "f32"],
             tokens,
             rounds,
             &work.join(preset),
         )?;
-        let (ms_s, ms_c) = (1e3 / s, 1e3 / c);
-        // Three network hops carry each token: client -> node 1 -> node 2 -> node 3 (and
-        // the sampled token back along the same streams).
+        let ms_s = 1e3 / s;
+        let (ms16, ms32) = (1e3 / c[0], 1e3 / c[1]);
         println!(
-            "| {dim} | {preset} | {ms_s:.3} | {ms_c:.3} | {:.0} |",
-            (ms_c - ms_s) * 1e3 / 3.0
+            "| {dim} | {preset} | {ms_s:.3} | {ms16:.3} | {:.0} | {ms32:.3} | {:.0} |",
+            (ms16 - ms_s) * 1e3 / 3.0,
+            (ms32 - ms_s) * 1e3 / 3.0
         );
         let _ = std::fs::remove_file(&file);
     }

@@ -171,6 +171,24 @@ pub fn preferred(ty: WeightType) -> bool {
     }
 }
 
+/// [`preferred`], refined by the weight's shape: candle's fast paths for Q8_0 and Q4_K
+/// are its repacked AVX-512 VNNI kernels, which it uses only when `k` is a multiple of 256
+/// and `n` of 16 (`candle_core::quantized::repack_x86::select`); elsewhere it falls back
+/// to a generic kernel far slower than these. SmolLM2's weights (k = 576) and its tied
+/// Q8_0 output head are such shapes: the end-to-end bench measured SmolLM2 Q8_0 decode
+/// at 0.44x llama.cpp on candle's path (benches/RESULTS.md), so those go to lamina.
+pub fn preferred_for(ty: WeightType, n: usize, k: usize) -> bool {
+    if preferred(ty) {
+        return true;
+    }
+    let candle_repacks =
+        k.is_multiple_of(256) && n.is_multiple_of(16) && Isa::Avx512Vnni.is_available();
+    match ty {
+        WeightType::Q8_0 | WeightType::Q4K => !candle_repacks,
+        _ => false,
+    }
+}
+
 /// A borrowed weight matrix `W[n, k]` in ggml block layout, validated.
 #[derive(Clone, Copy, Debug)]
 pub struct QMatrix<'a> {
@@ -533,6 +551,11 @@ impl QLinear {
 
     pub fn weight_type(&self) -> WeightType {
         self.ty
+    }
+
+    /// `(n, k)`: output and input widths.
+    pub fn shape(&self) -> (usize, usize) {
+        (self.n, self.k)
     }
 
     /// `x[.., k] -> y[.., n]`, or `None` when `x` is not an f32 CPU tensor (the caller
