@@ -5,7 +5,7 @@
 //! RoPE, attention). Rayon's idle workers go to sleep between those matmuls, and waking
 //! them is a futex round trip per matmul: about a quarter of a 2-thread decode in the
 //! profile, and the reason the second thread added little. These workers spin for a short
-//! window ([`SPIN`]) after each job, so the next matmul finds them awake, as llama.cpp's
+//! window ([`SPIN_DEFAULT`]) after each job, so the next matmul finds them awake, as llama.cpp's
 //! threads do, and then park, so that a node waiting for its next token (a pipeline hop
 //! whose neighbours compute meanwhile) does not burn the cores its neighbours need.
 //!
@@ -20,8 +20,22 @@ use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-/// How long an idle worker spins for the next job before it parks.
-const SPIN: Duration = Duration::from_micros(300);
+/// How long an idle worker spins for the next job before it parks: long enough to cover
+/// the single-threaded work between two matmuls of one forward step (a few to tens of
+/// microseconds), short enough that a node idling between tokens hands the cores back at
+/// once. `LAMINA_POOL_SPIN_US` overrides it (read once).
+const SPIN_DEFAULT: Duration = Duration::from_micros(100);
+
+fn spin() -> Duration {
+    static SPIN: OnceLock<Duration> = OnceLock::new();
+    *SPIN.get_or_init(|| {
+        std::env::var("LAMINA_POOL_SPIN_US")
+            .ok()
+            .and_then(|v| v.parse::<u64>().ok())
+            .map(Duration::from_micros)
+            .unwrap_or(SPIN_DEFAULT)
+    })
+}
 
 /// One [`Pool::run`]: parts are claimed from `next` by whoever comes first, the caller
 /// included, so a worker that is late (descheduled on a busy machine) costs nothing: the
@@ -212,7 +226,7 @@ fn worker(s: &Shared) {
                 continue;
             }
             let since = *idle_since.get_or_insert_with(Instant::now);
-            if since.elapsed() < SPIN {
+            if since.elapsed() < spin() {
                 continue;
             }
             // Park. `sleeping` goes up before the epoch is checked again, both under the
@@ -280,7 +294,7 @@ mod tests {
             });
             if round % 500 == 0 {
                 // Let the worker park, then wake it with the next job.
-                std::thread::sleep(SPIN * 3);
+                std::thread::sleep(spin() * 3);
             }
         }
         assert_eq!(total.load(Ordering::Relaxed), 4000);
