@@ -12,7 +12,7 @@
 //! - [`safetensors`]: Hugging Face Llama-layout safetensors checkpoints.
 //! - [`source`]: one interface over both formats, so a shard reads only its own tensors.
 //! - [`manifest`]: blake3 of every tensor, grouped by layer; the model id.
-//! - [`kernels`]: quantized CPU matmul kernels (Q4_0, Q4_1, Q8_0) with SIMD.
+//! - [`kernels`]: CPU matmul kernels for the GGUF block types with SIMD, and their pool.
 //! - [`kv_cache`]: per-session, per-layer key/value storage with positions.
 //! - [`executor`]: the layer-range executor (embedding, blocks, final norm, output head).
 //! - [`tokenizer`]: SentencePiece and byte-level BPE tokenizers from GGUF metadata, and

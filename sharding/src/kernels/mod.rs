@@ -507,7 +507,7 @@ pub struct QLinear {
 
 impl QLinear {
     /// `Some` when the kernels can run this weight: a supported block type, 2-D
-    /// `(n, k)` with `k` a multiple of 32, on the CPU, with borrowable bytes.
+    /// `(n, k)` with `k` a multiple of its block size (32, or 256 for K-quants), on the CPU, with borrowable bytes.
     pub fn new(weight: Arc<QTensor>) -> Option<Self> {
         let ty = WeightType::from_ggml(weight.dtype())?;
         if !weight.device().is_cpu() {
