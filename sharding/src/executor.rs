@@ -648,36 +648,68 @@ fn attention(
     hd: usize,
 ) -> Result<Tensor> {
     let t = q.dim(0)?;
-    let kv_len = start + t;
     let rep = nh / nkv;
     // (t, nh, hd) -> (nh, t, hd) -> (nkv, rep * t, hd)
     let q = q
         .transpose(0, 1)?
         .contiguous()?
         .reshape((nkv, rep * t, hd))?;
-    let scale = 1.0 / (hd as f64).sqrt();
-    let att = (q.matmul(&k.t()?)? * scale)?;
-    let att = if t > 1 {
-        // Row i of the step sees keys 0..=start + i.
-        let mut mask = vec![0f32; t * kv_len];
-        for i in 0..t {
-            for j in (start + i + 1)..kv_len {
-                mask[i * kv_len + j] = f32::NEG_INFINITY;
-            }
-        }
-        let mask = Tensor::from_vec(mask, (t, kv_len), q.device())?;
-        att.reshape((nkv, rep, t, kv_len))?
-            .broadcast_add(&mask)?
-            .reshape((nkv, rep * t, kv_len))?
-    } else {
-        att
-    };
-    let att = candle_nn::ops::softmax_last_dim(&att)?;
+    let scale = 1.0 / (hd as f32).sqrt();
+    let att = causal_softmax(&q.matmul(&k.t()?)?, t, start, scale)?;
     let y = att.matmul(v)?; // (nkv, rep * t, hd)
     Ok(y.reshape((nh, t, hd))?
         .transpose(0, 1)?
         .contiguous()?
         .reshape((t, nh * hd))?)
+}
+
+/// `softmax(scale * att)` over the last dimension with the causal mask, in one pass over
+/// one buffer: `att` is `(nkv, rep * t, kv_len)` with query row `i` of the step (the row
+/// index modulo `t`) seeing keys `0..=start + i`. Doing scale, mask and softmax as three
+/// tensor ops allocated three score-sized tensors per layer (8 MiB each for a 256-token
+/// TinyLlama prefill) and ran the mask as a broadcast; masked keys are skipped here
+/// instead of exponentiated.
+fn causal_softmax(att: &Tensor, t: usize, start: usize, scale: f32) -> Result<Tensor> {
+    let shape = att.shape().clone();
+    let kv_len = att.dim(candle_core::D::Minus1)?;
+    if kv_len != start + t {
+        return Err(Error::InvalidInput(format!(
+            "attention: {kv_len} keys for {t} queries after {start} cached positions"
+        )));
+    }
+    let mut data = att.flatten_all()?.to_vec1::<f32>()?;
+    let softmax_row = |(r, row): (usize, &mut [f32])| {
+        let seen = start + r % t + 1;
+        let (live, masked) = row.split_at_mut(seen);
+        let mut max = f32::NEG_INFINITY;
+        for x in live.iter_mut() {
+            *x *= scale;
+            max = max.max(*x);
+        }
+        let mut sum = 0f32;
+        for x in live.iter_mut() {
+            *x = (*x - max).exp();
+            sum += *x;
+        }
+        let inv = 1.0 / sum;
+        for x in live.iter_mut() {
+            *x *= inv;
+        }
+        masked.fill(0.0);
+    };
+    // Prefill scores are large enough to share out (rows are independent); a decode
+    // step's are not worth a wake-up.
+    if data.len() >= 1 << 16 {
+        use rayon::prelude::*;
+        data.par_chunks_exact_mut(kv_len)
+            .enumerate()
+            .for_each(softmax_row);
+    } else {
+        data.chunks_exact_mut(kv_len)
+            .enumerate()
+            .for_each(softmax_row);
+    }
+    Ok(Tensor::from_vec(data, shape, att.device())?)
 }
 
 /// One row of a logits tensor as a vector.
