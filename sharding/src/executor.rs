@@ -670,46 +670,92 @@ fn attention(
 /// TinyLlama prefill) and ran the mask as a broadcast; masked keys are skipped here
 /// instead of exponentiated.
 fn causal_softmax(att: &Tensor, t: usize, start: usize, scale: f32) -> Result<Tensor> {
-    let shape = att.shape().clone();
     let kv_len = att.dim(candle_core::D::Minus1)?;
     if kv_len != start + t {
         return Err(Error::InvalidInput(format!(
             "attention: {kv_len} keys for {t} queries after {start} cached positions"
         )));
     }
-    let mut data = att.flatten_all()?.to_vec1::<f32>()?;
-    let softmax_row = |(r, row): (usize, &mut [f32])| {
-        let seen = start + r % t + 1;
-        let (live, masked) = row.split_at_mut(seen);
-        let mut max = f32::NEG_INFINITY;
-        for x in live.iter_mut() {
-            *x *= scale;
-            max = max.max(*x);
-        }
-        let mut sum = 0f32;
-        for x in live.iter_mut() {
-            *x = (*x - max).exp();
-            sum += *x;
-        }
-        let inv = 1.0 / sum;
-        for x in live.iter_mut() {
-            *x *= inv;
-        }
-        masked.fill(0.0);
-    };
-    // Prefill scores are large enough to share out (rows are independent); a decode
-    // step's are not worth a wake-up.
-    if data.len() >= 1 << 16 {
-        use rayon::prelude::*;
-        data.par_chunks_exact_mut(kv_len)
-            .enumerate()
-            .for_each(softmax_row);
-    } else {
-        data.chunks_exact_mut(kv_len)
-            .enumerate()
-            .for_each(softmax_row);
+    let op = CausalSoftmax { t, start, scale };
+    if att.device().is_cpu() && att.is_contiguous() {
+        // The matmul's fresh output is ours alone: rewrite it in place.
+        att.inplace_op1(&op)?;
+        return Ok(att.clone());
     }
-    Ok(Tensor::from_vec(data, shape, att.device())?)
+    let mut data = att.flatten_all()?.to_vec1::<f32>()?;
+    op.rows(&mut data, kv_len);
+    Ok(Tensor::from_vec(data, att.shape().clone(), att.device())?)
+}
+
+/// The in-place causal softmax of [`causal_softmax`].
+struct CausalSoftmax {
+    t: usize,
+    start: usize,
+    scale: f32,
+}
+
+impl CausalSoftmax {
+    fn rows(&self, data: &mut [f32], kv_len: usize) {
+        let (t, start, scale) = (self.t, self.start, self.scale);
+        let softmax_row = |(r, row): (usize, &mut [f32])| {
+            let seen = (start + r % t + 1).min(row.len());
+            let (live, masked) = row.split_at_mut(seen);
+            let mut max = f32::NEG_INFINITY;
+            for x in live.iter_mut() {
+                *x *= scale;
+                max = max.max(*x);
+            }
+            let mut sum = 0f32;
+            for x in live.iter_mut() {
+                *x = (*x - max).exp();
+                sum += *x;
+            }
+            let inv = 1.0 / sum;
+            for x in live.iter_mut() {
+                *x *= inv;
+            }
+            masked.fill(0.0);
+        };
+        // Prefill scores are large enough to share out (rows are independent); a decode
+        // step's are not worth a wake-up.
+        if data.len() >= 1 << 16 {
+            use rayon::prelude::*;
+            data.par_chunks_exact_mut(kv_len)
+                .enumerate()
+                .for_each(softmax_row);
+        } else {
+            data.chunks_exact_mut(kv_len)
+                .enumerate()
+                .for_each(softmax_row);
+        }
+    }
+}
+
+impl candle_core::InplaceOp1 for CausalSoftmax {
+    fn name(&self) -> &'static str {
+        "lamina-causal-softmax"
+    }
+
+    fn cpu_fwd(
+        &self,
+        storage: &mut candle_core::CpuStorage,
+        layout: &candle_core::Layout,
+    ) -> candle_core::Result<()> {
+        let candle_core::CpuStorage::F32(all) = storage else {
+            candle_core::bail!("causal softmax takes f32 scores");
+        };
+        let kv_len = layout.dims().last().copied().unwrap_or(0);
+        let (start, end) = layout.contiguous_offsets().ok_or_else(|| {
+            candle_core::Error::Msg("causal softmax: scores not contiguous".into())
+        })?;
+        let data = all
+            .get_mut(start..end)
+            .ok_or_else(|| candle_core::Error::Msg("causal softmax: storage too short".into()))?;
+        if kv_len > 0 {
+            self.rows(data, kv_len);
+        }
+        Ok(())
+    }
 }
 
 /// One row of a logits tensor as a vector.
