@@ -311,17 +311,36 @@ impl Rope {
         })
     }
 
-    /// Rotates `x` of shape `(rows, heads, head_dim)`, row `r` at position `pos[r]`.
-    fn apply(&self, x: &Tensor, pos: &Tensor) -> Result<Tensor> {
+    /// The rotation tables of one step, rows at positions `pos`: gathered once per step
+    /// and shared by every layer's queries and keys.
+    fn tables(&self, pos: &Tensor) -> Result<RopeTables> {
+        let rows = pos.dim(0)?;
+        let half = self.cos.dim(1)?;
+        Ok(RopeTables {
+            cos: self.cos.index_select(pos, 0)?.reshape((rows, 1, half))?,
+            sin: self.sin.index_select(pos, 0)?.reshape((rows, 1, half))?,
+            style: self.style,
+        })
+    }
+}
+
+/// [`Rope`]'s tables gathered for one step's rows.
+struct RopeTables {
+    cos: Tensor,
+    sin: Tensor,
+    style: RopeStyle,
+}
+
+impl RopeTables {
+    /// Rotates `x` of shape `(rows, heads, head_dim)`, each row at its own position.
+    fn apply(&self, x: &Tensor) -> Result<Tensor> {
         let (rows, heads, hd) = x.dims3()?;
         // (rows, heads, 1, hd): each row is its own "batch" with its own position, so
         // rows of different sessions rotate in one call without a copy.
         let x4 = x.reshape((rows, heads, 1, hd))?;
-        let cos = self.cos.index_select(pos, 0)?.reshape((rows, 1, hd / 2))?;
-        let sin = self.sin.index_select(pos, 0)?.reshape((rows, 1, hd / 2))?;
         let y = match self.style {
-            RopeStyle::Interleaved => candle_nn::rotary_emb::rope_i(&x4, &cos, &sin)?,
-            RopeStyle::Neox => candle_nn::rotary_emb::rope(&x4, &cos, &sin)?,
+            RopeStyle::Interleaved => candle_nn::rotary_emb::rope_i(&x4, &self.cos, &self.sin)?,
+            RopeStyle::Neox => candle_nn::rotary_emb::rope(&x4, &self.cos, &self.sin)?,
         };
         Ok(y.reshape((rows, heads, hd))?)
     }
@@ -489,10 +508,11 @@ impl Shard {
             pos.extend(start..start + rows as u32);
         }
         let pos_t = Tensor::new(pos.as_slice(), &self.device)?;
+        let rope = self.rope.tables(&pos_t)?;
         let mut x = self.stack_inputs(steps)?;
 
         for (i, block) in self.blocks.iter().enumerate() {
-            x = self.block_forward(i, block, &x, &pos_t, steps, &rows_of)?;
+            x = self.block_forward(i, block, &x, &rope, steps, &rows_of)?;
         }
 
         for (s, &rows) in steps.iter_mut().zip(&rows_of) {
@@ -594,7 +614,7 @@ impl Shard {
         layer: usize,
         b: &Block,
         x: &Tensor,
-        pos: &Tensor,
+        rope: &RopeTables,
         steps: &mut [SeqStep<'_>],
         rows_of: &[usize],
     ) -> Result<Tensor> {
@@ -605,8 +625,8 @@ impl Shard {
         let q = b.wq.forward(&h)?.reshape((rows, nh, hd))?;
         let k = b.wk.forward(&h)?.reshape((rows, nkv, hd))?;
         let v = b.wv.forward(&h)?.reshape((rows, nkv, hd))?;
-        let q = self.rope.apply(&q, pos)?;
-        let k = self.rope.apply(&k, pos)?;
+        let q = rope.apply(&q)?;
+        let k = rope.apply(&k)?;
 
         let mut outs = Vec::with_capacity(steps.len());
         let mut offset = 0;
