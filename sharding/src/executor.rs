@@ -115,11 +115,18 @@ impl Linear {
         Ok(Self::Candle(QMatMul::from_arc(t)?))
     }
 
-    fn load(model: &ModelFile, name: &str, out: usize, inp: usize, dev: &Device) -> Result<Self> {
+    fn load(
+        model: &ModelFile,
+        name: &str,
+        out: usize,
+        inp: usize,
+        dev: &Device,
+        plan: &KernelPlan,
+    ) -> Result<Self> {
         if dev.is_cpu() && crate::kernels::enabled() {
             if let Some((view, dtype)) = model.view(name, &[out, inp])? {
                 let wanted = crate::kernels::WeightType::from_ggml(dtype)
-                    .is_some_and(|t| crate::kernels::preferred_for(t, out, inp));
+                    .is_some_and(|t| plan.wants(t, out, inp));
                 if wanted {
                     if let Some(k) = crate::kernels::QLinear::from_view(view, dtype, out, inp)? {
                         return Ok(Self::Kernel(k));
@@ -156,6 +163,51 @@ struct Block {
     gate: Linear,
     up: Linear,
     down: Linear,
+}
+
+/// Which weights of one shard run on lamina's kernels.
+///
+/// Per weight, [`crate::kernels::preferred_for`] decides; on top of that a type goes wholly
+/// to lamina when any of its weights in the shard does, because a forward step that
+/// alternates between lamina's pool and candle's (each spinning between matmuls) makes
+/// them steal each other's cores: SmolLM2 Q8_0 on 2 threads decoded at 84-94 tok/s with
+/// its k = 1536 weights on candle and the rest on lamina, and at 146-155 tok/s with every
+/// Q8_0 weight on lamina.
+#[derive(Clone, Copy, Debug, Default)]
+struct KernelPlan {
+    all_q8_0: bool,
+    all_q4k: bool,
+}
+
+impl KernelPlan {
+    /// `weights`: `(name, n, k)` of every linear weight the shard will load.
+    fn for_shard(model: &ModelFile, weights: &[(String, usize, usize)]) -> Self {
+        use crate::kernels::{preferred, preferred_for, WeightType};
+        let mut plan = Self::default();
+        for (name, n, k) in weights {
+            let Ok(Some((_, dtype))) = model.view(name, &[*n, *k]) else {
+                continue;
+            };
+            let Some(ty) = WeightType::from_ggml(dtype) else {
+                continue;
+            };
+            if !preferred(ty) && preferred_for(ty, *n, *k) {
+                match ty {
+                    WeightType::Q8_0 => plan.all_q8_0 = true,
+                    WeightType::Q4K => plan.all_q4k = true,
+                    _ => {}
+                }
+            }
+        }
+        plan
+    }
+
+    fn wants(&self, ty: crate::kernels::WeightType, n: usize, k: usize) -> bool {
+        use crate::kernels::WeightType;
+        crate::kernels::preferred_for(ty, n, k)
+            || (ty == WeightType::Q8_0 && self.all_q8_0)
+            || (ty == WeightType::Q4K && self.all_q4k)
+    }
 }
 
 /// How one row of a mapped embedding is stored.
@@ -387,19 +439,57 @@ impl Shard {
             None
         };
 
+        let head_name = if cfg.tied_embeddings {
+            "token_embd.weight"
+        } else {
+            "output.weight"
+        };
+        let mut linear = Vec::with_capacity(range.len() * 7 + 1);
+        for l in range.iter() {
+            for (s, n, k) in [
+                ("attn_q.weight", q_dim, dim),
+                ("attn_k.weight", kv_dim, dim),
+                ("attn_v.weight", kv_dim, dim),
+                ("attn_output.weight", dim, q_dim),
+                ("ffn_gate.weight", cfg.ffn_dim, dim),
+                ("ffn_up.weight", cfg.ffn_dim, dim),
+                ("ffn_down.weight", dim, cfg.ffn_dim),
+            ] {
+                linear.push((format!("blk.{l}.{s}"), n, k));
+            }
+        }
+        if is_last {
+            linear.push((head_name.to_string(), cfg.vocab_size, dim));
+        }
+        let plan = KernelPlan::for_shard(model, &linear);
+
         let mut blocks = Vec::with_capacity(range.len());
         for l in range.iter() {
             let n = |s: &str| format!("blk.{l}.{s}");
             blocks.push(Block {
                 attn_norm: RmsNorm::load(model, &n("attn_norm.weight"), dim, cfg.rms_eps, device)?,
-                wq: Linear::load(model, &n("attn_q.weight"), q_dim, dim, device)?,
-                wk: Linear::load(model, &n("attn_k.weight"), kv_dim, dim, device)?,
-                wv: Linear::load(model, &n("attn_v.weight"), kv_dim, dim, device)?,
-                wo: Linear::load(model, &n("attn_output.weight"), dim, q_dim, device)?,
+                wq: Linear::load(model, &n("attn_q.weight"), q_dim, dim, device, &plan)?,
+                wk: Linear::load(model, &n("attn_k.weight"), kv_dim, dim, device, &plan)?,
+                wv: Linear::load(model, &n("attn_v.weight"), kv_dim, dim, device, &plan)?,
+                wo: Linear::load(model, &n("attn_output.weight"), dim, q_dim, device, &plan)?,
                 ffn_norm: RmsNorm::load(model, &n("ffn_norm.weight"), dim, cfg.rms_eps, device)?,
-                gate: Linear::load(model, &n("ffn_gate.weight"), cfg.ffn_dim, dim, device)?,
-                up: Linear::load(model, &n("ffn_up.weight"), cfg.ffn_dim, dim, device)?,
-                down: Linear::load(model, &n("ffn_down.weight"), dim, cfg.ffn_dim, device)?,
+                gate: Linear::load(
+                    model,
+                    &n("ffn_gate.weight"),
+                    cfg.ffn_dim,
+                    dim,
+                    device,
+                    &plan,
+                )?,
+                up: Linear::load(model, &n("ffn_up.weight"), cfg.ffn_dim, dim, device, &plan)?,
+                down: Linear::load(
+                    model,
+                    &n("ffn_down.weight"),
+                    dim,
+                    cfg.ffn_dim,
+                    device,
+                    &plan,
+                )?,
             });
         }
 
@@ -407,12 +497,7 @@ impl Shard {
             let norm = RmsNorm::load(model, "output_norm.weight", dim, cfg.rms_eps, device)?;
             // A tied head reads the embedding table as its weight: in place for the
             // kernels' types, else as candle's own copy.
-            let name = if cfg.tied_embeddings {
-                "token_embd.weight"
-            } else {
-                "output.weight"
-            };
-            let output = Linear::load(model, name, cfg.vocab_size, dim, device)?;
+            let output = Linear::load(model, head_name, cfg.vocab_size, dim, device, &plan)?;
             Some(Head { norm, output })
         } else {
             None
