@@ -1,7 +1,8 @@
 //! # lamina-protocol
 //!
 //! Every type that crosses lamina's network, and the code that turns them into bytes and
-//! back. Pure code: no sockets, no clocks, no tokio, no candle, no libp2p. The node moves
+//! back. Pure code: no sockets, no clocks, no tokio, no candle, no libp2p networking (only
+//! `libp2p-identity`, whose keys sign announcements). The node moves
 //! bytes between QUIC streams and a [`FrameDecoder`]; everything that can be wrong with
 //! those bytes is decided here, as a typed [`ProtocolError`], never as a panic.
 //!
@@ -12,6 +13,8 @@
 //! * [`message`] holds [`Message`] and the structs it carries; [`ErrorCode`]; [`PROTOCOL_VERSION`].
 //! * [`frame`] holds the frame layout, [`encode_frame`], [`FrameDecoder`], [`FrameLimits`].
 //! * [`error`] holds [`ProtocolError`].
+//! * [`announce`] holds [`Announcement`] and [`SignedAnnouncement`]: what a node says about
+//!   itself to the mesh, signed with its libp2p identity key.
 //!
 //! ## One generation on the wire
 //! The client (the entry peer) has planned a chain of hops `h0 .. hn` whose layer ranges
@@ -62,6 +65,7 @@
 //!
 //! See [`frame`] for the byte-by-byte frame layout.
 
+pub mod announce;
 pub mod error;
 pub mod frame;
 pub mod ids;
@@ -69,6 +73,9 @@ pub mod layers;
 pub mod message;
 pub mod tensor;
 
+pub use announce::{
+    AnnounceError, Announcement, NodeState, SignedAnnouncement, ANNOUNCEMENT_VERSION,
+};
 pub use error::{ProtocolError, Result};
 pub use frame::{
     decode_frame, encode_frame, encode_frame_parts, encode_frame_with, FrameDecoder, FrameLimits,
