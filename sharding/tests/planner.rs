@@ -622,3 +622,32 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn whole_ranges_uses_each_server_for_its_whole_range_only() {
+    // "fast" would be cheapest on a sub-range of its 0..6, but with whole ranges it can
+    // only run all of 0..6, so the chain is fast 0..6 then b 6..10 (not a 0..4 + fast 4..6).
+    let v = view(
+        10,
+        vec![
+            rec_spl("a", 0, 4, 1e-3, 1),
+            rec_spl("fast", 0, 6, 1e-4, 1),
+            rec_spl("b", 6, 10, 1e-3, 1),
+            rec_spl("c", 4, 10, 1e-3, 1),
+        ],
+    );
+    let whole = RouteParams {
+        whole_ranges: true,
+        ..RouteParams::default()
+    };
+    let r = plan_route(&v, &whole, &none()).unwrap();
+    assert_eq!(ids(&r), vec!["fast", "b"]);
+    assert_eq!(ranges(&r), vec![lr(0, 6), lr(6, 10)]);
+    for h in &r.hops {
+        assert_eq!(h.layers, h.announced);
+    }
+    // Only overlapping ranges that do not tile: no whole-range chain exists.
+    let gaps = view(10, vec![rec_spl("x", 0, 6, 1e-3, 1), rec_spl("y", 4, 10, 1e-3, 1)]);
+    assert!(plan_route(&gaps, &whole, &none()).is_err());
+    assert!(plan_route(&gaps, &RouteParams::default(), &none()).is_ok());
+}

@@ -44,6 +44,10 @@ pub const DEFAULT_TIE_EPSILON_SECS: f64 = 1e-6;
 pub struct RouteParams {
     pub default_rtt: Duration,
     pub tie_epsilon_secs: f64,
+    /// Hops run their server's whole announced range only. Today's session server runs
+    /// exactly the range it loaded, so the node plans with this set; sub-range hops wait
+    /// for an executor that can run part of its shard.
+    pub whole_ranges: bool,
 }
 
 impl Default for RouteParams {
@@ -51,6 +55,7 @@ impl Default for RouteParams {
         Self {
             default_rtt: DEFAULT_RTT,
             tie_epsilon_secs: DEFAULT_TIE_EPSILON_SECS,
+            whole_ranges: false,
         }
     }
 }
@@ -125,7 +130,7 @@ pub fn plan_sub_route(
             excluded,
         });
     }
-    let edges = Edges::build(&usable, wanted, params.default_rtt);
+    let edges = Edges::build(&usable, wanted, params);
     let hops = cheapest_chain(&edges, params.tie_epsilon_secs).ok_or_else(|| {
         // Unreachable when every layer is covered (each layer is an edge of its own);
         // kept as an error rather than a panic all the same.
@@ -225,14 +230,23 @@ struct Edges {
 }
 
 impl Edges {
-    fn build(servers: &[&ServerRecord], wanted: LayerRange, default_rtt: Duration) -> Self {
+    fn build(servers: &[&ServerRecord], wanted: LayerRange, params: &RouteParams) -> Self {
+        let default_rtt = params.default_rtt;
         let m = wanted.len();
         let mut best: Vec<Option<(f64, usize)>> = vec![None; (m + 1) * (m + 1)];
         for (k, s) in servers.iter().enumerate() {
+            if params.whole_ranges && (s.layers.start < wanted.start || s.layers.end > wanted.end)
+            {
+                continue;
+            }
             let lo = s.layers.start.max(wanted.start) - wanted.start;
             let hi = s.layers.end.min(wanted.end) - wanted.start;
             for i in lo..hi {
-                for j in i + 1..=hi {
+                let js = if params.whole_ranges { hi..=hi } else { i + 1..=hi };
+                if params.whole_ranges && i != lo {
+                    break;
+                }
+                for j in js {
                     let cost = hop_secs(s, j - i, default_rtt);
                     let slot = &mut best[i * (m + 1) + j];
                     if beats(cost, s, *slot, servers) {
