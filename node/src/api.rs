@@ -24,9 +24,17 @@ use crate::pipeline::{check_chain, read_chain_file, ChainClient};
 /// What the API handlers share.
 pub struct ApiState {
     pub client: ChainClient,
-    pub chain_file: PathBuf,
+    pub routes: Routes,
     pub n_layers: u32,
     pub model_name: String,
+}
+
+/// Where a request's chain comes from.
+pub enum Routes {
+    /// A fixed chain file, read on every request.
+    File(PathBuf),
+    /// Planned from the mesh's announcements.
+    Mesh(crate::mesh::MeshHandle),
 }
 
 /// `stop`: one string or a list.
@@ -86,7 +94,15 @@ fn error(status: StatusCode, kind: &str, message: impl Into<String>) -> Response
 pub fn router(state: Arc<ApiState>) -> Router {
     Router::new()
         .route("/v1/completions", post(completions))
+        .route("/status", axum::routing::get(status))
         .with_state(state)
+}
+
+async fn status(State(st): State<Arc<ApiState>>) -> Response {
+    match &st.routes {
+        Routes::File(p) => Json(json!({"chain_file": p.display().to_string()})).into_response(),
+        Routes::Mesh(m) => Json(m.status()).into_response(),
+    }
 }
 
 async fn completions(
@@ -126,9 +142,16 @@ async fn completions(
             e.to_string(),
         );
     }
-    let chain = match read_chain_file(&st.chain_file)
-        .and_then(|c| check_chain(&c, st.n_layers).map(|()| c))
-    {
+    let planned = match &st.routes {
+        Routes::File(path) => {
+            read_chain_file(path).and_then(|c| check_chain(&c, st.n_layers).map(|()| c))
+        }
+        Routes::Mesh(m) => m
+            .route()
+            .map(|r| r.hops)
+            .map_err(|e| crate::pipeline::PipelineError::Chain(e.to_string())),
+    };
+    let chain = match planned {
         Ok(c) => c,
         Err(e) => {
             return error(

@@ -48,13 +48,27 @@ pub struct NodeArgs {
     /// The model file (GGUF or safetensors directory).
     #[arg(long)]
     pub model: PathBuf,
-    /// The layers to serve, e.g. 0..2.
-    #[arg(long)]
-    pub layers: String,
+    /// The layers to serve: `a..b`, `none` (join, route and serve the API only), or
+    /// `auto` (default): the range that raises the mesh's weakest coverage most within
+    /// `--max-memory`.
+    #[arg(long, default_value = "auto", value_parser = parse_layers_choice)]
+    pub layers: LayersChoice,
+    /// Memory for weights, e.g. 512MiB, 2GiB, 100000000 (default: the whole model).
+    #[arg(long, value_parser = parse_bytes)]
+    pub max_memory: Option<u64>,
     /// The data-plane (QUIC, UDP) address; port 0 picks a free one (printed when ready).
     #[arg(long, default_value = "127.0.0.1:0")]
     pub listen: std::net::SocketAddr,
-    /// Where the node keeps its certificate and key.
+    /// libp2p listen multiaddrs (default: QUIC and TCP on the --listen host, any port).
+    #[arg(long = "p2p-listen", value_name = "MULTIADDR")]
+    pub p2p_listen: Vec<libp2p::Multiaddr>,
+    /// Peers to join through, e.g. /ip4/10.0.0.5/udp/4001/quic-v1/p2p/12D3Koo... (repeat).
+    #[arg(long, value_name = "MULTIADDR")]
+    pub bootstrap: Vec<libp2p::Multiaddr>,
+    /// Do not discover peers on the LAN with mDNS.
+    #[arg(long)]
+    pub no_mdns: bool,
+    /// Where the node keeps its keys (p2p identity, data-plane certificate).
     #[arg(long, default_value = ".lamina")]
     pub data_dir: PathBuf,
     /// Sessions served at once.
@@ -63,10 +77,11 @@ pub struct NodeArgs {
     /// Close sessions idle this many seconds.
     #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..=86400))]
     pub idle_timeout_secs: u64,
-    /// Serve the HTTP API (POST /v1/completions) on this address.
+    /// Serve the OpenAI-compatible HTTP API on this address (e.g. 127.0.0.1:8080).
     #[arg(long)]
     pub api: Option<std::net::SocketAddr>,
-    /// The chain file the HTTP API runs requests through (read on every request).
+    /// Route API requests through this fixed chain file (read on every request) instead
+    /// of planning routes from the mesh.
     #[arg(long)]
     pub api_chain: Option<PathBuf>,
     /// Also write the ready line (JSON) to this file.
@@ -78,6 +93,52 @@ pub struct NodeArgs {
     /// Compute threads (default: the physical cores).
     #[arg(long, value_parser = parse_threads)]
     pub threads: Option<usize>,
+}
+
+/// `--layers`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LayersChoice {
+    Auto,
+    None,
+    Fixed(lamina_sharding::layers::LayerRange),
+}
+
+fn parse_layers_choice(s: &str) -> Result<LayersChoice, String> {
+    match s {
+        "auto" => Ok(LayersChoice::Auto),
+        "none" => Ok(LayersChoice::None),
+        r => r
+            .parse()
+            .map(LayersChoice::Fixed)
+            .map_err(|e| format!("`{r}` is not auto, none or a range a..b: {e}")),
+    }
+}
+
+/// Byte sizes: a number with an optional unit (B, KB, MB, GB, KiB, MiB, GiB).
+pub fn parse_bytes(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("`{s}` is not a size like 512MiB or 2GB"))?;
+    let mult: f64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "kb" | "k" => 1e3,
+        "mb" | "m" => 1e6,
+        "gb" | "g" => 1e9,
+        "kib" => 1024.0,
+        "mib" => 1024.0 * 1024.0,
+        "gib" => 1024.0 * 1024.0 * 1024.0,
+        u => return Err(format!("`{u}` is not a size unit (B, KB, MB, GB, KiB, MiB, GiB)")),
+    };
+    let v = n * mult;
+    if !(v.is_finite() && v >= 1.0 && v < 1e18) {
+        return Err(format!("`{s}` is not a usable size"));
+    }
+    Ok(v as u64)
 }
 
 #[derive(Subcommand, Debug)]
@@ -207,5 +268,32 @@ fn parse_max_sessions(s: &str) -> Result<usize, String> {
     match s.parse::<usize>() {
         Ok(n) if (1..=65536).contains(&n) => Ok(n),
         _ => Err(format!("`{s}` is not a session count from 1 to 65536")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse_with_units_and_refuse_junk() {
+        assert_eq!(parse_bytes("512MiB"), Ok(512 << 20));
+        assert_eq!(parse_bytes("2GB"), Ok(2_000_000_000));
+        assert_eq!(parse_bytes("1000"), Ok(1000));
+        assert_eq!(parse_bytes("1.5 GiB"), Ok(3 << 29));
+        for bad in ["", "abc", "10XB", "-5MB", "0"] {
+            assert!(parse_bytes(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn layers_choice_parses() {
+        assert_eq!(parse_layers_choice("auto"), Ok(LayersChoice::Auto));
+        assert_eq!(parse_layers_choice("none"), Ok(LayersChoice::None));
+        assert!(matches!(
+            parse_layers_choice("0..4"),
+            Ok(LayersChoice::Fixed(_))
+        ));
+        assert!(parse_layers_choice("4..2").is_err());
     }
 }

@@ -215,7 +215,7 @@ fn bad_input_gets_typed_errors_and_the_node_keeps_serving() {
                 .await
                 .unwrap();
             expect_error(&mut rx, ErrorCode::WrongModel).await;
-            tx.send(&open_msg(id, 1, LayerRange::new(0, 1).unwrap()))
+            tx.send(&open_msg(id, 1, LayerRange::new(1, 3).unwrap()))
                 .await
                 .unwrap();
             expect_error(&mut rx, ErrorCode::LayerMismatch).await;

@@ -516,6 +516,33 @@ impl Shard {
         })
     }
 
+    /// A shard that runs only layers `sub` of this one, sharing its weights (no copy, no
+    /// read): a hop of a chain may run part of the range its node loaded, which is what
+    /// lets a router chain nodes whose ranges overlap rather than tile.
+    pub fn sub_shard(&self, sub: LayerRange) -> Result<Shard> {
+        if sub.start >= sub.end || sub.start < self.range.start || sub.end > self.range.end {
+            return Err(Error::InvalidInput(format!(
+                "layers {sub} are not inside this shard's {}",
+                self.range
+            )));
+        }
+        let off = sub.start - self.range.start;
+        Ok(Shard {
+            cfg: self.cfg.clone(),
+            range: sub,
+            device: self.device.clone(),
+            embedding: (sub.start == self.range.start)
+                .then(|| self.embedding.clone())
+                .flatten(),
+            blocks: self.blocks[off..off + sub.len()].to_vec(),
+            head: (sub.end == self.range.end)
+                .then(|| self.head.clone())
+                .flatten(),
+            rope: self.rope.clone(),
+            max_positions: self.max_positions,
+        })
+    }
+
     pub fn config(&self) -> &ModelConfig {
         &self.cfg
     }

@@ -190,3 +190,30 @@ fn batched_sessions_equal_single_sessions() {
         }
     }
 }
+
+#[test]
+fn sub_shards_of_overlapping_loads_chain_like_the_unsplit_model() {
+    use lamina_sharding::executor::Shard;
+    use std::sync::Arc;
+    // Two nodes loaded 0..4 and 2..6 of six layers; a chain runs 0..3 of the first and
+    // 3..6 of the second, sharing their weights.
+    let model = synthetic();
+    let n = model.config().unwrap().n_layers;
+    let whole = LocalChain::load(&model, &[LayerRange::new(0, n).unwrap()], &Device::Cpu).unwrap();
+    let a = Shard::load(&model, LayerRange::new(0, 4).unwrap(), &Device::Cpu).unwrap();
+    let b = Shard::load(&model, LayerRange::new(2, 6).unwrap(), &Device::Cpu).unwrap();
+    let chain = LocalChain::from_shards(vec![
+        Arc::new(a.sub_shard(LayerRange::new(0, 3).unwrap()).unwrap()),
+        Arc::new(b.sub_shard(LayerRange::new(3, 6).unwrap()).unwrap()),
+    ])
+    .unwrap();
+    let prompt = vec![1, 5, 9, 2];
+    let (want, want_logits) = run(&whole, &prompt, 6);
+    let (got, logits) = run(&chain, &prompt, 6);
+    assert_eq!(got, want);
+    for (x, y) in logits.iter().flatten().zip(want_logits.iter().flatten()) {
+        assert!((x - y).abs() <= 1e-5);
+    }
+    assert!(a.sub_shard(LayerRange::new(3, 5).unwrap()).is_err());
+    assert!(b.sub_shard(LayerRange::new(0, 3).unwrap()).is_err());
+}

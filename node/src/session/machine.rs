@@ -164,7 +164,8 @@ impl StreamMachine {
                 ),
             ));
         }
-        if o.layers != self.host.layers {
+        // A hop may run any part of what its node loaded (routes over overlapping ranges).
+        if o.layers.start < self.host.layers.start || o.layers.end > self.host.layers.end {
             return Err(err(
                 ErrorCode::LayerMismatch,
                 format!(
@@ -182,7 +183,8 @@ impl StreamMachine {
                 ),
             ));
         }
-        let role = match (self.host.is_last(), o.next_hops.is_empty(), o.sampling) {
+        let is_last = o.layers.end == self.host.n_layers;
+        let role = match (is_last, o.next_hops.is_empty(), o.sampling) {
             (true, true, Some(_)) => Role::Sample {
                 return_logits: o.return_logits,
             },
@@ -212,6 +214,9 @@ impl StreamMachine {
 
     /// Records that the session is open.
     pub fn opened(&mut self, o: &OpenSession, role: Role) {
+        // From here on the stream is about the session's layers (which input it takes,
+        // whether it samples), which may be part of what the node loaded.
+        self.host.layers = o.layers;
         self.phase = Phase::Open(OpenState {
             session_id: o.session_id,
             max_length: o.max_length,
@@ -507,5 +512,33 @@ mod tests {
             m.check_forward(&fwd(0, 0, hidden(1, 4))).unwrap_err().code,
             ErrorCode::BadTensor
         );
+    }
+
+    #[test]
+    fn a_session_may_run_part_of_the_loaded_range() {
+        // Loaded 0..4 of 4 layers (first and last); a session for 1..4 samples, one for
+        // 0..2 forwards, one for 2..6 is refused.
+        let mut m = StreamMachine::new(HostInfo {
+            n_layers: 4,
+            ..host(0, 4)
+        });
+        m.on_hello(&Hello::new(ModelId::from_bytes([7; 32]), "c"))
+            .unwrap();
+        let tail = open(1, 4);
+        assert!(m.check_open(&open(2, 5), true).is_err());
+        assert!(matches!(
+            m.check_open(&tail, true),
+            Ok(Role::Sample { .. })
+        ));
+        let mut head = open(0, 2);
+        head.sampling = None;
+        head.next_hops = vec![lamina_protocol::HopAddr {
+            layers: LayerRange::new(2, 4).unwrap(),
+            addr: "127.0.0.1:1".into(),
+            cert: lamina_protocol::CertFingerprint::from_bytes([0; 32]),
+        }];
+        assert_eq!(m.check_open(&head, true), Ok(Role::Forward));
+        m.opened(&head, Role::Forward);
+        assert_eq!(m.host().layers, LayerRange::new(0, 2).unwrap());
     }
 }

@@ -49,10 +49,18 @@ impl Default for ServerOptions {
     }
 }
 
+/// The shard a server hosts and what it tells peers about it. Swapped whole when the
+/// node moves to other layers; a session keeps the `Served` it opened with until it ends,
+/// so sessions in flight finish on the old layers while new ones get the new.
+pub struct Served {
+    pub shard: Arc<Shard>,
+    pub host: HostInfo,
+}
+
 /// Serves one shard to data-plane peers.
 pub struct SessionServer {
-    shard: Arc<Shard>,
-    host: HostInfo,
+    served: std::sync::RwLock<Arc<Served>>,
+    model_id: ModelId,
     slots: Arc<Semaphore>,
     dialer: Dialer,
     opts: ServerOptions,
@@ -104,6 +112,8 @@ struct Downstream {
 
 struct Live {
     session_id: SessionId,
+    /// The layers this session runs: the node's shard, or a part of it.
+    shard: Arc<Shard>,
     compute: Option<Compute>,
     downstream: Option<Downstream>,
     replay: ReplayLog,
@@ -123,11 +133,26 @@ impl SessionServer {
         dialer: Dialer,
         opts: ServerOptions,
     ) -> Result<Arc<Self>, lamina_protocol::ProtocolError> {
+        let served = Self::served(shard, model_id, &opts.node_name)?;
+        Ok(Arc::new(Self {
+            served: std::sync::RwLock::new(Arc::new(served)),
+            model_id,
+            slots: Arc::new(Semaphore::new(opts.max_sessions)),
+            dialer,
+            opts,
+        }))
+    }
+
+    fn served(
+        shard: Arc<Shard>,
+        model_id: ModelId,
+        node_name: &str,
+    ) -> Result<Served, lamina_protocol::ProtocolError> {
         let cfg = shard.config();
         let r = shard.range();
         let u = |v: usize| u32::try_from(v).unwrap_or(u32::MAX);
         let host = HostInfo {
-            node_name: opts.node_name.clone(),
+            node_name: node_name.to_string(),
             model_id,
             layers: lamina_protocol::LayerRange::new(u(r.start), u(r.end))?,
             n_layers: u(cfg.n_layers),
@@ -135,18 +160,30 @@ impl SessionServer {
             vocab_size: u(cfg.vocab_size),
             context_length: u(cfg.context_length),
         };
-        Ok(Arc::new(Self {
-            shard,
-            host,
-            slots: Arc::new(Semaphore::new(opts.max_sessions)),
-            dialer,
-            opts,
-        }))
+        Ok(Served { shard, host })
     }
 
-    /// What this server hosts.
-    pub fn host(&self) -> &HostInfo {
-        &self.host
+    /// What this server hosts now.
+    pub fn current(&self) -> Arc<Served> {
+        self.served
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// What this server hosts now.
+    pub fn host(&self) -> HostInfo {
+        self.current().host.clone()
+    }
+
+    /// Serves `shard` to sessions opened from now on; open sessions keep the old one.
+    pub fn replace(&self, shard: Arc<Shard>) -> Result<(), lamina_protocol::ProtocolError> {
+        let served = Arc::new(Self::served(shard, self.model_id, &self.opts.node_name)?);
+        *self
+            .served
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = served;
+        Ok(())
     }
 
     /// Sessions open right now.
@@ -195,9 +232,10 @@ impl SessionServer {
 
     /// Serves one stream (one session) until it ends, is closed or expires.
     pub async fn stream(self: Arc<Self>, mut tx: FramedSend, mut rx: FramedRecv) {
-        let mut machine = StreamMachine::new(self.host.clone());
+        let served = self.current();
+        let mut machine = StreamMachine::new(served.host.clone());
         let mut live: Option<Live> = None;
-        let span = tracing::info_span!("session", layers = %self.host.layers, session = tracing::field::Empty);
+        let span = tracing::info_span!("session", layers = %served.host.layers, session = tracing::field::Empty);
         async {
             loop {
                 let next = tokio::time::timeout(self.opts.idle_timeout, rx.recv()).await;
@@ -228,7 +266,7 @@ impl SessionServer {
                         continue;
                     }
                 };
-                let reply = self.handle(&mut machine, &mut live, msg).await;
+                let reply = self.handle(&served, &mut machine, &mut live, msg).await;
                 let done = machine.is_closed();
                 if let Some(reply) = reply {
                     if let Err(e) = tx.send(&reply).await {
@@ -260,6 +298,7 @@ impl SessionServer {
 
     async fn handle(
         &self,
+        served: &Served,
         machine: &mut StreamMachine,
         live: &mut Option<Live>,
         msg: Message,
@@ -269,11 +308,11 @@ impl SessionServer {
                 Ok(ack) => Message::HelloAck(ack),
                 Err(e) => Message::Error(e),
             }),
-            Message::OpenSession(o) => Some(match self.open(machine, live, o).await {
+            Message::OpenSession(o) => Some(match self.open(served, machine, live, o).await {
                 Ok(m) => m,
                 Err(e) => Message::Error(e),
             }),
-            Message::Forward(f) => Some(match self.forward(machine, live, f).await {
+            Message::Forward(f) => Some(match self.forward(served, machine, live, f).await {
                 Ok(m) => m,
                 Err(e) => Message::Error(e),
             }),
@@ -306,6 +345,7 @@ impl SessionServer {
 
     async fn open(
         &self,
+        served: &Served,
         machine: &mut StreamMachine,
         live: &mut Option<Live>,
         o: OpenSession,
@@ -319,8 +359,21 @@ impl SessionServer {
             ));
         };
         tracing::Span::current().record("session", tracing::field::display(o.session_id));
-        let cache = self
-            .shard
+        let shard = if o.layers == served.host.layers {
+            served.shard.clone()
+        } else {
+            let sub = lamina_sharding::layers::LayerRange {
+                start: o.layers.start as usize,
+                end: o.layers.end as usize,
+            };
+            Arc::new(
+                served
+                    .shard
+                    .sub_shard(sub)
+                    .map_err(|e| ErrorMessage::new(ErrorCode::LayerMismatch, e.to_string()))?,
+            )
+        };
+        let cache = shard
             .new_cache(o.max_length as usize)
             .map_err(|e| ErrorMessage::new(ErrorCode::ContextOverflow, e.to_string()))?;
         let sampler = match (role, &o.sampling) {
@@ -331,12 +384,13 @@ impl SessionServer {
             _ => None,
         };
         let downstream = match o.for_next_hop() {
-            Some((hop, next_open)) => Some(self.open_downstream(hop, next_open).await?),
+            Some((hop, next_open)) => Some(self.open_downstream(&served.host, hop, next_open).await?),
             None => None,
         };
         machine.opened(&o, role);
         *live = Some(Live {
             session_id: o.session_id,
+            shard,
             compute: Some(Compute {
                 cache,
                 sampler,
@@ -355,6 +409,7 @@ impl SessionServer {
 
     async fn open_downstream(
         &self,
+        host: &HostInfo,
         hop: &lamina_protocol::HopAddr,
         open: OpenSession,
     ) -> Result<Downstream, ErrorMessage> {
@@ -370,7 +425,7 @@ impl SessionServer {
             .await
             .map_err(|e| fail(e.to_string()))?;
         let t = self.opts.idle_timeout;
-        let hello = lamina_protocol::Hello::new(self.host.model_id, self.host.node_name.clone());
+        let hello = lamina_protocol::Hello::new(host.model_id, host.node_name.clone());
         tx.send(&Message::Hello(hello))
             .await
             .map_err(|e| fail(e.to_string()))?;
@@ -396,6 +451,7 @@ impl SessionServer {
 
     async fn forward(
         &self,
+        served: &Served,
         machine: &mut StreamMachine,
         live: &mut Option<Live>,
         f: Forward,
@@ -414,9 +470,9 @@ impl SessionServer {
                 .compute
                 .take()
                 .ok_or_else(|| internal("the session's cache was lost in an earlier step"))?;
-            let shard = self.shard.clone();
+            let shard = l.shard.clone();
             let dtype = l.dtype;
-            let dim = self.host.hidden_dim as usize;
+            let dim = served.host.hidden_dim as usize;
             let input = f.input.clone();
             let (compute, out) = tokio::task::spawn_blocking(move || {
                 let mut c = compute;

@@ -121,6 +121,8 @@ impl NodeProc {
                 "127.0.0.1:0",
                 "--threads",
                 "1",
+                // Tests run side by side on one machine: no LAN discovery between them.
+                "--no-mdns",
             ])
             .arg("--data-dir")
             .arg(dir.path())

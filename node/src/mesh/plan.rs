@@ -1,0 +1,271 @@
+//! From the announcement table to the planners' terms and back: the mesh view of one
+//! model, the chain for a request, where this node should sit. Pure: the table, the RTTs
+//! and "now" are arguments.
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use lamina_protocol::{Announcement, LayerRange as WireRange, ModelId, NodeState};
+use lamina_sharding::layers::LayerRange;
+use lamina_sharding::planner::{
+    check_rebalance, choose_range, plan_route, Coverage, MeshView, PlanError, RouteParams,
+    ServerId, ServerRecord,
+};
+use libp2p::PeerId;
+
+use crate::pipeline::ChainHop;
+
+/// What the planners need to know about each peer besides its record.
+#[derive(Clone, Debug, Default)]
+pub struct Observations {
+    /// RTT measured by ping, per peer.
+    pub rtt: HashMap<PeerId, Duration>,
+    /// Peers this node could not reach lately: left out of routes until they answer again.
+    pub unreachable: HashSet<PeerId>,
+}
+
+pub fn to_local(r: WireRange) -> LayerRange {
+    LayerRange {
+        start: r.start as usize,
+        end: r.end as usize,
+    }
+}
+
+pub fn to_wire(r: LayerRange) -> Option<WireRange> {
+    WireRange::new(u32::try_from(r.start).ok()?, u32::try_from(r.end).ok()?).ok()
+}
+
+/// The planners' record of one announcement, or `None` for a node without layers.
+fn server_record(
+    peer: &PeerId,
+    a: &Announcement,
+    rtt: Option<Duration>,
+    tokens_per_sec: f64,
+) -> Option<ServerRecord> {
+    Some(ServerRecord {
+        id: ServerId::new(peer.to_string()),
+        model: a.model_id.to_string(),
+        layers: to_local(a.layers?),
+        tokens_per_sec,
+        free_slots: a.free_slots,
+        expires_at_ms: a.expires_at_ms,
+        rtt,
+    })
+}
+
+/// A stand-in throughput for nodes that have not measured theirs yet (still loading):
+/// placement must count them, or two nodes joining together pick the same range.
+const PROVISIONAL_TOKENS_PER_SEC: f64 = 1.0;
+
+/// The view placement works on: serving and loading nodes, reachable or not (a node that
+/// is merely slow to answer this one still covers its layers for everyone else).
+pub fn placement_view(
+    live: &[(PeerId, &Announcement)],
+    model: &ModelId,
+    n_layers: usize,
+    now_ms: u64,
+) -> MeshView {
+    let records = live.iter().filter_map(|(p, a)| {
+        let tps = match a.state {
+            NodeState::Serving if a.tokens_per_sec > 0.0 => f64::from(a.tokens_per_sec),
+            _ => PROVISIONAL_TOKENS_PER_SEC,
+        };
+        server_record(p, a, None, tps)
+    });
+    MeshView::new(&model.to_string(), n_layers, now_ms, records)
+}
+
+/// The view routing works on: serving, reachable nodes, with their RTTs. `me` (if it
+/// serves layers) costs no RTT.
+pub fn routing_view(
+    live: &[(PeerId, &Announcement)],
+    model: &ModelId,
+    n_layers: usize,
+    now_ms: u64,
+    obs: &Observations,
+    me: &PeerId,
+) -> MeshView {
+    let records = live
+        .iter()
+        .filter(|(p, a)| a.state == NodeState::Serving && !obs.unreachable.contains(p))
+        .filter_map(|(p, a)| {
+            let rtt = if p == me {
+                Some(Duration::ZERO)
+            } else {
+                obs.rtt.get(p).copied()
+            };
+            server_record(p, a, rtt, f64::from(a.tokens_per_sec))
+        });
+    MeshView::new(&model.to_string(), n_layers, now_ms, records)
+}
+
+/// A planned chain, with what `/status` shows about it.
+#[derive(Clone, Debug)]
+pub struct PlannedRoute {
+    pub hops: Vec<ChainHop>,
+    pub peers: Vec<PeerId>,
+    pub est_secs_per_token: f64,
+}
+
+/// The cheapest chain over `0..L` from `view`, as chain hops with addresses and pinned
+/// certificates taken from the records.
+pub fn route(
+    view: &MeshView,
+    live: &[(PeerId, &Announcement)],
+) -> Result<PlannedRoute, PlanError> {
+    // Hops may run part of their node's range (the session server makes a sub-shard).
+    let params = RouteParams::default();
+    let r = plan_route(view, &params, &HashSet::new())?;
+    let by_id: HashMap<String, (PeerId, &Announcement)> =
+        live.iter().map(|(p, a)| (p.to_string(), (*p, *a))).collect();
+    let mut hops = Vec::with_capacity(r.hops.len());
+    let mut peers = Vec::with_capacity(r.hops.len());
+    for h in &r.hops {
+        let Some((peer, a)) = by_id.get(h.server.as_str()) else {
+            return Err(PlanError::Uncovered {
+                wanted: h.layers,
+                uncovered: vec![h.layers],
+                full: 0,
+                excluded: 0,
+            });
+        };
+        let Some(layers) = to_wire(h.layers) else {
+            return Err(PlanError::BadRange {
+                range: h.layers,
+                n_layers: view.n_layers(),
+            });
+        };
+        hops.push(ChainHop {
+            layers,
+            addr: a.dataplane_addr.clone(),
+            fingerprint: a.cert,
+        });
+        peers.push(*peer);
+    }
+    Ok(PlannedRoute {
+        hops,
+        peers,
+        est_secs_per_token: r.est_secs_per_token,
+    })
+}
+
+/// Where a joining node should sit: Petals' rule over everyone else's records.
+pub fn initial_range(
+    view: &MeshView,
+    me: &PeerId,
+    span: usize,
+    tokens_per_sec: f64,
+) -> Result<LayerRange, PlanError> {
+    let others = Coverage::of(&view.without(&ServerId::new(me.to_string())));
+    Ok(choose_range(&others, span, tokens_per_sec)?.range)
+}
+
+/// Whether this node should move from `current`, and where. When several nodes on the
+/// same range would all move (they see the same mesh), only the one with the lowest peer
+/// id does this round; the others see its new record before their next check. Without
+/// that, nodes that joined together would keep trading places as a herd.
+pub fn rebalance_target(
+    view: &MeshView,
+    me: &PeerId,
+    current: LayerRange,
+    tokens_per_sec: f64,
+    margin: f64,
+) -> Result<Option<LayerRange>, PlanError> {
+    let my_id = ServerId::new(me.to_string());
+    let others_view = view.without(&my_id);
+    let others = Coverage::of(&others_view);
+    let r = check_rebalance(&others, current, tokens_per_sec, margin)?;
+    if !r.should_move {
+        return Ok(None);
+    }
+    let senior_twin = others_view
+        .servers()
+        .iter()
+        .any(|s| s.layers == current && s.id < my_id);
+    Ok((!senior_twin).then_some(r.best.range))
+}
+
+/// Bytes of weights per layer, from the manifest's per-group sizes (the largest layer, so
+/// a budget never overflows on an uneven model).
+pub fn bytes_per_layer(groups: &std::collections::BTreeMap<lamina_sharding::manifest::Group, u64>) -> u64 {
+    groups
+        .iter()
+        .filter(|(g, _)| matches!(g, lamina_sharding::manifest::Group::Layer(_)))
+        .map(|(_, b)| *b)
+        .max()
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mesh::table::tests::record;
+    use libp2p::identity::Keypair;
+
+    fn keys(n: usize) -> Vec<(PeerId, Keypair)> {
+        let mut v: Vec<_> = (0..n)
+            .map(|_| {
+                let k = Keypair::generate_ed25519();
+                (k.public().to_peer_id(), k)
+            })
+            .collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    }
+
+    #[test]
+    fn herd_on_one_range_spreads_one_node_per_round() {
+        // Four nodes that each fit 10 layers of 30 all joined on 0..10.
+        let ks = keys(4);
+        let mut recs: Vec<Announcement> = ks
+            .iter()
+            .map(|(_, k)| record(k, 1, 0, Some((0, 10))))
+            .collect();
+        let model = recs[0].model_id;
+        for round in 0..4 {
+            let live: Vec<(PeerId, &Announcement)> =
+                ks.iter().map(|(p, _)| *p).zip(recs.iter()).collect();
+            let view = placement_view(&live, &model, 30, 1);
+            let moves: Vec<(usize, LayerRange)> = ks
+                .iter()
+                .enumerate()
+                .filter_map(|(i, (p, _))| {
+                    let cur = to_local(recs[i].layers.unwrap());
+                    rebalance_target(&view, p, cur, 100.0, 0.2)
+                        .unwrap()
+                        .map(|t| (i, t))
+                })
+                .collect();
+            assert!(moves.len() <= 1, "round {round}: {moves:?}");
+            for (i, t) in moves {
+                recs[i].layers = to_wire(t);
+            }
+        }
+        let live: Vec<(PeerId, &Announcement)> =
+            ks.iter().map(|(p, _)| *p).zip(recs.iter()).collect();
+        let view = placement_view(&live, &model, 30, 1);
+        assert!(Coverage::of(&view).is_complete(), "{recs:?}");
+    }
+
+    #[test]
+    fn route_uses_serving_reachable_nodes_and_pins_their_certs() {
+        let ks = keys(3);
+        let mut a = record(&ks[0].1, 1, 0, Some((0, 15)));
+        a.dataplane_addr = "127.0.0.1:1000".into();
+        let b = record(&ks[1].1, 1, 0, Some((15, 30)));
+        let mut c = record(&ks[2].1, 1, 0, Some((15, 30)));
+        c.state = NodeState::Loading;
+        let model = a.model_id;
+        let live = vec![(ks[0].0, &a), (ks[1].0, &b), (ks[2].0, &c)];
+        let obs = Observations::default();
+        let view = routing_view(&live, &model, 30, 1, &obs, &ks[0].0);
+        let r = route(&view, &live).unwrap();
+        assert_eq!(r.peers, vec![ks[0].0, ks[1].0]);
+        assert_eq!(r.hops[0].addr, "127.0.0.1:1000");
+        let mut obs = Observations::default();
+        obs.unreachable.insert(ks[1].0);
+        let view = routing_view(&live, &model, 30, 1, &obs, &ks[0].0);
+        let e = route(&view, &live).unwrap_err();
+        assert!(e.to_string().contains("15..30"), "{e}");
+    }
+}
