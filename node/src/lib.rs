@@ -18,5 +18,6 @@ pub mod api;
 pub mod cli;
 pub mod cmd;
 pub mod dataplane;
+pub mod models;
 pub mod pipeline;
 pub mod session;
