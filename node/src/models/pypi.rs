@@ -45,6 +45,7 @@ pub(crate) fn pull_entry(
         src.version
     ));
     create_dir(root)?;
+    cache::sweep_stale(root);
     // pip's download dir sits in the cache root, not /tmp: /tmp may be a small tmpfs, and the
     // leftovers of a crash stay where `lamina model list` ignores them.
     let work = tempfile::Builder::new()
