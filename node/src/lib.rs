@@ -19,5 +19,6 @@ pub mod cli;
 pub mod cmd;
 pub mod dataplane;
 pub mod mesh;
+pub mod models;
 pub mod pipeline;
 pub mod session;

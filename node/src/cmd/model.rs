@@ -1,4 +1,4 @@
-//! `lamina model inspect` and `lamina model synth`.
+//! `lamina model inspect|synth|pull|list`.
 
 use crate::cli::{ModelCommand, OutputFormat};
 use anyhow::Context;
@@ -9,6 +9,34 @@ use std::collections::BTreeMap;
 
 pub fn run(cmd: ModelCommand) -> anyhow::Result<()> {
     match cmd {
+        ModelCommand::Pull { spec, cache_dir } => {
+            let opts = crate::models::PullOptions {
+                cache_dir,
+                ..Default::default()
+            };
+            let path = crate::models::pull(&spec, &opts)?;
+            println!("{}", path.display());
+            Ok(())
+        }
+        ModelCommand::List { cache_dir } => {
+            let opts = crate::models::PullOptions {
+                cache_dir,
+                ..Default::default()
+            };
+            let models = crate::models::list(&opts)?;
+            if models.is_empty() {
+                eprintln!("no models in {}", opts_root(&opts));
+            }
+            for m in models {
+                println!(
+                    "{:<40} {:>10.1} MiB  {}",
+                    m.spec,
+                    m.size as f64 / (1 << 20) as f64,
+                    m.path.display()
+                );
+            }
+            Ok(())
+        }
         ModelCommand::Inspect { file, format } => inspect(&file, format),
         ModelCommand::Synth {
             preset,
@@ -38,6 +66,15 @@ pub fn run(cmd: ModelCommand) -> anyhow::Result<()> {
             );
             Ok(())
         }
+    }
+}
+
+fn opts_root(opts: &crate::models::PullOptions) -> String {
+    match &opts.cache_dir {
+        Some(d) => d.display().to_string(),
+        None => crate::models::cache::default_cache_dir()
+            .map(|d| d.display().to_string())
+            .unwrap_or_else(|_| "the model cache".into()),
     }
 }
 
