@@ -63,12 +63,16 @@ pub struct NodeArgs {
     /// Close sessions idle this many seconds.
     #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..=86400))]
     pub idle_timeout_secs: u64,
-    /// Serve the HTTP API (POST /v1/completions) on this address.
+    /// Serve the OpenAI-compatible HTTP API (/v1/completions, /v1/chat/completions,
+    /// /v1/models, /status, /metrics) on this address.
     #[arg(long)]
     pub api: Option<std::net::SocketAddr>,
     /// The chain file the HTTP API runs requests through (read on every request).
     #[arg(long)]
     pub api_chain: Option<PathBuf>,
+    /// Generations the HTTP API runs at once; more are answered 429.
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=4096))]
+    pub api_max_concurrent: u64,
     /// Also write the ready line (JSON) to this file.
     #[arg(long)]
     pub ready_file: Option<PathBuf>,

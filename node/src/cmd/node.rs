@@ -12,6 +12,7 @@ use std::time::Duration;
 use anyhow::Context;
 use candle_core::Device;
 use lamina_protocol::{FrameLimits, ModelId};
+use lamina_sharding::chat::ChatTemplate;
 use lamina_sharding::executor::Shard;
 use lamina_sharding::layers::LayerRange;
 use lamina_sharding::manifest::Manifest;
@@ -42,6 +43,12 @@ pub fn run(args: NodeArgs) -> anyhow::Result<()> {
         .with_context(|| format!("--layers {}", args.layers))?;
     let model_id = model_id_of(&model)?;
     let tokenizer = Arc::new(model.tokenizer()?);
+    // The HTTP API renders chat requests with the model's own template.
+    let mut chat_template = if args.api.is_some() {
+        model.chat_template(&tokenizer)?
+    } else {
+        None
+    };
     let shard = Arc::new(Shard::load(&model, range, &Device::Cpu)?);
     drop(model);
     let data_dir = args.data_dir.clone();
@@ -79,18 +86,28 @@ pub fn run(args: NodeArgs) -> anyhow::Result<()> {
                     .await
                     .with_context(|| format!("cannot listen on {addr}"))?;
                 let bound = listener.local_addr()?;
-                let state = Arc::new(crate::api::ApiState {
-                    client: ChainClient {
+                let state = Arc::new(crate::api::ApiState::new(
+                    ChainClient {
                         dialer: dialer.clone(),
                         model_id,
                         tokenizer: tokenizer.clone(),
                         vocab_size: shard.config().vocab_size,
                         context_length: shard.config().context_length,
                     },
-                    chain_file,
-                    n_layers: u32::try_from(shard.config().n_layers).unwrap_or(u32::MAX),
-                    model_name: shard.config().name.clone(),
-                });
+                    Arc::new(crate::api::ChainFileRoutes::new(
+                        chain_file,
+                        u32::try_from(shard.config().n_layers).unwrap_or(u32::MAX),
+                    )),
+                    shard.config().name.clone(),
+                    model_id,
+                    chat_template.take().unwrap_or_else(ChatTemplate::chatml),
+                    Arc::new(crate::api::Metrics::new()),
+                    crate::api::ApiLimits {
+                        max_concurrent_requests: usize::try_from(args.api_max_concurrent)
+                            .unwrap_or(1),
+                        max_prompt_tokens: shard.config().context_length,
+                    },
+                ));
                 let app = crate::api::router(state);
                 tokio::spawn(async move {
                     if let Err(e) = axum::serve(listener, app).await {
