@@ -15,6 +15,16 @@ use serde_json::{json, Value};
 
 const MAX_TOKENS: usize = 24;
 
+/// (path, content type, body, status, error type, error code)
+type BadCase<'a> = (
+    &'a str,
+    Option<&'a str>,
+    String,
+    u16,
+    &'a str,
+    Option<&'a str>,
+);
+
 fn completion(prompt: &str, extra: Value) -> Value {
     let mut body = json!({
         "prompt": prompt,
@@ -46,7 +56,10 @@ fn completions_whole_and_streamed_equal_single_process_and_errors_are_openai_sha
     let models = r.json();
     assert_eq!(models["object"], "list");
     assert_eq!(models["data"].as_array().map(Vec::len), Some(1));
-    let name = models["data"][0]["id"].as_str().expect("model id").to_owned();
+    let name = models["data"][0]["id"]
+        .as_str()
+        .expect("model id")
+        .to_owned();
     assert_eq!(name, cfg.name);
     assert_eq!(models["data"][0]["object"], "model");
     assert_eq!(get(api, &format!("/v1/models/{name}")).status, 200);
@@ -139,27 +152,160 @@ fn completions_whole_and_streamed_equal_single_process_and_errors_are_openai_sha
 
     // Bad input: status, OpenAI's shape, and the code or param where there is one.
     let long_prompt = "Once upon a time ".repeat(cfg.context_length);
-    let cases: Vec<(&str, Option<&str>, String, u16, &str, Option<&str>)> = vec![
+    let cases: Vec<BadCase> = vec![
         // (path, content type, body, status, type, code)
-        ("/v1/completions", Some("application/json"), "{\"prompt\": ".into(), 400, "invalid_request_error", None),
-        ("/v1/completions", Some("application/json"), "[1, 2]".into(), 400, "invalid_request_error", None),
-        ("/v1/completions", Some("application/json"), "{}".into(), 400, "invalid_request_error", None),
-        ("/v1/completions", Some("application/json"), json!({"prompt": 5}).to_string(), 400, "invalid_request_error", None),
-        ("/v1/completions", Some("application/json"), json!({"prompt": "x", "max_tokens": "ten"}).to_string(), 400, "invalid_request_error", None),
-        ("/v1/completions", Some("text/plain"), json!({"prompt": "x"}).to_string(), 415, "invalid_request_error", None),
-        ("/v1/completions", None, json!({"prompt": "x"}).to_string(), 415, "invalid_request_error", None),
-        ("/v1/completions", Some("application/json"), json!({"prompt": "x", "max_tokens": cfg.context_length + 1}).to_string(), 400, "invalid_request_error", Some("context_length_exceeded")),
-        ("/v1/completions", Some("application/json"), json!({"prompt": long_prompt}).to_string(), 400, "invalid_request_error", Some("context_length_exceeded")),
-        ("/v1/completions", Some("application/json"), json!({"prompt": "x", "model": "gpt-4"}).to_string(), 404, "invalid_request_error", Some("model_not_found")),
-        ("/v1/completions", Some("application/json"), json!({"prompt": "x", "n": 2}).to_string(), 400, "invalid_request_error", None),
-        ("/v1/completions", Some("application/json"), json!({"prompt": "x", "frequency_penalty": 0.5}).to_string(), 400, "invalid_request_error", None),
-        ("/v1/completions", Some("application/json"), json!({"prompt": "x", "presence_penalty": 1}).to_string(), 400, "invalid_request_error", None),
-        ("/v1/completions", Some("application/json"), json!({"prompt": "x", "logprobs": 2}).to_string(), 400, "invalid_request_error", None),
-        ("/v1/completions", Some("application/json"), json!({"prompt": "x", "temperature": -1}).to_string(), 400, "invalid_request_error", None),
-        ("/v1/completions", Some("application/json"), json!({"prompt": ["a", "b"]}).to_string(), 400, "invalid_request_error", None),
-        ("/v1/chat/completions", Some("application/json"), json!({"messages": "hi"}).to_string(), 400, "invalid_request_error", None),
-        ("/v1/chat/completions", Some("application/json"), json!({"messages": [{"role": "user", "content": [{"type": "image_url"}]}]}).to_string(), 400, "invalid_request_error", None),
-        ("/v1/nothing", Some("application/json"), "{}".into(), 404, "invalid_request_error", None),
+        (
+            "/v1/completions",
+            Some("application/json"),
+            "{\"prompt\": ".into(),
+            400,
+            "invalid_request_error",
+            None,
+        ),
+        (
+            "/v1/completions",
+            Some("application/json"),
+            "[1, 2]".into(),
+            400,
+            "invalid_request_error",
+            None,
+        ),
+        (
+            "/v1/completions",
+            Some("application/json"),
+            "{}".into(),
+            400,
+            "invalid_request_error",
+            None,
+        ),
+        (
+            "/v1/completions",
+            Some("application/json"),
+            json!({"prompt": 5}).to_string(),
+            400,
+            "invalid_request_error",
+            None,
+        ),
+        (
+            "/v1/completions",
+            Some("application/json"),
+            json!({"prompt": "x", "max_tokens": "ten"}).to_string(),
+            400,
+            "invalid_request_error",
+            None,
+        ),
+        (
+            "/v1/completions",
+            Some("text/plain"),
+            json!({"prompt": "x"}).to_string(),
+            415,
+            "invalid_request_error",
+            None,
+        ),
+        (
+            "/v1/completions",
+            None,
+            json!({"prompt": "x"}).to_string(),
+            415,
+            "invalid_request_error",
+            None,
+        ),
+        (
+            "/v1/completions",
+            Some("application/json"),
+            json!({"prompt": "x", "max_tokens": cfg.context_length + 1}).to_string(),
+            400,
+            "invalid_request_error",
+            Some("context_length_exceeded"),
+        ),
+        (
+            "/v1/completions",
+            Some("application/json"),
+            json!({"prompt": long_prompt}).to_string(),
+            400,
+            "invalid_request_error",
+            Some("context_length_exceeded"),
+        ),
+        (
+            "/v1/completions",
+            Some("application/json"),
+            json!({"prompt": "x", "model": "gpt-4"}).to_string(),
+            404,
+            "invalid_request_error",
+            Some("model_not_found"),
+        ),
+        (
+            "/v1/completions",
+            Some("application/json"),
+            json!({"prompt": "x", "n": 2}).to_string(),
+            400,
+            "invalid_request_error",
+            None,
+        ),
+        (
+            "/v1/completions",
+            Some("application/json"),
+            json!({"prompt": "x", "frequency_penalty": 0.5}).to_string(),
+            400,
+            "invalid_request_error",
+            None,
+        ),
+        (
+            "/v1/completions",
+            Some("application/json"),
+            json!({"prompt": "x", "presence_penalty": 1}).to_string(),
+            400,
+            "invalid_request_error",
+            None,
+        ),
+        (
+            "/v1/completions",
+            Some("application/json"),
+            json!({"prompt": "x", "logprobs": 2}).to_string(),
+            400,
+            "invalid_request_error",
+            None,
+        ),
+        (
+            "/v1/completions",
+            Some("application/json"),
+            json!({"prompt": "x", "temperature": -1}).to_string(),
+            400,
+            "invalid_request_error",
+            None,
+        ),
+        (
+            "/v1/completions",
+            Some("application/json"),
+            json!({"prompt": ["a", "b"]}).to_string(),
+            400,
+            "invalid_request_error",
+            None,
+        ),
+        (
+            "/v1/chat/completions",
+            Some("application/json"),
+            json!({"messages": "hi"}).to_string(),
+            400,
+            "invalid_request_error",
+            None,
+        ),
+        (
+            "/v1/chat/completions",
+            Some("application/json"),
+            json!({"messages": [{"role": "user", "content": [{"type": "image_url"}]}]}).to_string(),
+            400,
+            "invalid_request_error",
+            None,
+        ),
+        (
+            "/v1/nothing",
+            Some("application/json"),
+            "{}".into(),
+            404,
+            "invalid_request_error",
+            None,
+        ),
     ];
     for (p, ct, body, status, kind, code) in &cases {
         let r = request(api, "POST", p, *ct, body);
@@ -169,7 +315,11 @@ fn completions_whole_and_streamed_equal_single_process_and_errors_are_openai_sha
         }
     }
     let e = assert_error(
-        &post(api, "/v1/completions", &json!({"prompt": "x", "temperature": "hot"})),
+        &post(
+            api,
+            "/v1/completions",
+            &json!({"prompt": "x", "temperature": "hot"}),
+        ),
         400,
         "invalid_request_error",
     );
@@ -248,10 +398,7 @@ fn completions_whole_and_streamed_equal_single_process_and_errors_are_openai_sha
         "lamina_step_seconds_count ",
         "lamina_sessions_active ",
     ] {
-        assert!(
-            m.lines().any(|l| l.starts_with(line)),
-            "{line:?} in\n{m}"
-        );
+        assert!(m.lines().any(|l| l.starts_with(line)), "{line:?} in\n{m}");
     }
     drop(net);
 }

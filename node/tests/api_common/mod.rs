@@ -161,7 +161,11 @@ pub fn request(
     let chunked = headers
         .to_ascii_lowercase()
         .contains("transfer-encoding: chunked");
-    let body = if chunked { dechunk(rest) } else { rest.to_vec() };
+    let body = if chunked {
+        dechunk(rest)
+    } else {
+        rest.to_vec()
+    };
     Resp {
         status,
         headers,
@@ -211,7 +215,10 @@ pub fn start_stream(addr: &str, path: &str, body: &Value, want: &str) -> (TcpStr
 
 /// The `data:` payloads of an SSE body, checking the framing on the way.
 pub fn sse_data(body: &str) -> Vec<String> {
-    assert!(body.ends_with("\n\n"), "events end with a blank line: {body:?}");
+    assert!(
+        body.ends_with("\n\n"),
+        "events end with a blank line: {body:?}"
+    );
     body.split("\n\n")
         .filter(|e| !e.is_empty())
         .map(|e| {
