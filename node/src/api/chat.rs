@@ -12,7 +12,7 @@ use lamina_sharding::generate::GenerateRequest;
 use lamina_sharding::tokenizer::Tokenizer;
 
 use super::errors::{parse_value, ApiError, ApiJson};
-use super::generation::{fit_context, serve, Job};
+use super::generation::{blocking, fit_context, serve, Job};
 use super::openai::{ChatFields, CommonParams, Kind};
 use super::{ApiState, RequestId};
 
@@ -46,8 +46,11 @@ pub async fn chat_completions(
     st.check_model(settings.model.as_deref())?;
     // A template that refuses the conversation (e.g. roles that do not alternate) is the
     // request's fault.
-    let prompt_ids = encode_chat(&st.client.tokenizer, &st.chat_template, &messages)
-        .map_err(|e| ApiError::invalid_param("messages", e.to_string()))?;
+    let st2 = st.clone();
+    let prompt_ids =
+        blocking(move || encode_chat(&st2.client.tokenizer, &st2.chat_template, &messages))
+            .await?
+            .map_err(|e| ApiError::invalid_param("messages", e.to_string()))?;
     let max_tokens = fit_context(
         prompt_ids.len(),
         settings.max_tokens,

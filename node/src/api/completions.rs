@@ -9,7 +9,7 @@ use axum::Extension;
 use lamina_sharding::generate::GenerateRequest;
 
 use super::errors::{parse_value, ApiError, ApiJson};
-use super::generation::{fit_context, serve, Job};
+use super::generation::{blocking, fit_context, serve, Job};
 use super::openai::{CommonParams, CompletionFields, Kind};
 use super::{ApiState, RequestId};
 
@@ -28,9 +28,9 @@ pub async fn completions(
     let settings = common.settings(max_tokens)?;
     let prompt = fields.prompt()?;
     st.check_model(settings.model.as_deref())?;
-    let tok = &st.client.tokenizer;
-    let prompt_ids = tok
-        .encode(&prompt, tok.add_bos_default(), false)
+    let tok = st.client.tokenizer.clone();
+    let prompt_ids = blocking(move || tok.encode(&prompt, tok.add_bos_default(), false))
+        .await?
         .map_err(|e| ApiError::invalid_param("prompt", e.to_string()))?;
     let max_tokens = fit_context(
         prompt_ids.len(),

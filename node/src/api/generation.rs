@@ -133,6 +133,16 @@ pub async fn serve(st: &Arc<ApiState>, job: Job) -> Result<Response, ApiError> {
     Ok(Json(body).into_response())
 }
 
+/// Runs CPU work of a request (tokenizing a prompt of up to the body limit, rendering a
+/// template) off the async workers, which serve every other connection.
+pub async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ApiError::internal(format!("a worker failed: {e}")))
+}
+
 /// Checks the prompt against the context and picks `max_tokens`: a prompt that leaves no
 /// room, or a `max_tokens` larger than the whole context, is refused; otherwise the
 /// generation stops at the context's end with `finish_reason: "length"`.

@@ -86,6 +86,18 @@ pub fn run(args: NodeArgs) -> anyhow::Result<()> {
                     .await
                     .with_context(|| format!("cannot listen on {addr}"))?;
                 let bound = listener.local_addr()?;
+                let metrics = Arc::new(crate::api::Metrics::new());
+                // The gauge follows the session server (a scrape sees it within a second).
+                let (m, srv) = (metrics.clone(), server.clone());
+                tokio::spawn(async move {
+                    let mut tick = tokio::time::interval(Duration::from_secs(1));
+                    loop {
+                        tick.tick().await;
+                        m.set_sessions_active(
+                            i64::try_from(srv.active_sessions()).unwrap_or(i64::MAX),
+                        );
+                    }
+                });
                 let state = Arc::new(crate::api::ApiState::new(
                     ChainClient {
                         dialer: dialer.clone(),
@@ -101,7 +113,7 @@ pub fn run(args: NodeArgs) -> anyhow::Result<()> {
                     shard.config().name.clone(),
                     model_id,
                     chat_template.take().unwrap_or_else(ChatTemplate::chatml),
-                    Arc::new(crate::api::Metrics::new()),
+                    metrics.clone(),
                     crate::api::ApiLimits {
                         max_concurrent_requests: usize::try_from(args.api_max_concurrent)
                             .unwrap_or(1),
