@@ -373,6 +373,8 @@ fn completions_whole_and_streamed_equal_single_process_and_errors_are_openai_sha
     // /status: the route source's view plus the API's.
     let st = wait_idle(api);
     assert_eq!(st["routes"], "chain_file");
+    assert_eq!(st["node"]["layers"], "0..2", "{st}");
+    assert_eq!(st["node"]["listen"], net.chain[0].addr.as_str());
     assert_eq!(st["n_layers"], 5);
     assert_eq!(st["coverage"], json!([1, 1, 1, 1, 1]));
     assert_eq!(st["last_route"]["chain"].as_array().map(Vec::len), Some(3));

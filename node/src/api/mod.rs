@@ -60,6 +60,9 @@ pub struct ApiState {
     pub chat_template: ChatTemplate,
     pub metrics: Arc<Metrics>,
     pub limits: ApiLimits,
+    /// This node as `/status` shows it when the route source does not (name, layers,
+    /// data-plane address); set with [`ApiState::with_node_info`].
+    pub node_info: serde_json::Value,
     slots: Arc<Semaphore>,
     started: Instant,
     created: u64,
@@ -95,9 +98,15 @@ impl ApiState {
             metrics,
             slots: Arc::new(Semaphore::new(limits.max_concurrent_requests)),
             limits,
+            node_info: serde_json::Value::Null,
             started: Instant::now(),
             created: unix_now(),
         }
+    }
+
+    pub fn with_node_info(mut self, node: serde_json::Value) -> Self {
+        self.node_info = node;
+        self
     }
 
     /// Accepts the model's name, its lamina id (hex, any case) or no model at all.

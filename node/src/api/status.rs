@@ -29,6 +29,9 @@ pub async fn status(State(st): State<Arc<ApiState>>) -> Json<Value> {
     match v.as_object_mut() {
         Some(obj) => {
             obj.insert("api".into(), api);
+            if !st.node_info.is_null() {
+                obj.entry("node").or_insert_with(|| st.node_info.clone());
+            }
         }
         None => v = json!({"routes": v, "api": api}),
     }

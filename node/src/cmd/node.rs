@@ -98,28 +98,36 @@ pub fn run(args: NodeArgs) -> anyhow::Result<()> {
                         );
                     }
                 });
-                let state = Arc::new(crate::api::ApiState::new(
-                    ChainClient {
-                        dialer: dialer.clone(),
+                let state = Arc::new(
+                    crate::api::ApiState::new(
+                        ChainClient {
+                            dialer: dialer.clone(),
+                            model_id,
+                            tokenizer: tokenizer.clone(),
+                            vocab_size: shard.config().vocab_size,
+                            context_length: shard.config().context_length,
+                        },
+                        Arc::new(crate::api::ChainFileRoutes::new(
+                            chain_file,
+                            u32::try_from(shard.config().n_layers).unwrap_or(u32::MAX),
+                        )),
+                        shard.config().name.clone(),
                         model_id,
-                        tokenizer: tokenizer.clone(),
-                        vocab_size: shard.config().vocab_size,
-                        context_length: shard.config().context_length,
-                    },
-                    Arc::new(crate::api::ChainFileRoutes::new(
-                        chain_file,
-                        u32::try_from(shard.config().n_layers).unwrap_or(u32::MAX),
-                    )),
-                    shard.config().name.clone(),
-                    model_id,
-                    chat_template.take().unwrap_or_else(ChatTemplate::chatml),
-                    metrics.clone(),
-                    crate::api::ApiLimits {
-                        max_concurrent_requests: usize::try_from(args.api_max_concurrent)
-                            .unwrap_or(1),
-                        max_prompt_tokens: shard.config().context_length,
-                    },
-                ));
+                        chat_template.take().unwrap_or_else(ChatTemplate::chatml),
+                        metrics,
+                        crate::api::ApiLimits {
+                            max_concurrent_requests: usize::try_from(args.api_max_concurrent)
+                                .unwrap_or(1),
+                            max_prompt_tokens: shard.config().context_length,
+                        },
+                    )
+                    .with_node_info(serde_json::json!({
+                        "name": name,
+                        "layers": range.to_string(),
+                        "listen": listen.to_string(),
+                        "fingerprint": identity.fingerprint().to_string(),
+                    })),
+                );
                 let app = crate::api::router(state);
                 tokio::spawn(async move {
                     if let Err(e) = axum::serve(listener, app).await {
