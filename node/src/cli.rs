@@ -77,13 +77,17 @@ pub struct NodeArgs {
     /// Close sessions idle this many seconds.
     #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..=86400))]
     pub idle_timeout_secs: u64,
-    /// Serve the OpenAI-compatible HTTP API on this address (e.g. 127.0.0.1:8080).
+    /// Serve the OpenAI-compatible HTTP API (/v1/completions, /v1/chat/completions,
+    /// /v1/models, /status, /metrics) on this address.
     #[arg(long)]
     pub api: Option<std::net::SocketAddr>,
     /// Route API requests through this fixed chain file (read on every request) instead
     /// of planning routes from the mesh.
     #[arg(long)]
     pub api_chain: Option<PathBuf>,
+    /// Generations the HTTP API runs at once; more are answered 429.
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=4096))]
+    pub api_max_concurrent: u64,
     /// Also write the ready line (JSON) to this file.
     #[arg(long)]
     pub ready_file: Option<PathBuf>,
@@ -132,7 +136,11 @@ pub fn parse_bytes(s: &str) -> Result<u64, String> {
         "kib" => 1024.0,
         "mib" => 1024.0 * 1024.0,
         "gib" => 1024.0 * 1024.0 * 1024.0,
-        u => return Err(format!("`{u}` is not a size unit (B, KB, MB, GB, KiB, MiB, GiB)")),
+        u => {
+            return Err(format!(
+                "`{u}` is not a size unit (B, KB, MB, GB, KiB, MiB, GiB)"
+            ))
+        }
     };
     let v = n * mult;
     if !(v.is_finite() && v >= 1.0 && v < 1e18) {

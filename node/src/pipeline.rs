@@ -410,9 +410,35 @@ impl ChainClient {
         chain: &[ChainHop],
         req: &lamina_sharding::generate::GenerateRequest,
         activation_dtype: WireDType,
-        on_text: impl FnMut(&str),
+        mut on_text: impl FnMut(&str),
     ) -> Result<lamina_sharding::generate::GenerationOutput, PipelineError> {
-        use lamina_sharding::generate::{generate, session_length};
+        self.generate_with(
+            handle,
+            chain,
+            req,
+            activation_dtype,
+            |_, _| {},
+            |t| {
+                on_text(t);
+                std::ops::ControlFlow::Continue(())
+            },
+        )
+    }
+
+    /// [`ChainClient::generate`] for servers: `on_step(i, elapsed)` sees every step's
+    /// round trip as the entry measures it (0 is the prefill), so metrics need no clock of
+    /// their own, and `on_text` returning `Break` ends the session early (a client that
+    /// went away should not keep every hop busy).
+    pub fn generate_with(
+        &self,
+        handle: &tokio::runtime::Handle,
+        chain: &[ChainHop],
+        req: &lamina_sharding::generate::GenerateRequest,
+        activation_dtype: WireDType,
+        on_step: impl FnMut(usize, std::time::Duration),
+        on_text: impl FnMut(&str) -> std::ops::ControlFlow<()>,
+    ) -> Result<lamina_sharding::generate::GenerationOutput, PipelineError> {
+        use lamina_sharding::generate::{generate_until, session_length};
         use lamina_sharding::sampling::SamplingParams;
         let span = tracing::info_span!(
             "generate",
@@ -445,8 +471,13 @@ impl ChainClient {
         if remote_samples {
             local_req.sampling = SamplingParams::greedy();
         }
-        let out = generate(
-            &mut stepper,
+        let mut timed = TimedStepper {
+            inner: &mut stepper,
+            on_step,
+            steps: 0,
+        };
+        let out = generate_until(
+            &mut timed,
             &self.tokenizer,
             &local_req,
             self.context_length,
@@ -458,5 +489,26 @@ impl ChainClient {
             tracing::debug!("close: {e}");
         }
         Ok(out)
+    }
+}
+
+/// Reports each successful step's duration to a callback.
+struct TimedStepper<'a, S, F> {
+    inner: &'a mut S,
+    on_step: F,
+    steps: usize,
+}
+
+impl<S: Stepper, F: FnMut(usize, std::time::Duration)> Stepper for TimedStepper<'_, S, F> {
+    fn step(&mut self, tokens: &[u32]) -> lamina_sharding::Result<Vec<f32>> {
+        let t = std::time::Instant::now();
+        let r = self.inner.step(tokens)?;
+        (self.on_step)(self.steps, t.elapsed());
+        self.steps += 1;
+        Ok(r)
+    }
+
+    fn position(&self) -> usize {
+        self.inner.position()
     }
 }

@@ -12,6 +12,7 @@ use crate::source::ModelFile;
 use crate::tokenizer::{StreamDecoder, Tokenizer};
 use crate::{Error, Result};
 use candle_core::{DType, Device, Tensor};
+use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -127,6 +128,9 @@ pub enum FinishReason {
     Length,
     /// The context is full.
     ContextLength,
+    /// The caller's `on_text` asked to stop (e.g. an HTTP client went away), so a
+    /// session nobody reads is not kept busy.
+    Cancelled,
 }
 
 /// What to generate.
@@ -185,6 +189,21 @@ pub fn generate<S: Stepper>(
     context_length: usize,
     mut on_text: impl FnMut(&str),
 ) -> Result<GenerationOutput> {
+    generate_until(stepper, tokenizer, req, context_length, |t| {
+        on_text(t);
+        ControlFlow::Continue(())
+    })
+}
+
+/// [`generate`] whose `on_text` can end the generation: `Break` stops before the next
+/// step and the output says [`FinishReason::Cancelled`].
+pub fn generate_until<S: Stepper>(
+    stepper: &mut S,
+    tokenizer: &Tokenizer,
+    req: &GenerateRequest,
+    context_length: usize,
+    mut on_text: impl FnMut(&str) -> ControlFlow<()>,
+) -> Result<GenerationOutput> {
     let limit = session_length(req, context_length)?;
     let mut sampler = Sampler::new(req.sampling.clone())?;
     let mut stop = StopChecker::new(req.stop.clone());
@@ -196,7 +215,7 @@ pub fn generate<S: Stepper>(
     let mut text = String::new();
     let mut timings = Timings::default();
     let mut finish = FinishReason::Length;
-    let mut stopped_by_string = false;
+    let mut skip_tail = false;
 
     if req.max_tokens == 0 {
         return Ok(GenerationOutput {
@@ -225,12 +244,16 @@ pub fn generate<S: Stepper>(
         let piece = decoder.push(tok)?;
         let (emit, stopped) = stop.push(&piece);
         if !emit.is_empty() {
-            on_text(&emit);
             text.push_str(&emit);
+            if on_text(&emit).is_break() {
+                finish = FinishReason::Cancelled;
+                skip_tail = true;
+                break;
+            }
         }
         if stopped {
             finish = FinishReason::Stop;
-            stopped_by_string = true;
+            skip_tail = true;
             break;
         }
         if generated.len() >= req.max_tokens {
@@ -244,13 +267,14 @@ pub fn generate<S: Stepper>(
         logits = stepper.step(&[tok])?;
         decode_steps += 1;
     }
-    if !stopped_by_string {
+    if !skip_tail {
         let rest = decoder.finish();
         let (emit, _) = stop.push(&rest);
         let mut tail = emit;
         tail.push_str(&stop.flush());
         if !tail.is_empty() {
-            on_text(&tail);
+            // The generation is over either way; a `Break` here changes nothing.
+            let _ = on_text(&tail);
             text.push_str(&tail);
         }
     }

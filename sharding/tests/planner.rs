@@ -647,7 +647,10 @@ fn whole_ranges_uses_each_server_for_its_whole_range_only() {
         assert_eq!(h.layers, h.announced);
     }
     // Only overlapping ranges that do not tile: no whole-range chain exists.
-    let gaps = view(10, vec![rec_spl("x", 0, 6, 1e-3, 1), rec_spl("y", 4, 10, 1e-3, 1)]);
+    let gaps = view(
+        10,
+        vec![rec_spl("x", 0, 6, 1e-3, 1), rec_spl("y", 4, 10, 1e-3, 1)],
+    );
     assert!(plan_route(&gaps, &whole, &none()).is_err());
     assert!(plan_route(&gaps, &RouteParams::default(), &none()).is_ok());
 }

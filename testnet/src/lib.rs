@@ -125,7 +125,13 @@ pub fn up(opts: &UpOptions) -> anyhow::Result<TestnetState> {
             .arg(&model_path)
             .arg("--layers")
             .arg(range.to_string())
-            .args(["--listen", "127.0.0.1:0", "--api", "127.0.0.1:0", "--no-mdns"])
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--api",
+                "127.0.0.1:0",
+                "--no-mdns",
+            ])
             .arg("--api-chain")
             .arg(&chain_file)
             .arg("--data-dir")

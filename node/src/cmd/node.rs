@@ -29,6 +29,7 @@ use crate::mesh::swarm::SwarmOptions;
 use crate::mesh::{load_or_create_identity, MeshHandle};
 use crate::pipeline::ChainClient;
 use crate::session::{ServerOptions, SessionServer};
+use lamina_sharding::chat::ChatTemplate;
 
 /// The model id of a model file (blake3 of its manifest).
 pub fn model_id_of(model: &ModelFile) -> anyhow::Result<ModelId> {
@@ -69,15 +70,23 @@ pub fn run(args: NodeArgs) -> anyhow::Result<()> {
         None => cfg.n_layers,
     };
     let tokenizer = Arc::new(model.tokenizer()?);
+    // The HTTP API renders chat requests with the model's own template.
+    let chat_template = if args.api.is_some() {
+        model.chat_template(&tokenizer)?
+    } else {
+        None
+    };
     let data_dir = args.data_dir.clone();
     let identity = Identity::load_or_create(&data_dir)
         .with_context(|| format!("data dir {}", data_dir.display()))?;
     let p2p_key = load_or_create_identity(&data_dir)?;
     let peer_id = p2p_key.public().to_peer_id();
-    let name = args
-        .name
-        .clone()
-        .unwrap_or_else(|| format!("node-{}", &peer_id.to_string()[..12.min(peer_id.to_string().len())]));
+    let name = args.name.clone().unwrap_or_else(|| {
+        format!(
+            "node-{}",
+            &peer_id.to_string()[..12.min(peer_id.to_string().len())]
+        )
+    });
 
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -145,19 +154,19 @@ pub fn run(args: NodeArgs) -> anyhow::Result<()> {
             LayersChoice::None => None,
             LayersChoice::Fixed(r) => Some(*r),
             LayersChoice::Auto => {
-                let synced = mesh.wait_synced(if args.bootstrap.is_empty() && args.no_mdns {
-                    Duration::ZERO
-                } else {
-                    JOIN_WAIT
-                })
-                .await;
+                let synced = mesh
+                    .wait_synced(if args.bootstrap.is_empty() && args.no_mdns {
+                        Duration::ZERO
+                    } else {
+                        JOIN_WAIT
+                    })
+                    .await;
                 // Nodes started together see the same (empty) mesh; a delay drawn from
                 // the peer id spreads their choices so most see each other's.
                 let jitter = peer_jitter(&peer_id, 500);
                 tokio::time::sleep(jitter).await;
                 let view = mesh.placement_view();
-                let r = initial_range(&view, &peer_id, span, 1.0)
-                    .context("choosing layers")?;
+                let r = initial_range(&view, &peer_id, span, 1.0).context("choosing layers")?;
                 tracing::info!(synced, range = %r, span, "placed");
                 Some(r)
             }
@@ -188,27 +197,69 @@ pub fn run(args: NodeArgs) -> anyhow::Result<()> {
             None => None,
         };
 
+        let metrics = Arc::new(crate::api::Metrics::new());
         if let Some(listener) = api_listener {
-            let routes = match &args.api_chain {
-                Some(f) => crate::api::Routes::File(f.clone()),
-                None => crate::api::Routes::Mesh(mesh.clone()),
+            let routes: Arc<dyn crate::api::RouteSource> = match &args.api_chain {
+                Some(f) => Arc::new(crate::api::ChainFileRoutes::new(
+                    f.clone(),
+                    u32::try_from(cfg.n_layers).unwrap_or(u32::MAX),
+                )),
+                None => Arc::new(mesh.clone()),
             };
-            let state = Arc::new(crate::api::ApiState {
-                client: ChainClient {
-                    dialer: dialer.clone(),
+            let state = Arc::new(
+                crate::api::ApiState::new(
+                    ChainClient {
+                        dialer: dialer.clone(),
+                        model_id,
+                        tokenizer: tokenizer.clone(),
+                        vocab_size: cfg.vocab_size,
+                        context_length: cfg.context_length,
+                    },
+                    routes,
+                    cfg.name.clone(),
                     model_id,
-                    tokenizer: tokenizer.clone(),
-                    vocab_size: cfg.vocab_size,
-                    context_length: cfg.context_length,
-                },
-                routes,
-                n_layers: u32::try_from(cfg.n_layers).unwrap_or(u32::MAX),
-                model_name: cfg.name.clone(),
-            });
+                    chat_template.unwrap_or_else(ChatTemplate::chatml),
+                    metrics.clone(),
+                    crate::api::ApiLimits {
+                        max_concurrent_requests: usize::try_from(args.api_max_concurrent)
+                            .unwrap_or(1),
+                        max_prompt_tokens: cfg.context_length,
+                    },
+                )
+                .with_node_info(serde_json::json!({
+                    "name": name,
+                    "peer_id": peer_id.to_string(),
+                    "layers": range.map_or_else(|| "none".to_string(), |r| r.to_string()),
+                    "listen": listen.to_string(),
+                    "fingerprint": identity.fingerprint().to_string(),
+                })),
+            );
             let app = crate::api::router(state);
             tokio::spawn(async move {
                 if let Err(e) = axum::serve(listener, app).await {
                     tracing::error!("HTTP API stopped: {e}");
+                }
+            });
+        }
+        // Gauges that follow the node: sessions served, RTT per peer.
+        {
+            let (m, srv, mesh) = (
+                metrics.clone(),
+                server.as_ref().map(|(s, _)| s.clone()),
+                mesh.clone(),
+            );
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_secs(1));
+                loop {
+                    tick.tick().await;
+                    if let Some(srv) = &srv {
+                        m.set_sessions_active(
+                            i64::try_from(srv.active_sessions()).unwrap_or(i64::MAX),
+                        );
+                    }
+                    for (peer, rtt) in mesh.observations().rtt {
+                        m.set_hop_rtt(&peer.to_string(), rtt.as_secs_f64());
+                    }
                 }
             });
         }
@@ -248,7 +299,9 @@ pub fn run(args: NodeArgs) -> anyhow::Result<()> {
                     let free = server
                         .as_ref()
                         .map_or(max, |s| max.saturating_sub(s.active_sessions()));
-                    if let Err(e) = mesh.update(|a| a.free_slots = u32::try_from(free).unwrap_or(u32::MAX)) {
+                    if let Err(e) =
+                        mesh.update(|a| a.free_slots = u32::try_from(free).unwrap_or(u32::MAX))
+                    {
                         tracing::warn!("cannot refresh the announcement: {e}");
                     }
                 }
@@ -287,9 +340,7 @@ fn default_p2p_listen(dataplane: SocketAddr) -> Vec<Multiaddr> {
     };
     let base = Multiaddr::empty().with(ip);
     vec![
-        base.clone()
-            .with(Protocol::Udp(0))
-            .with(Protocol::QuicV1),
+        base.clone().with(Protocol::Udp(0)).with(Protocol::QuicV1),
         base.with(Protocol::Tcp(0)),
     ]
 }
@@ -326,7 +377,11 @@ fn measure_tokens_per_sec(shard: &Shard) -> anyhow::Result<f64> {
         Ok(if shard.is_first() {
             ShardInput::Tokens(vec![1])
         } else {
-            ShardInput::Hidden(Tensor::zeros((1, dim), candle_core::DType::F32, &Device::Cpu)?)
+            ShardInput::Hidden(Tensor::zeros(
+                (1, dim),
+                candle_core::DType::F32,
+                &Device::Cpu,
+            )?)
         })
     };
     shard.forward(&mut cache, input()?, LogitRows::Last)?;
@@ -373,7 +428,9 @@ async fn rebalance_loop(
         tracing::info!(from = %current, to = %target, "moving");
         match load_and_measure(model.clone(), target).await {
             Ok((shard, new_tps)) => {
-                let Some(wire) = to_wire(target) else { continue };
+                let Some(wire) = to_wire(target) else {
+                    continue;
+                };
                 if let Err(e) = server.replace(shard) {
                     tracing::warn!("cannot serve {target}: {e}");
                     continue;

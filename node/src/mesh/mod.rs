@@ -284,7 +284,14 @@ impl MeshHandle {
         let live = self.live();
         let refs: Vec<(PeerId, &Announcement)> = live.iter().map(|(p, a)| (*p, a)).collect();
         let obs = self.observations();
-        let view = plan::routing_view(&refs, &self.model_id, self.n_layers, now_ms(), &obs, &self.me);
+        let view = plan::routing_view(
+            &refs,
+            &self.model_id,
+            self.n_layers,
+            now_ms(),
+            &obs,
+            &self.me,
+        );
         let r = plan::route(&view, &refs);
         let summary = match &r {
             Ok(r) => json!({
@@ -352,5 +359,22 @@ impl MeshHandle {
             "complete": coverage.is_complete(),
             "last_route": last_route,
         })
+    }
+}
+
+/// The HTTP API plans every request's chain from the mesh.
+impl crate::api::RouteSource for MeshHandle {
+    fn route(&self) -> Result<Vec<crate::pipeline::ChainHop>, crate::api::RouteError> {
+        match MeshHandle::route(self) {
+            Ok(r) => Ok(r.hops),
+            Err(PlanError::Uncovered { uncovered, .. }) => Err(crate::api::RouteError::Uncovered {
+                layers: lamina_sharding::planner::format_ranges(&uncovered),
+            }),
+            Err(e) => Err(crate::api::RouteError::Other(e.to_string())),
+        }
+    }
+
+    fn status(&self) -> serde_json::Value {
+        MeshHandle::status(self)
     }
 }

@@ -109,15 +109,14 @@ pub struct PlannedRoute {
 
 /// The cheapest chain over `0..L` from `view`, as chain hops with addresses and pinned
 /// certificates taken from the records.
-pub fn route(
-    view: &MeshView,
-    live: &[(PeerId, &Announcement)],
-) -> Result<PlannedRoute, PlanError> {
+pub fn route(view: &MeshView, live: &[(PeerId, &Announcement)]) -> Result<PlannedRoute, PlanError> {
     // Hops may run part of their node's range (the session server makes a sub-shard).
     let params = RouteParams::default();
     let r = plan_route(view, &params, &HashSet::new())?;
-    let by_id: HashMap<String, (PeerId, &Announcement)> =
-        live.iter().map(|(p, a)| (p.to_string(), (*p, *a))).collect();
+    let by_id: HashMap<String, (PeerId, &Announcement)> = live
+        .iter()
+        .map(|(p, a)| (p.to_string(), (*p, *a)))
+        .collect();
     let mut hops = Vec::with_capacity(r.hops.len());
     let mut peers = Vec::with_capacity(r.hops.len());
     for h in &r.hops {
@@ -187,7 +186,9 @@ pub fn rebalance_target(
 
 /// Bytes of weights per layer, from the manifest's per-group sizes (the largest layer, so
 /// a budget never overflows on an uneven model).
-pub fn bytes_per_layer(groups: &std::collections::BTreeMap<lamina_sharding::manifest::Group, u64>) -> u64 {
+pub fn bytes_per_layer(
+    groups: &std::collections::BTreeMap<lamina_sharding::manifest::Group, u64>,
+) -> u64 {
     groups
         .iter()
         .filter(|(g, _)| matches!(g, lamina_sharding::manifest::Group::Layer(_)))

@@ -395,24 +395,24 @@ impl EventLoop {
 
     fn on_behaviour_event(&mut self, ev: BehaviourEvent) {
         match ev {
-            BehaviourEvent::Announce(request_response::Event::Message { peer, message, .. }) => {
-                match message {
-                    request_response::Message::Request {
-                        request, channel, ..
-                    } => {
-                        self.merge(peer, request.records);
-                        let records = self.records();
-                        let _ = self
-                            .swarm
-                            .behaviour_mut()
-                            .announce
-                            .send_response(channel, Sync { records });
-                    }
-                    request_response::Message::Response { response, .. } => {
-                        self.merge(peer, response.records);
-                    }
+            BehaviourEvent::Announce(request_response::Event::Message {
+                peer, message, ..
+            }) => match message {
+                request_response::Message::Request {
+                    request, channel, ..
+                } => {
+                    self.merge(peer, request.records);
+                    let records = self.records();
+                    let _ = self
+                        .swarm
+                        .behaviour_mut()
+                        .announce
+                        .send_response(channel, Sync { records });
                 }
-            }
+                request_response::Message::Response { response, .. } => {
+                    self.merge(peer, response.records);
+                }
+            },
             BehaviourEvent::Announce(request_response::Event::OutboundFailure {
                 peer,
                 error,
@@ -439,7 +439,10 @@ impl EventLoop {
             BehaviourEvent::Mdns(mdns::Event::Discovered(found)) => {
                 let mut seen = HashSet::new();
                 for (peer, addr) in found {
-                    self.swarm.behaviour_mut().kad.add_address(&peer, addr.clone());
+                    self.swarm
+                        .behaviour_mut()
+                        .kad
+                        .add_address(&peer, addr.clone());
                     if seen.insert(peer) && !self.swarm.is_connected(&peer) {
                         let _ = self.swarm.dial(addr);
                     }

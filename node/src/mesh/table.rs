@@ -54,9 +54,7 @@ impl Table {
         now_ms: u64,
     ) -> Result<(PeerId, Inserted), AnnounceError> {
         let record = signed.verify(now_ms)?;
-        let peer = record
-            .peer()
-            .ok_or(AnnounceError::Field("peer_id"))?;
+        let peer = record.peer().ok_or(AnnounceError::Field("peer_id"))?;
         let outcome = match self.entries.get(&peer) {
             Some(old) if old.record.seq >= record.seq => return Ok((peer, Inserted::Stale)),
             Some(_) => Inserted::Updated,

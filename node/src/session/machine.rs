@@ -526,10 +526,7 @@ mod tests {
             .unwrap();
         let tail = open(1, 4);
         assert!(m.check_open(&open(2, 5), true).is_err());
-        assert!(matches!(
-            m.check_open(&tail, true),
-            Ok(Role::Sample { .. })
-        ));
+        assert!(matches!(m.check_open(&tail, true), Ok(Role::Sample { .. })));
         let mut head = open(0, 2);
         head.sampling = None;
         head.next_hops = vec![lamina_protocol::HopAddr {

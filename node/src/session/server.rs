@@ -384,7 +384,9 @@ impl SessionServer {
             _ => None,
         };
         let downstream = match o.for_next_hop() {
-            Some((hop, next_open)) => Some(self.open_downstream(&served.host, hop, next_open).await?),
+            Some((hop, next_open)) => {
+                Some(self.open_downstream(&served.host, hop, next_open).await?)
+            }
             None => None,
         };
         machine.opened(&o, role);

@@ -235,14 +235,17 @@ impl Edges {
         let m = wanted.len();
         let mut best: Vec<Option<(f64, usize)>> = vec![None; (m + 1) * (m + 1)];
         for (k, s) in servers.iter().enumerate() {
-            if params.whole_ranges && (s.layers.start < wanted.start || s.layers.end > wanted.end)
-            {
+            if params.whole_ranges && (s.layers.start < wanted.start || s.layers.end > wanted.end) {
                 continue;
             }
             let lo = s.layers.start.max(wanted.start) - wanted.start;
             let hi = s.layers.end.min(wanted.end) - wanted.start;
             for i in lo..hi {
-                let js = if params.whole_ranges { hi..=hi } else { i + 1..=hi };
+                let js = if params.whole_ranges {
+                    hi..=hi
+                } else {
+                    i + 1..=hi
+                };
                 if params.whole_ranges && i != lo {
                     break;
                 }

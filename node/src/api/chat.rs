@@ -1,0 +1,75 @@
+//! `POST /v1/chat/completions`: the conversation rendered through the model's chat
+//! template (with the generation prompt), then generated like a completion.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::State;
+use axum::response::Response;
+use axum::Extension;
+use lamina_sharding::chat::{ChatMessage, ChatTemplate};
+use lamina_sharding::generate::GenerateRequest;
+use lamina_sharding::tokenizer::Tokenizer;
+
+use super::errors::{parse_value, ApiError, ApiJson};
+use super::generation::{blocking, fit_context, serve, Job};
+use super::openai::{ChatFields, CommonParams, Kind};
+use super::{ApiState, RequestId};
+
+/// The prompt ids of a conversation, as `lamina generate --chat` makes them: the template
+/// with the generation prompt, special tokens parsed, and BOS added only when the
+/// tokenizer wants one and the template did not write it already.
+pub fn encode_chat(
+    tokenizer: &Tokenizer,
+    template: &ChatTemplate,
+    messages: &[ChatMessage],
+) -> lamina_sharding::Result<Vec<u32>> {
+    let rendered = template.render(messages, true)?;
+    let bos_in_text = tokenizer
+        .bos_id()
+        .and_then(|b| tokenizer.id_to_piece(b))
+        .is_some_and(|b| !b.is_empty() && rendered.starts_with(b));
+    tokenizer.encode(&rendered, tokenizer.add_bos_default() && !bos_in_text, true)
+}
+
+pub async fn chat_completions(
+    State(st): State<Arc<ApiState>>,
+    Extension(rid): Extension<RequestId>,
+    ApiJson(body): ApiJson<serde_json::Value>,
+) -> Result<Response, ApiError> {
+    let received = Instant::now();
+    let common: CommonParams = parse_value(body.clone())?;
+    let fields: ChatFields = parse_value(body)?;
+    let max_tokens = fields.max_completion_tokens.or(common.max_tokens);
+    let settings = common.settings(max_tokens)?;
+    let messages = fields.messages()?;
+    st.check_model(settings.model.as_deref())?;
+    // A template that refuses the conversation (e.g. roles that do not alternate) is the
+    // request's fault.
+    let st2 = st.clone();
+    let prompt_ids =
+        blocking(move || encode_chat(&st2.client.tokenizer, &st2.chat_template, &messages))
+            .await?
+            .map_err(|e| ApiError::invalid_param("messages", e.to_string()))?;
+    let max_tokens = fit_context(
+        prompt_ids.len(),
+        settings.max_tokens,
+        None,
+        st.limits.max_prompt_tokens,
+        "messages",
+    )?;
+    let job = Job {
+        meta: st.meta(Kind::Chat, &rid),
+        req: GenerateRequest {
+            prompt_ids,
+            max_tokens,
+            sampling: settings.sampling,
+            stop: settings.stop,
+        },
+        activation_dtype: settings.activation_dtype,
+        stream: settings.stream,
+        include_usage: settings.include_usage,
+        received,
+    };
+    serve(&st, job).await
+}

@@ -1,0 +1,238 @@
+//! The node's Prometheus metrics (`GET /metrics`).
+//!
+//! One [`Metrics`] per node, shared by the HTTP API and (through the recording methods)
+//! the mesh, so every number an operator scrapes comes from one registry.
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+use std::sync::atomic::AtomicU64;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    endpoint: String,
+    status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PeerLabels {
+    peer: String,
+}
+
+/// Counters, gauges and histograms of one node.
+pub struct Metrics {
+    registry: Registry,
+    http_requests: Family<RequestLabels, Counter>,
+    generated_tokens: Counter,
+    prompt_tokens: Counter,
+    active_requests: Gauge,
+    cancelled_requests: Counter,
+    time_to_first_token: Histogram,
+    step_seconds: Histogram,
+    hop_rtt: Family<PeerLabels, Gauge<f64, AtomicU64>>,
+    sessions_active: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::default();
+        let http_requests = Family::<RequestLabels, Counter>::default();
+        registry.register(
+            "lamina_http_requests",
+            "HTTP requests answered, by endpoint and status",
+            http_requests.clone(),
+        );
+        let generated_tokens = Counter::default();
+        registry.register(
+            "lamina_generated_tokens",
+            "Tokens generated for HTTP clients",
+            generated_tokens.clone(),
+        );
+        let prompt_tokens = Counter::default();
+        registry.register(
+            "lamina_prompt_tokens",
+            "Prompt tokens of generations started for HTTP clients",
+            prompt_tokens.clone(),
+        );
+        let active_requests = Gauge::default();
+        registry.register(
+            "lamina_active_requests",
+            "Generations in progress",
+            active_requests.clone(),
+        );
+        let cancelled_requests = Counter::default();
+        registry.register(
+            "lamina_cancelled_requests",
+            "Generations stopped because the client went away",
+            cancelled_requests.clone(),
+        );
+        // 5 ms .. ~80 s: a tiny model on loopback up to a big one across continents.
+        let time_to_first_token = Histogram::new(exponential_buckets(0.005, 2.0, 15));
+        registry.register(
+            "lamina_time_to_first_token_seconds",
+            "From the request's arrival to its first token (prefill through the chain)",
+            time_to_first_token.clone(),
+        );
+        // 0.5 ms .. ~8 s per decode step.
+        let step_seconds = Histogram::new(exponential_buckets(0.0005, 2.0, 15));
+        registry.register(
+            "lamina_step_seconds",
+            "One decode step through the whole chain, as the entry node sees it",
+            step_seconds.clone(),
+        );
+        let hop_rtt = Family::<PeerLabels, Gauge<f64, AtomicU64>>::default();
+        registry.register(
+            "lamina_hop_rtt_seconds",
+            "Last measured round-trip time to a peer",
+            hop_rtt.clone(),
+        );
+        let sessions_active = Gauge::default();
+        registry.register(
+            "lamina_sessions_active",
+            "Sessions this node's session server holds",
+            sessions_active.clone(),
+        );
+        Self {
+            registry,
+            http_requests,
+            generated_tokens,
+            prompt_tokens,
+            active_requests,
+            cancelled_requests,
+            time_to_first_token,
+            step_seconds,
+            hop_rtt,
+            sessions_active,
+        }
+    }
+
+    /// Counts one answered HTTP request.
+    pub fn record_request(&self, endpoint: &str, status: u16) {
+        self.http_requests
+            .get_or_create(&RequestLabels {
+                endpoint: endpoint.to_owned(),
+                status,
+            })
+            .inc();
+    }
+
+    pub fn add_prompt_tokens(&self, n: u64) {
+        self.prompt_tokens.inc_by(n);
+    }
+
+    pub fn add_generated_tokens(&self, n: u64) {
+        self.generated_tokens.inc_by(n);
+    }
+
+    /// Marks one generation as running until the guard drops, so a panic or a cancelled
+    /// stream cannot leave the gauge high.
+    pub fn active_request(self: &std::sync::Arc<Self>) -> ActiveGuard {
+        self.active_requests.inc();
+        ActiveGuard(self.clone())
+    }
+
+    pub fn active_requests(&self) -> i64 {
+        self.active_requests.get()
+    }
+
+    pub fn record_cancelled(&self) {
+        self.cancelled_requests.inc();
+    }
+
+    pub fn cancelled_requests(&self) -> u64 {
+        self.cancelled_requests.get()
+    }
+
+    pub fn generated_tokens(&self) -> u64 {
+        self.generated_tokens.get()
+    }
+
+    pub fn prompt_tokens(&self) -> u64 {
+        self.prompt_tokens.get()
+    }
+
+    pub fn observe_time_to_first_token(&self, secs: f64) {
+        self.time_to_first_token.observe(secs);
+    }
+
+    pub fn observe_step(&self, secs: f64) {
+        self.step_seconds.observe(secs);
+    }
+
+    /// The mesh calls this after each ping of a peer.
+    pub fn set_hop_rtt(&self, peer: &str, secs: f64) {
+        self.hop_rtt
+            .get_or_create(&PeerLabels {
+                peer: peer.to_owned(),
+            })
+            .set(secs);
+    }
+
+    /// The session server's count, set by whoever owns it.
+    pub fn set_sessions_active(&self, n: i64) {
+        self.sessions_active.set(n);
+    }
+
+    /// Everything in the Prometheus text exposition format.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+}
+
+/// Holds `lamina_active_requests` up while alive.
+pub struct ActiveGuard(std::sync::Arc<Metrics>);
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        self.0.active_requests.dec();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    #[test]
+    fn text_format_has_every_metric_with_labels() {
+        let m = Arc::new(Metrics::new());
+        m.record_request("/v1/completions", 200);
+        m.record_request("/v1/completions", 200);
+        m.add_generated_tokens(5);
+        m.add_prompt_tokens(3);
+        m.observe_time_to_first_token(0.02);
+        m.observe_step(0.001);
+        m.set_hop_rtt("peer-a", 0.25);
+        m.set_sessions_active(2);
+        let g = m.active_request();
+        let text = m.encode();
+        drop(g);
+        for line in [
+            "lamina_http_requests_total{endpoint=\"/v1/completions\",status=\"200\"} 2",
+            "lamina_generated_tokens_total 5",
+            "lamina_prompt_tokens_total 3",
+            "lamina_active_requests 1",
+            "lamina_time_to_first_token_seconds_count 1",
+            "lamina_step_seconds_count 1",
+            "lamina_hop_rtt_seconds{peer=\"peer-a\"} 0.25",
+            "lamina_sessions_active 2",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line:?} in\n{text}");
+        }
+        assert_eq!(m.active_requests(), 0);
+        assert!(text.ends_with("# EOF\n"));
+    }
+}

@@ -1,0 +1,183 @@
+//! The OpenAI-compatible HTTP API of a node: `/v1/models`, `/v1/completions`,
+//! `/v1/chat/completions` (streamed with SSE or whole), `/status` and `/metrics`.
+//!
+//! Handlers never pick a chain themselves: they ask a [`RouteSource`], which is a chain
+//! file today ([`ChainFileRoutes`]) and the mesh's router later. Every answer, errors
+//! included, has OpenAI's shape, so the official clients work unchanged.
+
+mod chat;
+mod completions;
+pub mod errors;
+pub mod generation;
+pub mod metrics;
+pub mod openai;
+pub mod routes;
+mod status;
+pub mod stream;
+
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::HeaderValue;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use lamina_protocol::ModelId;
+use lamina_sharding::chat::ChatTemplate;
+use tokio::sync::Semaphore;
+use tracing::Instrument;
+
+pub use chat::encode_chat;
+pub use errors::ApiError;
+pub use metrics::Metrics;
+pub use routes::{ChainFileRoutes, RouteError, RouteSource};
+
+use crate::pipeline::ChainClient;
+use openai::{Kind, ResponseMeta};
+
+/// What the API admits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ApiLimits {
+    /// Generations at once; more are answered 429 rather than queued, so a client can go
+    /// to another entry node instead of waiting behind this one.
+    pub max_concurrent_requests: usize,
+    /// The longest prompt (the model's context length: the prompt needs room for at least
+    /// one generated token).
+    pub max_prompt_tokens: usize,
+}
+
+/// What the API handlers share.
+pub struct ApiState {
+    pub client: ChainClient,
+    pub routes: Arc<dyn RouteSource>,
+    /// The id shown in `/v1/models` and accepted in `model`.
+    pub model_name: String,
+    /// lamina's blake3 model id; its hex is accepted in `model` too.
+    pub model_id: ModelId,
+    /// The model's own template (`tokenizer.chat_template`), or ChatML without one.
+    pub chat_template: ChatTemplate,
+    pub metrics: Arc<Metrics>,
+    pub limits: ApiLimits,
+    /// This node as `/status` shows it when the route source does not (name, layers,
+    /// data-plane address); set with [`ApiState::with_node_info`].
+    pub node_info: serde_json::Value,
+    slots: Arc<Semaphore>,
+    started: Instant,
+    created: u64,
+}
+
+/// The id of one HTTP request (its tracing span, its `x-request-id`, its response id).
+#[derive(Clone, Debug)]
+pub struct RequestId(pub String);
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+impl ApiState {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        client: ChainClient,
+        routes: Arc<dyn RouteSource>,
+        model_name: String,
+        model_id: ModelId,
+        chat_template: ChatTemplate,
+        metrics: Arc<Metrics>,
+        limits: ApiLimits,
+    ) -> Self {
+        Self {
+            client,
+            routes,
+            model_name,
+            model_id,
+            chat_template,
+            metrics,
+            slots: Arc::new(Semaphore::new(limits.max_concurrent_requests)),
+            limits,
+            node_info: serde_json::Value::Null,
+            started: Instant::now(),
+            created: unix_now(),
+        }
+    }
+
+    pub fn with_node_info(mut self, node: serde_json::Value) -> Self {
+        self.node_info = node;
+        self
+    }
+
+    /// Accepts the model's name, its lamina id (hex, any case) or no model at all.
+    pub fn check_model(&self, model: Option<&str>) -> Result<(), ApiError> {
+        match model {
+            None => Ok(()),
+            Some(m) if m == self.model_name => Ok(()),
+            Some(m) if m.parse::<ModelId>().is_ok_and(|id| id == self.model_id) => Ok(()),
+            Some(m) => Err(ApiError::model_not_found(m)),
+        }
+    }
+
+    fn meta(&self, kind: Kind, rid: &RequestId) -> ResponseMeta {
+        ResponseMeta {
+            kind,
+            id: format!("{}-{}", kind.id_prefix(), rid.0),
+            created: unix_now(),
+            model: self.model_name.clone(),
+        }
+    }
+}
+
+/// The API's routes.
+pub fn router(state: Arc<ApiState>) -> Router {
+    Router::new()
+        .route("/v1/models", get(status::models))
+        .route("/v1/models/{model}", get(status::model))
+        .route("/v1/completions", post(completions::completions))
+        .route("/v1/chat/completions", post(chat::chat_completions))
+        .route("/status", get(status::status))
+        .route("/metrics", get(status::metrics))
+        .fallback(fallback)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(state.clone(), observe))
+        .with_state(state)
+}
+
+async fn fallback(req: Request) -> ApiError {
+    ApiError::not_found(req.uri().path())
+}
+
+async fn method_not_allowed(req: Request) -> ApiError {
+    ApiError::new(
+        axum::http::StatusCode::METHOD_NOT_ALLOWED,
+        "invalid_request_error",
+        format!("{} is not allowed on {}", req.method(), req.uri().path()),
+    )
+}
+
+/// A span per request, its id on the response, and the request counter.
+async fn observe(
+    State(st): State<Arc<ApiState>>,
+    matched: Option<MatchedPath>,
+    mut req: Request,
+    next: Next,
+) -> Response {
+    let id = crate::pipeline::new_session_id().to_string();
+    let endpoint = matched.map_or_else(|| "other".to_owned(), |m| m.as_str().to_owned());
+    let span = tracing::info_span!(
+        "http",
+        method = %req.method(),
+        path = %req.uri().path(),
+        request_id = %id,
+    );
+    req.extensions_mut().insert(RequestId(id.clone()));
+    let mut resp = next.run(req).instrument(span.clone()).await;
+    let status = resp.status().as_u16();
+    span.in_scope(|| tracing::debug!(status, "answered"));
+    st.metrics.record_request(&endpoint, status);
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        resp.headers_mut().insert("x-request-id", v);
+    }
+    resp.into_response()
+}
