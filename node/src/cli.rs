@@ -165,6 +165,13 @@ pub enum TestnetCommand {
         /// Folder for data dirs and logs (default: STATE.d).
         #[arg(long)]
         dir: Option<PathBuf>,
+        /// `even`: layers split evenly by `--layers`; `auto`: every node places itself
+        /// within a memory budget of about 1/N of the model.
+        #[arg(long, value_enum, default_value_t = PlacementArg::Even)]
+        placement: PlacementArg,
+        /// Compute threads of every node.
+        #[arg(long, value_parser = parse_threads)]
+        threads: Option<usize>,
     },
     /// Stop the nodes of a testnet.
     Down {
@@ -172,6 +179,12 @@ pub enum TestnetCommand {
         #[arg(long)]
         state: PathBuf,
     },
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum PlacementArg {
+    Even,
+    Auto,
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]

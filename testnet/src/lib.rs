@@ -26,8 +26,50 @@ pub struct UpOptions {
     pub state: PathBuf,
     /// Data dirs, logs, ready files and the chain file go here.
     pub dir: PathBuf,
-    /// How long to wait for every node to load its layers and bind.
+    /// How long to wait for every node to load its layers and bind, and for the mesh to
+    /// cover the model.
     pub ready_timeout: Duration,
+    /// How the nodes get their layers.
+    pub placement: Placement,
+    /// `--threads` of every node (default: the node's own default).
+    pub threads: Option<usize>,
+    /// More arguments for every `lamina node`.
+    pub extra_args: Vec<String>,
+}
+
+/// How testnet nodes get their layers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Placement {
+    /// `--layers` from an even split (deterministic: tests and benches).
+    Even,
+    /// No `--layers`: each node places itself, with a `--max-memory` that holds about
+    /// `1/nodes` of the model, so the mesh must split it to cover it.
+    Auto,
+    /// These `--layers` values, one per node (`a..b`, `none` or `auto`).
+    Fixed(Vec<String>),
+}
+
+impl UpOptions {
+    /// Defaults for `nodes` nodes of `model`, files under `dir`.
+    pub fn new(
+        lamina_exe: PathBuf,
+        nodes: usize,
+        model: PathBuf,
+        state: PathBuf,
+        dir: PathBuf,
+    ) -> Self {
+        Self {
+            lamina_exe,
+            nodes,
+            model,
+            state,
+            dir,
+            ready_timeout: Duration::from_secs(300),
+            placement: Placement::Even,
+            threads: None,
+            extra_args: Vec::new(),
+        }
+    }
 }
 
 /// One node of a running testnet.
@@ -47,6 +89,9 @@ pub struct NodeState {
     pub fingerprint: String,
     #[serde(default)]
     pub data_dir: PathBuf,
+    /// libp2p peer id.
+    #[serde(default)]
+    pub peer_id: String,
 }
 
 /// The state file.
@@ -71,6 +116,11 @@ struct Ready {
     listen: String,
     fingerprint: String,
     api: Option<String>,
+    layers: String,
+    #[serde(default)]
+    p2p: Vec<String>,
+    #[serde(default)]
+    peer_id: String,
 }
 
 /// Kills the started children unless disarmed (when `up` fails half way).
@@ -100,18 +150,47 @@ pub fn up(opts: &UpOptions) -> anyhow::Result<TestnetState> {
     let model = lamina_sharding::source::ModelFile::open(&opts.model)
         .with_context(|| format!("cannot load {}", opts.model.display()))?;
     let n_layers = model.config()?.n_layers;
+    let layers: Vec<String> = match &opts.placement {
+        Placement::Even => lamina_sharding::layers::even_split(n_layers, opts.nodes)?
+            .iter()
+            .map(|r| r.to_string())
+            .collect(),
+        Placement::Auto => vec!["auto".to_string(); opts.nodes],
+        Placement::Fixed(v) => {
+            if v.len() != opts.nodes {
+                bail!("{} layer ranges for {} nodes", v.len(), opts.nodes);
+            }
+            v.clone()
+        }
+    };
+    // A budget of ceil(L / N) layers (plus one layer of slack for the embedding and head
+    // of the end shards) makes auto-placed nodes split the model between them.
+    let max_memory = if opts.placement == Placement::Auto {
+        let manifest = lamina_sharding::manifest::Manifest::compute(&model)?;
+        let per_layer = manifest
+            .group_bytes()
+            .iter()
+            .filter(|(g, _)| matches!(g, lamina_sharding::manifest::Group::Layer(_)))
+            .map(|(_, b)| *b)
+            .max()
+            .unwrap_or(1);
+        let span = n_layers.div_ceil(opts.nodes.max(1));
+        Some(per_layer * span as u64 + per_layer / 2)
+    } else {
+        None
+    };
     drop(model);
-    let split = lamina_sharding::layers::even_split(n_layers, opts.nodes)?;
     std::fs::create_dir_all(&opts.dir)
         .with_context(|| format!("cannot create {}", opts.dir.display()))?;
     let dir = std::fs::canonicalize(&opts.dir)?;
     let model_path = std::fs::canonicalize(&opts.model)?;
-    let chain_file = dir.join("chain.json");
-    let _ = std::fs::remove_file(&chain_file);
 
     let mut started = Started(Vec::new());
-    let mut pending = Vec::new();
-    for (i, range) in split.iter().enumerate() {
+    let mut nodes = Vec::new();
+    let deadline = Instant::now() + opts.ready_timeout;
+    let mut bootstrap: Option<String> = None;
+    let n_nodes = layers.len();
+    for (i, node_layers) in layers.iter().enumerate() {
         let id = format!("node-{i}");
         let data_dir = dir.join(&id);
         let log = dir.join(format!("{id}.log"));
@@ -119,12 +198,12 @@ pub fn up(opts: &UpOptions) -> anyhow::Result<TestnetState> {
         let _ = std::fs::remove_file(&ready);
         let out = File::create(&log).with_context(|| format!("cannot create {}", log.display()))?;
         let err = out.try_clone()?;
-        let child = Command::new(&opts.lamina_exe)
-            .arg("node")
+        let mut cmd = Command::new(&opts.lamina_exe);
+        cmd.arg("node")
             .arg("--model")
             .arg(&model_path)
             .arg("--layers")
-            .arg(range.to_string())
+            .arg(node_layers)
             .args([
                 "--listen",
                 "127.0.0.1:0",
@@ -132,79 +211,165 @@ pub fn up(opts: &UpOptions) -> anyhow::Result<TestnetState> {
                 "127.0.0.1:0",
                 "--no-mdns",
             ])
-            .arg("--api-chain")
-            .arg(&chain_file)
             .arg("--data-dir")
             .arg(&data_dir)
             .arg("--ready-file")
             .arg(&ready)
             .arg("--name")
             .arg(&id)
+            .args(&opts.extra_args)
+            .env(
+                "LAMINA_LOG",
+                std::env::var("LAMINA_LOG").unwrap_or_else(|_| "lamina_node=info".into()),
+            )
             .stdin(Stdio::null())
             .stdout(out)
-            .stderr(err)
+            .stderr(err);
+        if let Some(m) = max_memory {
+            cmd.arg("--max-memory").arg(m.to_string());
+        }
+        if let Some(t) = opts.threads {
+            cmd.arg("--threads").arg(t.to_string());
+        }
+        if let Some(b) = &bootstrap {
+            cmd.arg("--bootstrap").arg(b);
+        }
+        let child = cmd
             .spawn()
             .with_context(|| format!("cannot start {}", opts.lamina_exe.display()))?;
-        pending.push((id, range.to_string(), log, ready, data_dir, child.id()));
         started.0.push(child);
-    }
-
-    let deadline = Instant::now() + opts.ready_timeout;
-    let mut nodes = Vec::new();
-    for (i, (id, layers, log, ready, data_dir, pid)) in pending.into_iter().enumerate() {
-        let info: Ready = loop {
-            if let Ok(text) = std::fs::read_to_string(&ready) {
-                if let Ok(r) = serde_json::from_str::<Ready>(&text) {
-                    break r;
-                }
-            }
-            if let Some(status) = started
-                .0
-                .get_mut(i)
-                .and_then(|c| c.try_wait().ok().flatten())
-            {
-                bail!(
-                    "{id} exited ({status}) before it was ready; its log {}:\n{}",
-                    log.display(),
-                    tail(&log)
+        // The first node is everyone's bootstrap peer, so it must be up before the rest
+        // start; the others start together.
+        if i == 0 || i + 1 == n_nodes {
+            for j in nodes.len()..started.0.len() {
+                let (jid, jlog, jready, jdir) = (
+                    format!("node-{j}"),
+                    dir.join(format!("node-{j}.log")),
+                    dir.join(format!("node-{j}.ready.json")),
+                    dir.join(format!("node-{j}")),
                 );
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "{id} was not ready within {:?}; see {}",
+                let info = wait_ready(
+                    &mut started.0[j],
+                    &jid,
+                    &jready,
+                    &jlog,
+                    deadline,
                     opts.ready_timeout,
-                    log.display()
-                );
+                )?;
+                if j == 0 {
+                    bootstrap = info
+                        .p2p
+                        .iter()
+                        .find(|a| a.contains("/quic-v1/"))
+                        .or(info.p2p.first())
+                        .cloned();
+                }
+                nodes.push(NodeState {
+                    id: jid,
+                    layers: info.layers,
+                    api: info.api.map(|a| format!("http://{a}")),
+                    pid: started.0[j].id(),
+                    log: jlog,
+                    dataplane: info.listen,
+                    fingerprint: info.fingerprint,
+                    data_dir: jdir,
+                    peer_id: info.peer_id,
+                });
             }
-            std::thread::sleep(Duration::from_millis(50));
-        };
-        nodes.push(NodeState {
-            id,
-            layers,
-            // A URL a person or an HTTP client can use as is.
-            api: info.api.map(|a| format!("http://{a}")),
-            pid,
-            log,
-            dataplane: info.listen,
-            fingerprint: info.fingerprint,
-            data_dir,
-        });
+        }
     }
-    let chain: Vec<serde_json::Value> = nodes
-        .iter()
-        .map(|n| serde_json::json!({"layers": n.layers, "addr": n.dataplane, "fingerprint": n.fingerprint}))
-        .collect();
-    write_atomic(&chain_file, &serde_json::to_vec_pretty(&chain)?)?;
-    let state = TestnetState {
-        nodes,
-        chain: Some(chain_file),
-    };
+    let state = TestnetState { nodes, chain: None };
     write_atomic(&opts.state, &serde_json::to_vec_pretty(&state)?)?;
-    // The nodes outlive this process: disarm the guard without killing them.
+    // Up means usable: every node's view of the mesh covers the model.
+    for n in &state.nodes {
+        let Some(api) = &n.api else { continue };
+        wait_covered(api, deadline).with_context(|| {
+            format!(
+                "{} never saw the model covered; see {}",
+                n.id,
+                n.log.display()
+            )
+        })?;
+    }
+    let mut state = state;
+    for n in &mut state.nodes {
+        if let Some(api) = &n.api {
+            if let Ok(layers) = own_layers(api) {
+                n.layers = layers;
+            }
+        }
+    }
+    write_atomic(&opts.state, &serde_json::to_vec_pretty(&state)?)?;
     for c in std::mem::take(&mut started.0) {
         drop(c);
     }
     Ok(state)
+}
+
+fn wait_ready(
+    child: &mut Child,
+    id: &str,
+    ready: &Path,
+    log: &Path,
+    deadline: Instant,
+    timeout: Duration,
+) -> anyhow::Result<Ready> {
+    loop {
+        if let Ok(text) = std::fs::read_to_string(ready) {
+            if let Ok(r) = serde_json::from_str::<Ready>(&text) {
+                return Ok(r);
+            }
+        }
+        if let Some(status) = child.try_wait().ok().flatten() {
+            bail!(
+                "{id} exited ({status}) before it was ready; its log {}:\n{}",
+                log.display(),
+                tail(log)
+            );
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "{id} was not ready within {timeout:?}; see {}",
+                log.display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// `GET {api}/status` as JSON.
+pub fn status(api: &str) -> anyhow::Result<serde_json::Value> {
+    let body = ureq::get(&format!("{api}/status"))
+        .timeout(Duration::from_secs(5))
+        .call()
+        .with_context(|| format!("GET {api}/status"))?
+        .into_string()?;
+    Ok(serde_json::from_str(&body)?)
+}
+
+fn wait_covered(api: &str, deadline: Instant) -> anyhow::Result<()> {
+    loop {
+        if let Ok(s) = status(api) {
+            if s["complete"].as_bool() == Some(true) {
+                return Ok(());
+            }
+        }
+        if Instant::now() > deadline {
+            bail!("the model is not covered");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The layers a node serves now (auto-placed nodes may have moved since they were ready).
+fn own_layers(api: &str) -> anyhow::Result<String> {
+    let s = status(api)?;
+    let peers = s["peers"].as_array().cloned().unwrap_or_default();
+    let me = peers
+        .iter()
+        .find(|p| p["self"].as_bool() == Some(true))
+        .context("no own record")?;
+    Ok(me["layers"].as_str().unwrap_or("none").to_string())
 }
 
 /// Stops every node in the state file (SIGTERM, then SIGKILL after 10 s) and removes the

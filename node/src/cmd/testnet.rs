@@ -10,6 +10,8 @@ pub fn run(cmd: TestnetCommand) -> anyhow::Result<()> {
             model,
             state,
             dir,
+            placement,
+            threads,
         } => {
             let exe = std::env::current_exe()?;
             let dir = dir.unwrap_or_else(|| {
@@ -17,14 +19,12 @@ pub fn run(cmd: TestnetCommand) -> anyhow::Result<()> {
                 d.push(".d");
                 d.into()
             });
-            let opts = lamina_testnet::UpOptions {
-                lamina_exe: exe,
-                nodes,
-                model,
-                state: state.clone(),
-                dir,
-                ready_timeout: std::time::Duration::from_secs(300),
+            let mut opts = lamina_testnet::UpOptions::new(exe, nodes, model, state.clone(), dir);
+            opts.placement = match placement {
+                crate::cli::PlacementArg::Even => lamina_testnet::Placement::Even,
+                crate::cli::PlacementArg::Auto => lamina_testnet::Placement::Auto,
             };
+            opts.threads = threads;
             let st = lamina_testnet::up(&opts)?;
             for n in &st.nodes {
                 println!(
