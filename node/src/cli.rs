@@ -41,6 +41,17 @@ pub enum Command {
     /// Start or stop a local testnet of node processes.
     #[command(subcommand)]
     Testnet(TestnetCommand),
+    /// Start a local mesh of nodes on a model, send it a prompt, show the route, the text
+    /// and tokens/s, and keep serving until Ctrl-C (the README's main command).
+    Demo(DemoArgs),
+    /// Show the mesh as a running node sees it: peers, ranges, coverage, the last route.
+    Status {
+        /// The node's HTTP API, e.g. http://127.0.0.1:8080.
+        #[arg(long)]
+        peer: String,
+        #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+        format: OutputFormat,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -149,6 +160,25 @@ pub fn parse_bytes(s: &str) -> Result<u64, String> {
     Ok(v as u64)
 }
 
+#[derive(Args, Debug)]
+pub struct DemoArgs {
+    /// The model (default: SmolLM2-135M-Instruct, pulled into the model cache if missing).
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// Nodes in the mesh.
+    #[arg(long, default_value_t = 3, value_parser = parse_node_count)]
+    pub nodes: usize,
+    /// The prompt (a chat message for models with a chat template).
+    #[arg(default_value = "Write a haiku about a lighthouse.")]
+    pub prompt: String,
+    /// Tokens to generate.
+    #[arg(long, default_value_t = 64)]
+    pub max_tokens: usize,
+    /// Stop the mesh after answering instead of serving until Ctrl-C.
+    #[arg(long)]
+    pub exit: bool,
+}
+
 #[derive(Subcommand, Debug)]
 pub enum TestnetCommand {
     /// Start N nodes on loopback, layers split evenly, and write the state file.
@@ -238,6 +268,10 @@ pub struct GenerateArgs {
     /// Output: the text as it streams, or one JSON object at the end.
     #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
     pub format: OutputFormat,
+    /// Generate through a running mesh: any node's HTTP API, e.g. http://127.0.0.1:8080
+    /// (no model file needed here; the node plans the route).
+    #[arg(long, value_name = "URL", conflicts_with_all = ["chain", "model", "layers_split"])]
+    pub peer: Option<String>,
     /// Run through running nodes: a JSON chain file, a list of {layers, addr, fingerprint}.
     #[arg(long, value_name = "FILE")]
     pub chain: Option<PathBuf>,
@@ -315,6 +349,14 @@ fn parse_threads(s: &str) -> Result<usize, String> {
     match s.parse::<usize>() {
         Ok(n) if (1..=1024).contains(&n) => Ok(n),
         _ => Err(format!("`{s}` is not a thread count from 1 to 1024")),
+    }
+}
+
+/// Demo meshes of 1 to 16 nodes (each is a process on this machine).
+fn parse_node_count(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if (1..=16).contains(&n) => Ok(n),
+        _ => Err(format!("`{s}` is not a node count from 1 to 16")),
     }
 }
 

@@ -29,6 +29,9 @@ pub fn default_model() -> anyhow::Result<ModelFile> {
 }
 
 pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
+    if let Some(peer) = &args.peer {
+        return super::remote::generate(&args, peer);
+    }
     if let Some(chain) = &args.chain {
         return super::chain::run(&args, chain);
     }

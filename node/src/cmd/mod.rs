@@ -1,9 +1,11 @@
 //! The commands of the `lamina` binary, one module each.
 
 mod chain;
+mod demo;
 mod generate;
 mod model;
 pub mod node;
+pub mod remote;
 mod testnet;
 
 use crate::cli::{Cli, Command};
@@ -23,5 +25,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Model(cmd) => model::run(cmd),
         Command::Node(args) => node::run(args),
         Command::Testnet(cmd) => testnet::run(cmd),
+        Command::Demo(args) => demo::run(args),
+        Command::Status { peer, format } => remote::status(&peer, format),
     }
 }
