@@ -92,6 +92,9 @@ pub struct NodeState {
     /// libp2p peer id.
     #[serde(default)]
     pub peer_id: String,
+    /// libp2p multiaddrs (with `/p2p/<peer id>`): where a new node can bootstrap.
+    #[serde(default)]
+    pub p2p: Vec<String>,
 }
 
 /// The state file.
@@ -257,12 +260,7 @@ pub fn up(opts: &UpOptions) -> anyhow::Result<TestnetState> {
                     opts.ready_timeout,
                 )?;
                 if j == 0 {
-                    bootstrap = info
-                        .p2p
-                        .iter()
-                        .find(|a| a.contains("/quic-v1/"))
-                        .or(info.p2p.first())
-                        .cloned();
+                    bootstrap = bootstrap_addr(&info.p2p);
                 }
                 nodes.push(NodeState {
                     id: jid,
@@ -274,6 +272,7 @@ pub fn up(opts: &UpOptions) -> anyhow::Result<TestnetState> {
                     fingerprint: info.fingerprint,
                     data_dir: jdir,
                     peer_id: info.peer_id,
+                    p2p: info.p2p,
                 });
             }
         }
@@ -304,6 +303,14 @@ pub fn up(opts: &UpOptions) -> anyhow::Result<TestnetState> {
         drop(c);
     }
     Ok(state)
+}
+
+/// The address to bootstrap through: QUIC if the node listens on it.
+pub fn bootstrap_addr(p2p: &[String]) -> Option<String> {
+    p2p.iter()
+        .find(|a| a.contains("/quic-v1/"))
+        .or(p2p.first())
+        .cloned()
 }
 
 fn wait_ready(
