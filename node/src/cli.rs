@@ -154,7 +154,7 @@ pub fn parse_bytes(s: &str) -> Result<u64, String> {
         }
     };
     let v = n * mult;
-    if !(v.is_finite() && v >= 1.0 && v < 1e18) {
+    if !(v.is_finite() && (1.0..1e18).contains(&v)) {
         return Err(format!("`{s}` is not a usable size"));
     }
     Ok(v as u64)

@@ -210,7 +210,7 @@ mod tests {
                 (k.public().to_peer_id(), k)
             })
             .collect();
-        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v.sort_by_key(|e| e.0);
         v
     }
 

@@ -450,13 +450,11 @@ impl EventLoop {
             }
             BehaviourEvent::Kad(kad::Event::RoutingUpdated {
                 peer, addresses, ..
-            }) => {
-                if peer != self.me && !self.swarm.is_connected(&peer) {
-                    let opts = libp2p::swarm::dial_opts::DialOpts::peer_id(peer)
-                        .addresses(addresses.into_vec())
-                        .build();
-                    let _ = self.swarm.dial(opts);
-                }
+            }) if peer != self.me && !self.swarm.is_connected(&peer) => {
+                let opts = libp2p::swarm::dial_opts::DialOpts::peer_id(peer)
+                    .addresses(addresses.into_vec())
+                    .build();
+                let _ = self.swarm.dial(opts);
             }
             _ => {}
         }

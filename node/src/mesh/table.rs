@@ -109,7 +109,7 @@ impl Table {
             .filter(|(_, e)| &e.record.model_id == model && e.record.is_live(now_ms))
             .map(|(p, e)| (*p, &e.record))
             .collect();
-        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v.sort_by_key(|e| e.0);
         v
     }
 
@@ -121,7 +121,7 @@ impl Table {
             .filter(|(_, e)| e.record.is_live(now_ms))
             .map(|(p, e)| (*p, &e.record))
             .collect();
-        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v.sort_by_key(|e| e.0);
         v
     }
 }
