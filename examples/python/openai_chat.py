@@ -22,6 +22,11 @@ def main() -> None:
     ap.add_argument("--prompt", default="What is the capital of France?")
     ap.add_argument("--system", default=None)
     ap.add_argument("--max-tokens", type=int, default=20)
+    ap.add_argument(
+        "--activation-dtype",
+        default=None,
+        help="lamina extension: f32 for activations bit-exact with one process",
+    )
     args = ap.parse_args()
 
     client = OpenAI(base_url=args.base_url, api_key="lamina", max_retries=0, timeout=300)
@@ -31,11 +36,13 @@ def main() -> None:
         messages.append({"role": "system", "content": args.system})
     messages.append({"role": "user", "content": args.prompt})
 
+    extra = {"activation_dtype": args.activation_dtype} if args.activation_dtype else None
     whole = client.chat.completions.create(
         model=model,
         messages=messages,
         max_tokens=args.max_tokens,
         temperature=0,
+        extra_body=extra,
     )
     pieces = []
     stream_finish = None
@@ -47,6 +54,7 @@ def main() -> None:
         temperature=0,
         stream=True,
         stream_options={"include_usage": True},
+        extra_body=extra,
     )
     for chunk in stream:
         if chunk.usage is not None:

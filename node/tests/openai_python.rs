@@ -102,5 +102,4 @@ fn official_openai_client_chat_equals_single_process() {
         v["usage"]["completion_tokens"],
         want.generated_token_ids.len()
     );
-    drop(net);
 }

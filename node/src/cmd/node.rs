@@ -45,6 +45,8 @@ const REBALANCE_INTERVAL: Duration = Duration::from_secs(2);
 /// A move must raise the weakest layer's throughput by more than this (20%), unless it
 /// closes a gap: Petals' rule of thumb against chasing noise.
 const REBALANCE_MARGIN: f64 = 0.2;
+/// How long a stopping node waits for its sessions to finish.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// A node that just moved stays put this long, so the mesh sees its new record first.
 const MOVE_COOLDOWN: Duration = Duration::from_secs(4);
 
@@ -325,6 +327,18 @@ pub fn run(args: NodeArgs) -> anyhow::Result<()> {
         refresher.abort();
         if let Err(e) = mesh.withdraw().await {
             tracing::debug!("withdraw: {e}");
+        }
+        // Withdrawn, so no new route picks this node; the generations in flight finish
+        // (bounded by the drain timeout) before the endpoint closes under them.
+        if let Some((server, _)) = &server {
+            let deadline = Instant::now() + DRAIN_TIMEOUT;
+            while server.active_sessions() > 0 && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            let left = server.active_sessions();
+            if left > 0 {
+                tracing::warn!(sessions = left, "drain timed out; closing them");
+            }
         }
         endpoint.close(0u32.into(), b"shutting down");
         Ok::<(), anyhow::Error>(())
