@@ -18,6 +18,7 @@ pub mod api;
 pub mod cli;
 pub mod cmd;
 pub mod dataplane;
+pub mod failover;
 pub mod mesh;
 pub mod models;
 pub mod pipeline;

@@ -244,6 +244,50 @@ impl PipelineSession {
         &self.replay
     }
 
+    /// Bounds every answer from now on.
+    pub fn set_timeout(&mut self, t: std::time::Duration) {
+        self.timeout = t;
+    }
+
+    /// Runs several steps back to back: all are sent before the first answer is read,
+    /// so a failover's replay costs one pipeline fill, not one round trip per step.
+    pub async fn replay(&mut self, steps: &[Vec<u32>]) -> Result<Vec<StepReply>, PipelineError> {
+        let first_step = self.step;
+        for tokens in steps {
+            let f = Forward {
+                session_id: self.session_id,
+                step: self.step,
+                start_pos: self.position,
+                input: ForwardInput::Tokens(tokens.clone()),
+            };
+            let rows = f.rows();
+            self.replay
+                .push(f.clone())
+                .map_err(|e| PipelineError::Protocol(e.to_string()))?;
+            self.tx.send(&Message::Forward(f)).await?;
+            self.step += 1;
+            self.position += rows;
+        }
+        let mut out = Vec::with_capacity(steps.len());
+        for i in 0..steps.len() as u64 {
+            match self.recv().await? {
+                Message::StepResult(r) if r.step == first_step + i => match r.output {
+                    StepOutput::Token { id, .. } => out.push(StepReply {
+                        token: id,
+                        logits: None,
+                    }),
+                    StepOutput::Hidden(_) => {
+                        return Err(PipelineError::Protocol(
+                            "the chain returned hidden states, not a token".into(),
+                        ))
+                    }
+                },
+                m => return Err(unexpected("Forward", m)),
+            }
+        }
+        Ok(out)
+    }
+
     /// Runs `tokens` (the prompt, then one token per decode step) through the chain.
     pub async fn step(&mut self, tokens: &[u32]) -> Result<StepReply, PipelineError> {
         let f = Forward {
@@ -438,6 +482,50 @@ impl ChainClient {
         on_step: impl FnMut(usize, std::time::Duration),
         on_text: impl FnMut(&str) -> std::ops::ControlFlow<()>,
     ) -> Result<lamina_sharding::generate::GenerationOutput, PipelineError> {
+        // A fixed chain has nowhere to fail over to.
+        let fixed = chain.to_vec();
+        let replan = move |_: &std::collections::HashSet<CertFingerprint>| {
+            Ok::<_, PipelineError>(fixed.clone())
+        };
+        let policy = crate::failover::FailoverPolicy {
+            max_attempts: 0,
+            ..Default::default()
+        };
+        self.generate_resilient(
+            handle,
+            chain,
+            &replan,
+            &|_| {},
+            policy,
+            req,
+            activation_dtype,
+            on_step,
+            on_text,
+        )
+        .map(|(out, _)| out)
+    }
+
+    /// As [`generate_with`](Self::generate_with), failing over to chains from `replan`
+    /// when a hop fails (see [`crate::failover`]). Also returns how long each recovery took.
+    #[allow(clippy::too_many_arguments)]
+    pub fn generate_resilient(
+        &self,
+        handle: &tokio::runtime::Handle,
+        chain: &[ChainHop],
+        replan: &crate::failover::Replan<'_>,
+        on_failure: &(dyn Fn(CertFingerprint) + Sync),
+        policy: crate::failover::FailoverPolicy,
+        req: &lamina_sharding::generate::GenerateRequest,
+        activation_dtype: WireDType,
+        on_step: impl FnMut(usize, std::time::Duration),
+        on_text: impl FnMut(&str) -> std::ops::ControlFlow<()>,
+    ) -> Result<
+        (
+            lamina_sharding::generate::GenerationOutput,
+            Vec<std::time::Duration>,
+        ),
+        PipelineError,
+    > {
         use lamina_sharding::generate::{generate_until, session_length};
         use lamina_sharding::sampling::SamplingParams;
         let span = tracing::info_span!(
@@ -460,13 +548,16 @@ impl ChainClient {
             return_logits: !remote_samples,
             ..PipelineOptions::default()
         };
-        let session = handle.block_on(PipelineSession::open(
-            &self.dialer,
-            chain,
-            self.model_id,
-            &opts,
-        ))?;
-        let mut stepper = BlockingStepper::new(handle.clone(), session, self.vocab_size);
+        let mut stepper = crate::failover::FailoverStepper::new(
+            handle.clone(),
+            self,
+            opts,
+            chain.to_vec(),
+            replan,
+            on_failure,
+            policy,
+        );
+        stepper.start()?;
         let mut local_req = req.clone();
         if remote_samples {
             local_req.sampling = SamplingParams::greedy();
@@ -482,13 +573,14 @@ impl ChainClient {
             &local_req,
             self.context_length,
             on_text,
-        )
-        .map_err(|e| PipelineError::Protocol(e.to_string()))?;
+        );
+        let recoveries = std::mem::take(&mut stepper.recoveries);
+        let typed = stepper.last_error.take();
         // A failed close only leaves the hops to expire the session on their own.
-        if let Err(e) = stepper.close() {
-            tracing::debug!("close: {e}");
-        }
-        Ok(out)
+        stepper.close();
+        let out =
+            out.map_err(|e| typed.unwrap_or_else(|| PipelineError::Protocol(e.to_string())))?;
+        Ok((out, recoveries))
     }
 }
 

@@ -79,9 +79,38 @@ fn start(st: &Arc<ApiState>, job: &Job) -> Result<mpsc::Receiver<Event>, ApiErro
             Ok(()) => ControlFlow::Continue(()),
             Err(_) => ControlFlow::Break(()),
         };
+        let routes = st.routes.clone();
+        let replan = |ex: &std::collections::HashSet<lamina_protocol::CertFingerprint>| {
+            routes
+                .route_excluding(ex)
+                .map_err(|e| crate::pipeline::PipelineError::Chain(e.to_string()))
+        };
+        let report = |cert| st.routes.report_failure(cert);
         let result = st
             .client
-            .generate_with(&handle, &chain, &req, dtype, on_step, on_text)
+            .generate_resilient(
+                &handle,
+                &chain,
+                &replan,
+                &report,
+                crate::failover::FailoverPolicy::default(),
+                &req,
+                dtype,
+                on_step,
+                on_text,
+            )
+            .map(|(out, recoveries)| {
+                for r in &recoveries {
+                    metrics.observe_recovery(r.as_secs_f64());
+                }
+                if !recoveries.is_empty() {
+                    tracing::info!(
+                        recoveries = recoveries.len(),
+                        "generation survived hop failures"
+                    );
+                }
+                out
+            })
             .map_err(ApiError::from);
         match &result {
             Ok(out) => {

@@ -33,6 +33,7 @@ pub struct Metrics {
     cancelled_requests: Counter,
     time_to_first_token: Histogram,
     step_seconds: Histogram,
+    recovery_seconds: Histogram,
     hop_rtt: Family<PeerLabels, Gauge<f64, AtomicU64>>,
     sessions_active: Gauge,
 }
@@ -90,6 +91,13 @@ impl Metrics {
             "One decode step through the whole chain, as the entry node sees it",
             step_seconds.clone(),
         );
+        // 10 ms .. ~160 s per failover.
+        let recovery_seconds = Histogram::new(exponential_buckets(0.01, 2.0, 15));
+        registry.register(
+            "lamina_failover_recovery_seconds",
+            "From a hop's failure to the retried step's answer on the new chain",
+            recovery_seconds.clone(),
+        );
         let hop_rtt = Family::<PeerLabels, Gauge<f64, AtomicU64>>::default();
         registry.register(
             "lamina_hop_rtt_seconds",
@@ -111,6 +119,7 @@ impl Metrics {
             cancelled_requests,
             time_to_first_token,
             step_seconds,
+            recovery_seconds,
             hop_rtt,
             sessions_active,
         }
@@ -143,6 +152,11 @@ impl Metrics {
 
     pub fn active_requests(&self) -> i64 {
         self.active_requests.get()
+    }
+
+    /// One failover of a generation in flight, and how long it took.
+    pub fn observe_recovery(&self, secs: f64) {
+        self.recovery_seconds.observe(secs);
     }
 
     pub fn record_cancelled(&self) {

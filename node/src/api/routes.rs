@@ -15,6 +15,22 @@ pub trait RouteSource: Send + Sync + 'static {
     fn route(&self) -> Result<Vec<ChainHop>, RouteError>;
     /// The JSON body of `GET /status`: this node, its peers, coverage per layer, the last route.
     fn status(&self) -> serde_json::Value;
+    /// A chain that avoids the peers with these certificates (failover). A fixed chain has
+    /// no alternative: it fails when it uses an excluded peer.
+    fn route_excluding(
+        &self,
+        exclude: &std::collections::HashSet<lamina_protocol::CertFingerprint>,
+    ) -> Result<Vec<ChainHop>, RouteError> {
+        let r = self.route()?;
+        if r.iter().any(|h| exclude.contains(&h.fingerprint)) {
+            return Err(RouteError::Other(
+                "the chain's failed hop has no replacement".into(),
+            ));
+        }
+        Ok(r)
+    }
+    /// A peer failed a generation: avoid it for a while.
+    fn report_failure(&self, _cert: lamina_protocol::CertFingerprint) {}
 }
 
 #[derive(Debug, thiserror::Error)]

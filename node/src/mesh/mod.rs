@@ -35,6 +35,8 @@ pub const RECORD_TTL: Duration = Duration::from_secs(9);
 /// How often a node re-signs its record: three refreshes per TTL, so one lost sync round
 /// never lets a live node expire.
 pub const REFRESH_INTERVAL: Duration = Duration::from_secs(3);
+/// How long a peer that failed a generation is left out of routes.
+pub const BAN_TIME: Duration = Duration::from_secs(30);
 
 /// Errors of the mesh.
 #[derive(Debug, thiserror::Error)]
@@ -105,6 +107,8 @@ pub struct MeshState {
     pub rejected: u64,
     /// The last route planned, for `/status`.
     pub last_route: Option<serde_json::Value>,
+    /// Peers (by certificate) that failed a generation, avoided until the instant.
+    pub banned: std::collections::HashMap<lamina_protocol::CertFingerprint, std::time::Instant>,
 }
 
 /// This node's own record: the fields it sets, and the sequence number of the last signed
@@ -281,7 +285,33 @@ impl MeshHandle {
 
     /// The cheapest chain over the whole model from fresh records and measured RTTs.
     pub fn route(&self) -> Result<PlannedRoute, PlanError> {
-        let live = self.live();
+        self.route_avoiding(&HashSet::new())
+    }
+
+    /// Avoids peers with these certificates for [`BAN_TIME`]: they failed a generation.
+    /// A later record does not lift the ban (a peer that lies about being fine would
+    /// otherwise be retried at once); its expiry does.
+    pub fn ban(&self, cert: lamina_protocol::CertFingerprint) {
+        let until = std::time::Instant::now() + BAN_TIME;
+        self.lock().banned.insert(cert, until);
+    }
+
+    /// As [`route`](Self::route), also avoiding `exclude` (failover) and banned peers.
+    pub fn route_avoiding(
+        &self,
+        exclude: &HashSet<lamina_protocol::CertFingerprint>,
+    ) -> Result<PlannedRoute, PlanError> {
+        let banned: HashSet<lamina_protocol::CertFingerprint> = {
+            let mut st = self.lock();
+            let now = std::time::Instant::now();
+            st.banned.retain(|_, until| *until > now);
+            st.banned.keys().copied().collect()
+        };
+        let live: Vec<(PeerId, Announcement)> = self
+            .live()
+            .into_iter()
+            .filter(|(_, a)| !exclude.contains(&a.cert) && !banned.contains(&a.cert))
+            .collect();
         let refs: Vec<(PeerId, &Announcement)> = live.iter().map(|(p, a)| (*p, a)).collect();
         let obs = self.observations();
         let view = plan::routing_view(
@@ -376,5 +406,22 @@ impl crate::api::RouteSource for MeshHandle {
 
     fn status(&self) -> serde_json::Value {
         MeshHandle::status(self)
+    }
+
+    fn route_excluding(
+        &self,
+        exclude: &HashSet<lamina_protocol::CertFingerprint>,
+    ) -> Result<Vec<crate::pipeline::ChainHop>, crate::api::RouteError> {
+        match self.route_avoiding(exclude) {
+            Ok(r) => Ok(r.hops),
+            Err(PlanError::Uncovered { uncovered, .. }) => Err(crate::api::RouteError::Uncovered {
+                layers: lamina_sharding::planner::format_ranges(&uncovered),
+            }),
+            Err(e) => Err(crate::api::RouteError::Other(e.to_string())),
+        }
+    }
+
+    fn report_failure(&self, cert: lamina_protocol::CertFingerprint) {
+        self.ban(cert);
     }
 }

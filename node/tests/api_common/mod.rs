@@ -91,7 +91,7 @@ impl Resp {
     }
 }
 
-fn write_request(
+pub fn write_request(
     s: &mut TcpStream,
     addr: &str,
     method: &str,
@@ -110,14 +110,14 @@ fn write_request(
     .expect("write the request");
 }
 
-fn connect(addr: &str) -> TcpStream {
+pub fn connect(addr: &str) -> TcpStream {
     let s = TcpStream::connect(addr).expect("connect to the API");
     s.set_read_timeout(Some(READ_TIMEOUT)).expect("timeout");
     s
 }
 
 /// Decodes a `Transfer-Encoding: chunked` body.
-fn dechunk(mut raw: &[u8]) -> Vec<u8> {
+pub fn dechunk(mut raw: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
     loop {
         let Some(eol) = raw.windows(2).position(|w| w == b"\r\n") else {
