@@ -53,8 +53,11 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 fn transport() -> Arc<quinn::TransportConfig> {
     let mut t = quinn::TransportConfig::default();
     t.max_concurrent_bidi_streams(1024u32.into());
-    t.keep_alive_interval(Some(Duration::from_secs(5)));
-    if let Ok(idle) = quinn::IdleTimeout::try_from(Duration::from_secs(60)) {
+    // A peer that dies without a word (kill -9, a cut link) must not leave a pooled
+    // connection that looks alive for a minute: keep-alives every 2 s, dead after 10 s of
+    // silence. A live peer answers keep-alives even while it computes a long prefill.
+    t.keep_alive_interval(Some(Duration::from_secs(2)));
+    if let Ok(idle) = quinn::IdleTimeout::try_from(Duration::from_secs(10)) {
         t.max_idle_timeout(Some(idle));
     }
     Arc::new(t)
@@ -200,6 +203,16 @@ impl Dialer {
             FramedSend::new(send, self.limits),
             FramedRecv::new(recv, self.limits),
         ))
+    }
+
+    /// Forgets the pooled connection to (`addr`, `pin`): after a hop failed on it, the
+    /// next dial must not reuse a connection that only looks alive.
+    pub async fn evict(&self, addr: &str, pin: CertFingerprint) {
+        if let Ok(sock) = resolve(addr).await {
+            if let Some(c) = self.lock_pool().remove(&(sock, pin)) {
+                c.close(0u32.into(), b"evicted after a failure");
+            }
+        }
     }
 
     fn lock_pool(

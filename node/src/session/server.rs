@@ -57,6 +57,9 @@ pub struct Served {
     pub host: HostInfo,
 }
 
+/// Bound on a next hop's answers to Hello and OpenSession.
+const OPEN_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Serves one shard to data-plane peers.
 pub struct SessionServer {
     served: std::sync::RwLock<Arc<Served>>,
@@ -106,6 +109,7 @@ enum ComputeOut {
 
 struct Downstream {
     addr: String,
+    cert: lamina_protocol::CertFingerprint,
     tx: FramedSend,
     rx: FramedRecv,
 }
@@ -385,7 +389,13 @@ impl SessionServer {
         };
         let downstream = match o.for_next_hop() {
             Some((hop, next_open)) => {
-                Some(self.open_downstream(&served.host, hop, next_open).await?)
+                match self.open_downstream(&served.host, hop, next_open).await {
+                    Ok(d) => Some(d),
+                    Err(e) => {
+                        self.dialer.evict(&hop.addr, hop.cert).await;
+                        return Err(e);
+                    }
+                }
             }
             None => None,
         };
@@ -426,7 +436,9 @@ impl SessionServer {
             .open_stream(&hop.addr, hop.cert)
             .await
             .map_err(|e| fail(e.to_string()))?;
-        let t = self.opts.idle_timeout;
+        // Opening is a handshake, not compute: a hop that does not answer within this is
+        // dead or stalled, and saying so (naming it) lets the entry route around it.
+        let t = self.opts.idle_timeout.min(OPEN_TIMEOUT);
         let hello = lamina_protocol::Hello::new(host.model_id, host.node_name.clone());
         tx.send(&Message::Hello(hello))
             .await
@@ -446,6 +458,7 @@ impl SessionServer {
         }
         Ok(Downstream {
             addr: hop.addr.clone(),
+            cert: hop.cert,
             tx,
             rx,
         })
@@ -499,8 +512,11 @@ impl SessionServer {
                     };
                     let r = forward_downstream(d, &next, self.opts.idle_timeout).await;
                     if r.is_err() {
-                        // The next hop's state is unknown now; later steps fail fast.
-                        l.downstream = None;
+                        // The next hop's state is unknown now; later steps fail fast, and
+                        // the next session dials afresh instead of reusing this connection.
+                        if let Some(d) = l.downstream.take() {
+                            self.dialer.evict(&d.addr, d.cert).await;
+                        }
                     }
                     let _ = l.replay.push(next);
                     r
