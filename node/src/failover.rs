@@ -215,8 +215,22 @@ impl<'a> FailoverStepper<'a> {
 
     /// Opens the first session now, so that a chain that cannot open fails with its own
     /// error before any generation starts.
+    /// A hop that fails the open is routed around like one that fails a step.
     pub fn start(&mut self) -> Result<(), PipelineError> {
-        self.open()
+        let mut attempt = 0;
+        let mut result = self.open();
+        loop {
+            match result {
+                Ok(()) => return Ok(()),
+                Err(e) if is_retriable(&e) && attempt < self.policy.max_attempts => {
+                    let attributed = self.blame_and_exclude(&e);
+                    tracing::warn!(attempt, attributed, "opening failed: {e}; failing over");
+                    attempt += 1;
+                    result = self.recover(attempt, attributed);
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     fn open(&mut self) -> Result<(), PipelineError> {

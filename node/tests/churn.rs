@@ -234,3 +234,152 @@ fn sigterm_on_a_serving_node_loses_no_generation() {
     let st = get(&entry, "/status").json();
     assert!(servers_of(&st).iter().all(|(p, _)| p != &b.peer_id), "{st}");
 }
+
+/// An in-process peer that announces a range with a signed, fast-looking record, and
+/// whose data plane accepts connections but then stalls (or answers garbage).
+struct Evil {
+    _rt: tokio::runtime::Runtime,
+}
+
+fn start_evil(bootstrap: &str, model_id: &str, garbage: bool) -> Evil {
+    use lamina_node::dataplane::{server_endpoint, Identity};
+    use lamina_node::mesh::swarm::SwarmOptions;
+    use lamina_node::mesh::MeshHandle;
+    use lamina_protocol::{Announcement, LayerRange, NodeState};
+    use libp2p::identity::Keypair;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let model_id: lamina_protocol::ModelId = model_id.parse().unwrap();
+    let bootstrap: libp2p::Multiaddr = bootstrap.parse().unwrap();
+    rt.block_on(async move {
+        let ident = Identity::generate().unwrap();
+        let ep = server_endpoint("127.0.0.1:0".parse().unwrap(), &ident).unwrap();
+        let dp = ep.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Some(inc) = ep.accept().await {
+                tokio::spawn(async move {
+                    let Ok(conn) = inc.await else { return };
+                    while let Ok((mut send, _recv)) = conn.accept_bi().await {
+                        if garbage {
+                            let _ = send
+                                .write_all(&[0xde, 0xad, 0xbe, 0xef, 1, 2, 3, 4, 5, 6, 7, 8])
+                                .await;
+                            let _ = send.write_all(&[0u8; 64]).await;
+                        }
+                        // Then nothing, forever (the streams are kept open).
+                        std::mem::forget(send);
+                        std::mem::forget(_recv);
+                    }
+                });
+            }
+        });
+        let key = Keypair::generate_ed25519();
+        let template = Announcement {
+            version: lamina_protocol::ANNOUNCEMENT_VERSION,
+            peer_id: key.public().to_peer_id().to_bytes(),
+            model_id,
+            n_layers: 30,
+            layers: Some(LayerRange::new(15, 30).unwrap()),
+            state: NodeState::Serving,
+            dataplane_addr: dp.to_string(),
+            cert: ident.fingerprint(),
+            listen_addrs: vec![],
+            api: None,
+            // Far faster than any honest node: the router prefers it.
+            tokens_per_sec: 100_000.0,
+            free_slots: 64,
+            max_memory: 0,
+            lamina_version: "evil".into(),
+            seq: 0,
+            issued_at_ms: 0,
+            expires_at_ms: 0,
+            withdrawn: false,
+        };
+        let opts = SwarmOptions {
+            listen: vec!["/ip4/127.0.0.1/udp/0/quic-v1".parse().unwrap()],
+            bootstrap: vec![bootstrap],
+            mdns: false,
+        };
+        let mesh = MeshHandle::start(key, &opts, template).unwrap();
+        mesh.wait_listening(Duration::from_secs(5)).await;
+        mesh.update(|_| {}).unwrap();
+        tokio::spawn(mesh.refresh_forever());
+    });
+    Evil { _rt: rt }
+}
+
+#[test]
+fn a_peer_that_stalls_or_sends_garbage_is_detected_and_avoided() {
+    let Some(path) = model_path(SMOLLM2) else {
+        return;
+    };
+    let model = ModelFile::open(&path).unwrap();
+    let net = up(&path, &["0..15", "15..30", "none"], &[]);
+    let entry = net.1.nodes[2]
+        .api
+        .clone()
+        .unwrap()
+        .trim_start_matches("http://")
+        .to_string();
+    let boot = lamina_testnet::bootstrap_addr(&net.1.nodes[2].p2p).unwrap();
+    let model_id = get(&entry, "/status").json()["model_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let tok = model.tokenizer().unwrap();
+    let prompt = "Three things every sailor knows:";
+    let ids = tok.encode(prompt, tok.add_bos_default(), false).unwrap();
+    let want = reference_run(&model, ids, 12, vec![]).generated_token_ids;
+    for garbage in [false, true] {
+        let _evil = start_evil(&boot, &model_id, garbage);
+        // Wait until the entry would route through the evil peer.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let st = get(&entry, "/status").json();
+            if st["peers"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|p| p["version"] == "evil")
+            {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the evil record never arrived: {st}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let t = Instant::now();
+        let r = post(
+            &entry,
+            "/v1/completions",
+            &json!({"prompt": prompt, "max_tokens": 12, "temperature": 0, "activation_dtype": "f32"}),
+        );
+        let took = t.elapsed();
+        assert_eq!(r.status, 200, "{}", r.body);
+        let got: Vec<u32> = r.json()["choices"][0]["token_ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap() as u32)
+            .collect();
+        assert_eq!(got, want, "garbage={garbage}");
+        eprintln!("garbage={garbage}: answered in {took:?} around the bad peer");
+        // Banned now: the next request does not even try it.
+        let t = Instant::now();
+        let r = post(
+            &entry,
+            "/v1/completions",
+            &json!({"prompt": prompt, "max_tokens": 4, "temperature": 0}),
+        );
+        assert_eq!(r.status, 200, "{}", r.body);
+        eprintln!("garbage={garbage}: next request {:?}", t.elapsed());
+        let st = get(&entry, "/status").json();
+        let hops = st["last_route"]["hops"].as_array().unwrap();
+        assert!(hops.iter().all(|h| h["peer"] != json!(null)));
+    }
+}
