@@ -249,6 +249,11 @@ fn run(nets: &[Testnet], cfgs: &[Config], args: &Args) -> Result<Vec<Vec<Sample>
     Ok(samples)
 }
 
+/// The 1-minute load average (the machine is shared; this says how much).
+fn load_1m() -> String {
+    sys::loadavg().map_or("?".into(), |l| format!("{:.2}", l[0]))
+}
+
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
@@ -260,7 +265,13 @@ fn spread(v: &[f64], prec: usize) -> String {
 }
 
 /// The markdown report: how it was run, then one row per configuration.
-fn render(cfgs: &[Config], samples: &[Vec<Sample>], args: &Args, command: &str) -> String {
+fn render(
+    cfgs: &[Config],
+    samples: &[Vec<Sample>],
+    args: &Args,
+    command: &str,
+    load: (String, String),
+) -> String {
     let m = sys::machine_facts();
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let ttft: Vec<Vec<f64>> = samples
@@ -309,7 +320,7 @@ fn render(cfgs: &[Config], samples: &[Vec<Sample>], args: &Args, command: &str) 
          Command: `{command}`  \n\
          Date: {}  \n\
          Source tree: {}  \n\
-         Machine: {} logical CPUs, {}  \n\
+         Machine: {} logical CPUs, {}; load average (1 min) {} at the start, {} at the end  \n\
          Model: {}  \n\
          Prompt: chat message \"{PROMPT}\", temperature 0, streamed, `max_tokens` {}\n\n{table}",
         args.rounds,
@@ -320,13 +331,17 @@ fn render(cfgs: &[Config], samples: &[Vec<Sample>], args: &Args, command: &str) 
         sys::tree_state(&root),
         m.logical_cpus,
         m.cpu_model,
+        load.0,
+        load.1,
         args.model.display(),
         args.max_tokens,
     )
 }
 
 fn main() -> Result<()> {
-    let args = Args::parse();
+    let mut args = Args::parse();
+    args.model = std::fs::canonicalize(&args.model)
+        .with_context(|| format!("cannot find {}", args.model.display()))?;
     let command = std::env::args().collect::<Vec<_>>().join(" ");
     let exe = lamina_exe(args.lamina.clone())?;
     let work = std::env::temp_dir().join(format!("lamina-mesh-bench-{}", std::process::id()));
@@ -336,10 +351,12 @@ fn main() -> Result<()> {
     for c in &cfgs {
         nets.push(start(&exe, &args.model, c, &work)?);
     }
+    let load_start = load_1m();
     let samples = run(&nets, &cfgs, &args)?;
+    let load = (load_start, load_1m());
     drop(nets);
     let _ = std::fs::remove_dir_all(&work);
-    let md = render(&cfgs, &samples, &args, &command);
+    let md = render(&cfgs, &samples, &args, &command, load);
     println!("{md}");
     if let Some(out) = &args.out {
         use std::io::Write;
