@@ -288,7 +288,15 @@ fn render(
         .iter()
         .enumerate()
         .map(|(i, c)| {
-            let tokens = samples[i].iter().map(|s| s.completion_tokens.to_string());
+            let tokens: Vec<String> = samples[i]
+                .iter()
+                .map(|s| s.completion_tokens.to_string())
+                .collect();
+            let tokens = if tokens.iter().all(|t| *t == tokens[0]) {
+                format!("{} in every round", tokens[0])
+            } else {
+                tokens.join(", ")
+            };
             let same = samples[i].iter().all(|s| &s.text == text_a);
             vec![
                 format!("{} {}", c.name, c.what),
@@ -297,7 +305,7 @@ fn render(
                 spread(&tps[i], 1),
                 format!("{:.2}", report::median(&ttft[i]) / ttft_a),
                 format!("{:.2}", report::median(&tps[i]) / tps_a),
-                tokens.collect::<Vec<_>>().join(", "),
+                tokens,
                 if same { "yes" } else { "no" }.to_string(),
             ]
         })
