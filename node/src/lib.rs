@@ -16,6 +16,7 @@
 
 pub mod api;
 pub mod cli;
+pub mod client;
 pub mod cmd;
 pub mod dataplane;
 pub mod failover;
