@@ -17,6 +17,16 @@ use serde_json::{json, Value};
 
 const SMOLLM2: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
 
+/// These tests each start a mesh of processes; run them one at a time so that their
+/// deadlines and pings are not at the mercy of each other on a 2-core machine.
+static ONE_MESH_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    ONE_MESH_AT_A_TIME
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 struct Net(
     std::path::PathBuf,
     TestnetState,
@@ -82,6 +92,7 @@ fn servers_of(st: &Value) -> Vec<(String, String)> {
 
 #[test]
 fn the_only_server_of_a_range_dies_and_the_mesh_recovers_it() {
+    let _serial = serial();
     let Some(path) = model_path(SMOLLM2) else {
         return;
     };
@@ -163,6 +174,7 @@ fn the_only_server_of_a_range_dies_and_the_mesh_recovers_it() {
 
 #[test]
 fn sigterm_on_a_serving_node_loses_no_generation() {
+    let _serial = serial();
     let Some(path) = model_path(SMOLLM2) else {
         return;
     };
@@ -313,6 +325,7 @@ fn start_evil(bootstrap: &str, model_id: &str, garbage: bool) -> Evil {
 
 #[test]
 fn a_peer_that_stalls_or_sends_garbage_is_detected_and_avoided() {
+    let _serial = serial();
     let Some(path) = model_path(SMOLLM2) else {
         return;
     };

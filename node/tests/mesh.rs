@@ -15,6 +15,16 @@ use serde_json::{json, Value};
 
 const SMOLLM2: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
 
+/// These tests each start a mesh of processes; run them one at a time so that their
+/// deadlines and pings are not at the mercy of each other on a 2-core machine.
+static ONE_MESH_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    ONE_MESH_AT_A_TIME
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// Stops a testnet when dropped (a failing assertion must not leave nodes behind).
 struct Net {
     state: std::path::PathBuf,
@@ -107,6 +117,7 @@ fn budget_for_layers(model: &ModelFile, k: u64) -> u64 {
 
 #[test]
 fn four_self_placing_nodes_cover_smollm2_and_a_layerless_node_answers() {
+    let _serial = serial();
     let Some(path) = model_path(SMOLLM2) else {
         return;
     };
@@ -207,6 +218,7 @@ fn peers(st: &Value) -> Vec<(String, String, bool)> {
 
 #[test]
 fn a_killed_node_leaves_the_view_and_a_new_one_takes_its_place() {
+    let _serial = serial();
     let Some(path) = model_path(SMOLLM2) else {
         return;
     };
