@@ -8,6 +8,8 @@
 //! cycle. State file: `{"nodes": [{"id", "layers": "a..b", "api", "pid", "log", ...}],
 //! "chain": FILE}`.
 
+pub mod relay;
+
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
