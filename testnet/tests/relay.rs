@@ -35,7 +35,10 @@ async fn client(to: SocketAddr) -> UdpSocket {
 }
 
 async fn recv_timeout(s: &UdpSocket, buf: &mut [u8], t: Duration) -> Option<usize> {
-    tokio::time::timeout(t, s.recv(buf)).await.ok().map(|r| r.unwrap())
+    tokio::time::timeout(t, s.recv(buf))
+        .await
+        .ok()
+        .map(|r| r.unwrap())
 }
 
 #[tokio::test]
@@ -155,9 +158,13 @@ async fn clients_get_their_own_replies_and_idle_ones_expire() {
         b.send(&[b'b', i]).await.unwrap();
     }
     for i in 0..20u8 {
-        let n = recv_timeout(&a, &mut buf, Duration::from_secs(5)).await.unwrap();
+        let n = recv_timeout(&a, &mut buf, Duration::from_secs(5))
+            .await
+            .unwrap();
         assert_eq!(&buf[..n], &[b'a', i]);
-        let n = recv_timeout(&b, &mut buf, Duration::from_secs(5)).await.unwrap();
+        let n = recv_timeout(&b, &mut buf, Duration::from_secs(5))
+            .await
+            .unwrap();
         assert_eq!(&buf[..n], &[b'b', i]);
     }
     assert_eq!(r.stats().clients, 2);
@@ -169,7 +176,9 @@ async fn clients_get_their_own_replies_and_idle_ones_expire() {
     assert_eq!((st.clients, st.clients_expired), (0, 2));
     // A client that comes back gets a new mapping and is served.
     a.send(b"again").await.unwrap();
-    let n = recv_timeout(&a, &mut buf, Duration::from_secs(5)).await.unwrap();
+    let n = recv_timeout(&a, &mut buf, Duration::from_secs(5))
+        .await
+        .unwrap();
     assert_eq!(&buf[..n], b"again");
 }
 
@@ -316,7 +325,11 @@ async fn quic_works_through_the_relay() {
     .expect("handshake in time")
     .expect("handshake");
     // A handshake takes at least one round trip (2 x 10 ms, minus jitter).
-    assert!(t.elapsed() >= Duration::from_millis(18), "{:?}", t.elapsed());
+    assert!(
+        t.elapsed() >= Duration::from_millis(18),
+        "{:?}",
+        t.elapsed()
+    );
     let conn2 = c2
         .connect(r.local_addr(), "relay-test")
         .unwrap()

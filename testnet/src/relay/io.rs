@@ -164,7 +164,9 @@ async fn send(counters: &DirCounters, via: &UdpSocket, to: Option<SocketAddr>, d
     match r {
         Ok(_) => {
             counters.forwarded.fetch_add(1, Ordering::Relaxed);
-            counters.bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
+            counters
+                .bytes
+                .fetch_add(data.len() as u64, Ordering::Relaxed);
         }
         Err(_) => {
             counters.send_errors.fetch_add(1, Ordering::Relaxed);

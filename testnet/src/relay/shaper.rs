@@ -260,7 +260,10 @@ mod tests {
     #[test]
     fn parses_cli_forms() {
         assert_eq!(parse_duration("20ms").unwrap(), ms(20));
-        assert_eq!(parse_duration("2.5ms").unwrap(), Duration::from_micros(2500));
+        assert_eq!(
+            parse_duration("2.5ms").unwrap(),
+            Duration::from_micros(2500)
+        );
         assert_eq!(parse_duration("500us").unwrap(), Duration::from_micros(500));
         assert_eq!(parse_duration("1s").unwrap(), ms(1000));
         assert_eq!(parse_duration("0").unwrap(), Duration::ZERO);
@@ -283,13 +286,28 @@ mod tests {
 
     #[test]
     fn rejects_bad_forms() {
-        assert!(matches!(parse_duration("20 parsecs"), Err(RelayError::Duration(_))));
-        assert!(matches!(parse_duration("-3ms"), Err(RelayError::Duration(_))));
+        assert!(matches!(
+            parse_duration("20 parsecs"),
+            Err(RelayError::Duration(_))
+        ));
+        assert!(matches!(
+            parse_duration("-3ms"),
+            Err(RelayError::Duration(_))
+        ));
         assert!(matches!(parse_loss("120%"), Err(RelayError::Loss(_))));
         assert!(matches!(parse_loss("1.5"), Err(RelayError::Loss(_))));
-        assert!(matches!(parse_bandwidth("100mbps"), Err(RelayError::Bandwidth(_))));
-        assert!(matches!(parse_bandwidth("100"), Err(RelayError::Bandwidth(_))));
-        assert!(matches!(parse_bandwidth("0kbit"), Err(RelayError::Bandwidth(_))));
+        assert!(matches!(
+            parse_bandwidth("100mbps"),
+            Err(RelayError::Bandwidth(_))
+        ));
+        assert!(matches!(
+            parse_bandwidth("100"),
+            Err(RelayError::Bandwidth(_))
+        ));
+        assert!(matches!(
+            parse_bandwidth("0kbit"),
+            Err(RelayError::Bandwidth(_))
+        ));
     }
 
     #[test]
@@ -318,7 +336,10 @@ mod tests {
                 panic!("no loss configured")
             };
             assert!(r >= last, "release times went back");
-            assert!(r >= now + ms(15) && r <= now + ms(25), "{r:?} outside ±jitter");
+            assert!(
+                r >= now + ms(15) && r <= now + ms(25),
+                "{r:?} outside ±jitter"
+            );
             last = r;
             total += (r - now).as_secs_f64();
         }
