@@ -39,7 +39,9 @@ fn ping_pong(s: &UdpSocket, n: usize, out: &mut Vec<f64>) {
     for _ in 0..n {
         let t = Instant::now();
         s.send(&msg).unwrap();
-        let got = s.recv(&mut buf).expect("echo (a datagram lost on loopback?)");
+        let got = s
+            .recv(&mut buf)
+            .expect("echo (a datagram lost on loopback?)");
         assert_eq!(got, LEN);
         out.push(t.elapsed().as_secs_f64() * 1e6);
     }
