@@ -70,6 +70,10 @@ pub struct NodeArgs {
     /// The data-plane (QUIC, UDP) address; port 0 picks a free one (printed when ready).
     #[arg(long, default_value = "127.0.0.1:0")]
     pub listen: std::net::SocketAddr,
+    /// The data-plane address announced to the mesh, when peers must dial something in
+    /// front of --listen (a relay, a NAT mapping). Default: the bound --listen address.
+    #[arg(long, value_name = "ADDR")]
+    pub advertise_dataplane: Option<String>,
     /// libp2p listen multiaddrs (default: QUIC and TCP on the --listen host, any port).
     #[arg(long = "p2p-listen", value_name = "MULTIADDR")]
     pub p2p_listen: Vec<libp2p::Multiaddr>,
@@ -202,6 +206,19 @@ pub enum TestnetCommand {
         /// Compute threads of every node.
         #[arg(long, value_parser = parse_threads)]
         threads: Option<usize>,
+        /// Link emulation: one-way delay added on every data-plane link, e.g. 20ms. Any
+        /// link flag keeps `up` running (it owns the relays) until Ctrl-C stops the nodes.
+        #[arg(long, value_parser = lamina_testnet::relay::parse_duration)]
+        latency: Option<std::time::Duration>,
+        /// Link emulation: delay jitter (uniform ±), e.g. 2ms; never reorders datagrams.
+        #[arg(long, value_parser = lamina_testnet::relay::parse_duration)]
+        jitter: Option<std::time::Duration>,
+        /// Link emulation: datagram loss, e.g. 0.1%.
+        #[arg(long, value_parser = lamina_testnet::relay::parse_loss)]
+        loss: Option<f64>,
+        /// Link emulation: bandwidth per link direction, e.g. 100mbit, 1gbit, 500kbit.
+        #[arg(long, value_parser = lamina_testnet::relay::parse_bandwidth)]
+        bandwidth: Option<u64>,
     },
     /// Stop the nodes of a testnet.
     Down {

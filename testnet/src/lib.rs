@@ -8,6 +8,8 @@
 //! cycle. State file: `{"nodes": [{"id", "layers": "a..b", "api", "pid", "log", ...}],
 //! "chain": FILE}`.
 
+pub mod relay;
+
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -35,6 +37,8 @@ pub struct UpOptions {
     pub threads: Option<usize>,
     /// More arguments for every `lamina node`.
     pub extra_args: Vec<String>,
+    /// Shape every data-plane link (both directions) like this; needs [`up_with_links`].
+    pub link: Option<relay::LinkSpec>,
 }
 
 /// How testnet nodes get their layers.
@@ -68,6 +72,7 @@ impl UpOptions {
             placement: Placement::Even,
             threads: None,
             extra_args: Vec::new(),
+            link: None,
         }
     }
 }
@@ -81,9 +86,12 @@ pub struct NodeState {
     pub api: Option<String>,
     pub pid: u32,
     pub log: PathBuf,
-    /// Data-plane (QUIC) address.
+    /// Data-plane (QUIC) address peers dial: the node's relay with link emulation.
     #[serde(default)]
     pub dataplane: String,
+    /// With link emulation: the node's own data-plane socket behind its relay.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dataplane_listen: Option<String>,
     /// blake3 fingerprint of the node's certificate.
     #[serde(default)]
     pub fingerprint: String,
@@ -138,8 +146,104 @@ impl Drop for Started {
     }
 }
 
-/// Starts a testnet and writes its state file.
+/// A testnet started by [`up_with_links`]: its state and, with link emulation, the relays
+/// (keep this value alive as long as the testnet is used).
+#[derive(Debug)]
+pub struct Testnet {
+    pub state: TestnetState,
+    pub links: Option<Links>,
+}
+
+/// The link-emulation relays of a testnet, one in front of each node's data plane, on a
+/// runtime of their own. Dropping it stops them (the nodes then cannot reach each other's
+/// data planes).
+pub struct Links {
+    spec: relay::LinkSpec,
+    runtime: Option<tokio::runtime::Runtime>,
+    /// `relays[i]` is in front of node `i`.
+    relays: Vec<relay::RelayHandle>,
+}
+
+impl std::fmt::Debug for Links {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Links")
+            .field("spec", &self.spec)
+            .field("relays", &self.relays)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Links {
+    fn new(spec: relay::LinkSpec) -> anyhow::Result<Self> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("lamina-relay")
+            .enable_all()
+            .build()?;
+        Ok(Self {
+            spec,
+            runtime: Some(runtime),
+            relays: Vec::new(),
+        })
+    }
+
+    /// A relay to `127.0.0.1:port` on a fresh loopback port.
+    fn spawn(&self, port: u16, seed: u64) -> anyhow::Result<relay::RelayHandle> {
+        let rt = self.runtime.as_ref().expect("links runtime");
+        let _guard = rt.enter();
+        let config = relay::RelayConfig {
+            seed,
+            ..Default::default()
+        };
+        let local = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+        let upstream = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+        Ok(relay::Relay::spawn_with(
+            local, upstream, self.spec, self.spec, config,
+        )?)
+    }
+
+    pub fn spec(&self) -> relay::LinkSpec {
+        self.spec
+    }
+
+    /// The relays, in node order.
+    pub fn relays(&self) -> &[relay::RelayHandle] {
+        &self.relays
+    }
+}
+
+impl Drop for Links {
+    fn drop(&mut self) {
+        if let Some(rt) = self.runtime.take() {
+            {
+                let _guard = rt.enter();
+                self.relays.clear();
+            }
+            // Safe in any context (even inside another runtime).
+            rt.shutdown_background();
+        }
+    }
+}
+
+/// A free loopback UDP port (bound and released: another process may take it before the
+/// node binds it, so callers retry on a bind failure).
+fn pick_udp_port() -> anyhow::Result<u16> {
+    let s = std::net::UdpSocket::bind(("127.0.0.1", 0))?;
+    Ok(s.local_addr()?.port())
+}
+
+/// Starts a testnet and writes its state file. Refuses [`UpOptions::link`] (the relays
+/// must outlive this call: use [`up_with_links`]).
 pub fn up(opts: &UpOptions) -> anyhow::Result<TestnetState> {
+    if opts.link.is_some() {
+        bail!("link emulation needs its relays kept running: use up_with_links");
+    }
+    Ok(up_with_links(opts)?.state)
+}
+
+/// Starts a testnet (with link emulation if [`UpOptions::link`] is set) and writes its
+/// state file.
+pub fn up_with_links(opts: &UpOptions) -> anyhow::Result<Testnet> {
     if opts.state.exists() {
         let old = TestnetState::read(&opts.state)?;
         if old.nodes.iter().any(|n| is_our_node(n.pid)) {
@@ -189,11 +293,16 @@ pub fn up(opts: &UpOptions) -> anyhow::Result<TestnetState> {
     let model_path = std::fs::canonicalize(&opts.model)?;
 
     let mut started = Started(Vec::new());
+    let mut links = opts.link.map(Links::new).transpose()?;
     let mut nodes = Vec::new();
     let deadline = Instant::now() + opts.ready_timeout;
     let mut bootstrap: Option<String> = None;
     let n_nodes = layers.len();
-    for (i, node_layers) in layers.iter().enumerate() {
+    // Starts node `i`: with link emulation, on a port picked here, behind a new relay.
+    let start = |i: usize,
+                 bootstrap: &Option<String>,
+                 links: &mut Option<Links>|
+     -> anyhow::Result<Child> {
         let id = format!("node-{i}");
         let data_dir = dir.join(&id);
         let log = dir.join(format!("{id}.log"));
@@ -206,14 +315,26 @@ pub fn up(opts: &UpOptions) -> anyhow::Result<TestnetState> {
             .arg("--model")
             .arg(&model_path)
             .arg("--layers")
-            .arg(node_layers)
-            .args([
-                "--listen",
-                "127.0.0.1:0",
-                "--api",
-                "127.0.0.1:0",
-                "--no-mdns",
-            ])
+            .arg(&layers[i]);
+        match links {
+            Some(links) => {
+                let port = pick_udp_port()?;
+                let relay = links.spawn(port, 2 * i as u64)?;
+                cmd.arg("--listen")
+                    .arg(format!("127.0.0.1:{port}"))
+                    .arg("--advertise-dataplane")
+                    .arg(relay.local_addr().to_string());
+                if i < links.relays.len() {
+                    links.relays[i] = relay;
+                } else {
+                    links.relays.push(relay);
+                }
+            }
+            None => {
+                cmd.args(["--listen", "127.0.0.1:0"]);
+            }
+        }
+        cmd.args(["--api", "127.0.0.1:0", "--no-mdns"])
             .arg("--data-dir")
             .arg(&data_dir)
             .arg("--ready-file")
@@ -234,12 +355,14 @@ pub fn up(opts: &UpOptions) -> anyhow::Result<TestnetState> {
         if let Some(t) = opts.threads {
             cmd.arg("--threads").arg(t.to_string());
         }
-        if let Some(b) = &bootstrap {
+        if let Some(b) = bootstrap {
             cmd.arg("--bootstrap").arg(b);
         }
-        let child = cmd
-            .spawn()
-            .with_context(|| format!("cannot start {}", opts.lamina_exe.display()))?;
+        cmd.spawn()
+            .with_context(|| format!("cannot start {}", opts.lamina_exe.display()))
+    };
+    for i in 0..n_nodes {
+        let child = start(i, &bootstrap, &mut links)?;
         started.0.push(child);
         // The first node is everyone's bootstrap peer, so it must be up before the rest
         // start; the others start together.
@@ -251,24 +374,42 @@ pub fn up(opts: &UpOptions) -> anyhow::Result<TestnetState> {
                     dir.join(format!("node-{j}.ready.json")),
                     dir.join(format!("node-{j}")),
                 );
-                let info = wait_ready(
-                    &mut started.0[j],
-                    &jid,
-                    &jready,
-                    &jlog,
-                    deadline,
-                    opts.ready_timeout,
-                )?;
+                let mut retries = 0;
+                let info = loop {
+                    match wait_ready(
+                        &mut started.0[j],
+                        &jid,
+                        &jready,
+                        &jlog,
+                        deadline,
+                        opts.ready_timeout,
+                    ) {
+                        Ok(info) => break info,
+                        // Someone took the data-plane port picked for it: a new port.
+                        Err(_)
+                            if links.is_some()
+                                && retries < 3
+                                && tail(&jlog).contains("cannot listen on 127.0.0.1:") =>
+                        {
+                            retries += 1;
+                            let b = if j == 0 { None } else { bootstrap.clone() };
+                            started.0[j] = start(j, &b, &mut links)?;
+                        }
+                        Err(e) => return Err(e),
+                    }
+                };
                 if j == 0 {
                     bootstrap = bootstrap_addr(&info.p2p);
                 }
+                let relay = links.as_ref().map(|l| l.relays[j].local_addr().to_string());
                 nodes.push(NodeState {
                     id: jid,
                     layers: info.layers,
                     api: info.api.map(|a| format!("http://{a}")),
                     pid: started.0[j].id(),
                     log: jlog,
-                    dataplane: info.listen,
+                    dataplane: relay.clone().unwrap_or_else(|| info.listen.clone()),
+                    dataplane_listen: relay.map(|_| info.listen),
                     fingerprint: info.fingerprint,
                     data_dir: jdir,
                     peer_id: info.peer_id,
@@ -302,7 +443,7 @@ pub fn up(opts: &UpOptions) -> anyhow::Result<TestnetState> {
     for c in std::mem::take(&mut started.0) {
         drop(c);
     }
-    Ok(state)
+    Ok(Testnet { state, links })
 }
 
 /// The address to bootstrap through: QUIC if the node listens on it.

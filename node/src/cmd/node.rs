@@ -125,7 +125,10 @@ pub fn run(args: NodeArgs) -> anyhow::Result<()> {
             n_layers: u32::try_from(cfg.n_layers).unwrap_or(u32::MAX),
             layers: None,
             state: NodeState::Serving,
-            dataplane_addr: listen.to_string(),
+            dataplane_addr: args
+                .advertise_dataplane
+                .clone()
+                .unwrap_or_else(|| listen.to_string()),
             cert: identity.fingerprint(),
             listen_addrs: vec![],
             api: api_addr.map(|a| format!("http://{a}")),

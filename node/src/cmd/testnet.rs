@@ -12,6 +12,10 @@ pub fn run(cmd: TestnetCommand) -> anyhow::Result<()> {
             dir,
             placement,
             threads,
+            latency,
+            jitter,
+            loss,
+            bandwidth,
         } => {
             let exe = std::env::current_exe()?;
             let dir = dir.unwrap_or_else(|| {
@@ -25,10 +29,26 @@ pub fn run(cmd: TestnetCommand) -> anyhow::Result<()> {
                 crate::cli::PlacementArg::Auto => lamina_testnet::Placement::Auto,
             };
             opts.threads = threads;
-            let st = lamina_testnet::up(&opts)?;
-            for n in &st.nodes {
+            if latency.is_some() || jitter.is_some() || loss.is_some() || bandwidth.is_some() {
+                let spec = lamina_testnet::relay::LinkSpec {
+                    latency: latency.unwrap_or_default(),
+                    jitter: jitter.unwrap_or_default(),
+                    loss: loss.unwrap_or(0.0),
+                    bandwidth_bps: bandwidth,
+                };
+                spec.validate()?;
+                opts.link = Some(spec);
+            }
+            let net = lamina_testnet::up_with_links(&opts)?;
+            for (i, n) in net.state.nodes.iter().enumerate() {
+                let relay = net
+                    .links
+                    .as_ref()
+                    .and_then(|l| l.relays().get(i))
+                    .map(|r| format!(" via relay {}", r.local_addr()))
+                    .unwrap_or_default();
                 println!(
-                    "{} layers {} api {} pid {} log {}",
+                    "{} layers {} api {} pid {} log {}{relay}",
                     n.id,
                     n.layers,
                     n.api.as_deref().unwrap_or("-"),
@@ -37,6 +57,17 @@ pub fn run(cmd: TestnetCommand) -> anyhow::Result<()> {
                 );
             }
             println!("state: {}", state.display());
+            let Some(links) = net.links else {
+                return Ok(());
+            };
+            println!(
+                "link emulation ({}) runs in this process: keep it running; Ctrl-C stops the relays and the nodes",
+                links.spec()
+            );
+            wait_for_stop_signal()?;
+            drop(links);
+            let n = lamina_testnet::down(&state)?;
+            println!("stopped {n} node(s)");
             Ok(())
         }
         TestnetCommand::Down { state } => {
@@ -45,4 +76,19 @@ pub fn run(cmd: TestnetCommand) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// Blocks until Ctrl-C (SIGINT) or SIGTERM.
+fn wait_for_stop_signal() -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            r = tokio::signal::ctrl_c() => r,
+            _ = term.recv() => Ok(()),
+        }
+    })?;
+    Ok(())
 }
