@@ -16,6 +16,9 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use serde::{Deserialize, Serialize};
 
+pub mod control;
+pub use control::{kill, restart, wait_redundant, Signal};
+
 /// How to start a testnet.
 #[derive(Clone, Debug)]
 pub struct UpOptions {
@@ -95,6 +98,10 @@ pub struct NodeState {
     /// libp2p multiaddrs (with `/p2p/<peer id>`): where a new node can bootstrap.
     #[serde(default)]
     pub p2p: Vec<String>,
+    /// The `lamina` arguments the node was started with (`lamina testnet restart` starts
+    /// it again with them); empty in state files of older versions.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub args: Vec<String>,
 }
 
 /// The state file.
@@ -192,6 +199,7 @@ pub fn up(opts: &UpOptions) -> anyhow::Result<TestnetState> {
     let mut nodes = Vec::new();
     let deadline = Instant::now() + opts.ready_timeout;
     let mut bootstrap: Option<String> = None;
+    let mut node_args: Vec<Vec<String>> = Vec::new();
     let n_nodes = layers.len();
     for (i, node_layers) in layers.iter().enumerate() {
         let id = format!("node-{i}");
@@ -237,6 +245,11 @@ pub fn up(opts: &UpOptions) -> anyhow::Result<TestnetState> {
         if let Some(b) = &bootstrap {
             cmd.arg("--bootstrap").arg(b);
         }
+        node_args.push(
+            cmd.get_args()
+                .map(|a| a.to_string_lossy().into_owned())
+                .collect(),
+        );
         let child = cmd
             .spawn()
             .with_context(|| format!("cannot start {}", opts.lamina_exe.display()))?;
@@ -273,6 +286,7 @@ pub fn up(opts: &UpOptions) -> anyhow::Result<TestnetState> {
                     data_dir: jdir,
                     peer_id: info.peer_id,
                     p2p: info.p2p,
+                    args: node_args[j].clone(),
                 });
             }
         }
