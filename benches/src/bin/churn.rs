@@ -202,6 +202,36 @@ fn route_peers(api: &str) -> Result<Vec<(String, String)>> {
         .collect())
 }
 
+/// Waits until the entry has the record of the restarted incarnation of `peer` (its new
+/// data-plane address), so the stale record of the dead one cannot pass for a healed mesh.
+fn wait_seen(api: &str, peer: &str, dataplane: &str, timeout: Duration) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Ok(s) = lamina_testnet::status(api) {
+            let seen = s["peers"].as_array().is_some_and(|ps| {
+                ps.iter().any(|p| {
+                    p["peer_id"] == peer
+                        && p["dataplane"] == dataplane
+                        && p["state"] == "serving"
+                        && p["reachable"] == true
+                })
+            });
+            if seen {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "the entry never saw {peer} back at {dataplane}: {}",
+                    s["peers"]
+                );
+            }
+        } else if Instant::now() > deadline {
+            bail!("the entry's /status does not answer");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 fn median(v: &[f64]) -> f64 {
     if v.is_empty() {
         return f64::NAN;
@@ -389,35 +419,29 @@ fn main() -> Result<()> {
         let (mut restart, mut heal) = (Duration::ZERO, Duration::ZERO);
         if killed {
             let t = Instant::now();
+            let old_peer = state
+                .nodes
+                .iter()
+                .find(|x| x.id == victim_id)
+                .map(|x| x.peer_id.clone())
+                .unwrap_or_default();
             match lamina_testnet::restart(&state_path, &victim_id, &exe) {
                 Ok(n) => {
                     restart = t.elapsed();
-                    if n.peer_id
-                        != state
-                            .nodes
-                            .iter()
-                            .find(|x| x.id == victim_id)
-                            .unwrap()
-                            .peer_id
-                    {
+                    if n.peer_id != old_peer {
                         problem
                             .get_or_insert(format!("{victim_id} came back with another peer id"));
                     }
+                    let t = Instant::now();
+                    let limit = Duration::from_secs(args.heal_timeout);
+                    match wait_seen(&api, &n.peer_id, &n.dataplane, limit)
+                        .and_then(|_| lamina_testnet::wait_redundant(&api, 2, limit))
+                    {
+                        Ok(_) => heal = t.elapsed(),
+                        Err(e) => stopped = Some(format!("after generation {g}: {e:#}")),
+                    }
                 }
-                Err(e) => {
-                    stopped = Some(format!("restart {victim_id}: {e:#}"));
-                }
-            }
-            if stopped.is_none() {
-                let t = Instant::now();
-                match lamina_testnet::wait_redundant(
-                    &api,
-                    2,
-                    Duration::from_secs(args.heal_timeout),
-                ) {
-                    Ok(_) => heal = t.elapsed(),
-                    Err(e) => stopped = Some(format!("after generation {g}: {e:#}")),
-                }
+                Err(e) => stopped = Some(format!("restart {victim_id}: {e:#}")),
             }
         }
         eprintln!(
