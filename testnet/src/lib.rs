@@ -286,7 +286,7 @@ pub fn up(opts: &UpOptions) -> anyhow::Result<TestnetState> {
                     data_dir: jdir,
                     peer_id: info.peer_id,
                     p2p: info.p2p,
-                    args: node_args[j].clone(),
+                    args: node_args.get(j).cloned().unwrap_or_default(),
                 });
             }
         }
