@@ -226,6 +226,34 @@ pub enum TestnetCommand {
         #[arg(long)]
         state: PathBuf,
     },
+    /// Kill one node of a testnet (SIGKILL by default: a crash).
+    Kill {
+        /// The node's id, e.g. node-1.
+        node: String,
+        /// The state file `up` wrote.
+        #[arg(long)]
+        state: PathBuf,
+        /// KILL (at once) or TERM (withdraw and drain first).
+        #[arg(long, default_value = "KILL")]
+        signal: lamina_testnet::Signal,
+    },
+    /// Start a dead node of a testnet again: same data dir (same peer id), layers and
+    /// model, bootstrapping through a live node.
+    Restart {
+        /// The node's id, e.g. node-1.
+        node: String,
+        /// The state file `up` wrote.
+        #[arg(long)]
+        state: PathBuf,
+    },
+    /// Which nodes of a testnet are alive, their layers and APIs, and the coverage.
+    Status {
+        /// The state file `up` wrote.
+        #[arg(long)]
+        state: PathBuf,
+        #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+        format: OutputFormat,
+    },
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]

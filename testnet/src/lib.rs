@@ -18,6 +18,9 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use serde::{Deserialize, Serialize};
 
+pub mod control;
+pub use control::{kill, restart, wait_redundant, Signal};
+
 /// How to start a testnet.
 #[derive(Clone, Debug)]
 pub struct UpOptions {
@@ -103,6 +106,10 @@ pub struct NodeState {
     /// libp2p multiaddrs (with `/p2p/<peer id>`): where a new node can bootstrap.
     #[serde(default)]
     pub p2p: Vec<String>,
+    /// The `lamina` arguments the node was started with (`lamina testnet restart` starts
+    /// it again with them); empty in state files of older versions.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub args: Vec<String>,
 }
 
 /// The state file.
@@ -297,12 +304,13 @@ pub fn up_with_links(opts: &UpOptions) -> anyhow::Result<Testnet> {
     let mut nodes = Vec::new();
     let deadline = Instant::now() + opts.ready_timeout;
     let mut bootstrap: Option<String> = None;
+    let mut node_args: Vec<Vec<String>> = Vec::new();
     let n_nodes = layers.len();
     // Starts node `i`: with link emulation, on a port picked here, behind a new relay.
     let start = |i: usize,
                  bootstrap: &Option<String>,
                  links: &mut Option<Links>|
-     -> anyhow::Result<Child> {
+     -> anyhow::Result<(Child, Vec<String>)> {
         let id = format!("node-{i}");
         let data_dir = dir.join(&id);
         let log = dir.join(format!("{id}.log"));
@@ -358,11 +366,18 @@ pub fn up_with_links(opts: &UpOptions) -> anyhow::Result<Testnet> {
         if let Some(b) = bootstrap {
             cmd.arg("--bootstrap").arg(b);
         }
-        cmd.spawn()
-            .with_context(|| format!("cannot start {}", opts.lamina_exe.display()))
+        let args: Vec<String> = cmd
+            .get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("cannot start {}", opts.lamina_exe.display()))?;
+        Ok((child, args))
     };
     for i in 0..n_nodes {
-        let child = start(i, &bootstrap, &mut links)?;
+        let (child, args) = start(i, &bootstrap, &mut links)?;
+        node_args.push(args);
         started.0.push(child);
         // The first node is everyone's bootstrap peer, so it must be up before the rest
         // start; the others start together.
@@ -393,7 +408,9 @@ pub fn up_with_links(opts: &UpOptions) -> anyhow::Result<Testnet> {
                         {
                             retries += 1;
                             let b = if j == 0 { None } else { bootstrap.clone() };
-                            started.0[j] = start(j, &b, &mut links)?;
+                            let (child, args) = start(j, &b, &mut links)?;
+                            started.0[j] = child;
+                            node_args[j] = args;
                         }
                         Err(e) => return Err(e),
                     }
@@ -414,6 +431,7 @@ pub fn up_with_links(opts: &UpOptions) -> anyhow::Result<Testnet> {
                     data_dir: jdir,
                     peer_id: info.peer_id,
                     p2p: info.p2p,
+                    args: node_args.get(j).cloned().unwrap_or_default(),
                 });
             }
         }

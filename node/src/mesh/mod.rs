@@ -351,10 +351,16 @@ impl MeshHandle {
         let refs: Vec<(PeerId, &Announcement)> = live.iter().map(|(p, a)| (*p, a)).collect();
         let view = plan::routing_view(&refs, &self.model_id, self.n_layers, now, &obs, &self.me);
         let coverage = Coverage::of(&view);
-        let (connected, rejected, last_route) = {
+        let (connected, rejected, last_route, banned) = {
             let st = self.lock();
-            (st.connected.len(), st.rejected, st.last_route.clone())
+            (
+                st.connected.len(),
+                st.rejected,
+                st.last_route.clone(),
+                st.banned.clone(),
+            )
         };
+        let instant = std::time::Instant::now();
         let peers: Vec<_> = live
             .iter()
             .map(|(p, a)| {
@@ -369,6 +375,10 @@ impl MeshHandle {
                     "api": a.api,
                     "rtt_ms": obs.rtt.get(p).map(|d| d.as_secs_f64() * 1e3),
                     "reachable": !obs.unreachable.contains(p),
+                    // Routes avoid a peer that failed a generation until this runs out.
+                    "banned_for_ms": banned.get(&a.cert).map_or(0, |until| {
+                        until.saturating_duration_since(instant).as_millis() as u64
+                    }),
                     "expires_in_ms": a.expires_at_ms.saturating_sub(now),
                     "version": a.lamina_version,
                 })
