@@ -131,6 +131,10 @@ pub fn blame(chain: &[ChainHop], e: &PipelineError) -> Option<CertFingerprint> {
                 None => first,
             }
         }
+        // Every hop bounds its next hop more tightly than this side bounds the chain
+        // (see the session server), so a stall further down is reported by name before
+        // this side's deadline; a plain timeout here is most likely the first hop's. It
+        // is still only likely, so the caller also waits for the mesh's own verdict.
         PipelineError::Timeout(_) => None,
         _ => first,
     }

@@ -108,6 +108,8 @@ enum ComputeOut {
 }
 
 struct Downstream {
+    /// The slowest one-row step the next hop has answered so far: its deadline's base.
+    slowest: Option<Duration>,
     addr: String,
     cert: lamina_protocol::CertFingerprint,
     tx: FramedSend,
@@ -457,6 +459,7 @@ impl SessionServer {
             m => return Err(fail(format!("answered OpenSession with {}", m.kind()))),
         }
         Ok(Downstream {
+            slowest: None,
             addr: hop.addr.clone(),
             cert: hop.cert,
             tx,
@@ -510,7 +513,17 @@ impl SessionServer {
                         start_pos: f.start_pos,
                         input: ForwardInput::Hidden(h),
                     };
-                    let r = forward_downstream(d, &next, self.opts.idle_timeout).await;
+                    // Bounded by what the next hop has shown it needs, and tighter than
+                    // the entry's own deadline (floor 2 s, 20x), so that when a hop
+                    // further down dies it is this hop that names it, not a timeout at
+                    // the entry that could be anyone's fault.
+                    let deadline = downstream_deadline(d.slowest, rows).min(self.opts.idle_timeout);
+                    let t0 = std::time::Instant::now();
+                    let r = forward_downstream(d, &next, deadline).await;
+                    if r.is_ok() && rows == 1 {
+                        let took = t0.elapsed();
+                        d.slowest = Some(d.slowest.map_or(took, |s| s.max(took)));
+                    }
                     if r.is_err() {
                         // The next hop's state is unknown now; later steps fail fast, and
                         // the next session dials afresh instead of reusing this connection.
@@ -607,6 +620,15 @@ async fn recv_timeout(rx: &mut FramedRecv, t: Duration) -> Result<Message, Strin
 
 fn relay_error(addr: &str, e: ErrorMessage) -> ErrorMessage {
     ErrorMessage::new(e.code, format!("{addr}: {}", e.message))
+}
+
+/// A next hop's deadline for a step of `rows` rows: 10x its slowest one-row step (at
+/// least 1 s), or, for a prefill or before anything was measured, 8 s plus 40 ms a row.
+fn downstream_deadline(slowest: Option<Duration>, rows: u32) -> Duration {
+    match slowest {
+        Some(s) if rows <= 1 => (s * 10).max(Duration::from_secs(1)),
+        _ => Duration::from_secs(8) + Duration::from_millis(40) * rows,
+    }
 }
 
 async fn forward_downstream(
