@@ -150,7 +150,9 @@ const NOTICE_WAIT: Duration = Duration::from_secs(6);
 pub fn is_retriable(e: &PipelineError) -> bool {
     match e {
         PipelineError::DataPlane(_) | PipelineError::Timeout(_) => true,
-        PipelineError::Protocol(m) => m.contains("closed the stream"),
+        PipelineError::Protocol(m) => {
+            m.contains("closed the stream") || m.contains("stream failed")
+        }
         PipelineError::Remote(m) => matches!(
             m.code,
             ErrorCode::NextHopFailed
@@ -450,6 +452,9 @@ mod tests {
     #[test]
     fn only_failures_another_chain_could_fix_are_retried() {
         assert!(is_retriable(&PipelineError::Timeout("t".into())));
+        assert!(is_retriable(&PipelineError::DataPlane(
+            crate::dataplane::DataPlaneError::Stream("connection lost".into())
+        )));
         assert!(!is_retriable(&PipelineError::Chain("uncovered".into())));
         assert!(!is_retriable(&PipelineError::Remote(ErrorMessage::new(
             ErrorCode::ContextOverflow,

@@ -349,6 +349,11 @@ impl PipelineSession {
             Ok(Ok(None)) => Err(PipelineError::Protocol(
                 "the first hop closed the stream".into(),
             )),
+            // The first hop's stream or connection died: a transport failure (retriable
+            // on another chain), not a protocol violation.
+            Ok(Err(crate::dataplane::RecvError::Stream(e))) => {
+                Err(PipelineError::DataPlane(DataPlaneError::Stream(e)))
+            }
             Ok(Err(e)) => Err(PipelineError::Protocol(e.to_string())),
         }
     }
