@@ -77,6 +77,7 @@ impl MeshClient {
                 issued_at_ms: 0,
                 expires_at_ms: 0,
                 withdrawn: false,
+                started_at_ms: crate::mesh::now_ms(),
             };
             let listen = vec!["/ip4/0.0.0.0/udp/0/quic-v1".parse()?];
             let opts = SwarmOptions {

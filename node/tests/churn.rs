@@ -309,6 +309,7 @@ fn start_evil(bootstrap: &str, model_id: &str, garbage: bool) -> Evil {
             issued_at_ms: 0,
             expires_at_ms: 0,
             withdrawn: false,
+            started_at_ms: lamina_node::mesh::now_ms(),
         };
         let opts = SwarmOptions {
             listen: vec!["/ip4/127.0.0.1/udp/0/quic-v1".parse().unwrap()],

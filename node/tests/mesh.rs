@@ -323,6 +323,7 @@ fn forged_and_expired_announcements_are_ignored() {
             issued_at_ms: now,
             expires_at_ms: now + 9_000,
             withdrawn: false,
+            started_at_ms: 0,
         };
         let opts = SwarmOptions {
             listen: vec!["/ip4/127.0.0.1/udp/0/quic-v1".parse().unwrap()],

@@ -84,6 +84,9 @@ pub struct Announcement {
     pub expires_at_ms: u64,
     /// A withdrawal: the node leaves (clean shutdown).
     pub withdrawn: bool,
+    /// When this incarnation of the node started: a restarted node (same identity, same
+    /// certificate) is a new incarnation, so bans earned by the old one can be lifted.
+    pub started_at_ms: u64,
 }
 
 /// An announcement with its signature, as it travels and as tables keep it.
@@ -265,6 +268,7 @@ mod tests {
             issued_at_ms: now,
             expires_at_ms: now + 30_000,
             withdrawn: false,
+            started_at_ms: 0,
         }
     }
 

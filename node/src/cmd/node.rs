@@ -140,6 +140,7 @@ pub fn run(args: NodeArgs) -> anyhow::Result<()> {
             issued_at_ms: 0,
             expires_at_ms: 0,
             withdrawn: false,
+            started_at_ms: crate::mesh::now_ms(),
         };
         let mesh = MeshHandle::start(
             p2p_key,

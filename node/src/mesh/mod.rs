@@ -108,7 +108,8 @@ pub struct MeshState {
     /// The last route planned, for `/status`.
     pub last_route: Option<serde_json::Value>,
     /// Peers (by certificate) that failed a generation, avoided until the instant.
-    pub banned: std::collections::HashMap<lamina_protocol::CertFingerprint, std::time::Instant>,
+    pub banned:
+        std::collections::HashMap<lamina_protocol::CertFingerprint, (std::time::Instant, u64)>,
 }
 
 /// This node's own record: the fields it sets, and the sequence number of the last signed
@@ -293,7 +294,7 @@ impl MeshHandle {
     /// otherwise be retried at once); its expiry does.
     pub fn ban(&self, cert: lamina_protocol::CertFingerprint) {
         let until = std::time::Instant::now() + BAN_TIME;
-        self.lock().banned.insert(cert, until);
+        self.lock().banned.insert(cert, (until, now_ms()));
     }
 
     /// As [`route`](Self::route), also avoiding `exclude` (failover) and banned peers.
@@ -301,14 +302,21 @@ impl MeshHandle {
         &self,
         exclude: &HashSet<lamina_protocol::CertFingerprint>,
     ) -> Result<PlannedRoute, PlanError> {
+        let live = self.live();
         let banned: HashSet<lamina_protocol::CertFingerprint> = {
             let mut st = self.lock();
             let now = std::time::Instant::now();
-            st.banned.retain(|_, until| *until > now);
+            // A ban ends when it expires, or when the peer restarted since (a new
+            // incarnation of the same identity did not fail anyone yet).
+            st.banned.retain(|cert, (until, at_ms)| {
+                *until > now
+                    && !live
+                        .iter()
+                        .any(|(_, a)| &a.cert == cert && a.started_at_ms > *at_ms)
+            });
             st.banned.keys().copied().collect()
         };
-        let live: Vec<(PeerId, Announcement)> = self
-            .live()
+        let live: Vec<(PeerId, Announcement)> = live
             .into_iter()
             .filter(|(_, a)| !exclude.contains(&a.cert) && !banned.contains(&a.cert))
             .collect();
@@ -376,9 +384,12 @@ impl MeshHandle {
                     "rtt_ms": obs.rtt.get(p).map(|d| d.as_secs_f64() * 1e3),
                     "reachable": !obs.unreachable.contains(p),
                     // Routes avoid a peer that failed a generation until this runs out.
-                    "banned_for_ms": banned.get(&a.cert).map_or(0, |until| {
-                        until.saturating_duration_since(instant).as_millis() as u64
-                    }),
+                    "banned_for_ms": banned
+                        .get(&a.cert)
+                        .filter(|(_, at_ms)| a.started_at_ms <= *at_ms)
+                        .map_or(0, |(until, _)| {
+                            until.saturating_duration_since(instant).as_millis() as u64
+                        }),
                     "expires_in_ms": a.expires_at_ms.saturating_sub(now),
                     "version": a.lamina_version,
                 })

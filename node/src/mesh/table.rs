@@ -152,6 +152,7 @@ pub(crate) mod tests {
             issued_at_ms: now,
             expires_at_ms: now + 9_000,
             withdrawn: false,
+            started_at_ms: 0,
         }
     }
 
