@@ -64,18 +64,6 @@ fn up(model: &std::path::Path, layers: &[&str], extra: &[&str]) -> Net {
     Net(state, st, dir)
 }
 
-fn layer_budget(model: &ModelFile, k: u64) -> u64 {
-    let m = lamina_sharding::manifest::Manifest::compute(model).unwrap();
-    let per = m
-        .group_bytes()
-        .iter()
-        .filter(|(g, _)| matches!(g, lamina_sharding::manifest::Group::Layer(_)))
-        .map(|(_, b)| *b)
-        .max()
-        .unwrap();
-    per * k + per / 2
-}
-
 fn servers_of(st: &Value) -> Vec<(String, String)> {
     st["peers"]
         .as_array()
@@ -97,7 +85,10 @@ fn the_only_server_of_a_range_dies_and_the_mesh_recovers_it() {
         return;
     };
     let model = ModelFile::open(&path).unwrap();
-    let budget = layer_budget(&model, 10).to_string();
+    let budget = lamina_sharding::manifest::Manifest::compute(&model)
+        .unwrap()
+        .budget_for_layers(10)
+        .to_string();
     // Four self-placing nodes of 10 layers each over 30: one range is served twice.
     let net = up(
         &path,

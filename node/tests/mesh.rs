@@ -102,19 +102,6 @@ fn reference(model: &ModelFile, prompt: &str, n: usize) -> Vec<u32> {
     reference_run(model, ids, n, vec![]).generated_token_ids
 }
 
-/// Bytes of weights of `k` layers of `model` (the budget that makes a node take `k`).
-fn budget_for_layers(model: &ModelFile, k: u64) -> u64 {
-    let m = lamina_sharding::manifest::Manifest::compute(model).unwrap();
-    let per = m
-        .group_bytes()
-        .iter()
-        .filter(|(g, _)| matches!(g, lamina_sharding::manifest::Group::Layer(_)))
-        .map(|(_, b)| *b)
-        .max()
-        .unwrap();
-    per * k + per / 2
-}
-
 #[test]
 fn four_self_placing_nodes_cover_smollm2_and_a_layerless_node_answers() {
     let _serial = serial();
@@ -122,7 +109,10 @@ fn four_self_placing_nodes_cover_smollm2_and_a_layerless_node_answers() {
         return;
     };
     let model = ModelFile::open(&path).unwrap();
-    let budget = budget_for_layers(&model, 10).to_string();
+    let budget = lamina_sharding::manifest::Manifest::compute(&model)
+        .unwrap()
+        .budget_for_layers(10)
+        .to_string();
     // Four nodes with only the model and a budget of 10 of 30 layers, plus one that hosts
     // nothing; every node but the first knows only the first's address.
     let (net, took) = up(

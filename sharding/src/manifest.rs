@@ -144,6 +144,24 @@ impl Manifest {
             .collect()
     }
 
+    /// Bytes of weights of the largest layer: what a node's memory budget is divided by
+    /// (the largest, so a budget never overflows on an uneven model). 0 without layers.
+    pub fn max_layer_bytes(&self) -> u64 {
+        self.group_bytes()
+            .into_iter()
+            .filter(|(g, _)| matches!(g, Group::Layer(_)))
+            .map(|(_, b)| b)
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// A memory budget that holds exactly `k` layers (plus half a layer of slack, so
+    /// rounding never loses one): how testnets and tests make nodes take `k` layers.
+    pub fn budget_for_layers(&self, k: u64) -> u64 {
+        let per = self.max_layer_bytes();
+        per * k + per / 2
+    }
+
     /// Looks up one tensor's hash.
     pub fn get(&self, name: &str) -> Option<&TensorHash> {
         self.groups

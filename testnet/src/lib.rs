@@ -281,15 +281,8 @@ pub fn up_with_links(opts: &UpOptions) -> anyhow::Result<Testnet> {
     // of the end shards) makes auto-placed nodes split the model between them.
     let max_memory = if opts.placement == Placement::Auto {
         let manifest = lamina_sharding::manifest::Manifest::compute(&model)?;
-        let per_layer = manifest
-            .group_bytes()
-            .iter()
-            .filter(|(g, _)| matches!(g, lamina_sharding::manifest::Group::Layer(_)))
-            .map(|(_, b)| *b)
-            .max()
-            .unwrap_or(1);
         let span = n_layers.div_ceil(opts.nodes.max(1));
-        Some(per_layer * span as u64 + per_layer / 2)
+        Some(manifest.budget_for_layers(span as u64).max(1))
     } else {
         None
     };

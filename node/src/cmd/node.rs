@@ -24,7 +24,7 @@ use libp2p::Multiaddr;
 
 use crate::cli::{LayersChoice, NodeArgs};
 use crate::dataplane::{server_endpoint, Dialer, Identity};
-use crate::mesh::plan::{bytes_per_layer, initial_range, rebalance_target, to_wire};
+use crate::mesh::plan::{initial_range, rebalance_target, to_wire};
 use crate::mesh::swarm::SwarmOptions;
 use crate::mesh::{load_or_create_identity, MeshHandle};
 use crate::pipeline::ChainClient;
@@ -65,7 +65,7 @@ pub fn run(args: NodeArgs) -> anyhow::Result<()> {
         .model_id()
         .parse()
         .map_err(|e| anyhow::anyhow!("model id: {e}"))?;
-    let per_layer = bytes_per_layer(&manifest.group_bytes());
+    let per_layer = manifest.max_layer_bytes();
     let span = match args.max_memory {
         Some(budget) => span_for_budget(budget, per_layer, cfg.n_layers)
             .with_context(|| format!("--max-memory {budget}"))?,

@@ -184,19 +184,6 @@ pub fn rebalance_target(
     Ok((!senior_twin).then_some(r.best.range))
 }
 
-/// Bytes of weights per layer, from the manifest's per-group sizes (the largest layer, so
-/// a budget never overflows on an uneven model).
-pub fn bytes_per_layer(
-    groups: &std::collections::BTreeMap<lamina_sharding::manifest::Group, u64>,
-) -> u64 {
-    groups
-        .iter()
-        .filter(|(g, _)| matches!(g, lamina_sharding::manifest::Group::Layer(_)))
-        .map(|(_, b)| *b)
-        .max()
-        .unwrap_or(0)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

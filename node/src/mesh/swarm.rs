@@ -243,32 +243,9 @@ impl EventLoop {
         self.dial_known();
     }
 
-    /// The records to gossip: every record held, freshest first, capped.
+    /// The records to gossip (see [`super::table::Table::gossip`]).
     fn records(&self) -> Vec<SignedAnnouncement> {
-        let st = self.lock();
-        let mut v: Vec<_> = st
-            .table
-            .all_live(now_ms())
-            .into_iter()
-            .map(|(p, _)| p)
-            .collect();
-        // Withdrawals too: they must reach peers that still hold the old record.
-        let mut out: Vec<SignedAnnouncement> = Vec::new();
-        v.truncate(MAX_SYNC_RECORDS);
-        for p in v {
-            if let Some(e) = st.table.get(&p) {
-                out.push(e.signed.clone());
-            }
-        }
-        for s in st.table.signed() {
-            if out.len() >= MAX_SYNC_RECORDS {
-                break;
-            }
-            if !out.contains(&s) {
-                out.push(s);
-            }
-        }
-        out
+        self.lock().table.gossip(now_ms(), MAX_SYNC_RECORDS)
     }
 
     fn sync_all(&mut self) {

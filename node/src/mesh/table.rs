@@ -95,9 +95,13 @@ impl Table {
         self.entries.is_empty()
     }
 
-    /// Every record held (withdrawals included), for gossip.
-    pub fn signed(&self) -> Vec<SignedAnnouncement> {
-        self.entries.values().map(|e| e.signed.clone()).collect()
+    /// What to gossip, at most `max` records: the live ones first (placement and routing
+    /// need them), then withdrawals, which must reach peers that still hold the record
+    /// they withdraw.
+    pub fn gossip(&self, now_ms: u64, max: usize) -> Vec<SignedAnnouncement> {
+        let mut v: Vec<&Entry> = self.entries.values().collect();
+        v.sort_by_key(|e| !e.record.is_live(now_ms));
+        v.into_iter().take(max).map(|e| e.signed.clone()).collect()
     }
 
     /// The live records of `model` at `now_ms`, sorted by peer id so that every node
@@ -205,5 +209,24 @@ pub(crate) mod tests {
             .unwrap();
         assert!(t.expire(9_999, 30_000).is_empty());
         assert_eq!(t.expire(10_000, 30_000).len(), 1);
+    }
+
+    #[test]
+    fn gossip_sends_live_records_before_withdrawals_and_caps_them() {
+        let mut t = Table::new();
+        let gone = Keypair::generate_ed25519();
+        let mut w = record(&gone, 2, 1000, None);
+        w.withdrawn = true;
+        t.insert(w.sign(&gone).unwrap(), 1000).unwrap();
+        for _ in 0..3 {
+            let k = Keypair::generate_ed25519();
+            t.insert(record(&k, 1, 1000, Some((0, 30))).sign(&k).unwrap(), 1000)
+                .unwrap();
+        }
+        let all = t.gossip(1500, 10);
+        assert_eq!(all.len(), 4);
+        let last = all[3].verify(1500).unwrap();
+        assert!(last.withdrawn, "the withdrawal goes last");
+        assert_eq!(t.gossip(1500, 2).len(), 2);
     }
 }
