@@ -1,18 +1,17 @@
-//! `lamina-node`: the node daemon and the `lamina` command line.
+//! `lamina-node`: the node daemon, the `lamina` command line and the Rust client API.
 //!
-//! What exists today: the command line over the sharding crate (`lamina generate` on one
-//! machine, with an optional in-process layer split; `lamina model inspect|synth`).
-//!
-//! The plan for this crate (each a module with one job, see `../shared/DESIGN.md`):
-//! - `swarm`: the libp2p event loop (identity, QUIC/TCP transports, mDNS, Kademlia under
-//!   lamina's own protocol names, identify, ping) behind a cloneable `Client` handle;
-//! - `announce`: signed announcements of (model id, layer range, data-plane address,
-//!   certificate fingerprint, throughput, free slots), refreshed and expired;
-//! - `placement` and `routing`: which layers to host; which chain to use for a request;
-//! - `dataplane`: the quinn endpoint, pinned self-signed certificates, framed streams;
-//! - `session`: the session server (KV caches per session, forwarding to the next hop,
-//!   idle expiry, limits) and the pipeline client (prefill, decode, replay log, failover);
-//! - `api`: the OpenAI-compatible HTTP API, `/status`, `/metrics`.
+//! Modules, each with one job (see `../shared/DESIGN.md`):
+//! - [`mesh`]: the libp2p event loop (identity, QUIC/TCP, mDNS, Kademlia under lamina's own
+//!   protocol names, identify, ping) behind the cloneable [`mesh::MeshHandle`]; signed
+//!   announcements, refreshed, expired and withdrawn; placement and routing over them;
+//! - [`dataplane`]: the quinn endpoint, pinned self-signed certificates, framed streams;
+//! - [`session`]: the session server (KV caches per session, forwarding to the next hop,
+//!   idle expiry, limits, sub-range hops, shard swaps when a node moves);
+//! - [`pipeline`]: the pipeline client (prefill, decode, replay log); [`failover`]: keeping
+//!   a generation going when a hop dies;
+//! - [`api`]: the OpenAI-compatible HTTP API, `/status`, `/metrics`;
+//! - [`client`]: joining a mesh from a Rust program; [`models`]: the local model cache;
+//! - [`cli`] and [`cmd`]: the command line.
 
 pub mod api;
 pub mod cli;
