@@ -61,6 +61,31 @@ impl TensorView {
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
+
+    /// Tells the kernel this process no longer needs the tensor's file pages resident
+    /// (`MADV_DONTNEED`), for a weight that was repacked into memory of its own, so the
+    /// process does not hold it twice. Whole 4 KiB pages inside the tensor only; a no-op
+    /// for a file read into memory, and best effort (an error leaves the pages in).
+    pub fn release(&self) {
+        const PAGE: usize = 4096;
+        let FileBytes::Mapped(map) = &*self.bytes else {
+            return;
+        };
+        let start = self.start.next_multiple_of(PAGE);
+        let end = (self.start + self.len) / PAGE * PAGE;
+        if start >= end {
+            return;
+        }
+        // SAFETY: the map is a read-only mapping of the model file, which lamina never
+        // writes; dropping its pages only makes the next read fault them in again from
+        // the file, with the same contents, so references into it stay valid.
+        let res = unsafe {
+            map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, end - start)
+        };
+        if let Err(e) = res {
+            tracing::debug!("madvise(DONTNEED) on a repacked tensor failed: {e}");
+        }
+    }
 }
 
 impl std::fmt::Debug for TensorView {

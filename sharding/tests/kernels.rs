@@ -488,3 +488,82 @@ fn new_types_run_through_qlinear_and_reject_bad_widths() {
     assert!(QMatrix::new(WeightType::Q4K, 2, 128, &data).is_err());
     assert!(quantize_acts_k(&[0.0; 128], 1, 128, Isa::Scalar).is_err());
 }
+
+/// The Q8_0 panel kernel (weights repacked into 16-row panels, AVX-512 VNNI) against the
+/// scalar reference on the file layout, within the SIMD tolerance: shapes with `n` not a
+/// multiple of the panel, `m` not a multiple of the 8-row tile, on 1-3 threads. Where
+/// the CPU lacks VNNI, the kernel must refuse with an error instead.
+#[test]
+fn q8_0_panels_match_scalar_on_odd_shapes() {
+    use lamina_sharding::kernels::Q8Panels;
+    let vnni = Isa::Avx512Vnni.is_available();
+    let mut seed = 9000;
+    for k in [32, 96, 576] {
+        for n in [1, 15, 16, 17, 33, 577] {
+            for m in [1, 2, 7, 8, 9, 17] {
+                seed += 1;
+                let case = Case::new(WeightType::Q8_0, n, k, m, seed);
+                let data = case.qt.data().unwrap();
+                let qm = QMatrix::new(WeightType::Q8_0, n, k, &data).unwrap();
+                let panels = Q8Panels::repack(&qm).unwrap();
+                assert_eq!(panels.shape(), (n, k));
+                assert_eq!(panels.bytes(), n.div_ceil(16) * (k / 32) * 576);
+                let reference = case.run(Isa::Scalar, 1);
+                let tol = simd_tolerance(&case);
+                for threads in [1, 2, 3] {
+                    let mut y = vec![f32::NAN; m * n];
+                    let r = panels.matmul(&case.x, m, &mut y, threads);
+                    if !vnni {
+                        assert!(r.is_err(), "no VNNI: the panel kernel must refuse");
+                        continue;
+                    }
+                    r.unwrap();
+                    let what = format!("Q8_0 panels n={n} k={k} m={m} t={threads}");
+                    assert_close(&what, &y, &reference, &tol);
+                }
+            }
+        }
+    }
+}
+
+/// A row's output from the panel kernel does not depend on the rows batched with it
+/// (the 8-row tile and the one-row decode path give the same bits).
+#[test]
+fn q8_0_panels_are_batch_invariant_bitwise() {
+    use lamina_sharding::kernels::Q8Panels;
+    if !Isa::Avx512Vnni.is_available() {
+        return assert!(!Q8Panels::available());
+    }
+    let case = Case::new(WeightType::Q8_0, 49, 576, 11, 4242);
+    let data = case.qt.data().unwrap();
+    let qm = QMatrix::new(WeightType::Q8_0, case.n, case.k, &data).unwrap();
+    let panels = Q8Panels::repack(&qm).unwrap();
+    let mut all = vec![0f32; case.m * case.n];
+    panels.matmul(&case.x, case.m, &mut all, 2).unwrap();
+    for c in 0..case.m {
+        let mut y1 = vec![0f32; case.n];
+        let x1 = &case.x[c * case.k..(c + 1) * case.k];
+        panels.matmul(x1, 1, &mut y1, 1).unwrap();
+        assert_eq!(&all[c * case.n..(c + 1) * case.n], &y1[..], "row {c}");
+    }
+}
+
+/// Bad shapes are errors, not panics.
+#[test]
+fn q8_0_panels_reject_bad_input() {
+    use lamina_sharding::kernels::Q8Panels;
+    let case = Case::new(WeightType::Q4_0, 16, 64, 1, 1);
+    let data = case.qt.data().unwrap();
+    let q4 = QMatrix::new(WeightType::Q4_0, 16, 64, &data).unwrap();
+    assert!(Q8Panels::repack(&q4).is_err(), "only Q8_0 repacks");
+    let case = Case::new(WeightType::Q8_0, 16, 64, 2, 2);
+    let data = case.qt.data().unwrap();
+    let qm = QMatrix::new(WeightType::Q8_0, 16, 64, &data).unwrap();
+    let panels = Q8Panels::repack(&qm).unwrap();
+    let mut y = vec![0f32; 16];
+    assert!(panels.matmul(&case.x, 2, &mut y, 1).is_err(), "y too short");
+    assert!(
+        panels.matmul(&case.x[..10], 1, &mut y, 1).is_err(),
+        "x too short"
+    );
+}

@@ -11,6 +11,10 @@
 //! - F16, BF16: weights widened to f32 in registers against the f32 activations
 //!   ([`floats`]).
 //!
+//! Q8_0 on AVX-512 VNNI is repacked at load into 16-row panels ([`q8_panels`]), one
+//! 512-bit `vpdpbusd` per four columns of sixteen rows; the other types read the file's
+//! blocks in place.
+//!
 //! Work is split over weight rows `n` across the threads of [`pool`], a persistent pool
 //! whose workers spin briefly between matmuls (sized like rayon's, by
 //! `RAYON_NUM_THREADS`, which `lamina --threads` sets).
@@ -29,6 +33,7 @@ pub mod blocks;
 pub mod floats;
 pub mod kquants;
 pub mod pool;
+pub mod q8_panels;
 pub mod quantize;
 pub mod scalar;
 #[cfg(target_arch = "x86_64")]
@@ -43,6 +48,7 @@ pub use blocks::{WeightType, QK, QK_K};
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{DType, Device, Storage, Tensor};
 pub use kquants::Q8KActs;
+pub use q8_panels::Q8Panels;
 pub use quantize::QActs;
 use std::cell::RefCell;
 use std::ops::Range;
@@ -142,11 +148,15 @@ pub fn enabled() -> bool {
 ///   34.0 vs 22.1; 1.66 vs 1.34, 1.80 vs 1.24): candle multiplies an f32 copy it
 ///   dequantizes at load, twice the bytes (and twice the memory) of these.
 ///
+/// - Q8_0 where AVX-512 VNNI runs [`Q8Panels`] (weights repacked into 16-row panels at
+///   load): before the panels, candle's own repacked VNNI path beat the block-at-a-time
+///   kernel (107 vs 41 GB/s at m = 1 and 4.9 vs 1.2 at m = 64 on 2048x2048); the panels
+///   beat candle end to end (synthetic TinyLlama-1.1B Q8_0, 1 thread, on a loaded
+///   machine: prefill 107 vs 75 tok/s, decode 16.6 vs 10.2) in half its memory (candle
+///   keeps the file's pages and its repacked copy).
+///
 /// Off, on candle:
-/// - Q8_0: candle repacks Q8_0 for its AVX-512 VNNI path (107 vs 41 GB/s at m = 1 and
-///   4.9 vs 1.2 at m = 64 on 2048x2048), and the end-to-end bench (benches/RESULTS.md,
-///   synthetic TinyLlama-1.1B Q8_0) agreed (decode 10.3 vs 9.6 tok/s on 1 thread,
-///   prefill 69 vs 31).
+/// - Q8_0 without AVX-512 VNNI, on candle's shapes (see [`preferred_for`]).
 /// - Q4_K: candle repacks it too; lamina wins decode (17.4 vs 8.2, 13.3 vs 0.7) but
 ///   loses prefill on 2048x2048 (0.57 vs 2.92 GB/s).
 /// - Q5_K: lamina wins prefill (1.16 vs 0.59, 1.06 vs 0.49) but was a hair behind at
@@ -165,6 +175,7 @@ pub fn preferred(ty: WeightType) -> bool {
         | WeightType::Q5_1
         | WeightType::F16
         | WeightType::BF16 => true,
+        WeightType::Q8_0 if Q8Panels::available() => true,
         WeightType::Q8_0 | WeightType::Q4K | WeightType::Q5K | WeightType::Q6K => {
             matches!(std::env::var("LAMINA_KERNELS").as_deref(), Ok("all"))
         }
@@ -494,6 +505,8 @@ enum WeightBytes {
     Tensor(Arc<QTensor>),
     /// In the memory-mapped model file, read in place: no copy at load.
     View(TensorView),
+    /// Q8_0 repacked into panels (the file's pages for it released).
+    Panels(Arc<Q8Panels>),
 }
 
 /// A linear layer `y = x · W^T` on a quantized CPU weight, run by these kernels.
@@ -519,7 +532,16 @@ impl QLinear {
             if !matches!(data, std::borrow::Cow::Borrowed(_)) {
                 return None;
             }
-            QMatrix::new(ty, n, k, &data).ok()?;
+            let w = QMatrix::new(ty, n, k, &data).ok()?;
+            if ty == WeightType::Q8_0 && Q8Panels::available() {
+                let panels = Q8Panels::repack(&w).ok()?;
+                return Some(Self {
+                    weight: WeightBytes::Panels(Arc::new(panels)),
+                    ty,
+                    n,
+                    k,
+                });
+            }
         }
         Some(Self {
             weight: WeightBytes::Tensor(weight),
@@ -540,7 +562,19 @@ impl QLinear {
         let Some(ty) = WeightType::from_ggml(dtype) else {
             return Ok(None);
         };
-        QMatrix::new(ty, n, k, view.as_bytes())?;
+        let w = QMatrix::new(ty, n, k, view.as_bytes())?;
+        if ty == WeightType::Q8_0 && Q8Panels::available() {
+            let panels = Q8Panels::repack(&w)?;
+            // The panels replace the weight: give its file pages back (a tied embedding
+            // that shares them faults in the rows it looks up again).
+            view.release();
+            return Ok(Some(Self {
+                weight: WeightBytes::Panels(Arc::new(panels)),
+                ty,
+                n,
+                k,
+            }));
+        }
         Ok(Some(Self {
             weight: WeightBytes::View(view),
             ty,
@@ -594,12 +628,29 @@ impl QLinear {
                     &owned
                 }
                 WeightBytes::View(v) => v.as_bytes(),
+                WeightBytes::Panels(p) => {
+                    p.matmul(xs, m, &mut y, pool::global().threads())?;
+                    return Ok(Some(Tensor::from_vec(
+                        y,
+                        out_shape(batch, self.n),
+                        &Device::Cpu,
+                    )?));
+                }
             };
             let w = QMatrix::new(self.ty, self.n, self.k, data)?;
             matmul(&w, xs, m, &mut y, Isa::detect(), pool::global().threads())?;
         }
-        let mut out_dims = batch.to_vec();
-        out_dims.push(self.n);
-        Ok(Some(Tensor::from_vec(y, out_dims, &Device::Cpu)?))
+        Ok(Some(Tensor::from_vec(
+            y,
+            out_shape(batch, self.n),
+            &Device::Cpu,
+        )?))
     }
+}
+
+/// `batch` dims followed by `n`.
+fn out_shape(batch: &[usize], n: usize) -> Vec<usize> {
+    let mut dims = batch.to_vec();
+    dims.push(n);
+    dims
 }
