@@ -64,15 +64,22 @@ impl TensorView {
 
     /// Tells the kernel this process no longer needs the tensor's file pages resident
     /// (`MADV_DONTNEED`), for a weight that was repacked into memory of its own, so the
-    /// process does not hold it twice. Whole 4 KiB pages inside the tensor only; a no-op
-    /// for a file read into memory, and best effort (an error leaves the pages in).
+    /// process does not hold it twice.
     pub fn release(&self) {
+        self.release_range(0..self.len);
+    }
+
+    /// [`TensorView::release`] for the bytes `range` of the tensor: whole 4 KiB pages
+    /// inside it only; a no-op for a file read into memory, and best effort (an error
+    /// leaves the pages in).
+    pub fn release_range(&self, range: std::ops::Range<usize>) {
         const PAGE: usize = 4096;
         let FileBytes::Mapped(map) = &*self.bytes else {
             return;
         };
-        let start = self.start.next_multiple_of(PAGE);
-        let end = (self.start + self.len) / PAGE * PAGE;
+        let end = range.end.min(self.len);
+        let start = (self.start + range.start).next_multiple_of(PAGE);
+        let end = (self.start + end) / PAGE * PAGE;
         if start >= end {
             return;
         }

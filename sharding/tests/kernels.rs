@@ -489,81 +489,119 @@ fn new_types_run_through_qlinear_and_reject_bad_widths() {
     assert!(quantize_acts_k(&[0.0; 128], 1, 128, Isa::Scalar).is_err());
 }
 
-/// The Q8_0 panel kernel (weights repacked into 16-row panels, AVX-512 VNNI) against the
-/// scalar reference on the file layout, within the SIMD tolerance: shapes with `n` not a
-/// multiple of the panel, `m` not a multiple of the 8-row tile, on 1-3 threads. Where
-/// the CPU lacks VNNI, the kernel must refuse with an error instead.
+const PANEL_TYPES: [(WeightType, usize); 3] = [
+    (WeightType::Q8_0, 576),
+    (WeightType::Q4_0, 288),
+    (WeightType::Q4_1, 320),
+];
+
+/// The panel kernels (Q8_0, Q4_0, Q4_1 repacked into 16-row panels, AVX-512 VNNI)
+/// against the scalar reference on the file layout, within the SIMD tolerance: shapes
+/// with `n` not a multiple of the panel and `m` not a multiple of the 8-row tile, on 1-3
+/// threads. Where the CPU lacks VNNI, the kernel must refuse with an error instead.
 #[test]
-fn q8_0_panels_match_scalar_on_odd_shapes() {
-    use lamina_sharding::kernels::Q8Panels;
+fn panels_match_scalar_on_odd_shapes() {
+    use lamina_sharding::kernels::Panels;
     let vnni = Isa::Avx512Vnni.is_available();
     let mut seed = 9000;
-    for k in [32, 96, 576] {
-        for n in [1, 15, 16, 17, 33, 577] {
-            for m in [1, 2, 7, 8, 9, 17] {
-                seed += 1;
-                let case = Case::new(WeightType::Q8_0, n, k, m, seed);
-                let data = case.qt.data().unwrap();
-                let qm = QMatrix::new(WeightType::Q8_0, n, k, &data).unwrap();
-                let panels = Q8Panels::repack(&qm).unwrap();
-                assert_eq!(panels.shape(), (n, k));
-                assert_eq!(panels.bytes(), n.div_ceil(16) * (k / 32) * 576);
-                let reference = case.run(Isa::Scalar, 1);
-                let tol = simd_tolerance(&case);
-                for threads in [1, 2, 3] {
-                    let mut y = vec![f32::NAN; m * n];
-                    let r = panels.matmul(&case.x, m, &mut y, threads);
-                    if !vnni {
-                        assert!(r.is_err(), "no VNNI: the panel kernel must refuse");
-                        continue;
+    for (ty, block_bytes) in PANEL_TYPES {
+        for k in [32, 96, 576] {
+            for n in [1, 15, 16, 17, 33, 577] {
+                for m in [1, 2, 7, 8, 9, 17] {
+                    seed += 1;
+                    let case = Case::new(ty, n, k, m, seed);
+                    let data = case.qt.data().unwrap();
+                    let qm = QMatrix::new(ty, n, k, &data).unwrap();
+                    let panels = Panels::repack(&qm).unwrap();
+                    assert_eq!(panels.shape(), (n, k));
+                    assert_eq!(panels.bytes(), n.div_ceil(16) * (k / 32) * block_bytes);
+                    let reference = case.run(Isa::Scalar, 1);
+                    let tol = simd_tolerance(&case);
+                    for threads in [1, 2, 3] {
+                        let mut y = vec![f32::NAN; m * n];
+                        let r = panels.matmul(&case.x, m, &mut y, threads);
+                        if !vnni {
+                            assert!(r.is_err(), "no VNNI: the panel kernel must refuse");
+                            continue;
+                        }
+                        r.unwrap();
+                        let what = format!("{ty:?} panels n={n} k={k} m={m} t={threads}");
+                        assert_close(&what, &y, &reference, &tol);
                     }
-                    r.unwrap();
-                    let what = format!("Q8_0 panels n={n} k={k} m={m} t={threads}");
-                    assert_close(&what, &y, &reference, &tol);
                 }
             }
         }
     }
 }
 
-/// A row's output from the panel kernel does not depend on the rows batched with it
+/// A row's output from the panel kernels does not depend on the rows batched with it
 /// (the 8-row tile and the one-row decode path give the same bits).
 #[test]
-fn q8_0_panels_are_batch_invariant_bitwise() {
-    use lamina_sharding::kernels::Q8Panels;
+fn panels_are_batch_invariant_bitwise() {
+    use lamina_sharding::kernels::Panels;
     if !Isa::Avx512Vnni.is_available() {
-        return assert!(!Q8Panels::available());
+        return assert!(!Panels::available());
     }
-    let case = Case::new(WeightType::Q8_0, 49, 576, 11, 4242);
-    let data = case.qt.data().unwrap();
-    let qm = QMatrix::new(WeightType::Q8_0, case.n, case.k, &data).unwrap();
-    let panels = Q8Panels::repack(&qm).unwrap();
-    let mut all = vec![0f32; case.m * case.n];
-    panels.matmul(&case.x, case.m, &mut all, 2).unwrap();
-    for c in 0..case.m {
-        let mut y1 = vec![0f32; case.n];
-        let x1 = &case.x[c * case.k..(c + 1) * case.k];
-        panels.matmul(x1, 1, &mut y1, 1).unwrap();
-        assert_eq!(&all[c * case.n..(c + 1) * case.n], &y1[..], "row {c}");
+    for (ty, _) in PANEL_TYPES {
+        let case = Case::new(ty, 49, 576, 11, 4242);
+        let data = case.qt.data().unwrap();
+        let qm = QMatrix::new(ty, case.n, case.k, &data).unwrap();
+        let panels = Panels::repack(&qm).unwrap();
+        let mut all = vec![0f32; case.m * case.n];
+        panels.matmul(&case.x, case.m, &mut all, 2).unwrap();
+        for c in 0..case.m {
+            let mut y1 = vec![0f32; case.n];
+            let x1 = &case.x[c * case.k..(c + 1) * case.k];
+            panels.matmul(x1, 1, &mut y1, 1).unwrap();
+            assert_eq!(
+                &all[c * case.n..(c + 1) * case.n],
+                &y1[..],
+                "{ty:?} row {c}"
+            );
+        }
     }
 }
 
-/// Bad shapes are errors, not panics.
+/// Bad input is an error, not a panic.
 #[test]
-fn q8_0_panels_reject_bad_input() {
-    use lamina_sharding::kernels::Q8Panels;
-    let case = Case::new(WeightType::Q4_0, 16, 64, 1, 1);
+fn panels_reject_bad_input() {
+    use lamina_sharding::kernels::Panels;
+    let case = Case::new(WeightType::Q5_0, 16, 64, 1, 1);
     let data = case.qt.data().unwrap();
-    let q4 = QMatrix::new(WeightType::Q4_0, 16, 64, &data).unwrap();
-    assert!(Q8Panels::repack(&q4).is_err(), "only Q8_0 repacks");
+    let q5 = QMatrix::new(WeightType::Q5_0, 16, 64, &data).unwrap();
+    assert!(Panels::repack(&q5).is_err(), "Q5_0 has no panel layout");
     let case = Case::new(WeightType::Q8_0, 16, 64, 2, 2);
     let data = case.qt.data().unwrap();
     let qm = QMatrix::new(WeightType::Q8_0, 16, 64, &data).unwrap();
-    let panels = Q8Panels::repack(&qm).unwrap();
+    let panels = Panels::repack(&qm).unwrap();
     let mut y = vec![0f32; 16];
     assert!(panels.matmul(&case.x, 2, &mut y, 1).is_err(), "y too short");
     assert!(
         panels.matmul(&case.x[..10], 1, &mut y, 1).is_err(),
         "x too short"
     );
+}
+
+/// `repack_with` reports every source byte it read, once, in order, in whole rows: the
+/// loader releases exactly the file pages the panels replaced.
+#[test]
+fn panels_report_the_bytes_they_consumed() {
+    use lamina_sharding::kernels::Panels;
+    for (ty, _) in PANEL_TYPES {
+        let (n, k) = (4000, 576);
+        let case = Case::new(ty, n, k, 1, 31);
+        let data = case.qt.data().unwrap();
+        let qm = QMatrix::new(ty, n, k, &data).unwrap();
+        let mut ranges = Vec::new();
+        Panels::repack_with(&qm, |r| ranges.push(r)).unwrap();
+        let row_bytes = data.len() / n;
+        assert!(ranges.len() > 1, "{ty:?}: progress in steps, got {ranges:?}");
+        let mut at = 0;
+        for r in &ranges {
+            assert_eq!(r.start, at, "{ty:?}: contiguous");
+            assert!(r.end > r.start && r.end % row_bytes == 0, "{ty:?}: whole rows");
+            at = r.end;
+        }
+        assert_eq!(at, data.len(), "{ty:?}: every byte");
+    }
 }

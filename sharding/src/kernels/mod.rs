@@ -11,9 +11,9 @@
 //! - F16, BF16: weights widened to f32 in registers against the f32 activations
 //!   ([`floats`]).
 //!
-//! Q8_0 on AVX-512 VNNI is repacked at load into 16-row panels ([`q8_panels`]), one
-//! 512-bit `vpdpbusd` per four columns of sixteen rows; the other types read the file's
-//! blocks in place.
+//! Q8_0, Q4_0 and Q4_1 on AVX-512 VNNI are repacked at load into 16-row panels
+//! ([`panels`]), one 512-bit `vpdpbusd` per four columns of sixteen rows; the other
+//! types read the file's blocks in place.
 //!
 //! Work is split over weight rows `n` across the threads of [`pool`], a persistent pool
 //! whose workers spin briefly between matmuls (sized like rayon's, by
@@ -28,12 +28,14 @@
 //! - `LAMINA_KERNELS=candle` (read when a layer is loaded): use candle's `QMatMul`
 //!   everywhere, for A/B runs and bisecting.
 //! - `LAMINA_KERNELS_ISA=scalar|avx2|avx512` (read once): cap the SIMD level.
+//! - `LAMINA_PANELS=off` (read when a layer is loaded): keep Q8_0 / Q4_0 / Q4_1 in the
+//!   file's layout (the block kernels) instead of repacking them, for A/B runs.
 
 pub mod blocks;
 pub mod floats;
 pub mod kquants;
+pub mod panels;
 pub mod pool;
-pub mod q8_panels;
 pub mod quantize;
 pub mod scalar;
 #[cfg(target_arch = "x86_64")]
@@ -48,7 +50,7 @@ pub use blocks::{WeightType, QK, QK_K};
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{DType, Device, Storage, Tensor};
 pub use kquants::Q8KActs;
-pub use q8_panels::Q8Panels;
+pub use panels::Panels;
 pub use quantize::QActs;
 use std::cell::RefCell;
 use std::ops::Range;
@@ -148,7 +150,7 @@ pub fn enabled() -> bool {
 ///   34.0 vs 22.1; 1.66 vs 1.34, 1.80 vs 1.24): candle multiplies an f32 copy it
 ///   dequantizes at load, twice the bytes (and twice the memory) of these.
 ///
-/// - Q8_0 where AVX-512 VNNI runs [`Q8Panels`] (weights repacked into 16-row panels at
+/// - Q8_0 where AVX-512 VNNI runs [`Panels`] (weights repacked into 16-row panels at
 ///   load): before the panels, candle's own repacked VNNI path beat the block-at-a-time
 ///   kernel (107 vs 41 GB/s at m = 1 and 4.9 vs 1.2 at m = 64 on 2048x2048); the panels
 ///   beat candle end to end (synthetic TinyLlama-1.1B Q8_0, 1 thread, on a loaded
@@ -175,7 +177,7 @@ pub fn preferred(ty: WeightType) -> bool {
         | WeightType::Q5_1
         | WeightType::F16
         | WeightType::BF16 => true,
-        WeightType::Q8_0 if Q8Panels::available() => true,
+        WeightType::Q8_0 if panels::wanted(WeightType::Q8_0) => true,
         WeightType::Q8_0 | WeightType::Q4K | WeightType::Q5K | WeightType::Q6K => {
             matches!(std::env::var("LAMINA_KERNELS").as_deref(), Ok("all"))
         }
@@ -506,7 +508,7 @@ enum WeightBytes {
     /// In the memory-mapped model file, read in place: no copy at load.
     View(TensorView),
     /// Q8_0 repacked into panels (the file's pages for it released).
-    Panels(Arc<Q8Panels>),
+    Panels(Arc<Panels>),
 }
 
 /// A linear layer `y = x · W^T` on a quantized CPU weight, run by these kernels.
@@ -533,8 +535,8 @@ impl QLinear {
                 return None;
             }
             let w = QMatrix::new(ty, n, k, &data).ok()?;
-            if ty == WeightType::Q8_0 && Q8Panels::available() {
-                let panels = Q8Panels::repack(&w).ok()?;
+            if panels::wanted(ty) {
+                let panels = Panels::repack(&w).ok()?;
                 return Some(Self {
                     weight: WeightBytes::Panels(Arc::new(panels)),
                     ty,
@@ -563,11 +565,11 @@ impl QLinear {
             return Ok(None);
         };
         let w = QMatrix::new(ty, n, k, view.as_bytes())?;
-        if ty == WeightType::Q8_0 && Q8Panels::available() {
-            let panels = Q8Panels::repack(&w)?;
-            // The panels replace the weight: give its file pages back (a tied embedding
-            // that shares them faults in the rows it looks up again).
-            view.release();
+        if panels::wanted(ty) {
+            // The panels replace the weight: give its file pages back as the repacking
+            // goes (a tied embedding that shares them faults in the rows it looks up
+            // again).
+            let panels = Panels::repack_with(&w, |bytes| view.release_range(bytes))?;
             return Ok(Some(Self {
                 weight: WeightBytes::Panels(Arc::new(panels)),
                 ty,
