@@ -7,6 +7,10 @@
 //! cargo bench -p lamina-benches --bench kernels -- 'Q4K/'   # one type
 //! ```
 //!
+//! `lamina-panels` is the same product on the weights repacked into 16-row panels
+//! (`kernels::Panels`: Q8_0, Q4_0, Q4_1 on AVX-512 VNNI), which is what the executor
+//! runs for those types there; `lamina` is the block kernel on the file's layout.
+//!
 //! Throughput is the GGUF bytes of the weight per product (decimal GB/s), for both
 //! sides, so the two are comparable even where candle does not stream those bytes
 //! (F16 / BF16: `QMatMul` dequantizes them to an f32 matrix once, at construction, and
@@ -16,7 +20,7 @@
 use candle_core::quantized::{QMatMul, QTensor};
 use candle_core::{Device, Module, Tensor};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use lamina_sharding::kernels::{matmul, Isa, QMatrix, WeightType};
+use lamina_sharding::kernels::{matmul, Isa, Panels, QMatrix, WeightType};
 use std::hint::black_box;
 use std::sync::Arc;
 
@@ -59,6 +63,10 @@ fn bench_kernels(c: &mut Criterion) {
             let data = qt.data().expect("bytes");
             let qm = QMatrix::new(ty, n, k, &data).expect("layout");
             let bytes = data.len() as u64;
+            // What the executor runs for this type here: the repacked panels where the
+            // CPU has AVX-512 VNNI (Q8_0, Q4_0, Q4_1), else the block kernels above.
+            let panels = (Panels::supports(ty) && Panels::available())
+                .then(|| Panels::repack(&qm).expect("repack"));
             for m in MS {
                 let x = values(m * k, 2);
                 let xt = Tensor::from_vec(x.clone(), (m, k), &Device::Cpu).expect("x");
@@ -71,6 +79,14 @@ fn bench_kernels(c: &mut Criterion) {
                         black_box(&y);
                     })
                 });
+                if let Some(p) = &panels {
+                    g.bench_function("lamina-panels", |b| {
+                        b.iter(|| {
+                            p.matmul(black_box(&x), m, &mut y, threads).expect("panels");
+                            black_box(&y);
+                        })
+                    });
+                }
                 g.bench_function("candle", |b| {
                     b.iter(|| black_box(mm.forward(black_box(&xt)).expect("forward")))
                 });
