@@ -150,6 +150,8 @@ pub struct Sample {
     /// `(completion_tokens - 1)` / (first -> last content delta).
     pub tokens_per_s: f64,
     pub completion_tokens: usize,
+    /// `usage.prompt_tokens` (the chat template applied).
+    pub prompt_tokens: usize,
     #[serde(skip)]
     pub text: String,
 }
@@ -172,11 +174,23 @@ pub fn stream_chat(api: &str, max_tokens: usize, timeout: Duration) -> Result<Sa
     let resp = ureq::post(&format!("{api}/v1/chat/completions"))
         .set("content-type", "application/json")
         .timeout(timeout)
-        .send_string(&body.to_string())
-        .with_context(|| format!("POST {api}/v1/chat/completions"))?;
+        .send_string(&body.to_string());
+    let resp = match resp {
+        Ok(r) => r,
+        // The body says why (the API answers errors as OpenAI-style JSON).
+        Err(ureq::Error::Status(code, r)) => {
+            let text = r.into_string().unwrap_or_default();
+            bail!(
+                "POST {api}/v1/chat/completions: status {code}: {}",
+                text.trim()
+            );
+        }
+        Err(e) => return Err(e).with_context(|| format!("POST {api}/v1/chat/completions")),
+    };
     let (mut first, mut last) = (None, None);
     let mut text = String::new();
     let mut usage = None;
+    let mut prompt_tokens = 0;
     for line in std::io::BufReader::new(resp.into_reader()).lines() {
         check_stop()?;
         let line = line?;
@@ -189,6 +203,7 @@ pub fn stream_chat(api: &str, max_tokens: usize, timeout: Duration) -> Result<Sa
         let v: serde_json::Value = serde_json::from_str(data).context("SSE chunk")?;
         if let Some(n) = v["usage"]["completion_tokens"].as_u64() {
             usage = Some(n as usize);
+            prompt_tokens = v["usage"]["prompt_tokens"].as_u64().unwrap_or(0) as usize;
         }
         let delta = v["choices"][0]["delta"]["content"].as_str().unwrap_or("");
         if !delta.is_empty() {
@@ -209,6 +224,7 @@ pub fn stream_chat(api: &str, max_tokens: usize, timeout: Duration) -> Result<Sa
         total,
         tokens_per_s: completion_tokens.saturating_sub(1) as f64 / decode.max(1e-9),
         completion_tokens,
+        prompt_tokens,
         text,
     })
 }

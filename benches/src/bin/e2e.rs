@@ -116,9 +116,11 @@ impl Config {
 }
 
 /// One concurrent run: `clients` streams at once.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Default, Serialize)]
 struct Concurrent {
     clients: usize,
+    /// Why the run failed (then the figures are 0).
+    error: Option<String>,
     /// Every stream's completion tokens over the wall time from the common start to the
     /// last stream's end.
     tokens_per_s: f64,
@@ -132,6 +134,8 @@ struct Row {
     config: Option<Config>,
     layers: Vec<String>,
     startup_s: f64,
+    /// The whole row: start, measurements, stop.
+    elapsed_s: f64,
     samples: Vec<Sample>,
     /// Relay bytes (all links, both directions) of a 1-token request: the prefill's share.
     prefill_bytes: Option<u64>,
@@ -271,6 +275,7 @@ fn concurrent(net: &Net, clients: usize, args: &Args) -> Result<Concurrent> {
     }
     Ok(Concurrent {
         clients,
+        error: None,
         tokens_per_s: total as f64 / wall.as_secs_f64().max(1e-9),
         tokens: total,
         wall_ms: wall.as_secs_f64() * 1e3,
@@ -353,10 +358,11 @@ fn run_config(
             row.round_bytes.push(settled_bytes(&net, cfg) - b0);
         }
         eprintln!(
-            "  round {round}: ttft {:.1} ms, {:.1} tok/s, {} tokens",
+            "  round {round}: ttft {:.1} ms, {:.1} tok/s, {} tokens after a {}-token prompt",
             s.ttft.as_secs_f64() * 1e3,
             s.tokens_per_s,
-            s.completion_tokens
+            s.completion_tokens,
+            s.prompt_tokens
         );
         row.samples.push(s);
     }
@@ -371,6 +377,7 @@ fn run_config(
                 .collect();
             Concurrent {
                 clients: 1,
+                error: None,
                 tokens_per_s: median(&v),
                 tokens: row.samples.iter().map(|s| s.completion_tokens).sum(),
                 wall_ms: row
@@ -380,9 +387,22 @@ fn run_config(
                     .sum(),
             }
         } else {
-            concurrent(&net, c, args)?
+            // A failed run is one cell of the row, not the row: it is reported with the
+            // reason (and node-0's last warnings) and the next run goes on.
+            concurrent(&net, c, args).unwrap_or_else(|e| {
+                let warnings = log_warnings(&net, 4);
+                eprintln!("  {c} clients failed: {e:#}\n{warnings}");
+                Concurrent {
+                    clients: c,
+                    error: Some(format!("{e:#}; node-0 log: {warnings}")),
+                    ..Concurrent::default()
+                }
+            })
         };
-        eprintln!("  {c} client(s): {:.1} tok/s aggregate", r.tokens_per_s);
+        check_stop()?;
+        if r.error.is_none() {
+            eprintln!("  {c} client(s): {:.1} tok/s aggregate", r.tokens_per_s);
+        }
         row.concurrent.push(r);
     }
     row.peak_rss_kib = net
@@ -394,6 +414,39 @@ fn run_config(
     row.relay_drops = net.relay_drops();
     drop(net);
     Ok(())
+}
+
+/// The first `n` warning or error lines of node-0's log (the cause comes first; what
+/// follows is often its consequence), without colour codes, joined.
+fn log_warnings(net: &Net, n: usize) -> String {
+    let Some(node) = net.state.nodes.first() else {
+        return String::new();
+    };
+    let text = std::fs::read_to_string(&node.log).unwrap_or_default();
+    let lines: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("WARN") || l.contains("ERROR"))
+        .take(n)
+        .collect();
+    strip_ansi(&lines.join(" / "))
+}
+
+/// `s` without ANSI escape sequences (`ESC [ ... letter`).
+fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for d in chars.by_ref() {
+                if d.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 fn mib(kib: u64) -> String {
@@ -483,18 +536,34 @@ fn main_table(rows: &[Row], args: &Args) -> String {
                     .join(" / "),
             );
             for want in &args.clients {
-                v.push(
-                    r.concurrent
-                        .iter()
-                        .find(|x| x.clients == *want)
-                        .map_or("n/a".into(), |x| format!("{:.1}", x.tokens_per_s)),
-                );
+                v.push(r.concurrent.iter().find(|x| x.clients == *want).map_or(
+                    "n/a".into(),
+                    |x| match &x.error {
+                        Some(e) => format!("failed ({})", short_error(e)),
+                        None => format!("{:.1}", x.tokens_per_s),
+                    },
+                ));
             }
             Some(v)
         })
         .collect();
     let h: Vec<&str> = header.iter().map(String::as_str).collect();
     markdown_table(&h, &body)
+}
+
+/// An error shortened for a table cell: its HTTP status, else its first 60 characters.
+fn short_error(e: &str) -> String {
+    if let Some(i) = e.find("status ") {
+        let code: String = e[i + 7..]
+            .chars()
+            .take_while(char::is_ascii_digit)
+            .collect();
+        if !code.is_empty() {
+            return format!("HTTP {code}");
+        }
+    }
+    let s: String = e.chars().take(60).collect();
+    s.replace('|', "/").replace('\n', " ")
 }
 
 /// One latency-rise line per model and mesh with a link: ms/token with the link vs on
@@ -753,11 +822,14 @@ fn main() -> Result<()> {
                     config: Some(cfg.clone()),
                     ..Row::default()
                 };
+                let t = Instant::now();
                 if let Err(e) = run_config(&exe, model, &cfg, &args, work.path(), &mut row) {
                     check_stop()?;
                     eprintln!("  failed: {e:#}");
                     row.error = Some(format!("{e:#}"));
                 }
+                row.elapsed_s = t.elapsed().as_secs_f64();
+                eprintln!("  row took {:.1} s", row.elapsed_s);
                 rows.push(row);
             }
         }
