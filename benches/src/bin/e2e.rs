@@ -872,3 +872,64 @@ fn main() -> Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(tokens: usize, tps: f64) -> Sample {
+        Sample {
+            ttft: Duration::from_millis(100),
+            total: Duration::from_millis(500),
+            tokens_per_s: tps,
+            completion_tokens: tokens,
+            prompt_tokens: 10,
+            text: String::new(),
+        }
+    }
+
+    #[test]
+    fn bytes_per_token_subtracts_the_prefill() {
+        let row = Row {
+            samples: vec![sample(11, 100.0), sample(11, 100.0), sample(11, 50.0)],
+            prefill_bytes: Some(1000),
+            round_bytes: vec![2000, 3000, 2500],
+            ..Row::default()
+        };
+        assert_eq!(row.bytes_per_token(), Some(150.0));
+        assert_eq!(row.ms_per_token(), 10.0);
+        let uncounted = Row {
+            samples: vec![sample(11, 100.0)],
+            ..Row::default()
+        };
+        assert_eq!(uncounted.bytes_per_token(), None);
+    }
+
+    #[test]
+    fn rise_counts_two_traversals_per_node() {
+        let row = |nodes, rtt_ms, tps| Row {
+            config: Some(Config {
+                model: "m",
+                nodes,
+                rtt_ms,
+            }),
+            samples: vec![sample(32, tps)],
+            ..Row::default()
+        };
+        // 10 ms/token on loopback, 165 ms/token with 25 ms one way: 155 ms rise over the
+        // expected 6 x 25 = 150 ms.
+        let rows = vec![row(3, 0.0, 100.0), row(3, 50.0, 1e3 / 165.0)];
+        let r = rises(&rows);
+        assert_eq!(r.len(), 1);
+        assert_eq!(r[0].expected_ms, 150.0);
+        assert!((r[0].excess_pct - 5.0 / 150.0 * 100.0).abs() < 1e-9);
+        assert!(acceptance_lines(&r).contains("pass"));
+    }
+
+    #[test]
+    fn errors_are_shortened_for_cells() {
+        assert_eq!(short_error("POST x: status 502: {...}"), "HTTP 502");
+        assert_eq!(short_error("a|b\nc"), "a/b c");
+        assert_eq!(strip_ansi("\u{1b}[33m WARN\u{1b}[0m x"), " WARN x");
+    }
+}
