@@ -257,21 +257,24 @@ fn concurrent(net: &Net, clients: usize, args: &Args) -> Result<Concurrent> {
     barrier.wait();
     let start = Instant::now();
     let mut total = 0;
-    let mut first_err = None;
+    let (mut failed, mut first_err) = (0, None);
     for h in handles {
-        match h.join() {
-            Ok(Ok(s)) => total += s.completion_tokens,
-            Ok(Err(e)) => {
-                first_err.get_or_insert(e);
+        let e = match h.join() {
+            Ok(Ok(s)) => {
+                total += s.completion_tokens;
+                continue;
             }
-            Err(_) => {
-                first_err.get_or_insert(anyhow::anyhow!("a client thread panicked"));
-            }
-        }
+            Ok(Err(e)) => e,
+            Err(_) => anyhow::anyhow!("a client thread panicked"),
+        };
+        failed += 1;
+        first_err.get_or_insert(e);
     }
     let wall = start.elapsed();
     if let Some(e) = first_err {
-        return Err(e.context(format!("{clients} concurrent clients")));
+        return Err(e.context(format!(
+            "{failed} of {clients} concurrent streams failed; the first"
+        )));
     }
     Ok(Concurrent {
         clients,
@@ -539,7 +542,7 @@ fn main_table(rows: &[Row], args: &Args) -> String {
                 v.push(r.concurrent.iter().find(|x| x.clients == *want).map_or(
                     "n/a".into(),
                     |x| match &x.error {
-                        Some(e) => format!("failed ({})", short_error(e)),
+                        Some(e) => format!("failed: {}", short_error(e)),
                         None => format!("{:.1}", x.tokens_per_s),
                     },
                 ));
@@ -551,15 +554,22 @@ fn main_table(rows: &[Row], args: &Args) -> String {
     markdown_table(&h, &body)
 }
 
-/// An error shortened for a table cell: its HTTP status, else its first 60 characters.
+/// An error shortened for a table cell: how many streams failed and the HTTP status,
+/// else its first 60 characters.
 fn short_error(e: &str) -> String {
+    let count = e
+        .split_once(" concurrent streams failed")
+        .map(|(n, _)| n.replace(" of ", "/"));
     if let Some(i) = e.find("status ") {
         let code: String = e[i + 7..]
             .chars()
             .take_while(char::is_ascii_digit)
             .collect();
         if !code.is_empty() {
-            return format!("HTTP {code}");
+            return match count {
+                Some(n) => format!("{n} streams, HTTP {code}"),
+                None => format!("HTTP {code}"),
+            };
         }
     }
     let s: String = e.chars().take(60).collect();
@@ -929,6 +939,10 @@ mod tests {
     #[test]
     fn errors_are_shortened_for_cells() {
         assert_eq!(short_error("POST x: status 502: {...}"), "HTTP 502");
+        assert_eq!(
+            short_error("12 of 16 concurrent streams failed; the first: POST x: status 502: {}"),
+            "12/16 streams, HTTP 502"
+        );
         assert_eq!(short_error("a|b\nc"), "a/b c");
         assert_eq!(strip_ansi("\u{1b}[33m WARN\u{1b}[0m x"), " WARN x");
     }
