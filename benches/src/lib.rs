@@ -7,10 +7,14 @@
 //! - [`models`]: the models (a real SmolLM2 file, synthetic TinyLlama-shape files) and the
 //!   fixed prompt.
 //! - [`sys`]: `/proc` readers (RSS, load, machine facts).
+//! - [`mesh`]: what the HTTP benches over testnets share (`mesh`, `e2e`).
+//! - [`relay_cost`]: the link-emulation relay's own added time per datagram.
 
 pub mod child;
 pub mod compare;
+pub mod mesh;
 pub mod models;
+pub mod relay_cost;
 pub mod report;
 pub mod rss;
 pub mod sys;

@@ -8,7 +8,16 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// A `kB` field of `/proc/self/status` (`VmRSS`, `VmHWM`, ...), in KiB.
 pub fn status_kib(field: &str) -> Option<u64> {
-    let text = std::fs::read_to_string("/proc/self/status").ok()?;
+    status_field_kib("/proc/self/status", field)
+}
+
+/// A `kB` field of `/proc/PID/status` of another process, in KiB.
+pub fn pid_status_kib(pid: u32, field: &str) -> Option<u64> {
+    status_field_kib(&format!("/proc/{pid}/status"), field)
+}
+
+fn status_field_kib(path: &str, field: &str) -> Option<u64> {
+    let text = std::fs::read_to_string(path).ok()?;
     text.lines().find_map(|l| {
         let rest = l.strip_prefix(field)?.strip_prefix(':')?;
         rest.split_whitespace().next()?.parse().ok()

@@ -20,13 +20,11 @@
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
+use lamina_benches::mesh::{lamina_exe, spread, stream_chat, Net, Sample, PROMPT};
 use lamina_benches::{report, sys};
 use lamina_testnet::{Placement, UpOptions};
-use std::io::BufRead;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
-
-const PROMPT: &str = "Write a long story about a lighthouse keeper.";
 
 #[derive(Parser, Debug)]
 #[command(about = "TTFT and decode tokens/s through a 3-node mesh vs one node, over HTTP")]
@@ -69,42 +67,6 @@ struct Config {
     threads: usize,
 }
 
-/// A running testnet; stops its nodes when dropped (also on error or panic).
-struct Testnet {
-    state: PathBuf,
-    api: String,
-}
-
-impl Drop for Testnet {
-    fn drop(&mut self) {
-        if let Err(e) = lamina_testnet::down(&self.state) {
-            eprintln!("warning: stopping {}: {e:#}", self.state.display());
-        }
-    }
-}
-
-/// What one streamed request measured.
-struct Sample {
-    ttft: Duration,
-    tokens_per_s: f64,
-    completion_tokens: usize,
-    text: String,
-}
-
-fn lamina_exe(arg: Option<PathBuf>) -> Result<PathBuf> {
-    let p = match arg {
-        Some(p) => p,
-        None => std::env::current_exe()?.with_file_name("lamina"),
-    };
-    if !p.exists() {
-        bail!(
-            "{} not found: build it with cargo build --release -p lamina-node",
-            p.display()
-        );
-    }
-    Ok(p)
-}
-
 fn configs(args: &Args) -> Vec<Config> {
     let t = args.threads_per_node;
     let mut v = vec![
@@ -136,90 +98,34 @@ fn configs(args: &Args) -> Vec<Config> {
     v
 }
 
-/// Starts one configuration's testnet under `work` and returns it with node-0's API.
-fn start(exe: &Path, model: &Path, c: &Config, work: &Path) -> Result<Testnet> {
+/// Starts one configuration's testnet under `work`.
+fn start(exe: &Path, model: &Path, c: &Config, work: &Path) -> Result<Net> {
     let dir = work.join(c.name);
     let state = work.join(format!("{}.state.json", c.name));
-    let mut opts = UpOptions::new(exe.into(), c.nodes, model.into(), state.clone(), dir);
+    let mut opts = UpOptions::new(exe.into(), c.nodes, model.into(), state, dir);
     opts.placement = c.placement.clone();
     opts.threads = Some(c.threads);
     let started = Instant::now();
-    let st = lamina_testnet::up(&opts).with_context(|| format!("starting {}", c.name))?;
     // From here on the guard stops the nodes, whatever happens.
-    let mut net = Testnet {
-        state,
-        api: String::new(),
-    };
-    net.api = st.nodes[0].api.clone().context("node-0 has no HTTP API")?;
-    let layers: Vec<&str> = st.nodes.iter().map(|n| n.layers.as_str()).collect();
+    let net = Net::up(&opts).with_context(|| format!("starting {}", c.name))?;
+    let layers: Vec<&str> = net.state.nodes.iter().map(|n| n.layers.as_str()).collect();
     eprintln!(
         "{}: {} up in {:.1} s, layers [{}], entry {}",
         c.name,
         c.what,
         started.elapsed().as_secs_f64(),
         layers.join(", "),
-        net.api
+        net.api()?
     );
     Ok(net)
 }
 
-/// One streamed chat completion through `api`.
-fn measure(api: &str, max_tokens: usize) -> Result<Sample> {
-    let body = serde_json::json!({
-        "messages": [{"role": "user", "content": PROMPT}],
-        "max_tokens": max_tokens,
-        "temperature": 0,
-        "stream": true,
-        "stream_options": {"include_usage": true},
-    });
-    let sent = Instant::now();
-    let resp = ureq::post(&format!("{api}/v1/chat/completions"))
-        .set("content-type", "application/json")
-        .timeout(Duration::from_secs(600))
-        .send_string(&body.to_string())
-        .with_context(|| format!("POST {api}/v1/chat/completions"))?;
-    let (mut first, mut last) = (None, None);
-    let mut text = String::new();
-    let mut usage = None;
-    for line in std::io::BufReader::new(resp.into_reader()).lines() {
-        let line = line?;
-        let Some(data) = line.strip_prefix("data: ") else {
-            continue;
-        };
-        if data == "[DONE]" {
-            break;
-        }
-        let v: serde_json::Value = serde_json::from_str(data).context("SSE chunk")?;
-        if let Some(n) = v["usage"]["completion_tokens"].as_u64() {
-            usage = Some(n as usize);
-        }
-        let delta = v["choices"][0]["delta"]["content"].as_str().unwrap_or("");
-        if !delta.is_empty() {
-            let now = sent.elapsed();
-            first.get_or_insert(now);
-            last = Some(now);
-            text.push_str(delta);
-        }
-    }
-    let (Some(first), Some(last)) = (first, last) else {
-        bail!("{api}: no content in the stream");
-    };
-    let completion_tokens = usage.context("no usage chunk in the stream")?;
-    let decode = (last - first).as_secs_f64();
-    Ok(Sample {
-        ttft: first,
-        tokens_per_s: completion_tokens.saturating_sub(1) as f64 / decode.max(1e-9),
-        completion_tokens,
-        text,
-    })
-}
-
 /// Warm-up, then `rounds` rounds alternating the testnets; `samples[config][round]`.
-fn run(nets: &[Testnet], cfgs: &[Config], args: &Args) -> Result<Vec<Vec<Sample>>> {
+fn run(nets: &[Net], cfgs: &[Config], args: &Args) -> Result<Vec<Vec<Sample>>> {
     let mut samples: Vec<Vec<Sample>> = nets.iter().map(|_| Vec::new()).collect();
     for round in 0..=args.rounds {
         for ((net, c), out) in nets.iter().zip(cfgs).zip(&mut samples) {
-            let s = measure(&net.api, args.max_tokens)
+            let s = stream_chat(net.api()?, args.max_tokens, Duration::from_secs(600))
                 .with_context(|| format!("{} round {round}", c.name))?;
             let tag = if round == 0 {
                 "warm-up".to_string()
@@ -256,12 +162,6 @@ fn load_1m() -> String {
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
-}
-
-/// `median (min-max)` with `prec` decimals.
-fn spread(v: &[f64], prec: usize) -> String {
-    let (lo, hi) = report::min_max(v);
-    format!("{:.prec$} ({lo:.prec$}-{hi:.prec$})", report::median(v))
 }
 
 /// The markdown report: how it was run, then one row per configuration.
