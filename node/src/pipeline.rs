@@ -338,25 +338,54 @@ impl PipelineSession {
         }
     }
 
+    /// The next message from the first hop. [`Message::Progress`] ("still working on
+    /// the step") restarts the silence deadline, within [`progress_cap`] in all.
     async fn recv(&mut self) -> Result<Message, PipelineError> {
-        match tokio::time::timeout(self.timeout, self.rx.recv()).await {
-            Err(_) => Err(PipelineError::Timeout(format!(
-                "no answer from the first hop within {:?}",
-                self.timeout
-            ))),
-            Ok(Ok(Some(Message::Error(e)))) => Err(PipelineError::Remote(e)),
-            Ok(Ok(Some(m))) => Ok(m),
-            Ok(Ok(None)) => Err(PipelineError::Protocol(
-                "the first hop closed the stream".into(),
-            )),
-            // The first hop's stream or connection died: a transport failure (retriable
-            // on another chain), not a protocol violation.
-            Ok(Err(crate::dataplane::RecvError::Stream(e))) => {
-                Err(PipelineError::DataPlane(DataPlaneError::Stream(e)))
+        let cap = progress_cap(self.timeout);
+        let end = tokio::time::Instant::now() + cap;
+        loop {
+            let left = end.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                return Err(PipelineError::Timeout(format!(
+                    "the chain reported progress for {cap:?} without answering"
+                )));
             }
-            Ok(Err(e)) => Err(PipelineError::Protocol(e.to_string())),
+            match tokio::time::timeout(self.timeout.min(left), self.rx.recv()).await {
+                Err(_) if left <= self.timeout => {
+                    return Err(PipelineError::Timeout(format!(
+                        "the chain reported progress for {cap:?} without answering"
+                    )))
+                }
+                Err(_) => {
+                    return Err(PipelineError::Timeout(format!(
+                        "no answer from the first hop within {:?}",
+                        self.timeout
+                    )))
+                }
+                Ok(Ok(Some(Message::Progress(_)))) => continue,
+                Ok(Ok(Some(Message::Error(e)))) => return Err(PipelineError::Remote(e)),
+                Ok(Ok(Some(m))) => return Ok(m),
+                Ok(Ok(None)) => {
+                    return Err(PipelineError::Protocol(
+                        "the first hop closed the stream".into(),
+                    ))
+                }
+                // The first hop's stream or connection died: a transport failure
+                // (retriable on another chain), not a protocol violation.
+                Ok(Err(crate::dataplane::RecvError::Stream(e))) => {
+                    return Err(PipelineError::DataPlane(DataPlaneError::Stream(e)))
+                }
+                Ok(Err(e)) => return Err(PipelineError::Protocol(e.to_string())),
+            }
         }
     }
+}
+
+/// How long a step may take in all while the chain keeps reporting progress: ten silence
+/// deadlines, at least two minutes (sixteen prompts queued on a one-thread node serving a
+/// 1B model take about a minute).
+pub fn progress_cap(silence: std::time::Duration) -> std::time::Duration {
+    (silence * 10).max(std::time::Duration::from_secs(120))
 }
 
 impl Drop for PipelineSession {

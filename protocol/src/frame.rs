@@ -5,7 +5,8 @@
 //! offset     size  field
 //! 0          4     body_len    u32 LE: bytes after this field; 5 <= body_len <= max_frame_bytes
 //! 4          1     tag         u8: MessageKind (0 Hello, 1 HelloAck, 2 Error, 3 OpenSession,
-//!                              4 SessionOpened, 5 Forward, 6 StepResult, 7 Close, 8 Closed)
+//!                              4 SessionOpened, 5 Forward, 6 StepResult, 7 Close, 8 Closed,
+//!                              9 Progress)
 //! 5          4     header_len  u32 LE: H <= max_header_bytes and 9 + H <= 4 + body_len
 //! 9          H     header      bincode 2, config::standard() (varint integers, little endian)
 //! 9 + H      P     payload     raw tensor bytes, concatenated in header order;
@@ -45,7 +46,7 @@ use crate::error::ProtocolError;
 use crate::ids::SessionId;
 use crate::message::{
     check_version, Close, Closed, ErrorMessage, Forward, ForwardInput, Hello, HelloAck, Message,
-    MessageKind, OpenSession, SessionOpened, StepOutput, StepResult,
+    MessageKind, OpenSession, Progress, SessionOpened, StepOutput, StepResult,
 };
 use crate::tensor::{checked_byte_len, WireDType, WireTensor, MAX_TENSOR_RANK};
 
@@ -307,6 +308,7 @@ pub fn encode_frame_parts(
         Message::SessionOpened(m) => encode_header(kind, m),
         Message::Close(m) => encode_header(kind, m),
         Message::Closed(m) => encode_header(kind, m),
+        Message::Progress(m) => encode_header(kind, m),
         Message::Forward(m) => {
             let input = match &m.input {
                 ForwardInput::Tokens(t) => ForwardInputRef::Tokens(t),
@@ -483,6 +485,7 @@ fn decode_body(body: Bytes, limits: &FrameLimits) -> Result<Message, ProtocolErr
         }
         MessageKind::Close => Message::Close(decode_header::<Close>(kind, header)?),
         MessageKind::Closed => Message::Closed(decode_header::<Closed>(kind, header)?),
+        MessageKind::Progress => Message::Progress(decode_header::<Progress>(kind, header)?),
         MessageKind::Forward => {
             let head = decode_header::<ForwardHead>(kind, header)?;
             let input = match head.input {

@@ -85,8 +85,8 @@ pub use ids::{CertFingerprint, ModelId, SessionId};
 pub use layers::LayerRange;
 pub use message::{
     check_version, Close, Closed, ErrorCode, ErrorMessage, Forward, ForwardInput, Hello, HelloAck,
-    HopAddr, Message, MessageKind, OpenSession, SamplingSettings, SessionOpened, StepOutput,
-    StepResult, MAX_ERROR_MESSAGE_BYTES, PROTOCOL_VERSION,
+    HopAddr, Message, MessageKind, OpenSession, Progress, SamplingSettings, SessionOpened,
+    StepOutput, StepResult, MAX_ERROR_MESSAGE_BYTES, PROGRESS_INTERVAL_MS, PROTOCOL_VERSION,
 };
 pub use tensor::{
     checked_byte_len, checked_element_count, WireDType, WireTensor, MAX_TENSOR_ELEMENTS,

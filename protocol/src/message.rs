@@ -29,7 +29,7 @@ use crate::tensor::{WireDType, WireTensor};
 /// The version of this protocol. A `Hello` or `HelloAck` carrying another version is refused
 /// with [`ProtocolError::UnsupportedVersion`] (and an [`ErrorCode::UnsupportedVersion`]
 /// reply) before the rest of it is read.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Bytes of an error message kept by [`ErrorMessage::new`]: enough for a useful sentence,
 /// small enough that an error reply never competes with real traffic.
@@ -73,11 +73,13 @@ pub enum MessageKind {
     Close = 7,
     /// See [`Closed`].
     Closed = 8,
+    /// See [`Progress`] (since version 2).
+    Progress = 9,
 }
 
 impl MessageKind {
     /// Every kind, in tag order.
-    pub const ALL: [MessageKind; 9] = [
+    pub const ALL: [MessageKind; 10] = [
         MessageKind::Hello,
         MessageKind::HelloAck,
         MessageKind::Error,
@@ -87,6 +89,7 @@ impl MessageKind {
         MessageKind::StepResult,
         MessageKind::Close,
         MessageKind::Closed,
+        MessageKind::Progress,
     ];
 
     /// The tag byte.
@@ -111,6 +114,7 @@ impl MessageKind {
             MessageKind::StepResult => "StepResult",
             MessageKind::Close => "Close",
             MessageKind::Closed => "Closed",
+            MessageKind::Progress => "Progress",
         }
     }
 }
@@ -142,6 +146,9 @@ pub enum Message {
     Close(Close),
     /// The answer to `Close`.
     Closed(Closed),
+    /// Sent upstream while a step is queued or computing (here or further down), so the
+    /// caller can tell a busy chain from a stalled one.
+    Progress(Progress),
 }
 
 impl Message {
@@ -157,6 +164,7 @@ impl Message {
             Message::StepResult(_) => MessageKind::StepResult,
             Message::Close(_) => MessageKind::Close,
             Message::Closed(_) => MessageKind::Closed,
+            Message::Progress(_) => MessageKind::Progress,
         }
     }
 
@@ -170,7 +178,8 @@ impl Message {
             | Message::Error(_)
             | Message::SessionOpened(_)
             | Message::Close(_)
-            | Message::Closed(_) => Ok(()),
+            | Message::Closed(_)
+            | Message::Progress(_) => Ok(()),
             Message::HelloAck(m) => m.validate(),
             Message::OpenSession(m) => m.validate(),
             Message::Forward(m) => m.validate(),
@@ -187,6 +196,7 @@ impl Message {
             Message::StepResult(m) => Some(m.session_id),
             Message::Close(m) => Some(m.session_id),
             Message::Closed(m) => Some(m.session_id),
+            Message::Progress(m) => Some(m.session_id),
             Message::Hello(_) | Message::HelloAck(_) | Message::Error(_) => None,
         }
     }
@@ -570,6 +580,23 @@ pub struct Closed {
     pub session_id: SessionId,
 }
 
+/// "Still working on step `step`": sent by a hop, about every
+/// [`PROGRESS_INTERVAL_MS`], while a step it accepted waits for compute (other sessions
+/// on the same node), computes, or waits for its next hop. A caller's silence deadline
+/// restarts on each one, within a hard cap of its own, so sixteen clients queued on a
+/// one-thread node are not mistaken for a stalled peer, while a peer that stops talking
+/// is still found within one silence deadline.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Encode, Decode)]
+pub struct Progress {
+    /// The session the step belongs to.
+    pub session_id: SessionId,
+    /// The step being worked on.
+    pub step: u64,
+}
+
+/// How often a hop sends [`Progress`] while a step is pending.
+pub const PROGRESS_INTERVAL_MS: u64 = 1000;
+
 /// A typed failure. The stream stays usable unless the error says the frame boundary was
 /// lost (`FrameTooLarge`), in which case the sender closes it after this message.
 ///
@@ -746,7 +773,7 @@ mod tests {
             assert_eq!(k.tag() as usize, i);
             assert_eq!(MessageKind::from_tag(k.tag()), Some(*k));
         }
-        assert_eq!(MessageKind::from_tag(9), None);
+        assert_eq!(MessageKind::from_tag(10), None);
         assert_eq!(MessageKind::from_tag(255), None);
     }
 
@@ -754,8 +781,8 @@ mod tests {
     fn version_check() {
         assert!(check_version(PROTOCOL_VERSION).is_ok());
         assert_eq!(
-            check_version(2),
-            Err(ProtocolError::UnsupportedVersion { peer: 2, ours: 1 })
+            check_version(1),
+            Err(ProtocolError::UnsupportedVersion { peer: 1, ours: 2 })
         );
     }
 

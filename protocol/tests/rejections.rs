@@ -306,21 +306,21 @@ fn unknown_tag_is_its_own_error_and_the_stream_goes_on() {
     assert!(!results[0].as_ref().unwrap_err().is_fatal());
     assert!(matches!(results[1], Ok(Message::Close(_))));
     assert!(matches!(
-        decode_frame(&raw_frame(9, &[], &[]), &FrameLimits::default()),
-        Err(ProtocolError::UnknownMessageTag(9))
+        decode_frame(&raw_frame(10, &[], &[]), &FrameLimits::default()),
+        Err(ProtocolError::UnknownMessageTag(10))
     ));
 }
 
 #[test]
 fn other_versions_get_unsupported_version() {
     let mut hello = Hello::new(ModelId([1; 32]), "future-node");
-    hello.protocol_version = 2;
+    hello.protocol_version = PROTOCOL_VERSION + 1;
     let f = encode_frame(&Message::Hello(hello)).unwrap();
     let err = decode_frame(&f, &FrameLimits::default()).unwrap_err();
     assert_eq!(
         err,
         ProtocolError::UnsupportedVersion {
-            peer: 2,
+            peer: PROTOCOL_VERSION + 1,
             ours: PROTOCOL_VERSION
         }
     );

@@ -595,11 +595,17 @@ fn panels_report_the_bytes_they_consumed() {
         let mut ranges = Vec::new();
         Panels::repack_with(&qm, |r| ranges.push(r)).unwrap();
         let row_bytes = data.len() / n;
-        assert!(ranges.len() > 1, "{ty:?}: progress in steps, got {ranges:?}");
+        assert!(
+            ranges.len() > 1,
+            "{ty:?}: progress in steps, got {ranges:?}"
+        );
         let mut at = 0;
         for r in &ranges {
             assert_eq!(r.start, at, "{ty:?}: contiguous");
-            assert!(r.end > r.start && r.end % row_bytes == 0, "{ty:?}: whole rows");
+            assert!(
+                r.end > r.start && r.end % row_bytes == 0,
+                "{ty:?}: whole rows"
+            );
             at = r.end;
         }
         assert_eq!(at, data.len(), "{ty:?}: every byte");

@@ -13,7 +13,8 @@ use std::time::Duration;
 use candle_core::{DType, Device, Tensor};
 use lamina_protocol::{
     Close, Closed, ErrorCode, ErrorMessage, Forward, ForwardInput, FrameLimits, Message, ModelId,
-    OpenSession, SessionId, SessionOpened, StepOutput, StepResult, WireDType, WireTensor,
+    OpenSession, Progress, SessionId, SessionOpened, StepOutput, StepResult, WireDType, WireTensor,
+    PROGRESS_INTERVAL_MS,
 };
 use lamina_sharding::executor::{LogitRows, Shard, ShardInput, ShardOutput};
 use lamina_sharding::kv_cache::KvCache;
@@ -272,7 +273,21 @@ impl SessionServer {
                         continue;
                     }
                 };
-                let reply = self.handle(&served, &mut machine, &mut live, msg).await;
+                // A step may wait for compute behind other sessions, compute, and wait for
+                // the next hop: say "still working" meanwhile, so the caller's silence
+                // deadline measures stalls, not queues.
+                let progress = match &msg {
+                    Message::Forward(f) => Some(Message::Progress(Progress {
+                        session_id: f.session_id,
+                        step: f.step,
+                    })),
+                    _ => None,
+                };
+                let work = self.handle(&served, &mut machine, &mut live, msg);
+                let reply = match &progress {
+                    Some(p) => with_progress(work, &mut tx, p).await,
+                    None => work.await,
+                };
                 let done = machine.is_closed();
                 if let Some(reply) = reply {
                     if let Err(e) = tx.send(&reply).await {
@@ -519,7 +534,7 @@ impl SessionServer {
                     // the entry that could be anyone's fault.
                     let deadline = downstream_deadline(d.slowest, rows).min(self.opts.idle_timeout);
                     let t0 = std::time::Instant::now();
-                    let r = forward_downstream(d, &next, deadline).await;
+                    let r = forward_downstream(d, &next, deadline, self.opts.idle_timeout).await;
                     if r.is_ok() && rows == 1 {
                         let took = t0.elapsed();
                         d.slowest = Some(d.slowest.map_or(took, |s| s.max(took)));
@@ -609,6 +624,42 @@ fn run_compute(
     }
 }
 
+/// Runs `work`, sending `progress` on `tx` every [`PROGRESS_INTERVAL_MS`] until it is
+/// done. A failed send is ignored: the reply's own send reports a dead stream.
+async fn with_progress<T>(
+    work: impl std::future::Future<Output = T>,
+    tx: &mut FramedSend,
+    progress: &Message,
+) -> T {
+    let every = Duration::from_millis(PROGRESS_INTERVAL_MS);
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    tokio::pin!(work);
+    loop {
+        tokio::select! {
+            r = &mut work => return r,
+            _ = tick.tick() => {
+                let _ = tx.send(progress).await;
+            }
+        }
+    }
+}
+
+/// Receives the answer to a step: [`Progress`] frames restart the silence deadline `t`,
+/// within `cap` in all (a peer that reports progress forever is stalled too).
+async fn recv_step(rx: &mut FramedRecv, t: Duration, cap: Duration) -> Result<Message, String> {
+    let end = tokio::time::Instant::now() + cap.max(t);
+    loop {
+        let left = end.saturating_duration_since(tokio::time::Instant::now());
+        if left.is_zero() {
+            return Err(format!("still no answer after {cap:?} of progress reports"));
+        }
+        match recv_timeout(rx, t.min(left)).await? {
+            Message::Progress(_) => continue,
+            m => return Ok(m),
+        }
+    }
+}
+
 async fn recv_timeout(rx: &mut FramedRecv, t: Duration) -> Result<Message, String> {
     match tokio::time::timeout(t, rx.recv()).await {
         Err(_) => Err(format!("no answer within {t:?}")),
@@ -631,10 +682,13 @@ fn downstream_deadline(slowest: Option<Duration>, rows: u32) -> Duration {
     }
 }
 
+/// Sends `f` to the next hop and waits for its answer: silent for `t` at most, `cap` in
+/// all (see [`recv_step`]).
 async fn forward_downstream(
     d: &mut Downstream,
     f: &Forward,
     t: Duration,
+    cap: Duration,
 ) -> Result<Message, ErrorMessage> {
     let fail = |what: String| {
         ErrorMessage::new(
@@ -645,7 +699,7 @@ async fn forward_downstream(
     d.tx.send(&Message::Forward(f.clone()))
         .await
         .map_err(|e| fail(e.to_string()))?;
-    match recv_timeout(&mut d.rx, t).await.map_err(fail)? {
+    match recv_step(&mut d.rx, t, cap).await.map_err(fail)? {
         Message::StepResult(r) if r.session_id == f.session_id && r.step == f.step => {
             Ok(Message::StepResult(r))
         }

@@ -178,6 +178,8 @@ pub fn message() -> impl Strategy<Value = Message> {
         step_result().prop_map(Message::StepResult),
         session_id().prop_map(|session_id| Message::Close(Close { session_id })),
         session_id().prop_map(|session_id| Message::Closed(Closed { session_id })),
+        (session_id(), any::<u64>())
+            .prop_map(|(session_id, step)| Message::Progress(Progress { session_id, step })),
     ]
 }
 
