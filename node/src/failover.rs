@@ -36,6 +36,10 @@ pub struct FailoverPolicy {
     /// First backoff before re-planning; doubles per attempt (announcements of a fresh
     /// replacement may need a moment to arrive).
     pub backoff: Duration,
+    /// How long a failure that names no hop (a timeout) waits for the routes to change
+    /// before the first hop is blamed ([`NOTICE_WAIT`]; a route source without pings,
+    /// such as a test's, has nothing to wait for).
+    pub notice_wait: Duration,
 }
 
 impl Default for FailoverPolicy {
@@ -43,6 +47,7 @@ impl Default for FailoverPolicy {
         Self {
             max_attempts: 4,
             backoff: Duration::from_millis(200),
+            notice_wait: NOTICE_WAIT,
         }
     }
 }
@@ -101,8 +106,10 @@ impl StepDeadline {
     }
 }
 
-/// Which hop a failure is the fault of, when the failure says: the deepest hop an error
-/// reply names, or the first hop when talking to it failed. A timeout names nobody (any
+/// Which hop a failure is the fault of, when the failure says: the hop a `NextHopFailed`
+/// names, else the hop that answered the error (each hop that relays an error reply puts
+/// the address of the hop it came from in front, so the innermost address is its origin),
+/// else the first hop, which is the one this side talks to. A timeout names nobody (any
 /// hop of the chain may have stalled): `None`, and the caller waits for the mesh to notice
 /// which peer stopped answering its pings.
 pub fn blame(chain: &[ChainHop], e: &PipelineError) -> Option<CertFingerprint> {
@@ -122,13 +129,10 @@ pub fn blame(chain: &[ChainHop], e: &PipelineError) -> Option<CertFingerprint> {
                         .unwrap_or(rest.len());
                     &rest[..end]
                 });
-            match named {
-                Some(addr) => chain
-                    .iter()
-                    .find(|h| h.addr == addr)
-                    .map(|h| h.fingerprint)
-                    .or(first),
-                None => first,
+            let hop_at = |addr: &str| chain.iter().find(|h| h.addr == addr);
+            match named.and_then(hop_at) {
+                Some(h) => Some(h.fingerprint),
+                None => relay_origin(chain, &m.message).or(first),
             }
         }
         // Every hop bounds its next hop more tightly than this side bounds the chain
@@ -140,9 +144,23 @@ pub fn blame(chain: &[ChainHop], e: &PipelineError) -> Option<CertFingerprint> {
     }
 }
 
+/// The innermost hop of the `"addr: addr: ..."` prefix relaying hops put on an error.
+fn relay_origin(chain: &[ChainHop], message: &str) -> Option<CertFingerprint> {
+    let mut rest = message;
+    let mut origin = None;
+    while let Some(h) = chain.iter().find(|h| {
+        rest.strip_prefix(h.addr.as_str())
+            .is_some_and(|r| r.starts_with(": "))
+    }) {
+        origin = Some(h.fingerprint);
+        rest = &rest[h.addr.len() + 2..];
+    }
+    origin
+}
+
 /// How long an unattributed failure waits for the mesh to route around the culprit
 /// (ping marks a dead peer unreachable within about a ping interval plus timeout).
-const NOTICE_WAIT: Duration = Duration::from_secs(6);
+pub const NOTICE_WAIT: Duration = Duration::from_secs(6);
 
 /// Whether another chain could succeed where this one failed. Errors about the request
 /// itself (a context overflow, a bad tensor, a protocol violation by this side) would fail
@@ -163,7 +181,7 @@ pub fn is_retriable(e: &PipelineError) -> bool {
                 | ErrorCode::LayerMismatch
                 | ErrorCode::WrongModel
         ),
-        PipelineError::Chain(_) => false,
+        PipelineError::Chain(_) | PipelineError::Uncovered { .. } => false,
     }
 }
 
@@ -299,7 +317,7 @@ impl<'a> FailoverStepper<'a> {
         let failed: Vec<CertFingerprint> = self.chain.iter().map(|h| h.fingerprint).collect();
         let mut next = (self.replan)(&self.exclude);
         if !attributed {
-            let deadline = Instant::now() + NOTICE_WAIT;
+            let deadline = Instant::now() + self.policy.notice_wait;
             while matches!(&next, Ok(c) if c.iter().map(|h| h.fingerprint).eq(failed.iter().copied()))
                 && Instant::now() < deadline
             {
@@ -447,6 +465,21 @@ mod tests {
         );
         let e = PipelineError::Timeout("x".into());
         assert_eq!(blame(&chain, &e), None, "a timeout names nobody");
+        // An error reply relayed by hops 1 and 2 came from hop 3.
+        let e = PipelineError::Remote(ErrorMessage::new(
+            ErrorCode::Internal,
+            "127.0.0.1:2: 127.0.0.1:3: out of memory",
+        ));
+        assert_eq!(
+            blame(&chain, &e),
+            Some(CertFingerprint::from_bytes([3; 32]))
+        );
+        // The first hop's own error.
+        let e = PipelineError::Remote(ErrorMessage::new(ErrorCode::Internal, "out of memory"));
+        assert_eq!(
+            blame(&chain, &e),
+            Some(CertFingerprint::from_bytes([1; 32]))
+        );
     }
 
     #[test]
@@ -456,6 +489,9 @@ mod tests {
             crate::dataplane::DataPlaneError::Stream("connection lost".into())
         )));
         assert!(!is_retriable(&PipelineError::Chain("uncovered".into())));
+        assert!(!is_retriable(&PipelineError::Uncovered {
+            layers: "2..4".into()
+        }));
         assert!(!is_retriable(&PipelineError::Remote(ErrorMessage::new(
             ErrorCode::ContextOverflow,
             "too long"

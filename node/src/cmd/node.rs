@@ -190,6 +190,7 @@ pub fn run(args: NodeArgs) -> anyhow::Result<()> {
                     max_sessions: args.max_sessions,
                     idle_timeout: Duration::from_secs(args.idle_timeout_secs),
                     limits,
+                    faults: None,
                 };
                 let server = SessionServer::new(shard, model_id, dialer.clone(), opts)?;
                 tokio::spawn(server.clone().serve(endpoint.clone()));

@@ -21,6 +21,7 @@ use lamina_sharding::sampling::{Sampler, SamplingParams};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::Instrument;
 
+use super::faults::{Fault, FaultPlan};
 use super::machine::{HostInfo, Role, StreamMachine};
 use super::replay::ReplayLog;
 use crate::dataplane::{Dialer, FramedRecv, FramedSend, RecvError};
@@ -36,6 +37,8 @@ pub struct ServerOptions {
     pub idle_timeout: Duration,
     /// Frame limits of every stream.
     pub limits: FrameLimits,
+    /// Faults to inject (churn tests only; `None` in the daemon).
+    pub faults: Option<Arc<FaultPlan>>,
 }
 
 impl Default for ServerOptions {
@@ -45,6 +48,7 @@ impl Default for ServerOptions {
             max_sessions: 64,
             idle_timeout: Duration::from_secs(300),
             limits: FrameLimits::default(),
+            faults: None,
         }
     }
 }
@@ -223,7 +227,11 @@ impl SessionServer {
                         let server = self.clone();
                         let tx = FramedSend::new(send, server.opts.limits);
                         let rx = FramedRecv::new(recv, server.opts.limits);
-                        tokio::spawn(server.stream(tx, rx).in_current_span());
+                        tokio::spawn(
+                            server
+                                .stream_on(Some(conn.clone()), tx, rx)
+                                .in_current_span(),
+                        );
                     }
                     Err(e) => {
                         tracing::debug!("connection ended: {e}");
@@ -237,7 +245,17 @@ impl SessionServer {
     }
 
     /// Serves one stream (one session) until it ends, is closed or expires.
-    pub async fn stream(self: Arc<Self>, mut tx: FramedSend, mut rx: FramedRecv) {
+    pub async fn stream(self: Arc<Self>, tx: FramedSend, rx: FramedRecv) {
+        self.stream_on(None, tx, rx).await
+    }
+
+    /// [`stream`](Self::stream) on a stream of `conn` (which an injected fault may close).
+    async fn stream_on(
+        self: Arc<Self>,
+        conn: Option<quinn::Connection>,
+        mut tx: FramedSend,
+        mut rx: FramedRecv,
+    ) {
         let served = self.current();
         let mut machine = StreamMachine::new(served.host.clone());
         let mut live: Option<Live> = None;
@@ -272,6 +290,12 @@ impl SessionServer {
                         continue;
                     }
                 };
+                if let Some(fault) = self.fault_for(&msg) {
+                    match self.inject(fault, conn.as_ref(), &mut tx, &mut rx).await {
+                        std::ops::ControlFlow::Continue(()) => continue,
+                        std::ops::ControlFlow::Break(()) => break,
+                    }
+                }
                 let reply = self.handle(&served, &mut machine, &mut live, msg).await;
                 let done = machine.is_closed();
                 if let Some(reply) = reply {
@@ -300,6 +324,51 @@ impl SessionServer {
         }
         .instrument(span)
         .await
+    }
+
+    fn fault_for(&self, msg: &Message) -> Option<Fault> {
+        match (msg, &self.opts.faults) {
+            (Message::Forward(f), Some(plan)) => plan.take(f.step),
+            _ => None,
+        }
+    }
+
+    /// Fails the step as `fault` says; whether the stream goes on.
+    async fn inject(
+        &self,
+        fault: Fault,
+        conn: Option<&quinn::Connection>,
+        tx: &mut FramedSend,
+        rx: &mut FramedRecv,
+    ) -> std::ops::ControlFlow<()> {
+        use std::ops::ControlFlow::{Break, Continue};
+        tracing::warn!(?fault, "injecting a fault");
+        match fault {
+            Fault::DropConnectionAtStep(_) => {
+                if let Some(c) = conn {
+                    c.close(0u32.into(), b"injected fault");
+                }
+                Break(())
+            }
+            Fault::StallAtStep(_) => {
+                // Hold the stream without answering until the upstream drops it.
+                let _ = tokio::time::timeout(self.opts.idle_timeout, async {
+                    while let Ok(Some(_)) = rx.recv().await {}
+                })
+                .await;
+                Break(())
+            }
+            Fault::GarbageAtStep(_) => {
+                // A length prefix far over any limit: the reader's decoder fails at once.
+                let _ = tx.send_raw(&[0xff; 16]).await;
+                Continue(())
+            }
+            Fault::ErrorAtStep(s) => {
+                let e = Message::error(ErrorCode::Internal, format!("injected fault at step {s}"));
+                let _ = tx.send(&e).await;
+                Continue(())
+            }
+        }
     }
 
     async fn handle(
@@ -621,6 +690,7 @@ async fn recv_timeout(rx: &mut FramedRecv, t: Duration) -> Result<Message, Strin
 fn relay_error(addr: &str, e: ErrorMessage) -> ErrorMessage {
     ErrorMessage::new(e.code, format!("{addr}: {}", e.message))
 }
+
 
 /// A next hop's deadline for a step of `rows` rows: 10x its slowest one-row step (at
 /// least 1 s), or, for a prefill or before anything was measured, 8 s plus 40 ms a row.
