@@ -116,8 +116,7 @@ impl Bans {
     ) -> Option<Duration> {
         let e = self.entries.get(cert)?;
         let restarted = started_at_ms.is_some_and(|s| s > e.last_ms);
-        (e.until_ms > now_ms && !restarted)
-            .then(|| Duration::from_millis(e.until_ms - now_ms))
+        (e.until_ms > now_ms && !restarted).then(|| Duration::from_millis(e.until_ms - now_ms))
     }
 
     /// The peers banned at `now_ms`; `started_at` gives a peer's newest incarnation. Also
