@@ -174,6 +174,7 @@ pub fn is_retriable(e: &PipelineError) -> bool {
         PipelineError::Remote(m) => matches!(
             m.code,
             ErrorCode::NextHopFailed
+                | ErrorCode::ShuttingDown
                 | ErrorCode::SessionLimit
                 | ErrorCode::UnknownSession
                 | ErrorCode::Busy
@@ -183,6 +184,13 @@ pub fn is_retriable(e: &PipelineError) -> bool {
         ),
         PipelineError::Chain(_) | PipelineError::Uncovered { .. } => false,
     }
+}
+
+/// Whether `e` is a hop refusing a new session because it is shutting down: a reason to
+/// go elsewhere, not a failure of the hop (it is not banned, and the refusal costs no
+/// attempt and no backoff).
+pub fn is_draining_refusal(e: &PipelineError) -> bool {
+    matches!(e, PipelineError::Remote(m) if m.code == ErrorCode::ShuttingDown)
 }
 
 /// A [`Stepper`] that survives hop failures (see the module doc). Synchronous, like
@@ -247,10 +255,12 @@ impl<'a> FailoverStepper<'a> {
             match result {
                 Ok(()) => return Ok(()),
                 Err(e) if is_retriable(&e) && attempt < self.policy.max_attempts => {
-                    let attributed = self.blame_and_exclude(&e);
+                    let (attributed, moved) = self.blame_and_exclude(&e);
                     tracing::warn!(attempt, attributed, "opening failed: {e}; failing over");
-                    attempt += 1;
-                    result = self.recover(attempt, attributed);
+                    if !moved {
+                        attempt += 1;
+                    }
+                    result = self.recover(attempt, attributed, !moved);
                 }
                 Err(e) => return Err(e),
             }
@@ -310,10 +320,19 @@ impl<'a> FailoverStepper<'a> {
     /// Drops the broken session, re-plans without the blamed peers, reopens and replays.
     /// After a failure nobody could be blamed for, it waits (bounded) for a plan that
     /// differs from the failed chain, then blames the first hop if none comes.
-    fn recover(&mut self, attempt: usize, attributed: bool) -> Result<(), PipelineError> {
+    /// `backoff`: whether to wait first (not after a draining hop's refusal: it is not
+    /// broken, and the rest of the mesh is ready now).
+    fn recover(
+        &mut self,
+        attempt: usize,
+        attributed: bool,
+        backoff: bool,
+    ) -> Result<(), PipelineError> {
         // Dropping the session ends its stream; the surviving hops free their caches.
         self.session = None;
-        std::thread::sleep(self.policy.backoff * (1u32 << attempt.min(6)));
+        if backoff {
+            std::thread::sleep(self.policy.backoff * (1u32 << attempt.min(6)));
+        }
         let failed: Vec<CertFingerprint> = self.chain.iter().map(|h| h.fingerprint).collect();
         let mut next = (self.replan)(&self.exclude);
         if !attributed {
@@ -343,15 +362,22 @@ impl<'a> FailoverStepper<'a> {
         self.replay()
     }
 
-    /// Excludes (and reports) the hop `e` names; whether one was named.
-    fn blame_and_exclude(&mut self, e: &PipelineError) -> bool {
+    /// Excludes (and reports) the hop `e` names. Returns whether one was named, and
+    /// whether it merely refused because it is draining and was not excluded before
+    /// (then it is not reported, and the retry is free: each such refusal excludes one
+    /// more peer, so free retries are bounded by the peers there are).
+    fn blame_and_exclude(&mut self, e: &PipelineError) -> (bool, bool) {
         match blame(&self.chain, e) {
+            Some(peer) if is_draining_refusal(e) => {
+                let new = self.exclude.insert(peer);
+                (true, new)
+            }
             Some(peer) => {
                 self.exclude.insert(peer);
                 (self.on_failure)(peer);
-                true
+                (true, false)
             }
-            None => false,
+            None => (false, false),
         }
     }
 
@@ -370,17 +396,21 @@ impl<'a> FailoverStepper<'a> {
                 }
                 Err(e) if is_retriable(&e) && attempt < self.policy.max_attempts => {
                     failed_at.get_or_insert_with(Instant::now);
-                    let mut attributed = self.blame_and_exclude(&e);
+                    let (mut attributed, mut moved) = self.blame_and_exclude(&e);
                     tracing::warn!(attempt, attributed, "hop failed: {e}; failing over");
-                    attempt += 1;
+                    if !moved {
+                        attempt += 1;
+                    }
                     // A failed recovery is one more failure of the same step.
                     loop {
-                        match self.recover(attempt, attributed) {
+                        match self.recover(attempt, attributed, !moved) {
                             Ok(()) => break,
                             Err(e) if is_retriable(&e) && attempt < self.policy.max_attempts => {
-                                attributed = self.blame_and_exclude(&e);
+                                (attributed, moved) = self.blame_and_exclude(&e);
                                 tracing::warn!(attempt, attributed, "recovery failed: {e}");
-                                attempt += 1;
+                                if !moved {
+                                    attempt += 1;
+                                }
                             }
                             Err(e) => return Err(e),
                         }
@@ -492,6 +522,12 @@ mod tests {
         assert!(!is_retriable(&PipelineError::Uncovered {
             layers: "2..4".into()
         }));
+        let draining = PipelineError::Remote(ErrorMessage::new(
+            ErrorCode::ShuttingDown,
+            "127.0.0.1:2: node2 is shutting down",
+        ));
+        assert!(is_retriable(&draining) && is_draining_refusal(&draining));
+        assert!(!is_draining_refusal(&PipelineError::Timeout("t".into())));
         assert!(!is_retriable(&PipelineError::Remote(ErrorMessage::new(
             ErrorCode::ContextOverflow,
             "too long"

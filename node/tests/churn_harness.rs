@@ -95,9 +95,8 @@ impl Mesh {
         let nodes = rt.block_on(async {
             let mut nodes = Vec::new();
             for (i, &(start, end)) in RANGES.iter().flat_map(|r| [r, r]).enumerate() {
-                let range =
-                    lamina_sharding::layers::LayerRange::new(start as usize, end as usize)
-                        .expect("range");
+                let range = lamina_sharding::layers::LayerRange::new(start as usize, end as usize)
+                    .expect("range");
                 let shard = Arc::new(Shard::load(&model, range, &Device::Cpu).expect("shard"));
                 let identity = Identity::generate().expect("identity");
                 let endpoint = server_endpoint("127.0.0.1:0".parse().expect("addr"), &identity)
@@ -274,11 +273,8 @@ fn generate(
     mut on_step: impl FnMut(usize),
 ) -> Result<(GenerationOutput, Vec<Duration>), PipelineError> {
     let chain = routes.route()?;
-    let replan = |ex: &HashSet<CertFingerprint>| {
-        routes
-            .route_excluding(ex)
-            .map_err(PipelineError::from)
-    };
+    let replan =
+        |ex: &HashSet<CertFingerprint>| routes.route_excluding(ex).map_err(PipelineError::from);
     let report = |cert| routes.report_failure(cert);
     mesh.client.generate_resilient(
         mesh.rt.handle(),
@@ -500,3 +496,94 @@ fn a_range_that_loses_both_servers_fails_with_the_uncovered_layers() {
     assert_eq!(reported, dead, "both dead servers were blamed, in turn");
 }
 
+#[test]
+fn a_draining_node_refuses_new_sessions_and_finishes_its_own() {
+    let _serial = serial();
+    let Some(path) = model_path(STORIES) else {
+        return;
+    };
+    let mesh = Mesh::start(&path);
+    let prompt_ids = |p: &str| {
+        mesh.client
+            .tokenizer
+            .encode(p, true, false)
+            .expect("encode")
+    };
+    let long = GenerateRequest {
+        prompt_ids: prompt_ids(PROMPTS[0]),
+        max_tokens: 30,
+        sampling: SamplingParams {
+            temperature: 0.8,
+            seed: 11,
+            ..SamplingParams::default()
+        },
+        stop: vec![],
+    };
+    let short = GenerateRequest {
+        prompt_ids: prompt_ids(PROMPTS[1]),
+        max_tokens: 12,
+        sampling: SamplingParams::greedy(),
+        stop: vec![],
+    };
+    let prefer = vec![false; RANGES.len()];
+    let quiet = Routes::new(&mesh, prefer.clone());
+    let (want_long, _) = generate(&mesh, &quiet, &long, |_| {}).expect("undisturbed long run");
+    let (want_short, _) = generate(&mesh, &quiet, &short, |_| {}).expect("undisturbed short run");
+
+    let routes = Routes::new(&mesh, prefer.clone());
+    let chain = routes.route().expect("a route");
+    let leaving = mesh.node(chain[1].fingerprint);
+    let mut during: Option<(
+        Result<GenerationOutput, PipelineError>,
+        Vec<CertFingerprint>,
+    )> = None;
+    let mut refused = None;
+    let (got_long, recoveries) = generate(&mesh, &routes, &long, |i| {
+        if i != 3 {
+            return;
+        }
+        // Mid-generation, the middle hop starts draining (SIGTERM in the daemon).
+        assert_eq!(
+            leaving.server.active_sessions(),
+            1,
+            "it serves the long run"
+        );
+        leaving.server.drain();
+        // A session opened on it now is refused, with the typed code.
+        refused = Some(mesh.rt.block_on(async {
+            lamina_node::pipeline::PipelineSession::open(
+                &mesh.client.dialer,
+                &chain,
+                mesh.client.model_id,
+                &lamina_node::pipeline::PipelineOptions::default(),
+            )
+            .await
+            .map(|_| ())
+        }));
+        // A new generation planned with it goes elsewhere and succeeds.
+        let fresh = Routes::new(&mesh, prefer.clone());
+        let r = generate(&mesh, &fresh, &short, |_| {}).map(|(out, _)| out);
+        during = Some((r, fresh.reported()));
+    })
+    .expect("the long run finishes on the draining node");
+    match refused {
+        Some(Err(PipelineError::Remote(e))) => {
+            assert_eq!(e.code, lamina_protocol::ErrorCode::ShuttingDown, "{e:?}");
+            assert!(e.message.starts_with(&leaving.hop.addr), "{}", e.message);
+        }
+        other => panic!("expected a ShuttingDown refusal, got {other:?}"),
+    }
+    let (short_during, reported) = during.expect("the second generation ran");
+    let short_during = short_during.expect("the second generation went elsewhere and succeeded");
+    assert_eq!(
+        short_during.generated_token_ids,
+        want_short.generated_token_ids
+    );
+    assert!(
+        reported.is_empty(),
+        "a draining node is avoided, not blamed: {reported:?}"
+    );
+    assert_eq!(got_long.generated_token_ids, want_long.generated_token_ids);
+    assert!(recoveries.is_empty(), "the long run never failed over");
+    mesh.wait_idle("after the drain");
+}

@@ -67,6 +67,8 @@ const OPEN_TIMEOUT: Duration = Duration::from_secs(5);
 /// Serves one shard to data-plane peers.
 pub struct SessionServer {
     served: std::sync::RwLock<Arc<Served>>,
+    /// Set on shutdown: new sessions are refused with `ShuttingDown`, open ones go on.
+    draining: std::sync::atomic::AtomicBool,
     model_id: ModelId,
     slots: Arc<Semaphore>,
     dialer: Dialer,
@@ -146,6 +148,7 @@ impl SessionServer {
         let served = Self::served(shard, model_id, &opts.node_name)?;
         Ok(Arc::new(Self {
             served: std::sync::RwLock::new(Arc::new(served)),
+            draining: std::sync::atomic::AtomicBool::new(false),
             model_id,
             slots: Arc::new(Semaphore::new(opts.max_sessions)),
             dialer,
@@ -194,6 +197,22 @@ impl SessionServer {
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = served;
         Ok(())
+    }
+
+    /// Stops accepting sessions: from now on every `OpenSession` is answered
+    /// `ShuttingDown` (the entry opens it elsewhere), while the sessions already open run
+    /// to their end. Why not just withdraw the announcement: peers route from tables that
+    /// lag by up to a record's lifetime, and a session opened here now would be cut off
+    /// when the drain ends.
+    pub fn drain(&self) {
+        self.draining
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        tracing::info!("draining: refusing new sessions");
+    }
+
+    /// Whether [`drain`](Self::drain) was called.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Sessions open right now.
@@ -425,6 +444,15 @@ impl SessionServer {
         live: &mut Option<Live>,
         o: OpenSession,
     ) -> Result<Message, ErrorMessage> {
+        if self.is_draining() {
+            return Err(ErrorMessage::new(
+                ErrorCode::ShuttingDown,
+                format!(
+                    "{} is shutting down: open the session elsewhere",
+                    self.opts.node_name
+                ),
+            ));
+        }
         let permit = self.slots.clone().try_acquire_owned().ok();
         let role = machine.check_open(&o, permit.is_some())?;
         let Some(permit) = permit else {
@@ -462,9 +490,11 @@ impl SessionServer {
             Some((hop, next_open)) => {
                 match self.open_downstream(&served.host, hop, next_open).await {
                     Ok(d) => Some(d),
-                    Err(e) => {
-                        self.dialer.evict(&hop.addr, hop.cert).await;
-                        return Err(e);
+                    Err(f) => {
+                        if f.broken {
+                            self.dialer.evict(&hop.addr, hop.cert).await;
+                        }
+                        return Err(f.reply);
                     }
                 }
             }
@@ -495,12 +525,12 @@ impl SessionServer {
         host: &HostInfo,
         hop: &lamina_protocol::HopAddr,
         open: OpenSession,
-    ) -> Result<Downstream, ErrorMessage> {
+    ) -> Result<Downstream, DownstreamFailure> {
         let fail = |what: String| {
-            ErrorMessage::new(
+            DownstreamFailure::broken(ErrorMessage::new(
                 ErrorCode::NextHopFailed,
                 format!("next hop {} ({}): {what}", hop.addr, hop.layers),
-            )
+            ))
         };
         let (mut tx, mut rx) = self
             .dialer
@@ -519,12 +549,12 @@ impl SessionServer {
             .map_err(|e| fail(e.to_string()))?;
         match recv_timeout(&mut rx, t).await.map_err(fail)? {
             Message::HelloAck(_) => {}
-            Message::Error(e) => return Err(relay_error(&hop.addr, e)),
+            Message::Error(e) => return Err(DownstreamFailure::answered(&hop.addr, e)),
             m => return Err(fail(format!("answered Hello with {}", m.kind()))),
         }
         match recv_timeout(&mut rx, t).await.map_err(fail)? {
             Message::SessionOpened(_) => {}
-            Message::Error(e) => return Err(relay_error(&hop.addr, e)),
+            Message::Error(e) => return Err(DownstreamFailure::answered(&hop.addr, e)),
             m => return Err(fail(format!("answered OpenSession with {}", m.kind()))),
         }
         Ok(Downstream {
@@ -593,15 +623,21 @@ impl SessionServer {
                         let took = t0.elapsed();
                         d.slowest = Some(d.slowest.map_or(took, |s| s.max(took)));
                     }
-                    if r.is_err() {
-                        // The next hop's state is unknown now; later steps fail fast, and
-                        // the next session dials afresh instead of reusing this connection.
-                        if let Some(d) = l.downstream.take() {
-                            self.dialer.evict(&d.addr, d.cert).await;
+                    if let Err(failure) = &r {
+                        // The session downstream is out of step with this hop now: later
+                        // steps fail fast. A connection that failed is evicted, so the
+                        // next session dials afresh; one that carried a typed answer
+                        // works, and other sessions on it go on.
+                        if let Some(mut d) = l.downstream.take() {
+                            if failure.broken {
+                                self.dialer.evict(&d.addr, d.cert).await;
+                            } else {
+                                d.tx.finish();
+                            }
                         }
                     }
                     let _ = l.replay.push(next);
-                    r
+                    r.map_err(|f| f.reply)
                 }
                 (ComputeOut::Hidden(h), _) => Ok(Message::StepResult(StepResult {
                     session_id: f.session_id,
@@ -691,6 +727,31 @@ fn relay_error(addr: &str, e: ErrorMessage) -> ErrorMessage {
     ErrorMessage::new(e.code, format!("{addr}: {}", e.message))
 }
 
+/// Why a next hop did not do what was asked, and the reply that says so upstream.
+struct DownstreamFailure {
+    reply: ErrorMessage,
+    /// The stream or connection failed (or the hop answered nonsense), so the pooled
+    /// connection is suspect. `false` when the hop answered with a typed error: the
+    /// connection works, and closing it would cut off every other session on it (a
+    /// draining hop refuses new sessions while it finishes those).
+    broken: bool,
+}
+
+impl DownstreamFailure {
+    fn broken(reply: ErrorMessage) -> Self {
+        Self {
+            reply,
+            broken: true,
+        }
+    }
+
+    fn answered(addr: &str, e: ErrorMessage) -> Self {
+        Self {
+            reply: relay_error(addr, e),
+            broken: false,
+        }
+    }
+}
 
 /// A next hop's deadline for a step of `rows` rows: 10x its slowest one-row step (at
 /// least 1 s), or, for a prefill or before anything was measured, 8 s plus 40 ms a row.
@@ -705,12 +766,12 @@ async fn forward_downstream(
     d: &mut Downstream,
     f: &Forward,
     t: Duration,
-) -> Result<Message, ErrorMessage> {
+) -> Result<Message, DownstreamFailure> {
     let fail = |what: String| {
-        ErrorMessage::new(
+        DownstreamFailure::broken(ErrorMessage::new(
             ErrorCode::NextHopFailed,
             format!("next hop {}: {what}", d.addr),
-        )
+        ))
     };
     d.tx.send(&Message::Forward(f.clone()))
         .await
@@ -719,7 +780,7 @@ async fn forward_downstream(
         Message::StepResult(r) if r.session_id == f.session_id && r.step == f.step => {
             Ok(Message::StepResult(r))
         }
-        Message::Error(e) => Err(relay_error(&d.addr, e)),
+        Message::Error(e) => Err(DownstreamFailure::answered(&d.addr, e)),
         m => Err(fail(format!("answered Forward with {}", m.kind()))),
     }
 }
