@@ -305,7 +305,11 @@ impl<'a> FailoverStepper<'a> {
         if self.session.is_none() {
             self.open()?;
         }
-        let timeout = self.deadline.next_for(tokens.len());
+        // Above the first hop's own bound on the rest of the chain (see the session
+        // server's `downstream_deadline`), so a stall further down is named by a hop.
+        let chain_floor =
+            crate::session::server::HOP_FLOOR * u32::try_from(self.chain.len()).unwrap_or(u32::MAX);
+        let timeout = self.deadline.next_for(tokens.len()).max(chain_floor);
         let s = self
             .session
             .as_mut()

@@ -61,6 +61,9 @@ pub struct Served {
     pub host: HostInfo,
 }
 
+/// Per hop below, the least a hop waits for a measured one-row step of its next hop.
+pub const HOP_FLOOR: Duration = Duration::from_secs(1);
+
 /// Bound on a next hop's answers to Hello and OpenSession.
 const OPEN_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -116,6 +119,8 @@ enum ComputeOut {
 struct Downstream {
     /// The slowest one-row step the next hop has answered so far: its deadline's base.
     slowest: Option<Duration>,
+    /// Hops from the next hop to the end of the chain (1: the next hop is the last).
+    depth: u32,
     addr: String,
     cert: lamina_protocol::CertFingerprint,
     tx: FramedSend,
@@ -526,6 +531,9 @@ impl SessionServer {
         hop: &lamina_protocol::HopAddr,
         open: OpenSession,
     ) -> Result<Downstream, DownstreamFailure> {
+        let depth = u32::try_from(open.next_hops.len())
+            .unwrap_or(u32::MAX)
+            .saturating_add(1);
         let fail = |what: String| {
             DownstreamFailure::broken(ErrorMessage::new(
                 ErrorCode::NextHopFailed,
@@ -559,6 +567,7 @@ impl SessionServer {
         }
         Ok(Downstream {
             slowest: None,
+            depth,
             addr: hop.addr.clone(),
             cert: hop.cert,
             tx,
@@ -613,10 +622,11 @@ impl SessionServer {
                         input: ForwardInput::Hidden(h),
                     };
                     // Bounded by what the next hop has shown it needs, and tighter than
-                    // the entry's own deadline (floor 2 s, 20x), so that when a hop
-                    // further down dies it is this hop that names it, not a timeout at
-                    // the entry that could be anyone's fault.
-                    let deadline = downstream_deadline(d.slowest, rows).min(self.opts.idle_timeout);
+                    // every deadline above (the entry's: 20x, at least a floor per hop),
+                    // so that when a hop further down dies it is the hop just above it
+                    // that names it, not a timeout further up that could be anyone's.
+                    let deadline =
+                        downstream_deadline(d.slowest, rows, d.depth).min(self.opts.idle_timeout);
                     let t0 = std::time::Instant::now();
                     let r = forward_downstream(d, &next, deadline).await;
                     if r.is_ok() && rows == 1 {
@@ -754,10 +764,16 @@ impl DownstreamFailure {
 }
 
 /// A next hop's deadline for a step of `rows` rows: 10x its slowest one-row step (at
-/// least 1 s), or, for a prefill or before anything was measured, 8 s plus 40 ms a row.
-fn downstream_deadline(slowest: Option<Duration>, rows: u32) -> Duration {
+/// least [`HOP_FLOOR`] per hop from it to the end, `depth`), or, for a prefill or before
+/// anything was measured, 8 s plus 40 ms a row.
+///
+/// Why the floor grows with the depth: when a hop further down stalls, the hop just
+/// above it must be the first to give up, so that it names the stalled hop. With one
+/// floor for all, every hop above a fast stalled one would time out at the same instant
+/// and the outermost would blame its own next hop, an innocent one.
+fn downstream_deadline(slowest: Option<Duration>, rows: u32, depth: u32) -> Duration {
     match slowest {
-        Some(s) if rows <= 1 => (s * 10).max(Duration::from_secs(1)),
+        Some(s) if rows <= 1 => (s * 10).max(HOP_FLOOR * depth.max(1)),
         _ => Duration::from_secs(8) + Duration::from_millis(40) * rows,
     }
 }
@@ -794,4 +810,29 @@ async fn close_downstream(d: &mut Downstream, id: SessionId, t: Duration) {
         let _ = recv_timeout(&mut d.rx, t.min(Duration::from_secs(5))).await;
     }
     d.tx.finish();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deeper_hops_are_given_up_on_sooner() {
+        let fast = Some(Duration::from_millis(5));
+        let d = |depth| downstream_deadline(fast, 1, depth);
+        assert_eq!(d(1), Duration::from_secs(1));
+        assert_eq!(d(2), Duration::from_secs(2));
+        assert!(
+            d(1) < d(2) && d(2) < d(3),
+            "each hop waits longer than the one below"
+        );
+        // A measured slow next hop: its own pace, whatever the depth.
+        let slow = Some(Duration::from_millis(500));
+        assert_eq!(downstream_deadline(slow, 1, 2), Duration::from_secs(5));
+        // Nothing measured, or a prefill: the allowance.
+        assert_eq!(
+            downstream_deadline(None, 10, 3),
+            Duration::from_secs(8) + Duration::from_millis(400)
+        );
+    }
 }
