@@ -141,9 +141,7 @@ impl MeshClient {
         let route = self.mesh.route()?;
         let mesh = self.mesh.clone();
         let replan = move |ex: &HashSet<CertFingerprint>| {
-            mesh.route_avoiding(ex)
-                .map(|r| r.hops)
-                .map_err(|e| PipelineError::Chain(e.to_string()))
+            crate::api::RouteSource::route_excluding(&mesh, ex).map_err(PipelineError::from)
         };
         let banner = self.mesh.clone();
         let report = move |cert| banner.ban(cert);

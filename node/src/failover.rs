@@ -36,6 +36,10 @@ pub struct FailoverPolicy {
     /// First backoff before re-planning; doubles per attempt (announcements of a fresh
     /// replacement may need a moment to arrive).
     pub backoff: Duration,
+    /// How long a failure that names no hop (a timeout) waits for the routes to change
+    /// before the first hop is blamed ([`NOTICE_WAIT`]; a route source without pings,
+    /// such as a test's, has nothing to wait for).
+    pub notice_wait: Duration,
 }
 
 impl Default for FailoverPolicy {
@@ -43,6 +47,7 @@ impl Default for FailoverPolicy {
         Self {
             max_attempts: 4,
             backoff: Duration::from_millis(200),
+            notice_wait: NOTICE_WAIT,
         }
     }
 }
@@ -101,8 +106,10 @@ impl StepDeadline {
     }
 }
 
-/// Which hop a failure is the fault of, when the failure says: the deepest hop an error
-/// reply names, or the first hop when talking to it failed. A timeout names nobody (any
+/// Which hop a failure is the fault of, when the failure says: the hop a `NextHopFailed`
+/// names, else the hop that answered the error (each hop that relays an error reply puts
+/// the address of the hop it came from in front, so the innermost address is its origin),
+/// else the first hop, which is the one this side talks to. A timeout names nobody (any
 /// hop of the chain may have stalled): `None`, and the caller waits for the mesh to notice
 /// which peer stopped answering its pings.
 pub fn blame(chain: &[ChainHop], e: &PipelineError) -> Option<CertFingerprint> {
@@ -122,13 +129,10 @@ pub fn blame(chain: &[ChainHop], e: &PipelineError) -> Option<CertFingerprint> {
                         .unwrap_or(rest.len());
                     &rest[..end]
                 });
-            match named {
-                Some(addr) => chain
-                    .iter()
-                    .find(|h| h.addr == addr)
-                    .map(|h| h.fingerprint)
-                    .or(first),
-                None => first,
+            let hop_at = |addr: &str| chain.iter().find(|h| h.addr == addr);
+            match named.and_then(hop_at) {
+                Some(h) => Some(h.fingerprint),
+                None => relay_origin(chain, &m.message).or(first),
             }
         }
         // Every hop bounds its next hop more tightly than this side bounds the chain
@@ -140,9 +144,23 @@ pub fn blame(chain: &[ChainHop], e: &PipelineError) -> Option<CertFingerprint> {
     }
 }
 
+/// The innermost hop of the `"addr: addr: ..."` prefix relaying hops put on an error.
+fn relay_origin(chain: &[ChainHop], message: &str) -> Option<CertFingerprint> {
+    let mut rest = message;
+    let mut origin = None;
+    while let Some(h) = chain.iter().find(|h| {
+        rest.strip_prefix(h.addr.as_str())
+            .is_some_and(|r| r.starts_with(": "))
+    }) {
+        origin = Some(h.fingerprint);
+        rest = &rest[h.addr.len() + 2..];
+    }
+    origin
+}
+
 /// How long an unattributed failure waits for the mesh to route around the culprit
 /// (ping marks a dead peer unreachable within about a ping interval plus timeout).
-const NOTICE_WAIT: Duration = Duration::from_secs(6);
+pub const NOTICE_WAIT: Duration = Duration::from_secs(6);
 
 /// Whether another chain could succeed where this one failed. Errors about the request
 /// itself (a context overflow, a bad tensor, a protocol violation by this side) would fail
@@ -156,6 +174,7 @@ pub fn is_retriable(e: &PipelineError) -> bool {
         PipelineError::Remote(m) => matches!(
             m.code,
             ErrorCode::NextHopFailed
+                | ErrorCode::ShuttingDown
                 | ErrorCode::SessionLimit
                 | ErrorCode::UnknownSession
                 | ErrorCode::Busy
@@ -163,8 +182,15 @@ pub fn is_retriable(e: &PipelineError) -> bool {
                 | ErrorCode::LayerMismatch
                 | ErrorCode::WrongModel
         ),
-        PipelineError::Chain(_) => false,
+        PipelineError::Chain(_) | PipelineError::Uncovered { .. } => false,
     }
+}
+
+/// Whether `e` is a hop refusing a new session because it is shutting down: a reason to
+/// go elsewhere, not a failure of the hop (it is not banned, and the refusal costs no
+/// attempt and no backoff).
+pub fn is_draining_refusal(e: &PipelineError) -> bool {
+    matches!(e, PipelineError::Remote(m) if m.code == ErrorCode::ShuttingDown)
 }
 
 /// A [`Stepper`] that survives hop failures (see the module doc). Synchronous, like
@@ -229,10 +255,12 @@ impl<'a> FailoverStepper<'a> {
             match result {
                 Ok(()) => return Ok(()),
                 Err(e) if is_retriable(&e) && attempt < self.policy.max_attempts => {
-                    let attributed = self.blame_and_exclude(&e);
+                    let (attributed, moved) = self.blame_and_exclude(&e);
                     tracing::warn!(attempt, attributed, "opening failed: {e}; failing over");
-                    attempt += 1;
-                    result = self.recover(attempt, attributed);
+                    if !moved {
+                        attempt += 1;
+                    }
+                    result = self.recover(attempt, attributed, !moved);
                 }
                 Err(e) => return Err(e),
             }
@@ -277,7 +305,11 @@ impl<'a> FailoverStepper<'a> {
         if self.session.is_none() {
             self.open()?;
         }
-        let timeout = self.deadline.next_for(tokens.len());
+        // Above the first hop's own bound on the rest of the chain (see the session
+        // server's `downstream_deadline`), so a stall further down is named by a hop.
+        let chain_floor =
+            crate::session::server::HOP_FLOOR * u32::try_from(self.chain.len()).unwrap_or(u32::MAX);
+        let timeout = self.deadline.next_for(tokens.len()).max(chain_floor);
         let s = self
             .session
             .as_mut()
@@ -292,14 +324,23 @@ impl<'a> FailoverStepper<'a> {
     /// Drops the broken session, re-plans without the blamed peers, reopens and replays.
     /// After a failure nobody could be blamed for, it waits (bounded) for a plan that
     /// differs from the failed chain, then blames the first hop if none comes.
-    fn recover(&mut self, attempt: usize, attributed: bool) -> Result<(), PipelineError> {
+    /// `backoff`: whether to wait first (not after a draining hop's refusal: it is not
+    /// broken, and the rest of the mesh is ready now).
+    fn recover(
+        &mut self,
+        attempt: usize,
+        attributed: bool,
+        backoff: bool,
+    ) -> Result<(), PipelineError> {
         // Dropping the session ends its stream; the surviving hops free their caches.
         self.session = None;
-        std::thread::sleep(self.policy.backoff * (1u32 << attempt.min(6)));
+        if backoff {
+            std::thread::sleep(self.policy.backoff * (1u32 << attempt.min(6)));
+        }
         let failed: Vec<CertFingerprint> = self.chain.iter().map(|h| h.fingerprint).collect();
         let mut next = (self.replan)(&self.exclude);
         if !attributed {
-            let deadline = Instant::now() + NOTICE_WAIT;
+            let deadline = Instant::now() + self.policy.notice_wait;
             while matches!(&next, Ok(c) if c.iter().map(|h| h.fingerprint).eq(failed.iter().copied()))
                 && Instant::now() < deadline
             {
@@ -325,15 +366,22 @@ impl<'a> FailoverStepper<'a> {
         self.replay()
     }
 
-    /// Excludes (and reports) the hop `e` names; whether one was named.
-    fn blame_and_exclude(&mut self, e: &PipelineError) -> bool {
+    /// Excludes (and reports) the hop `e` names. Returns whether one was named, and
+    /// whether it merely refused because it is draining and was not excluded before
+    /// (then it is not reported, and the retry is free: each such refusal excludes one
+    /// more peer, so free retries are bounded by the peers there are).
+    fn blame_and_exclude(&mut self, e: &PipelineError) -> (bool, bool) {
         match blame(&self.chain, e) {
+            Some(peer) if is_draining_refusal(e) => {
+                let new = self.exclude.insert(peer);
+                (true, new)
+            }
             Some(peer) => {
                 self.exclude.insert(peer);
                 (self.on_failure)(peer);
-                true
+                (true, false)
             }
-            None => false,
+            None => (false, false),
         }
     }
 
@@ -352,17 +400,21 @@ impl<'a> FailoverStepper<'a> {
                 }
                 Err(e) if is_retriable(&e) && attempt < self.policy.max_attempts => {
                     failed_at.get_or_insert_with(Instant::now);
-                    let mut attributed = self.blame_and_exclude(&e);
+                    let (mut attributed, mut moved) = self.blame_and_exclude(&e);
                     tracing::warn!(attempt, attributed, "hop failed: {e}; failing over");
-                    attempt += 1;
+                    if !moved {
+                        attempt += 1;
+                    }
                     // A failed recovery is one more failure of the same step.
                     loop {
-                        match self.recover(attempt, attributed) {
+                        match self.recover(attempt, attributed, !moved) {
                             Ok(()) => break,
                             Err(e) if is_retriable(&e) && attempt < self.policy.max_attempts => {
-                                attributed = self.blame_and_exclude(&e);
+                                (attributed, moved) = self.blame_and_exclude(&e);
                                 tracing::warn!(attempt, attributed, "recovery failed: {e}");
-                                attempt += 1;
+                                if !moved {
+                                    attempt += 1;
+                                }
                             }
                             Err(e) => return Err(e),
                         }
@@ -447,6 +499,21 @@ mod tests {
         );
         let e = PipelineError::Timeout("x".into());
         assert_eq!(blame(&chain, &e), None, "a timeout names nobody");
+        // An error reply relayed by hops 1 and 2 came from hop 3.
+        let e = PipelineError::Remote(ErrorMessage::new(
+            ErrorCode::Internal,
+            "127.0.0.1:2: 127.0.0.1:3: out of memory",
+        ));
+        assert_eq!(
+            blame(&chain, &e),
+            Some(CertFingerprint::from_bytes([3; 32]))
+        );
+        // The first hop's own error.
+        let e = PipelineError::Remote(ErrorMessage::new(ErrorCode::Internal, "out of memory"));
+        assert_eq!(
+            blame(&chain, &e),
+            Some(CertFingerprint::from_bytes([1; 32]))
+        );
     }
 
     #[test]
@@ -456,6 +523,15 @@ mod tests {
             crate::dataplane::DataPlaneError::Stream("connection lost".into())
         )));
         assert!(!is_retriable(&PipelineError::Chain("uncovered".into())));
+        assert!(!is_retriable(&PipelineError::Uncovered {
+            layers: "2..4".into()
+        }));
+        let draining = PipelineError::Remote(ErrorMessage::new(
+            ErrorCode::ShuttingDown,
+            "127.0.0.1:2: node2 is shutting down",
+        ));
+        assert!(is_retriable(&draining) && is_draining_refusal(&draining));
+        assert!(!is_draining_refusal(&PipelineError::Timeout("t".into())));
         assert!(!is_retriable(&PipelineError::Remote(ErrorMessage::new(
             ErrorCode::ContextOverflow,
             "too long"

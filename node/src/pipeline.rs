@@ -106,6 +106,10 @@ pub enum PipelineError {
     Protocol(String),
     #[error("timed out: {0}")]
     Timeout(String),
+    /// No live peer serves these layers (after leaving out the ones that failed): no
+    /// chain can be planned, so waiting or retrying here would only hang the request.
+    #[error("layers {layers} are not served by any peer")]
+    Uncovered { layers: String },
 }
 
 /// Settings of one pipeline session.
@@ -375,7 +379,11 @@ impl PipelineSession {
                 Ok(Err(crate::dataplane::RecvError::Stream(e))) => {
                     return Err(PipelineError::DataPlane(DataPlaneError::Stream(e)))
                 }
-                Ok(Err(e)) => return Err(PipelineError::Protocol(e.to_string())),
+                // Bytes from the first hop that are no frame: that peer is broken, and
+                // another chain can do what it could not.
+                Ok(Err(crate::dataplane::RecvError::Protocol(e))) => {
+                    return Err(PipelineError::DataPlane(DataPlaneError::Protocol(e)))
+                }
             }
         }
     }

@@ -71,6 +71,7 @@ fn opts() -> ServerOptions {
         max_sessions: 8,
         idle_timeout: Duration::from_secs(30),
         limits: FrameLimits::with_max_frame_bytes(LIMIT),
+        faults: None,
     }
 }
 

@@ -141,6 +141,7 @@ fn start_real(model: &ModelFile, id: ModelId) -> ChainHop {
         max_sessions: 4,
         idle_timeout: Duration::from_secs(30),
         limits: limits(),
+        faults: None,
     };
     let server = SessionServer::new(shard, id, Dialer::new(endpoint.clone(), limits()), opts)
         .expect("server");

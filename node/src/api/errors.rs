@@ -139,8 +139,12 @@ impl From<RouteError> for ApiError {
 
 impl From<PipelineError> for ApiError {
     fn from(e: PipelineError) -> Self {
-        Self::new(StatusCode::BAD_GATEWAY, "server_error", e.to_string())
-            .with_code("pipeline_error")
+        match e {
+            // Failover ran out of peers: the same answer as a request that found none.
+            PipelineError::Uncovered { layers } => RouteError::Uncovered { layers }.into(),
+            e => Self::new(StatusCode::BAD_GATEWAY, "server_error", e.to_string())
+                .with_code("pipeline_error"),
+        }
     }
 }
 
@@ -226,6 +230,11 @@ mod tests {
         let e = ApiError::from(PipelineError::Protocol("boom".into()));
         assert_eq!(e.status, StatusCode::BAD_GATEWAY);
         assert_eq!(e.code, Some("pipeline_error"));
+        let e = ApiError::from(PipelineError::Uncovered {
+            layers: "2..4".into(),
+        });
+        assert_eq!(e.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(e.code, Some("layers_uncovered"));
     }
 
     #[test]

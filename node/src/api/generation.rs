@@ -83,7 +83,7 @@ fn start(st: &Arc<ApiState>, job: &Job) -> Result<mpsc::Receiver<Event>, ApiErro
         let replan = |ex: &std::collections::HashSet<lamina_protocol::CertFingerprint>| {
             routes
                 .route_excluding(ex)
-                .map_err(|e| crate::pipeline::PipelineError::Chain(e.to_string()))
+                .map_err(crate::pipeline::PipelineError::from)
         };
         let report = |cert| st.routes.report_failure(cert);
         let result = st

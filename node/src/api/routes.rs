@@ -41,6 +41,16 @@ pub enum RouteError {
     Other(String),
 }
 
+/// A failover that cannot re-plan keeps the typed cause: uncovered layers stay named.
+impl From<RouteError> for crate::pipeline::PipelineError {
+    fn from(e: RouteError) -> Self {
+        match e {
+            RouteError::Uncovered { layers } => Self::Uncovered { layers },
+            RouteError::Other(m) => Self::Chain(m),
+        }
+    }
+}
+
 /// Hops serving each layer `0..n_layers`.
 pub fn coverage(chain: &[ChainHop], n_layers: u32) -> Vec<usize> {
     (0..n_layers)

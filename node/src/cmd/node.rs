@@ -190,6 +190,7 @@ pub fn run(args: NodeArgs) -> anyhow::Result<()> {
                     max_sessions: args.max_sessions,
                     idle_timeout: Duration::from_secs(args.idle_timeout_secs),
                     limits,
+                    faults: None,
                 };
                 let server = SessionServer::new(shard, model_id, dialer.clone(), opts)?;
                 tokio::spawn(server.clone().serve(endpoint.clone()));
@@ -325,6 +326,11 @@ pub fn run(args: NodeArgs) -> anyhow::Result<()> {
 
         shutdown_signal().await;
         tracing::info!("shutting down");
+        // Refuse new sessions before anything else: routes planned from tables that still
+        // list this node then go elsewhere instead of opening sessions the drain cuts off.
+        if let Some((server, _)) = &server {
+            server.drain();
+        }
         if let Some(r) = rebalancer {
             r.abort();
         }

@@ -5,10 +5,12 @@
 //!   alone owns it;
 //! - [`table`]: verified announcements, newest per peer (pure);
 //! - [`plan`]: table -> the planners' view -> a chain of hops, or this node's range (pure);
+//! - [`bans`]: which peers failed generations and how long routes avoid them (pure);
 //! - this file: [`MeshHandle`], the cloneable handle the rest of the node uses, this node's
 //!   own record (signed, refreshed before it expires, withdrawn on shutdown) and the
 //!   persistent identity.
 
+pub mod bans;
 pub mod plan;
 pub mod swarm;
 pub mod table;
@@ -35,8 +37,6 @@ pub const RECORD_TTL: Duration = Duration::from_secs(9);
 /// How often a node re-signs its record: three refreshes per TTL, so one lost sync round
 /// never lets a live node expire.
 pub const REFRESH_INTERVAL: Duration = Duration::from_secs(3);
-/// How long a peer that failed a generation is left out of routes.
-pub const BAN_TIME: Duration = Duration::from_secs(30);
 
 /// Errors of the mesh.
 #[derive(Debug, thiserror::Error)]
@@ -107,9 +107,8 @@ pub struct MeshState {
     pub rejected: u64,
     /// The last route planned, for `/status`.
     pub last_route: Option<serde_json::Value>,
-    /// Peers (by certificate) that failed a generation, avoided until the instant.
-    pub banned:
-        std::collections::HashMap<lamina_protocol::CertFingerprint, (std::time::Instant, u64)>,
+    /// Peers (by certificate) that failed generations, avoided for a while.
+    pub bans: bans::Bans,
 }
 
 /// This node's own record: the fields it sets, and the sequence number of the last signed
@@ -289,12 +288,16 @@ impl MeshHandle {
         self.route_avoiding(&HashSet::new())
     }
 
-    /// Avoids peers with these certificates for [`BAN_TIME`]: they failed a generation.
-    /// A later record does not lift the ban (a peer that lies about being fine would
-    /// otherwise be retried at once); its expiry does.
+    /// Avoids the peer with this certificate for a while: it failed a generation (see
+    /// [`bans`] for how long). A later record does not lift the ban (a peer that lies
+    /// about being fine would otherwise be retried at once); its expiry or a restart does.
     pub fn ban(&self, cert: lamina_protocol::CertFingerprint) {
-        let until = std::time::Instant::now() + BAN_TIME;
-        self.lock().banned.insert(cert, (until, now_ms()));
+        let now = now_ms();
+        let mut st = self.lock();
+        let ban = st.bans.fail(cert, now);
+        let failures = st.bans.failures(&cert, now);
+        drop(st);
+        tracing::info!(peer = %cert, ban_ms = ban.as_millis() as u64, failures, "banned");
     }
 
     /// As [`route`](Self::route), also avoiding `exclude` (failover) and banned peers.
@@ -303,19 +306,12 @@ impl MeshHandle {
         exclude: &HashSet<lamina_protocol::CertFingerprint>,
     ) -> Result<PlannedRoute, PlanError> {
         let live = self.live();
-        let banned: HashSet<lamina_protocol::CertFingerprint> = {
-            let mut st = self.lock();
-            let now = std::time::Instant::now();
-            // A ban ends when it expires, or when the peer restarted since (a new
-            // incarnation of the same identity did not fail anyone yet).
-            st.banned.retain(|cert, (until, at_ms)| {
-                *until > now
-                    && !live
-                        .iter()
-                        .any(|(_, a)| &a.cert == cert && a.started_at_ms > *at_ms)
-            });
-            st.banned.keys().copied().collect()
-        };
+        let banned: HashSet<lamina_protocol::CertFingerprint> = self
+            .lock()
+            .bans
+            .active(now_ms(), |cert| started_at(&live, cert))
+            .into_iter()
+            .collect();
         let live: Vec<(PeerId, Announcement)> = live
             .into_iter()
             .filter(|(_, a)| !exclude.contains(&a.cert) && !banned.contains(&a.cert))
@@ -359,16 +355,15 @@ impl MeshHandle {
         let refs: Vec<(PeerId, &Announcement)> = live.iter().map(|(p, a)| (*p, a)).collect();
         let view = plan::routing_view(&refs, &self.model_id, self.n_layers, now, &obs, &self.me);
         let coverage = Coverage::of(&view);
-        let (connected, rejected, last_route, banned) = {
+        let (connected, rejected, last_route, bans) = {
             let st = self.lock();
             (
                 st.connected.len(),
                 st.rejected,
                 st.last_route.clone(),
-                st.banned.clone(),
+                st.bans.clone(),
             )
         };
-        let instant = std::time::Instant::now();
         let peers: Vec<_> = live
             .iter()
             .map(|(p, a)| {
@@ -384,12 +379,10 @@ impl MeshHandle {
                     "rtt_ms": obs.rtt.get(p).map(|d| d.as_secs_f64() * 1e3),
                     "reachable": !obs.unreachable.contains(p),
                     // Routes avoid a peer that failed a generation until this runs out.
-                    "banned_for_ms": banned
-                        .get(&a.cert)
-                        .filter(|(_, at_ms)| a.started_at_ms <= *at_ms)
-                        .map_or(0, |(until, _)| {
-                            until.saturating_duration_since(instant).as_millis() as u64
-                        }),
+                    "banned_for_ms": bans
+                        .remaining(&a.cert, now, started_at(&live, &a.cert))
+                        .map_or(0, |d| d.as_millis() as u64),
+                    "failures": bans.failures(&a.cert, now),
                     "expires_in_ms": a.expires_at_ms.saturating_sub(now),
                     "version": a.lamina_version,
                 })
@@ -411,6 +404,17 @@ impl MeshHandle {
             "last_route": last_route,
         })
     }
+}
+
+/// When the newest live incarnation of the peer with `cert` started.
+fn started_at(
+    live: &[(PeerId, Announcement)],
+    cert: &lamina_protocol::CertFingerprint,
+) -> Option<u64> {
+    live.iter()
+        .filter(|(_, a)| &a.cert == cert)
+        .map(|(_, a)| a.started_at_ms)
+        .max()
 }
 
 /// The HTTP API plans every request's chain from the mesh.

@@ -22,6 +22,7 @@ use lamina_sharding::sampling::{Sampler, SamplingParams};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::Instrument;
 
+use super::faults::{Fault, FaultPlan};
 use super::machine::{HostInfo, Role, StreamMachine};
 use super::replay::ReplayLog;
 use crate::dataplane::{Dialer, FramedRecv, FramedSend, RecvError};
@@ -37,6 +38,8 @@ pub struct ServerOptions {
     pub idle_timeout: Duration,
     /// Frame limits of every stream.
     pub limits: FrameLimits,
+    /// Faults to inject (churn tests only; `None` in the daemon).
+    pub faults: Option<Arc<FaultPlan>>,
 }
 
 impl Default for ServerOptions {
@@ -46,6 +49,7 @@ impl Default for ServerOptions {
             max_sessions: 64,
             idle_timeout: Duration::from_secs(300),
             limits: FrameLimits::default(),
+            faults: None,
         }
     }
 }
@@ -58,12 +62,17 @@ pub struct Served {
     pub host: HostInfo,
 }
 
+/// Per hop below, the least a hop waits for a measured one-row step of its next hop.
+pub const HOP_FLOOR: Duration = Duration::from_secs(1);
+
 /// Bound on a next hop's answers to Hello and OpenSession.
 const OPEN_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Serves one shard to data-plane peers.
 pub struct SessionServer {
     served: std::sync::RwLock<Arc<Served>>,
+    /// Set on shutdown: new sessions are refused with `ShuttingDown`, open ones go on.
+    draining: std::sync::atomic::AtomicBool,
     model_id: ModelId,
     slots: Arc<Semaphore>,
     dialer: Dialer,
@@ -111,6 +120,8 @@ enum ComputeOut {
 struct Downstream {
     /// The slowest one-row step the next hop has answered so far: its deadline's base.
     slowest: Option<Duration>,
+    /// Hops from the next hop to the end of the chain (1: the next hop is the last).
+    depth: u32,
     addr: String,
     cert: lamina_protocol::CertFingerprint,
     tx: FramedSend,
@@ -143,6 +154,7 @@ impl SessionServer {
         let served = Self::served(shard, model_id, &opts.node_name)?;
         Ok(Arc::new(Self {
             served: std::sync::RwLock::new(Arc::new(served)),
+            draining: std::sync::atomic::AtomicBool::new(false),
             model_id,
             slots: Arc::new(Semaphore::new(opts.max_sessions)),
             dialer,
@@ -193,6 +205,22 @@ impl SessionServer {
         Ok(())
     }
 
+    /// Stops accepting sessions: from now on every `OpenSession` is answered
+    /// `ShuttingDown` (the entry opens it elsewhere), while the sessions already open run
+    /// to their end. Why not just withdraw the announcement: peers route from tables that
+    /// lag by up to a record's lifetime, and a session opened here now would be cut off
+    /// when the drain ends.
+    pub fn drain(&self) {
+        self.draining
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        tracing::info!("draining: refusing new sessions");
+    }
+
+    /// Whether [`drain`](Self::drain) was called.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
     /// Sessions open right now.
     pub fn active_sessions(&self) -> usize {
         self.opts
@@ -224,7 +252,11 @@ impl SessionServer {
                         let server = self.clone();
                         let tx = FramedSend::new(send, server.opts.limits);
                         let rx = FramedRecv::new(recv, server.opts.limits);
-                        tokio::spawn(server.stream(tx, rx).in_current_span());
+                        tokio::spawn(
+                            server
+                                .stream_on(Some(conn.clone()), tx, rx)
+                                .in_current_span(),
+                        );
                     }
                     Err(e) => {
                         tracing::debug!("connection ended: {e}");
@@ -238,7 +270,17 @@ impl SessionServer {
     }
 
     /// Serves one stream (one session) until it ends, is closed or expires.
-    pub async fn stream(self: Arc<Self>, mut tx: FramedSend, mut rx: FramedRecv) {
+    pub async fn stream(self: Arc<Self>, tx: FramedSend, rx: FramedRecv) {
+        self.stream_on(None, tx, rx).await
+    }
+
+    /// [`stream`](Self::stream) on a stream of `conn` (which an injected fault may close).
+    async fn stream_on(
+        self: Arc<Self>,
+        conn: Option<quinn::Connection>,
+        mut tx: FramedSend,
+        mut rx: FramedRecv,
+    ) {
         let served = self.current();
         let mut machine = StreamMachine::new(served.host.clone());
         let mut live: Option<Live> = None;
@@ -273,6 +315,12 @@ impl SessionServer {
                         continue;
                     }
                 };
+                if let Some(fault) = self.fault_for(&msg) {
+                    match self.inject(fault, conn.as_ref(), &mut tx, &mut rx).await {
+                        std::ops::ControlFlow::Continue(()) => continue,
+                        std::ops::ControlFlow::Break(()) => break,
+                    }
+                }
                 // A step may wait for compute behind other sessions, compute, and wait for
                 // the next hop: say "still working" meanwhile, so the caller's silence
                 // deadline measures stalls, not queues.
@@ -315,6 +363,51 @@ impl SessionServer {
         }
         .instrument(span)
         .await
+    }
+
+    fn fault_for(&self, msg: &Message) -> Option<Fault> {
+        match (msg, &self.opts.faults) {
+            (Message::Forward(f), Some(plan)) => plan.take(f.step),
+            _ => None,
+        }
+    }
+
+    /// Fails the step as `fault` says; whether the stream goes on.
+    async fn inject(
+        &self,
+        fault: Fault,
+        conn: Option<&quinn::Connection>,
+        tx: &mut FramedSend,
+        rx: &mut FramedRecv,
+    ) -> std::ops::ControlFlow<()> {
+        use std::ops::ControlFlow::{Break, Continue};
+        tracing::warn!(?fault, "injecting a fault");
+        match fault {
+            Fault::DropConnectionAtStep(_) => {
+                if let Some(c) = conn {
+                    c.close(0u32.into(), b"injected fault");
+                }
+                Break(())
+            }
+            Fault::StallAtStep(_) => {
+                // Hold the stream without answering until the upstream drops it.
+                let _ = tokio::time::timeout(self.opts.idle_timeout, async {
+                    while let Ok(Some(_)) = rx.recv().await {}
+                })
+                .await;
+                Break(())
+            }
+            Fault::GarbageAtStep(_) => {
+                // A length prefix far over any limit: the reader's decoder fails at once.
+                let _ = tx.send_raw(&[0xff; 16]).await;
+                Continue(())
+            }
+            Fault::ErrorAtStep(s) => {
+                let e = Message::error(ErrorCode::Internal, format!("injected fault at step {s}"));
+                let _ = tx.send(&e).await;
+                Continue(())
+            }
+        }
     }
 
     async fn handle(
@@ -371,6 +464,15 @@ impl SessionServer {
         live: &mut Option<Live>,
         o: OpenSession,
     ) -> Result<Message, ErrorMessage> {
+        if self.is_draining() {
+            return Err(ErrorMessage::new(
+                ErrorCode::ShuttingDown,
+                format!(
+                    "{} is shutting down: open the session elsewhere",
+                    self.opts.node_name
+                ),
+            ));
+        }
         let permit = self.slots.clone().try_acquire_owned().ok();
         let role = machine.check_open(&o, permit.is_some())?;
         let Some(permit) = permit else {
@@ -408,9 +510,11 @@ impl SessionServer {
             Some((hop, next_open)) => {
                 match self.open_downstream(&served.host, hop, next_open).await {
                     Ok(d) => Some(d),
-                    Err(e) => {
-                        self.dialer.evict(&hop.addr, hop.cert).await;
-                        return Err(e);
+                    Err(f) => {
+                        if f.broken {
+                            self.dialer.evict(&hop.addr, hop.cert).await;
+                        }
+                        return Err(f.reply);
                     }
                 }
             }
@@ -441,12 +545,15 @@ impl SessionServer {
         host: &HostInfo,
         hop: &lamina_protocol::HopAddr,
         open: OpenSession,
-    ) -> Result<Downstream, ErrorMessage> {
+    ) -> Result<Downstream, DownstreamFailure> {
+        let depth = u32::try_from(open.next_hops.len())
+            .unwrap_or(u32::MAX)
+            .saturating_add(1);
         let fail = |what: String| {
-            ErrorMessage::new(
+            DownstreamFailure::broken(ErrorMessage::new(
                 ErrorCode::NextHopFailed,
                 format!("next hop {} ({}): {what}", hop.addr, hop.layers),
-            )
+            ))
         };
         let (mut tx, mut rx) = self
             .dialer
@@ -465,16 +572,17 @@ impl SessionServer {
             .map_err(|e| fail(e.to_string()))?;
         match recv_timeout(&mut rx, t).await.map_err(fail)? {
             Message::HelloAck(_) => {}
-            Message::Error(e) => return Err(relay_error(&hop.addr, e)),
+            Message::Error(e) => return Err(DownstreamFailure::answered(&hop.addr, e)),
             m => return Err(fail(format!("answered Hello with {}", m.kind()))),
         }
         match recv_timeout(&mut rx, t).await.map_err(fail)? {
             Message::SessionOpened(_) => {}
-            Message::Error(e) => return Err(relay_error(&hop.addr, e)),
+            Message::Error(e) => return Err(DownstreamFailure::answered(&hop.addr, e)),
             m => return Err(fail(format!("answered OpenSession with {}", m.kind()))),
         }
         Ok(Downstream {
             slowest: None,
+            depth,
             addr: hop.addr.clone(),
             cert: hop.cert,
             tx,
@@ -529,25 +637,32 @@ impl SessionServer {
                         input: ForwardInput::Hidden(h),
                     };
                     // Bounded by what the next hop has shown it needs, and tighter than
-                    // the entry's own deadline (floor 2 s, 20x), so that when a hop
-                    // further down dies it is this hop that names it, not a timeout at
-                    // the entry that could be anyone's fault.
-                    let deadline = downstream_deadline(d.slowest, rows).min(self.opts.idle_timeout);
+                    // every deadline above (the entry's: 20x, at least a floor per hop),
+                    // so that when a hop further down dies it is the hop just above it
+                    // that names it, not a timeout further up that could be anyone's.
+                    let deadline =
+                        downstream_deadline(d.slowest, rows, d.depth).min(self.opts.idle_timeout);
                     let t0 = std::time::Instant::now();
                     let r = forward_downstream(d, &next, deadline, self.opts.idle_timeout).await;
                     if r.is_ok() && rows == 1 {
                         let took = t0.elapsed();
                         d.slowest = Some(d.slowest.map_or(took, |s| s.max(took)));
                     }
-                    if r.is_err() {
-                        // The next hop's state is unknown now; later steps fail fast, and
-                        // the next session dials afresh instead of reusing this connection.
-                        if let Some(d) = l.downstream.take() {
-                            self.dialer.evict(&d.addr, d.cert).await;
+                    if let Err(failure) = &r {
+                        // The session downstream is out of step with this hop now: later
+                        // steps fail fast. A connection that failed is evicted, so the
+                        // next session dials afresh; one that carried a typed answer
+                        // works, and other sessions on it go on.
+                        if let Some(mut d) = l.downstream.take() {
+                            if failure.broken {
+                                self.dialer.evict(&d.addr, d.cert).await;
+                            } else {
+                                d.tx.finish();
+                            }
                         }
                     }
                     let _ = l.replay.push(next);
-                    r
+                    r.map_err(|f| f.reply)
                 }
                 (ComputeOut::Hidden(h), _) => Ok(Message::StepResult(StepResult {
                     session_id: f.session_id,
@@ -673,11 +788,43 @@ fn relay_error(addr: &str, e: ErrorMessage) -> ErrorMessage {
     ErrorMessage::new(e.code, format!("{addr}: {}", e.message))
 }
 
+/// Why a next hop did not do what was asked, and the reply that says so upstream.
+struct DownstreamFailure {
+    reply: ErrorMessage,
+    /// The stream or connection failed (or the hop answered nonsense), so the pooled
+    /// connection is suspect. `false` when the hop answered with a typed error: the
+    /// connection works, and closing it would cut off every other session on it (a
+    /// draining hop refuses new sessions while it finishes those).
+    broken: bool,
+}
+
+impl DownstreamFailure {
+    fn broken(reply: ErrorMessage) -> Self {
+        Self {
+            reply,
+            broken: true,
+        }
+    }
+
+    fn answered(addr: &str, e: ErrorMessage) -> Self {
+        Self {
+            reply: relay_error(addr, e),
+            broken: false,
+        }
+    }
+}
+
 /// A next hop's deadline for a step of `rows` rows: 10x its slowest one-row step (at
-/// least 1 s), or, for a prefill or before anything was measured, 8 s plus 40 ms a row.
-fn downstream_deadline(slowest: Option<Duration>, rows: u32) -> Duration {
+/// least [`HOP_FLOOR`] per hop from it to the end, `depth`), or, for a prefill or before
+/// anything was measured, 8 s plus 40 ms a row.
+///
+/// Why the floor grows with the depth: when a hop further down stalls, the hop just
+/// above it must be the first to give up, so that it names the stalled hop. With one
+/// floor for all, every hop above a fast stalled one would time out at the same instant
+/// and the outermost would blame its own next hop, an innocent one.
+fn downstream_deadline(slowest: Option<Duration>, rows: u32, depth: u32) -> Duration {
     match slowest {
-        Some(s) if rows <= 1 => (s * 10).max(Duration::from_secs(1)),
+        Some(s) if rows <= 1 => (s * 10).max(HOP_FLOOR * depth.max(1)),
         _ => Duration::from_secs(8) + Duration::from_millis(40) * rows,
     }
 }
@@ -689,12 +836,12 @@ async fn forward_downstream(
     f: &Forward,
     t: Duration,
     cap: Duration,
-) -> Result<Message, ErrorMessage> {
+) -> Result<Message, DownstreamFailure> {
     let fail = |what: String| {
-        ErrorMessage::new(
+        DownstreamFailure::broken(ErrorMessage::new(
             ErrorCode::NextHopFailed,
             format!("next hop {}: {what}", d.addr),
-        )
+        ))
     };
     d.tx.send(&Message::Forward(f.clone()))
         .await
@@ -703,7 +850,7 @@ async fn forward_downstream(
         Message::StepResult(r) if r.session_id == f.session_id && r.step == f.step => {
             Ok(Message::StepResult(r))
         }
-        Message::Error(e) => Err(relay_error(&d.addr, e)),
+        Message::Error(e) => Err(DownstreamFailure::answered(&d.addr, e)),
         m => Err(fail(format!("answered Forward with {}", m.kind()))),
     }
 }
@@ -717,4 +864,29 @@ async fn close_downstream(d: &mut Downstream, id: SessionId, t: Duration) {
         let _ = recv_timeout(&mut d.rx, t.min(Duration::from_secs(5))).await;
     }
     d.tx.finish();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deeper_hops_are_given_up_on_sooner() {
+        let fast = Some(Duration::from_millis(5));
+        let d = |depth| downstream_deadline(fast, 1, depth);
+        assert_eq!(d(1), Duration::from_secs(1));
+        assert_eq!(d(2), Duration::from_secs(2));
+        assert!(
+            d(1) < d(2) && d(2) < d(3),
+            "each hop waits longer than the one below"
+        );
+        // A measured slow next hop: its own pace, whatever the depth.
+        let slow = Some(Duration::from_millis(500));
+        assert_eq!(downstream_deadline(slow, 1, 2), Duration::from_secs(5));
+        // Nothing measured, or a prefill: the allowance.
+        assert_eq!(
+            downstream_deadline(None, 10, 3),
+            Duration::from_secs(8) + Duration::from_millis(400)
+        );
+    }
 }
