@@ -433,6 +433,41 @@ fn testnet_up_serves_until_ctrl_c_and_then_leaves_no_process() {
     }
 }
 
+/// A Ctrl-C while the nodes load stops the ones started so far: `up` catches signals
+/// before it starts the first node (whose log appearing is the cue here).
+#[test]
+fn ctrl_c_while_the_nodes_load_leaves_no_process() {
+    let Some(path) = model_path("SmolLM2-135M-Instruct.Q4_1.gguf") else {
+        return;
+    };
+    let _one = one_at_a_time();
+    let dir = TempDir::new("testnet-early");
+    let mut up = Foreground::start(&path, 4, dir.path(), &[]);
+    let first_log = dir.path().join("net").join("node-0.log");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !first_log.exists() {
+        assert!(Instant::now() < deadline, "node-0 never started");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    sigint(up.child.id());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(s) = up.child.try_wait().expect("try_wait up") {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "up did not exit after Ctrl-C");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    // 130 when it was still starting; 0 if it had just finished and stopped them in order.
+    assert!(
+        status.code() == Some(130) || status.success(),
+        "up exits as interrupted: {status}"
+    );
+    let left = processes_mentioning(dir.path());
+    assert!(left.is_empty(), "processes left behind: {left:?}");
+    assert!(!up.state.exists(), "no state file names the stopped nodes");
+}
+
 /// The first acceptance line, stopped both ways: `down` from another shell (the
 /// foreground `up` notices and exits) and Ctrl-C.
 #[test]

@@ -55,6 +55,8 @@ pub fn run(cmd: TestnetCommand) -> anyhow::Result<()> {
             let net = match lamina_testnet::up_with_links(&opts) {
                 Ok(net) => net,
                 Err(e) if stop.is_cancelled() => {
+                    // Its nodes are stopped; a state file naming them would only mislead.
+                    let _ = std::fs::remove_file(&state);
                     eprintln!("interrupted: {e:#}");
                     std::process::exit(130);
                 }
