@@ -230,7 +230,7 @@ pub enum TestnetCommand {
         #[arg(long, value_parser = lamina_testnet::relay::parse_bandwidth)]
         bandwidth: Option<u64>,
     },
-    /// Stop the nodes of a testnet.
+    /// Stop the nodes of a testnet (and remove its namespaces).
     Down {
         /// The state file `up` wrote.
         #[arg(long)]

@@ -418,12 +418,13 @@ fn testnet_up_serves_until_ctrl_c_and_then_leaves_no_process() {
     );
     up.assert_nothing_left(&state);
 
-    // The request id followed the request: every hop's log has its session opened with it.
+    // The request id followed the request: every hop's log has its session opened with it
+    // as the session span's trace id (plain text: logs to a file have no colours).
     for n in &state.nodes {
         let log = std::fs::read_to_string(&n.log).expect("node log");
         let lines: Vec<&str> = log
             .lines()
-            .filter(|l| l.contains(&rid) && l.contains("session") && l.contains("opened"))
+            .filter(|l| l.contains(&format!("trace={rid}")) && l.contains("opened"))
             .collect();
         assert!(
             !lines.is_empty(),

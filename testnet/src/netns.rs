@@ -190,7 +190,8 @@ impl Netns {
         let net = Self { state, keep: false };
         let s = &net.state;
         let bridge_cidr = format!("{}/24", s.bridge_addr);
-        ip(&["link", "add", &s.bridge, "type", "bridge"])?;
+        ip(&["link", "add", &s.bridge, "type", "bridge"])
+            .context("--netns needs root (CAP_NET_ADMIN) and iproute2")?;
         ip(&["addr", "add", &bridge_cidr, "dev", &s.bridge])?;
         ip(&["link", "set", &s.bridge, "up"])?;
         for (i, n) in s.nodes.iter().enumerate() {
