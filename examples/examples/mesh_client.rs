@@ -2,7 +2,7 @@
 //! (no layers), plans the route from the mesh's announcements, streams the text.
 //!
 //! ```sh
-//! lamina testnet up --nodes 3 --model MODEL.gguf --state /tmp/t.json
+//! lamina testnet up --detach --nodes 3 --model MODEL.gguf --state /tmp/t.json
 //! BOOT=$(jq -r '.nodes[0].p2p[] | select(contains("quic"))' /tmp/t.json)
 //! cargo run --release -p lamina-examples --example mesh_client -- MODEL.gguf "$BOOT" "Once upon a time"
 //! ```

@@ -7,7 +7,7 @@ LAMINA=${LAMINA:-target/release/lamina}
 MODEL=${MODEL:-../shared/models/SmolLM2-135M-Instruct.Q4_1.gguf}
 STATE=$(mktemp -d)/testnet.json
 trap '"$LAMINA" testnet down --state "$STATE" >/dev/null 2>&1 || true' EXIT
-"$LAMINA" testnet up --nodes 3 --model "$MODEL" --state "$STATE" >/dev/null
+"$LAMINA" testnet up --detach --nodes 3 --model "$MODEL" --state "$STATE" >/dev/null
 API=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["nodes"][0]["api"])' "$STATE")
 echo "== chat completion"
 curl -sf "$API/v1/chat/completions" -H 'Content-Type: application/json' \

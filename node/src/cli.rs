@@ -185,7 +185,8 @@ pub struct DemoArgs {
 
 #[derive(Subcommand, Debug)]
 pub enum TestnetCommand {
-    /// Start N nodes on loopback, layers split evenly, and write the state file.
+    /// Start N nodes on loopback, layers split evenly, write the state file, and keep
+    /// them running until Ctrl-C (or `down`); `--detach` returns once they serve.
     Up {
         /// Number of nodes.
         #[arg(long, default_value_t = 3)]
@@ -206,6 +207,15 @@ pub enum TestnetCommand {
         /// Compute threads of every node.
         #[arg(long, value_parser = parse_threads)]
         threads: Option<usize>,
+        /// Return once the model is covered and leave the nodes running (stop them with
+        /// `lamina testnet down --state FILE`) instead of staying up until Ctrl-C.
+        #[arg(long, conflicts_with_all = ["latency", "jitter", "loss", "bandwidth"])]
+        detach: bool,
+        /// Run every node in a network namespace of its own, joined by veth pairs to a
+        /// bridge (root only; addresses in 10.213.0.0/16, nothing leaves the machine), so
+        /// `lamina testnet partition` can cut links. Not with link emulation.
+        #[arg(long, conflicts_with_all = ["latency", "jitter", "loss", "bandwidth"])]
+        netns: bool,
         /// Link emulation: one-way delay added on every data-plane link, e.g. 20ms. Any
         /// link flag keeps `up` running (it owns the relays) until Ctrl-C stops the nodes.
         #[arg(long, value_parser = lamina_testnet::relay::parse_duration)]
@@ -220,7 +230,7 @@ pub enum TestnetCommand {
         #[arg(long, value_parser = lamina_testnet::relay::parse_bandwidth)]
         bandwidth: Option<u64>,
     },
-    /// Stop the nodes of a testnet.
+    /// Stop the nodes of a testnet (and remove its namespaces).
     Down {
         /// The state file `up` wrote.
         #[arg(long)]
@@ -242,6 +252,24 @@ pub enum TestnetCommand {
     Restart {
         /// The node's id, e.g. node-1.
         node: String,
+        /// The state file `up` wrote.
+        #[arg(long)]
+        state: PathBuf,
+    },
+    /// Cut the links between some nodes of a `--netns` testnet (until `heal`).
+    Partition {
+        /// The nodes on one side, e.g. node-0,node-1.
+        #[arg(value_delimiter = ',', required = true)]
+        side: Vec<String>,
+        /// The nodes on the other side (default: every node not in SIDE).
+        #[arg(long, value_delimiter = ',')]
+        from: Vec<String>,
+        /// The state file `up` wrote.
+        #[arg(long)]
+        state: PathBuf,
+    },
+    /// Restore every link `partition` cut.
+    Heal {
         /// The state file `up` wrote.
         #[arg(long)]
         state: PathBuf,

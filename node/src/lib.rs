@@ -23,3 +23,4 @@ pub mod mesh;
 pub mod models;
 pub mod pipeline;
 pub mod session;
+pub mod trace;

@@ -127,6 +127,8 @@ pub struct PipelineOptions {
     pub client_name: String,
     /// Bound on every answer (a prefill through every hop included).
     pub step_timeout: std::time::Duration,
+    /// The request this session serves, told to every hop for its logs.
+    pub trace_id: Option<lamina_protocol::TraceId>,
 }
 
 impl Default for PipelineOptions {
@@ -138,6 +140,7 @@ impl Default for PipelineOptions {
             return_logits: false,
             client_name: "lamina-client".into(),
             step_timeout: std::time::Duration::from_secs(300),
+            trace_id: None,
         }
     }
 }
@@ -209,6 +212,7 @@ impl PipelineSession {
             sampling: Some(opts.sampling),
             return_logits: opts.return_logits,
             next_hops: rest.iter().map(HopAddr::from).collect(),
+            trace_id: opts.trace_id,
         };
         tx.send(&Message::OpenSession(open)).await?;
         let mut s = Self {
@@ -570,8 +574,12 @@ impl ChainClient {
     > {
         use lamina_sharding::generate::{generate_until, session_length};
         use lamina_sharding::sampling::SamplingParams;
+        // The entry's id if it set one (the API's request id), else a new one: every hop
+        // logs it (see `crate::trace`).
+        let trace_id = crate::trace::current().unwrap_or_else(crate::trace::new_trace_id);
         let span = tracing::info_span!(
             "generate",
+            trace = %trace_id,
             prompt_tokens = req.prompt_ids.len(),
             max_tokens = req.max_tokens
         );
@@ -588,6 +596,7 @@ impl ChainClient {
                 SamplingSettings::greedy()
             },
             return_logits: !remote_samples,
+            trace_id: Some(trace_id),
             ..PipelineOptions::default()
         };
         let mut stepper = crate::failover::FailoverStepper::new(

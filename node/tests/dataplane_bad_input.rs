@@ -114,6 +114,7 @@ fn open_msg(id: ModelId, session: u128, layers: LayerRange) -> Message {
         sampling: Some(SamplingSettings::greedy()),
         return_logits: false,
         next_hops: vec![],
+        trace_id: None,
     })
 }
 

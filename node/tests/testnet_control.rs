@@ -70,7 +70,16 @@ fn a_killed_node_restarts_with_its_peer_id_and_the_mesh_is_covered_again() {
     let dir = TempDir::new("testnet-control");
     let state_path = dir.path().join("state.json");
     let out = Command::new(env!("CARGO_BIN_EXE_lamina"))
-        .args(["testnet", "up", "--nodes", "3", "--threads", "1", "--model"])
+        .args([
+            "testnet",
+            "up",
+            "--detach",
+            "--nodes",
+            "3",
+            "--threads",
+            "1",
+            "--model",
+        ])
         .arg(&path)
         .arg("--state")
         .arg(&state_path)

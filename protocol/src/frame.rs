@@ -43,7 +43,7 @@ use bincode::{BorrowDecode, Decode, Encode};
 use bytes::{Buf, Bytes, BytesMut};
 
 use crate::error::ProtocolError;
-use crate::ids::SessionId;
+use crate::ids::{SessionId, TraceId};
 use crate::message::{
     check_version, Close, Closed, ErrorMessage, Forward, ForwardInput, Hello, HelloAck, Message,
     MessageKind, OpenSession, Progress, SessionOpened, StepOutput, StepResult,
@@ -478,7 +478,12 @@ fn decode_body(body: Bytes, limits: &FrameLimits) -> Result<Message, ProtocolErr
         }
         MessageKind::Error => Message::Error(decode_header::<ErrorMessage>(kind, header)?),
         MessageKind::OpenSession => {
-            Message::OpenSession(decode_header::<OpenSession>(kind, header)?)
+            let (mut open, used) = decode_header_prefix_len::<OpenSession>(kind, header)?;
+            // Anything after the version-1 fields is the trace id, exactly.
+            if let Some(tail) = header.get(used..).filter(|t| !t.is_empty()) {
+                open.trace_id = Some(decode_header::<TraceId>(kind, tail)?);
+            }
+            Message::OpenSession(open)
         }
         MessageKind::SessionOpened => {
             Message::SessionOpened(decode_header::<SessionOpened>(kind, header)?)

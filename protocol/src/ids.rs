@@ -1,6 +1,6 @@
-//! Identifiers: [`ModelId`], [`CertFingerprint`] and [`SessionId`].
+//! Identifiers: [`ModelId`], [`CertFingerprint`], [`SessionId`] and [`TraceId`].
 //!
-//! All three are fixed-size byte arrays, shown and parsed as lowercase hex (upper case is
+//! All are fixed-size byte arrays, shown and parsed as lowercase hex (upper case is
 //! accepted when parsing). On the wire (bincode) they are their raw bytes with no length
 //! prefix; in JSON (serde) they are hex strings, so configs, announcements and logs show the
 //! same text as `Display`.
@@ -140,6 +140,16 @@ hex_id!(
     SessionId,
     16,
     "session id"
+);
+
+hex_id!(
+    /// Follows one request through the mesh: chosen at the entry (the HTTP API's request
+    /// id, or a `generate` run), carried in every hop's `OpenSession` and shown in every
+    /// hop's session span, so `grep <id>` over the nodes' logs finds the request on each
+    /// hop, across the sessions a failover opens for it.
+    TraceId,
+    16,
+    "trace id"
 );
 
 impl ModelId {

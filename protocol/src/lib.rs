@@ -7,7 +7,7 @@
 //! those bytes is decided here, as a typed [`ProtocolError`], never as a panic.
 //!
 //! ## Modules
-//! * [`ids`] holds [`ModelId`], [`CertFingerprint`], [`SessionId`] (hex text, raw bytes on the wire).
+//! * [`ids`] holds [`ModelId`], [`CertFingerprint`], [`SessionId`], [`TraceId`] (hex text, raw bytes on the wire).
 //! * [`layers`] holds [`LayerRange`] (`"a..b"`).
 //! * [`tensor`] holds [`WireTensor`] and [`WireDType`]: activations and logits as raw LE bytes.
 //! * [`message`] holds [`Message`] and the structs it carries; [`ErrorCode`]; [`PROTOCOL_VERSION`].
@@ -26,7 +26,8 @@
 //!    peers of different versions can always say so to each other.
 //! 2. **Open.** The client sends [`OpenSession`] to `h0`: session id, layers, `max_length`,
 //!    activation dtype, and `next_hops` = the rest of the chain (each hop's layers, address
-//!    and certificate fingerprint) and the [`SamplingSettings`]. `h0` opens the same
+//!    and certificate fingerprint), the [`SamplingSettings`] and optionally the request's
+//!    [`TraceId`] (which every hop puts in its logs). `h0` opens the same
 //!    session on `h1` with `next_hops[1..]` ([`OpenSession::for_next_hop`]), and so on; the
 //!    hop that runs the model's last layer uses the sampling settings. Each hop answers
 //!    [`SessionOpened`] (or an `Error` such as `SessionLimit` or `LayerMismatch`). The client
@@ -81,7 +82,7 @@ pub use frame::{
     decode_frame, encode_frame, encode_frame_parts, encode_frame_with, FrameDecoder, FrameLimits,
     FrameParts, DEFAULT_MAX_FRAME_BYTES, MAX_HEADER_BYTES,
 };
-pub use ids::{CertFingerprint, ModelId, SessionId};
+pub use ids::{CertFingerprint, ModelId, SessionId, TraceId};
 pub use layers::LayerRange;
 pub use message::{
     check_version, Close, Closed, ErrorCode, ErrorMessage, Forward, ForwardInput, Hello, HelloAck,

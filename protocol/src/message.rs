@@ -22,7 +22,7 @@ use bincode::{BorrowDecode, Decode, Encode};
 use serde::{Deserialize, Serialize};
 
 use crate::error::ProtocolError;
-use crate::ids::{CertFingerprint, ModelId, SessionId};
+use crate::ids::{CertFingerprint, ModelId, SessionId, TraceId};
 use crate::layers::LayerRange;
 use crate::tensor::{WireDType, WireTensor};
 
@@ -361,7 +361,11 @@ pub struct HopAddr {
 /// the session there with [`OpenSession::for_next_hop`] (the same settings, that hop's
 /// layers and `next_hops[1..]`). This saves a round trip through the client per hop and
 /// token. With `next_hops` empty the hop returns its output in a `StepResult`.
-#[derive(Clone, Debug, PartialEq, Encode, Decode)]
+///
+/// On the wire the fields of version 1 come first and `trace_id`, when set, follows them in
+/// the header (a header without it is byte for byte the version-1 layout, so opens of nodes
+/// without trace ids decode unchanged; see the frame decoder).
+#[derive(Clone, Debug, PartialEq)]
 pub struct OpenSession {
     /// Chosen by the client, the same on every hop.
     pub session_id: SessionId,
@@ -385,6 +389,44 @@ pub struct OpenSession {
     pub return_logits: bool,
     /// The rest of the chain, in order; layer ranges must be contiguous from `layers.end`.
     pub next_hops: Vec<HopAddr>,
+    /// The request this session serves, for logs; travels down the chain unchanged.
+    pub trace_id: Option<TraceId>,
+}
+
+impl Encode for OpenSession {
+    fn encode<E: Encoder>(&self, e: &mut E) -> Result<(), EncodeError> {
+        self.session_id.encode(e)?;
+        self.model_id.encode(e)?;
+        self.layers.encode(e)?;
+        self.max_length.encode(e)?;
+        self.activation_dtype.encode(e)?;
+        self.sampling.encode(e)?;
+        self.return_logits.encode(e)?;
+        self.next_hops.encode(e)?;
+        // An optional tail rather than an `Option` (which would add a byte even when unset).
+        if let Some(t) = &self.trace_id {
+            t.encode(e)?;
+        }
+        Ok(())
+    }
+}
+
+/// Decodes the version-1 fields only (`trace_id` is `None`): whether a trace id follows is
+/// known from the header length, which the frame decoder has and this trait does not.
+impl<Context> Decode<Context> for OpenSession {
+    fn decode<D: Decoder<Context = Context>>(d: &mut D) -> Result<Self, DecodeError> {
+        Ok(Self {
+            session_id: Decode::decode(d)?,
+            model_id: Decode::decode(d)?,
+            layers: Decode::decode(d)?,
+            max_length: Decode::decode(d)?,
+            activation_dtype: Decode::decode(d)?,
+            sampling: Decode::decode(d)?,
+            return_logits: Decode::decode(d)?,
+            next_hops: Decode::decode(d)?,
+            trace_id: None,
+        })
+    }
 }
 
 impl OpenSession {

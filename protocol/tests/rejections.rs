@@ -450,6 +450,7 @@ fn invalid_messages_are_refused_both_ways() {
             addr: "127.0.0.1:4433".into(),
             cert: CertFingerprint([3; 32]),
         }],
+        trace_id: None,
     };
     assert!(encode_frame(&Message::OpenSession(ok.clone())).is_ok());
     let mut gap = ok.clone();
@@ -512,6 +513,7 @@ fn open_session_walks_down_the_chain() {
         sampling: Some(SamplingSettings::greedy()),
         return_logits: true,
         next_hops: vec![hop(4, 10, 1), hop(10, 22, 2)],
+        trace_id: Some(TraceId([9; 16])),
     };
     let (addr1, second) = first.for_next_hop().unwrap();
     assert_eq!(addr1, &first.next_hops[0]);
@@ -524,10 +526,57 @@ fn open_session_walks_down_the_chain() {
     assert!(third.for_next_hop().is_none());
     for m in [&first, &second, &third] {
         assert_eq!(
-            (m.session_id, m.sampling, m.return_logits),
-            (first.session_id, first.sampling, true)
+            (m.session_id, m.sampling, m.return_logits, m.trace_id),
+            (first.session_id, first.sampling, true, first.trace_id)
         );
         assert!(encode_frame(&Message::OpenSession(m.clone())).is_ok());
+    }
+}
+
+/// The trace id is an optional tail of the `OpenSession` header: without it the header is
+/// the version-1 layout (what nodes without trace ids send, and still decode), with it the
+/// 16 bytes follow, and anything else after the version-1 fields is refused.
+#[test]
+fn open_session_trace_id_is_an_optional_exact_tail() {
+    let v1 = (
+        SessionId(SID),
+        ModelId([2; 32]),
+        LayerRange::new(0, 4).unwrap(),
+        64u32,
+        WireDType::F16,
+        Option::<SamplingSettings>::None,
+        false,
+        Vec::<HopAddr>::new(),
+    );
+    let header = bincode_bytes(v1);
+    let untraced = match decode_frame(&raw_frame(3, &header, &[]), &FrameLimits::default()) {
+        Ok(Message::OpenSession(o)) => o,
+        other => panic!("a version-1 open decodes: {other:?}"),
+    };
+    assert_eq!(untraced.trace_id, None);
+    assert_eq!(
+        encode_frame(&Message::OpenSession(untraced.clone())).unwrap(),
+        raw_frame(3, &header, &[]),
+        "an open without a trace id is sent in the version-1 layout"
+    );
+
+    let mut traced = untraced.clone();
+    traced.trace_id = Some(TraceId([0xab; 16]));
+    let frame = encode_frame(&Message::OpenSession(traced.clone())).unwrap();
+    assert_eq!(frame.len(), raw_frame(3, &header, &[]).len() + 16);
+    assert_eq!(
+        decode_frame(&frame, &FrameLimits::default()).unwrap(),
+        Message::OpenSession(traced)
+    );
+
+    for tail in [&[0xab; 3][..], &[0xab; 17][..]] {
+        let mut h = header.clone();
+        h.extend_from_slice(tail);
+        assert!(
+            decode_frame(&raw_frame(3, &h, &[]), &FrameLimits::default()).is_err(),
+            "a {}-byte tail is refused",
+            tail.len()
+        );
     }
 }
 

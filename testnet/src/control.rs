@@ -168,7 +168,13 @@ pub fn restart(state: &Path, node_id: &str, lamina_exe: &Path) -> anyhow::Result
         boot.as_deref().unwrap_or("none")
     )?;
     let err = out.try_clone()?;
-    let mut child = Command::new(lamina_exe)
+    let mut cmd = match &n.netns {
+        Some(ns) => crate::netns::command_in(ns, lamina_exe),
+        None => Command::new(lamina_exe),
+    };
+    // Its own process group, as `up` starts them (see there).
+    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+    let mut child = cmd
         .args(&args)
         .env(
             "LAMINA_LOG",
@@ -187,6 +193,7 @@ pub fn restart(state: &Path, node_id: &str, lamina_exe: &Path) -> anyhow::Result
         &n.log,
         deadline,
         RESTART_TIMEOUT,
+        None,
     ) {
         Ok(i) => i,
         Err(e) => {

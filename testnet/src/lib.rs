@@ -1,7 +1,10 @@
 //! `lamina-testnet`: local multi-node testnets. `up` starts N `lamina node` processes on
 //! loopback (layers split evenly, each with its own data dir, log and ports chosen by the
-//! OS), writes the chain file every node's HTTP API runs requests through, and records the
-//! nodes in a JSON state file; `down` stops the processes the state file names.
+//! OS, each in a process group of its own), or each in a network namespace of its own
+//! ([`netns`]), reports their progress ([`events`]), waits until every node sees the
+//! model covered, and records the nodes in a JSON state file; `down` stops the processes
+//! the state file names and removes its namespaces. Whether `up`'s caller then stays in
+//! the foreground is the caller's business (the `lamina` binary does, until Ctrl-C).
 //!
 //! This crate does not link `lamina-node`: it drives the `lamina` binary (whose
 //! `testnet` subcommand calls it), so the dependency points node -> testnet and there is no
@@ -19,7 +22,10 @@ use anyhow::{bail, Context};
 use serde::{Deserialize, Serialize};
 
 pub mod control;
+pub mod events;
+pub mod netns;
 pub use control::{kill, restart, wait_redundant, Signal};
+pub use events::{CancelFlag, Observer, UpEvent};
 
 /// How to start a testnet.
 #[derive(Clone, Debug)]
@@ -42,6 +48,12 @@ pub struct UpOptions {
     pub extra_args: Vec<String>,
     /// Shape every data-plane link (both directions) like this; needs [`up_with_links`].
     pub link: Option<relay::LinkSpec>,
+    /// Told of every node's progress (for progress bars).
+    pub observer: Option<Observer>,
+    /// Makes `up` stop the nodes it started and give up when set.
+    pub cancel: Option<CancelFlag>,
+    /// Every node in a network namespace of its own (root only; see [`netns`]).
+    pub netns: bool,
 }
 
 /// How testnet nodes get their layers.
@@ -76,6 +88,9 @@ impl UpOptions {
             threads: None,
             extra_args: Vec::new(),
             link: None,
+            observer: None,
+            cancel: None,
+            netns: false,
         }
     }
 }
@@ -110,6 +125,9 @@ pub struct NodeState {
     /// it again with them); empty in state files of older versions.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub args: Vec<String>,
+    /// The network namespace the node runs in (`up --netns`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub netns: Option<String>,
 }
 
 /// The state file.
@@ -118,6 +136,9 @@ pub struct TestnetState {
     pub nodes: Vec<NodeState>,
     #[serde(default)]
     pub chain: Option<PathBuf>,
+    /// The namespaces and bridge of `up --netns`, which `down` removes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub netns: Option<netns::NetnsState>,
 }
 
 impl TestnetState {
@@ -251,6 +272,9 @@ pub fn up(opts: &UpOptions) -> anyhow::Result<TestnetState> {
 /// Starts a testnet (with link emulation if [`UpOptions::link`] is set) and writes its
 /// state file.
 pub fn up_with_links(opts: &UpOptions) -> anyhow::Result<Testnet> {
+    if opts.netns && opts.link.is_some() {
+        bail!("link emulation relays run on loopback: it cannot be combined with --netns");
+    }
     if opts.state.exists() {
         let old = TestnetState::read(&opts.state)?;
         if old.nodes.iter().any(|n| is_our_node(n.pid)) {
@@ -292,6 +316,28 @@ pub fn up_with_links(opts: &UpOptions) -> anyhow::Result<Testnet> {
     let dir = std::fs::canonicalize(&opts.dir)?;
     let model_path = std::fs::canonicalize(&opts.model)?;
 
+    let emit = |e: UpEvent<'_>| {
+        if let Some(o) = &opts.observer {
+            o.emit(&e);
+        }
+    };
+    // Made before the nodes start, so it is removed after they are killed when `up` fails.
+    let namespaces = if opts.netns {
+        Some(netns::Netns::create(layers.len())?)
+    } else {
+        None
+    };
+    let host_of = |i: usize| -> String {
+        match &namespaces {
+            Some(ns) => ns.state.nodes[i].addr.to_string(),
+            None => "127.0.0.1".to_string(),
+        }
+    };
+    let ns_of = |i: usize| {
+        namespaces
+            .as_ref()
+            .map(|ns| ns.state.nodes[i].netns.clone())
+    };
     let mut started = Started(Vec::new());
     let mut links = opts.link.map(Links::new).transpose()?;
     let mut nodes = Vec::new();
@@ -311,7 +357,13 @@ pub fn up_with_links(opts: &UpOptions) -> anyhow::Result<Testnet> {
         let _ = std::fs::remove_file(&ready);
         let out = File::create(&log).with_context(|| format!("cannot create {}", log.display()))?;
         let err = out.try_clone()?;
-        let mut cmd = Command::new(&opts.lamina_exe);
+        let netns = ns_of(i);
+        let mut cmd = match &netns {
+            Some(ns) => netns::command_in(ns, &opts.lamina_exe),
+            None => Command::new(&opts.lamina_exe),
+        };
+        // What `restart` runs again: the arguments of `lamina` itself.
+        let own_args_from = cmd.get_args().count();
         cmd.arg("node")
             .arg("--model")
             .arg(&model_path)
@@ -332,10 +384,12 @@ pub fn up_with_links(opts: &UpOptions) -> anyhow::Result<Testnet> {
                 }
             }
             None => {
-                cmd.args(["--listen", "127.0.0.1:0"]);
+                cmd.arg("--listen").arg(format!("{}:0", host_of(i)));
             }
         }
-        cmd.args(["--api", "127.0.0.1:0", "--no-mdns"])
+        cmd.arg("--api")
+            .arg(format!("{}:0", host_of(i)))
+            .arg("--no-mdns")
             .arg("--data-dir")
             .arg(&data_dir)
             .arg("--ready-file")
@@ -361,11 +415,21 @@ pub fn up_with_links(opts: &UpOptions) -> anyhow::Result<Testnet> {
         }
         let args: Vec<String> = cmd
             .get_args()
+            .skip(own_args_from)
             .map(|a| a.to_string_lossy().into_owned())
             .collect();
+        // A process group of its own: a Ctrl-C in the terminal reaches `up` only, which
+        // then stops the nodes in order (and a `--detach`ed testnet survives it).
+        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
         let child = cmd
             .spawn()
             .with_context(|| format!("cannot start {}", opts.lamina_exe.display()))?;
+        emit(UpEvent::Started {
+            index: i,
+            id: &id,
+            layers: &layers[i],
+            log: &log,
+        });
         Ok((child, args))
     };
     for i in 0..n_nodes {
@@ -391,6 +455,7 @@ pub fn up_with_links(opts: &UpOptions) -> anyhow::Result<Testnet> {
                         &jlog,
                         deadline,
                         opts.ready_timeout,
+                        opts.cancel.as_ref(),
                     ) {
                         Ok(info) => break info,
                         // Someone took the data-plane port picked for it: a new port.
@@ -425,16 +490,24 @@ pub fn up_with_links(opts: &UpOptions) -> anyhow::Result<Testnet> {
                     peer_id: info.peer_id,
                     p2p: info.p2p,
                     args: node_args.get(j).cloned().unwrap_or_default(),
+                    netns: ns_of(j),
                 });
+                if let Some(node) = nodes.last() {
+                    emit(UpEvent::Ready { index: j, node });
+                }
             }
         }
     }
-    let state = TestnetState { nodes, chain: None };
+    let state = TestnetState {
+        nodes,
+        chain: None,
+        netns: namespaces.as_ref().map(|ns| ns.state.clone()),
+    };
     write_atomic(&opts.state, &serde_json::to_vec_pretty(&state)?)?;
     // Up means usable: every node's view of the mesh covers the model.
     for n in &state.nodes {
         let Some(api) = &n.api else { continue };
-        wait_covered(api, deadline).with_context(|| {
+        wait_covered(api, deadline, opts.cancel.as_ref()).with_context(|| {
             format!(
                 "{} never saw the model covered; see {}",
                 n.id,
@@ -451,8 +524,14 @@ pub fn up_with_links(opts: &UpOptions) -> anyhow::Result<Testnet> {
         }
     }
     write_atomic(&opts.state, &serde_json::to_vec_pretty(&state)?)?;
+    for (index, node) in state.nodes.iter().enumerate() {
+        emit(UpEvent::Serving { index, node });
+    }
     for c in std::mem::take(&mut started.0) {
         drop(c);
+    }
+    if let Some(ns) = namespaces {
+        ns.keep();
     }
     Ok(Testnet { state, links })
 }
@@ -472,8 +551,12 @@ fn wait_ready(
     log: &Path,
     deadline: Instant,
     timeout: Duration,
+    cancel: Option<&CancelFlag>,
 ) -> anyhow::Result<Ready> {
     loop {
+        if cancel.is_some_and(CancelFlag::is_cancelled) {
+            bail!("cancelled while {id} was starting");
+        }
         if let Ok(text) = std::fs::read_to_string(ready) {
             if let Ok(r) = serde_json::from_str::<Ready>(&text) {
                 return Ok(r);
@@ -506,8 +589,11 @@ pub fn status(api: &str) -> anyhow::Result<serde_json::Value> {
     Ok(serde_json::from_str(&body)?)
 }
 
-fn wait_covered(api: &str, deadline: Instant) -> anyhow::Result<()> {
+fn wait_covered(api: &str, deadline: Instant, cancel: Option<&CancelFlag>) -> anyhow::Result<()> {
     loop {
+        if cancel.is_some_and(CancelFlag::is_cancelled) {
+            bail!("cancelled while waiting for the model to be covered");
+        }
         if let Ok(s) = status(api) {
             if s["complete"].as_bool() == Some(true) {
                 return Ok(());
@@ -531,32 +617,33 @@ fn own_layers(api: &str) -> anyhow::Result<String> {
     Ok(me["layers"].as_str().unwrap_or("none").to_string())
 }
 
-/// Stops every node in the state file (SIGTERM, then SIGKILL after 10 s) and removes the
-/// state file. Returns how many were running. Only processes that still look like a
-/// `lamina node` are signalled (a pid may have been reused).
+/// Stops every node in the state file (SIGTERM to all at once, then SIGKILL to those still
+/// alive after 10 s) and removes the state file. Returns how many were running. Only
+/// processes that still look like a `lamina node` are signalled (a pid may have been
+/// reused).
 pub fn down(state_path: &Path) -> anyhow::Result<usize> {
     let state = TestnetState::read(state_path)?;
-    let mut stopped = 0;
-    for n in &state.nodes {
-        if !is_our_node(n.pid) {
-            continue;
-        }
-        stopped += 1;
+    let running: Vec<&NodeState> = state.nodes.iter().filter(|n| is_our_node(n.pid)).collect();
+    for n in &running {
         signal(n.pid, "TERM");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while is_alive(n.pid) && Instant::now() < deadline {
+    }
+    let wait_all = |t: Duration| {
+        let deadline = Instant::now() + t;
+        while running.iter().any(|n| is_alive(n.pid)) && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(50));
         }
-        if is_alive(n.pid) {
-            signal(n.pid, "KILL");
-            let deadline = Instant::now() + Duration::from_secs(5);
-            while is_alive(n.pid) && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        }
-        if is_alive(n.pid) {
-            bail!("{} (pid {}) did not stop", n.id, n.pid);
-        }
+    };
+    wait_all(Duration::from_secs(10));
+    for n in running.iter().filter(|n| is_alive(n.pid)) {
+        signal(n.pid, "KILL");
+    }
+    wait_all(Duration::from_secs(5));
+    if let Some(n) = running.iter().find(|n| is_alive(n.pid)) {
+        bail!("{} (pid {}) did not stop", n.id, n.pid);
+    }
+    let stopped = running.len();
+    if let Some(ns) = &state.netns {
+        netns::remove(ns)?;
     }
     std::fs::remove_file(state_path)
         .with_context(|| format!("cannot remove {}", state_path.display()))?;

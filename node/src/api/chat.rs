@@ -67,6 +67,7 @@ pub async fn chat_completions(
             stop: settings.stop,
         },
         activation_dtype: settings.activation_dtype,
+        trace_id: rid.trace_id(),
         stream: settings.stream,
         include_usage: settings.include_usage,
         received,

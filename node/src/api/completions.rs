@@ -48,6 +48,7 @@ pub async fn completions(
             stop: settings.stop,
         },
         activation_dtype: settings.activation_dtype,
+        trace_id: rid.trace_id(),
         stream: settings.stream,
         include_usage: settings.include_usage,
         received,

@@ -29,6 +29,8 @@ pub struct Job {
     pub meta: ResponseMeta,
     pub req: GenerateRequest,
     pub activation_dtype: WireDType,
+    /// The request's trace id, which every hop logs.
+    pub trace_id: Option<lamina_protocol::TraceId>,
     pub stream: bool,
     pub include_usage: bool,
     /// When the request arrived (time to first token counts from here).
@@ -61,6 +63,7 @@ fn start(st: &Arc<ApiState>, job: &Job) -> Result<mpsc::Receiver<Event>, ApiErro
     let req = job.req.clone();
     let dtype = job.activation_dtype;
     let received = job.received;
+    let trace_id = job.trace_id;
     let span = tracing::Span::current();
     tokio::task::spawn_blocking(move || {
         let _permit = permit;
@@ -86,9 +89,8 @@ fn start(st: &Arc<ApiState>, job: &Job) -> Result<mpsc::Receiver<Event>, ApiErro
                 .map_err(crate::pipeline::PipelineError::from)
         };
         let report = |cert| st.routes.report_failure(cert);
-        let result = st
-            .client
-            .generate_resilient(
+        let result = crate::trace::scope(trace_id, || {
+            st.client.generate_resilient(
                 &handle,
                 &chain,
                 &replan,
@@ -99,19 +101,20 @@ fn start(st: &Arc<ApiState>, job: &Job) -> Result<mpsc::Receiver<Event>, ApiErro
                 on_step,
                 on_text,
             )
-            .map(|(out, recoveries)| {
-                for r in &recoveries {
-                    metrics.observe_recovery(r.as_secs_f64());
-                }
-                if !recoveries.is_empty() {
-                    tracing::info!(
-                        recoveries = recoveries.len(),
-                        "generation survived hop failures"
-                    );
-                }
-                out
-            })
-            .map_err(ApiError::from);
+        })
+        .map(|(out, recoveries)| {
+            for r in &recoveries {
+                metrics.observe_recovery(r.as_secs_f64());
+            }
+            if !recoveries.is_empty() {
+                tracing::info!(
+                    recoveries = recoveries.len(),
+                    "generation survived hop failures"
+                );
+            }
+            out
+        })
+        .map_err(ApiError::from);
         match &result {
             Ok(out) => {
                 metrics.add_generated_tokens(out.generated_token_ids.len() as u64);

@@ -68,9 +68,18 @@ pub struct ApiState {
     created: u64,
 }
 
-/// The id of one HTTP request (its tracing span, its `x-request-id`, its response id).
+/// The id of one HTTP request (its tracing span, its `x-request-id`, its response id). It
+/// is a [`TraceId`](lamina_protocol::TraceId)'s hex, so the same id names the request in
+/// the logs of every hop it goes through.
 #[derive(Clone, Debug)]
 pub struct RequestId(pub String);
+
+impl RequestId {
+    /// The trace id this request id is the hex of.
+    pub fn trace_id(&self) -> Option<lamina_protocol::TraceId> {
+        self.0.parse().ok()
+    }
+}
 
 fn unix_now() -> u64 {
     SystemTime::now()
@@ -163,7 +172,7 @@ async fn observe(
     mut req: Request,
     next: Next,
 ) -> Response {
-    let id = crate::pipeline::new_session_id().to_string();
+    let id = crate::trace::new_trace_id().to_string();
     let endpoint = matched.map_or_else(|| "other".to_owned(), |m| m.as_str().to_owned());
     let span = tracing::info_span!(
         "http",

@@ -34,6 +34,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         lamina_testnet::UpOptions::new(exe, args.nodes, model.clone(), state.clone(), dir.clone());
     opts.placement = lamina_testnet::Placement::Auto;
     opts.threads = Some(1);
+    opts.observer = Some(super::progress::testnet_observer());
     eprintln!(
         "starting {} nodes on {} (each places itself on about 1/{} of the layers)...",
         args.nodes,

@@ -5,6 +5,7 @@ mod demo;
 mod generate;
 mod model;
 pub mod node;
+mod progress;
 pub mod remote;
 mod testnet;
 

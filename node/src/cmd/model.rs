@@ -52,8 +52,7 @@ pub fn run(cmd: ModelCommand) -> anyhow::Result<()> {
                 n_layers_override: layers,
             };
             let t = std::time::Instant::now();
-            synth::write_gguf_file(&spec, &out)
-                .with_context(|| format!("cannot write {}", out.display()))?;
+            write_synth(&spec, &out).with_context(|| format!("cannot write {}", out.display()))?;
             let size = std::fs::metadata(&out).map(|m| m.len()).unwrap_or(0);
             eprintln!(
                 "wrote {} ({:.1} MiB, preset {}, {}, seed {}) in {:.1} s",
@@ -163,4 +162,31 @@ fn inspect(file: &std::path::Path, format: OutputFormat) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// `synth::write_gguf_file` with a byte bar: written to `out.tmp`, renamed when complete,
+/// so an interrupted run leaves nothing that looks like a model.
+fn write_synth(spec: &synth::SynthSpec, out: &std::path::Path) -> anyhow::Result<()> {
+    let total = synth::file_size(spec)?;
+    let mut tmp = out.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = std::path::PathBuf::from(tmp);
+    let result = (|| -> anyhow::Result<()> {
+        let file = std::fs::File::create(&tmp)?;
+        let label = format!("synthesising {}", spec.preset.name);
+        let mut w = super::progress::ProgressWriter::new(
+            std::io::BufWriter::with_capacity(1 << 20, file),
+            total,
+            &label,
+        );
+        synth::write_gguf(spec, &mut w)?;
+        std::io::Write::flush(&mut w)?;
+        drop(w.finish());
+        std::fs::rename(&tmp, out)?;
+        Ok(())
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
 }

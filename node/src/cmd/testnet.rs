@@ -1,5 +1,9 @@
-//! `lamina testnet up|down`: local testnets of `lamina node` processes (see
-//! `lamina-testnet`).
+//! `lamina testnet up|down|kill|restart|status`: local testnets of `lamina node` processes
+//! (see `lamina-testnet`). `up` stays in the foreground until Ctrl-C and then stops every
+//! node it started, unless `--detach`ed. `partition`/`heal` cut and restore links of a
+//! `--netns` testnet.
+
+use anyhow::Context;
 
 use crate::cli::TestnetCommand;
 
@@ -12,6 +16,8 @@ pub fn run(cmd: TestnetCommand) -> anyhow::Result<()> {
             dir,
             placement,
             threads,
+            detach,
+            netns,
             latency,
             jitter,
             loss,
@@ -29,6 +35,7 @@ pub fn run(cmd: TestnetCommand) -> anyhow::Result<()> {
                 crate::cli::PlacementArg::Auto => lamina_testnet::Placement::Auto,
             };
             opts.threads = threads;
+            opts.netns = netns;
             if latency.is_some() || jitter.is_some() || loss.is_some() || bandwidth.is_some() {
                 let spec = lamina_testnet::relay::LinkSpec {
                     latency: latency.unwrap_or_default(),
@@ -39,7 +46,22 @@ pub fn run(cmd: TestnetCommand) -> anyhow::Result<()> {
                 spec.validate()?;
                 opts.link = Some(spec);
             }
-            let net = lamina_testnet::up_with_links(&opts)?;
+            // Signals are caught before the first node starts: a Ctrl-C while they load
+            // stops the ones started so far instead of leaving them behind.
+            let stop = lamina_testnet::CancelFlag::new();
+            catch_stop_signals(stop.clone())?;
+            opts.cancel = Some(stop.clone());
+            opts.observer = Some(super::progress::testnet_observer());
+            let net = match lamina_testnet::up_with_links(&opts) {
+                Ok(net) => net,
+                Err(e) if stop.is_cancelled() => {
+                    // Its nodes are stopped; a state file naming them would only mislead.
+                    let _ = std::fs::remove_file(&state);
+                    eprintln!("interrupted: {e:#}");
+                    std::process::exit(130);
+                }
+                Err(e) => return Err(e),
+            };
             for (i, n) in net.state.nodes.iter().enumerate() {
                 let relay = net
                     .links
@@ -47,27 +69,34 @@ pub fn run(cmd: TestnetCommand) -> anyhow::Result<()> {
                     .and_then(|l| l.relays().get(i))
                     .map(|r| format!(" via relay {}", r.local_addr()))
                     .unwrap_or_default();
-                println!(
-                    "{} layers {} api {} pid {} log {}{relay}",
-                    n.id,
-                    n.layers,
-                    n.api.as_deref().unwrap_or("-"),
-                    n.pid,
-                    n.log.display()
-                );
+                println!("{}{relay}", super::progress::node_line(n));
             }
             println!("state: {}", state.display());
-            let Some(links) = net.links else {
+            if detach {
                 return Ok(());
-            };
-            println!(
-                "link emulation ({}) runs in this process: keep it running; Ctrl-C stops the relays and the nodes",
-                links.spec()
-            );
-            wait_for_stop_signal()?;
-            drop(links);
-            let n = lamina_testnet::down(&state)?;
-            println!("stopped {n} node(s)");
+            }
+            match &net.links {
+                Some(links) => println!(
+                    "up, with link emulation ({}) in this process; Ctrl-C or `lamina testnet down --state {}` stops it",
+                    links.spec(),
+                    state.display()
+                ),
+                None => println!(
+                    "up; Ctrl-C or `lamina testnet down --state {}` stops it",
+                    state.display()
+                ),
+            }
+            // Until a signal, or until someone else ran `down` (the state file is gone).
+            while !stop.is_cancelled() && state.exists() {
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            drop(net);
+            if state.exists() {
+                let n = lamina_testnet::down(&state)?;
+                println!("stopped {n} node(s)");
+            } else {
+                println!("the testnet was stopped with `down`");
+            }
             Ok(())
         }
         TestnetCommand::Down { state } => {
@@ -98,6 +127,35 @@ pub fn run(cmd: TestnetCommand) -> anyhow::Result<()> {
                 n.pid,
                 n.peer_id
             );
+            Ok(())
+        }
+        TestnetCommand::Partition { side, from, state } => {
+            let st = lamina_testnet::TestnetState::read(&state)?;
+            let ns = st
+                .netns
+                .as_ref()
+                .with_context(|| format!("{} is not a --netns testnet", state.display()))?;
+            let n = lamina_testnet::netns::partition(ns, &side, &from)?;
+            println!(
+                "cut {} link(s) between {} and {}",
+                n / 2,
+                side.join(","),
+                if from.is_empty() {
+                    "the rest".to_string()
+                } else {
+                    from.join(",")
+                }
+            );
+            Ok(())
+        }
+        TestnetCommand::Heal { state } => {
+            let st = lamina_testnet::TestnetState::read(&state)?;
+            let ns = st
+                .netns
+                .as_ref()
+                .with_context(|| format!("{} is not a --netns testnet", state.display()))?;
+            lamina_testnet::netns::heal(ns)?;
+            println!("healed: every link is up");
             Ok(())
         }
         TestnetCommand::Status { state, format } => {
@@ -137,17 +195,37 @@ pub fn run(cmd: TestnetCommand) -> anyhow::Result<()> {
     }
 }
 
-/// Blocks until Ctrl-C (SIGINT) or SIGTERM.
-fn wait_for_stop_signal() -> anyhow::Result<()> {
+/// Sets `stop` on every SIGINT (Ctrl-C) and SIGTERM from now on, on a thread of its own;
+/// returns once the handlers are installed. Later signals are caught too, so a second
+/// Ctrl-C cannot kill `up` half way through stopping the nodes.
+fn catch_stop_signals(stop: lamina_testnet::CancelFlag) -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    rt.block_on(async {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-        tokio::select! {
-            r = tokio::signal::ctrl_c() => r,
-            _ = term.recv() => Ok(()),
-        }
-    })?;
+    let (int, term) = {
+        let _guard = rt.enter();
+        (
+            signal(SignalKind::interrupt())?,
+            signal(SignalKind::terminate())?,
+        )
+    };
+    std::thread::Builder::new()
+        .name("lamina-signals".into())
+        .spawn(move || {
+            let (mut int, mut term) = (int, term);
+            rt.block_on(async {
+                loop {
+                    let got = tokio::select! {
+                        r = int.recv() => r,
+                        r = term.recv() => r,
+                    };
+                    if got.is_none() {
+                        break;
+                    }
+                    stop.cancel();
+                }
+            })
+        })?;
     Ok(())
 }

@@ -368,6 +368,7 @@ mod tests {
             sampling: Some(SamplingSettings::greedy()),
             return_logits: false,
             next_hops: vec![],
+            trace_id: None,
         }
     }
 

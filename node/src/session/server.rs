@@ -284,7 +284,7 @@ impl SessionServer {
         let served = self.current();
         let mut machine = StreamMachine::new(served.host.clone());
         let mut live: Option<Live> = None;
-        let span = tracing::info_span!("session", layers = %served.host.layers, session = tracing::field::Empty);
+        let span = tracing::info_span!("session", layers = %served.host.layers, session = tracing::field::Empty, trace = tracing::field::Empty);
         async {
             loop {
                 let next = tokio::time::timeout(self.opts.idle_timeout, rx.recv()).await;
@@ -482,6 +482,9 @@ impl SessionServer {
             ));
         };
         tracing::Span::current().record("session", tracing::field::display(o.session_id));
+        if let Some(t) = o.trace_id {
+            tracing::Span::current().record("trace", tracing::field::display(t));
+        }
         let shard = if o.layers == served.host.layers {
             served.shard.clone()
         } else {

@@ -105,9 +105,10 @@ pub fn open_session() -> impl Strategy<Value = OpenSession> {
         vec((1u32..20, "[a-z0-9.:]{1,30}", cert()), 0..4),
         proptest::option::of(sampling()),
         any::<bool>(),
+        proptest::option::of(any::<[u8; 16]>().prop_map(TraceId)),
     )
         .prop_map(
-            |(session_id, model_id, layers, max_length, dt, hops, sampling, logits)| {
+            |(session_id, model_id, layers, max_length, dt, hops, sampling, logits, trace_id)| {
                 let mut end = layers.end;
                 let next_hops: Vec<HopAddr> = hops
                     .into_iter()
@@ -133,6 +134,7 @@ pub fn open_session() -> impl Strategy<Value = OpenSession> {
                     return_logits: sampling.is_some() && logits,
                     sampling,
                     next_hops,
+                    trace_id,
                 }
             },
         )

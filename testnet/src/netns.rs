@@ -1,0 +1,360 @@
+//! `up --netns`: every node in a network namespace of its own (`lamina-<tag>-<i>`), its
+//! `eth0` one end of a veth pair whose other end is a port of a bridge (`lt<tag>`) in the
+//! root namespace. The testnet gets a /24 of 10.213.0.0/16 that no route of the machine
+//! uses: node `i` is `.i+1`, the bridge `.254` (so `up`, `status` and clients on this
+//! machine reach the nodes' APIs). The namespaces have no default route and the machine
+//! does not forward for them, so all traffic stays inside the machine.
+//!
+//! `partition` cuts node pairs with blackhole routes in both nodes' namespaces (this
+//! kernel has no tc qdiscs or netfilter tables to drop with; a blackhole route makes the
+//! sender's `sendmsg` fail, which QUIC treats as a lost datagram); `heal` removes them.
+//! `down` removes every namespace and the bridge, which takes the veths with them.
+//!
+//! The plan (names, addresses, which routes a cut needs) is pure; [`Netns`] runs `ip`.
+
+use std::net::Ipv4Addr;
+use std::process::{Command, Stdio};
+
+use anyhow::{bail, Context};
+use serde::{Deserialize, Serialize};
+
+/// The first two octets of every testnet subnet.
+const PREFIX: [u8; 2] = [10, 213];
+/// The bridge's host number in the /24.
+const BRIDGE_HOST: u8 = 254;
+/// Nodes a /24 holds besides the bridge.
+pub const MAX_NODES: usize = 253;
+
+/// One node's namespace and address.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NsNode {
+    pub id: String,
+    pub netns: String,
+    pub addr: Ipv4Addr,
+}
+
+/// The namespaces of a testnet, as the state file records them for `partition`, `heal`
+/// and `down`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetnsState {
+    /// The bridge in the root namespace.
+    pub bridge: String,
+    /// The bridge's address (the nodes' /24).
+    pub bridge_addr: Ipv4Addr,
+    pub nodes: Vec<NsNode>,
+}
+
+impl NetnsState {
+    /// The plan for `nodes` nodes named `node-<i>`: names from `tag` (a few hex digits),
+    /// addresses in `10.213.<subnet>.0/24`.
+    pub fn plan(tag: &str, subnet: u8, nodes: usize) -> anyhow::Result<Self> {
+        if nodes == 0 || nodes > MAX_NODES {
+            bail!("--netns holds 1 to {MAX_NODES} nodes, not {nodes}");
+        }
+        // Interface names have at most 15 bytes: `lt` + tag + `n` + up to 3 digits.
+        if tag.is_empty() || tag.len() > 9 || !tag.bytes().all(|b| b.is_ascii_alphanumeric()) {
+            bail!("bad namespace tag {tag:?}");
+        }
+        let addr = |host: u8| Ipv4Addr::new(PREFIX[0], PREFIX[1], subnet, host);
+        Ok(Self {
+            bridge: format!("lt{tag}"),
+            bridge_addr: addr(BRIDGE_HOST),
+            nodes: (0..nodes)
+                .map(|i| NsNode {
+                    id: format!("node-{i}"),
+                    netns: format!("lamina-{tag}-{i}"),
+                    addr: addr(i as u8 + 1),
+                })
+                .collect(),
+        })
+    }
+
+    /// The root-namespace end of node `i`'s veth pair.
+    fn veth(&self, i: usize) -> String {
+        format!("{}n{i}", self.bridge)
+    }
+
+    fn node(&self, id: &str) -> anyhow::Result<&NsNode> {
+        self.nodes.iter().find(|n| n.id == id).with_context(|| {
+            let ids: Vec<&str> = self.nodes.iter().map(|n| n.id.as_str()).collect();
+            format!("no node {id} in the testnet (nodes: {})", ids.join(", "))
+        })
+    }
+
+    /// The blackhole routes that cut every link between a node of `side` and a node of
+    /// `other` (default: every node not in `side`): `(namespace, address it cannot reach)`,
+    /// both directions.
+    pub fn cuts(
+        &self,
+        side: &[String],
+        other: &[String],
+    ) -> anyhow::Result<Vec<(String, Ipv4Addr)>> {
+        let side: Vec<&NsNode> = side
+            .iter()
+            .map(|id| self.node(id))
+            .collect::<Result<_, _>>()?;
+        let other: Vec<&NsNode> = if other.is_empty() {
+            self.nodes
+                .iter()
+                .filter(|n| !side.iter().any(|s| s.id == n.id))
+                .collect()
+        } else {
+            other
+                .iter()
+                .map(|id| self.node(id))
+                .collect::<Result<_, _>>()?
+        };
+        if side.is_empty() || other.is_empty() {
+            bail!("a partition needs nodes on both sides");
+        }
+        if let Some(n) = side.iter().find(|s| other.iter().any(|o| o.id == s.id)) {
+            bail!("{} is on both sides of the partition", n.id);
+        }
+        let mut out = Vec::new();
+        for a in &side {
+            for b in &other {
+                out.push((a.netns.clone(), b.addr));
+                out.push((b.netns.clone(), a.addr));
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Whether two IPv4 prefixes share an address.
+fn overlaps(a: (Ipv4Addr, u8), b: (Ipv4Addr, u8)) -> bool {
+    let len = a.1.min(b.1).min(32);
+    let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
+    u32::from(a.0) & mask == u32::from(b.0) & mask
+}
+
+/// The destinations of `ip -4 route show table all` lines (`default` is left out: it is
+/// where traffic goes when nothing more specific matches, not an address in use).
+fn route_prefixes(routes: &str) -> Vec<(Ipv4Addr, u8)> {
+    routes
+        .lines()
+        .filter_map(|l| {
+            let mut words = l.split_whitespace();
+            let mut dst = words.next()?;
+            // A route type may come before the destination.
+            if dst.starts_with(|c: char| c.is_ascii_lowercase()) && dst != "default" {
+                dst = words.next()?;
+            }
+            let (ip, len) = dst.split_once('/').unwrap_or((dst, "32"));
+            Some((ip.parse().ok()?, len.parse().ok()?))
+        })
+        .collect()
+}
+
+/// The first third octet from `start` (wrapping) whose `10.213.<o>.0/24` overlaps none of
+/// `used`.
+fn free_subnet(used: &[(Ipv4Addr, u8)], start: u8) -> Option<u8> {
+    (0..=255u8).map(|k| start.wrapping_add(k)).find(|&o| {
+        let net = (Ipv4Addr::new(PREFIX[0], PREFIX[1], o, 0), 24);
+        !used.iter().any(|&u| overlaps(u, net))
+    })
+}
+
+fn ip(args: &[&str]) -> anyhow::Result<String> {
+    let out = Command::new("ip")
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .context("cannot run `ip` (iproute2)")?;
+    if !out.status.success() {
+        bail!(
+            "`ip {}` failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// A testnet's namespaces while `up` sets them up: removed on drop unless
+/// [`Netns::keep`] handed them to the state file.
+pub struct Netns {
+    pub state: NetnsState,
+    keep: bool,
+}
+
+impl Netns {
+    /// Creates the bridge and `nodes` namespaces with their veths and addresses.
+    pub fn create(nodes: usize) -> anyhow::Result<Self> {
+        let tag = format!("{:06x}", rand::random::<u32>() & 0xff_ffff);
+        let used = route_prefixes(&ip(&["-4", "route", "show", "table", "all"])?);
+        let subnet = free_subnet(&used, rand::random::<u8>())
+            .context("every /24 of 10.213.0.0/16 is in use on this machine")?;
+        let state = NetnsState::plan(&tag, subnet, nodes)?;
+        // From here on a failure removes what was made.
+        let net = Self { state, keep: false };
+        let s = &net.state;
+        let bridge_cidr = format!("{}/24", s.bridge_addr);
+        ip(&["link", "add", &s.bridge, "type", "bridge"])
+            .context("--netns needs root (CAP_NET_ADMIN) and iproute2")?;
+        ip(&["addr", "add", &bridge_cidr, "dev", &s.bridge])?;
+        ip(&["link", "set", &s.bridge, "up"])?;
+        for (i, n) in s.nodes.iter().enumerate() {
+            let veth = s.veth(i);
+            let cidr = format!("{}/24", n.addr);
+            ip(&["netns", "add", &n.netns])?;
+            ip(&[
+                "link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns", &n.netns,
+            ])?;
+            ip(&["link", "set", &veth, "master", &s.bridge, "up"])?;
+            ip(&["-n", &n.netns, "addr", "add", &cidr, "dev", "eth0"])?;
+            ip(&["-n", &n.netns, "link", "set", "eth0", "up"])?;
+            ip(&["-n", &n.netns, "link", "set", "lo", "up"])?;
+        }
+        Ok(net)
+    }
+
+    /// Leaves the namespaces in place (the state file names them; `down` removes them).
+    pub fn keep(mut self) -> NetnsState {
+        self.keep = true;
+        self.state.clone()
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        if !self.keep {
+            let _ = remove(&self.state);
+        }
+    }
+}
+
+/// Removes the testnet's namespaces (SIGKILLing any process still in one: only the
+/// testnet's nodes run there) and its bridge. Missing ones are not an error.
+pub fn remove(state: &NetnsState) -> anyhow::Result<()> {
+    let existing = ip(&["netns", "list"]).unwrap_or_default();
+    let exists = |ns: &str| {
+        existing
+            .lines()
+            .any(|l| l.split_whitespace().next() == Some(ns))
+    };
+    let mut failed = Vec::new();
+    for n in state.nodes.iter().filter(|n| exists(&n.netns)) {
+        for pid in ip(&["netns", "pids", &n.netns])
+            .unwrap_or_default()
+            .split_whitespace()
+        {
+            if let Ok(pid) = pid.parse::<u32>() {
+                crate::signal(pid, "KILL");
+            }
+        }
+        if let Err(e) = ip(&["netns", "del", &n.netns]) {
+            failed.push(e.to_string());
+        }
+    }
+    if ip(&["link", "show", &state.bridge]).is_ok() {
+        if let Err(e) = ip(&["link", "del", &state.bridge]) {
+            failed.push(e.to_string());
+        }
+    }
+    if !failed.is_empty() {
+        bail!(
+            "cannot remove the testnet's namespaces: {}",
+            failed.join("; ")
+        );
+    }
+    Ok(())
+}
+
+/// Cuts every link between the nodes of `side` and those of `other` (all the rest when
+/// empty). Returns how many routes were added.
+pub fn partition(state: &NetnsState, side: &[String], other: &[String]) -> anyhow::Result<usize> {
+    let cuts = state.cuts(side, other)?;
+    for (ns, addr) in &cuts {
+        ip(&[
+            "-n",
+            ns,
+            "route",
+            "replace",
+            "blackhole",
+            &format!("{addr}/32"),
+        ])?;
+    }
+    Ok(cuts.len())
+}
+
+/// Removes every cut.
+pub fn heal(state: &NetnsState) -> anyhow::Result<()> {
+    for n in &state.nodes {
+        ip(&["-n", &n.netns, "route", "flush", "type", "blackhole"])?;
+    }
+    Ok(())
+}
+
+/// The command that runs `exe` in `netns`.
+pub fn command_in(netns: &str, exe: &std::path::Path) -> Command {
+    let mut c = Command::new("ip");
+    c.args(["netns", "exec", netns]).arg(exe);
+    c
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ids(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn the_plan_names_and_numbers_every_node() {
+        let p = NetnsState::plan("a1b2c3", 7, 3).unwrap();
+        assert_eq!(p.bridge, "lta1b2c3");
+        assert_eq!(p.bridge_addr, Ipv4Addr::new(10, 213, 7, 254));
+        assert_eq!(p.nodes[2].netns, "lamina-a1b2c3-2");
+        assert_eq!(p.nodes[2].addr, Ipv4Addr::new(10, 213, 7, 3));
+        assert!(p.veth(252).len() <= 15, "interface names fit IFNAMSIZ");
+        assert!(NetnsState::plan("a1b2c3", 7, 0).is_err());
+        assert!(NetnsState::plan("a1b2c3", 7, MAX_NODES + 1).is_err());
+        assert!(NetnsState::plan("a/b", 7, 1).is_err());
+    }
+
+    #[test]
+    fn cuts_go_both_ways_between_the_sides_only() {
+        let p = NetnsState::plan("t", 1, 4).unwrap();
+        let cuts = p.cuts(&ids(&["node-0", "node-1"]), &[]).unwrap();
+        assert_eq!(cuts.len(), 8, "2 x 2 links, both directions");
+        assert!(cuts.contains(&("lamina-t-0".into(), Ipv4Addr::new(10, 213, 1, 3))));
+        assert!(cuts.contains(&("lamina-t-2".into(), Ipv4Addr::new(10, 213, 1, 1))));
+        assert!(!cuts.contains(&("lamina-t-0".into(), Ipv4Addr::new(10, 213, 1, 2))));
+        let one = p.cuts(&ids(&["node-0"]), &ids(&["node-3"])).unwrap();
+        assert_eq!(
+            one,
+            [
+                ("lamina-t-0".to_string(), Ipv4Addr::new(10, 213, 1, 4)),
+                ("lamina-t-3".to_string(), Ipv4Addr::new(10, 213, 1, 1))
+            ]
+        );
+        assert!(p.cuts(&ids(&["node-9"]), &[]).is_err());
+        assert!(p.cuts(&ids(&["node-0"]), &ids(&["node-0"])).is_err());
+        let all = ids(&["node-0", "node-1", "node-2", "node-3"]);
+        assert!(p.cuts(&all, &[]).is_err(), "nobody on the other side");
+    }
+
+    #[test]
+    fn subnets_in_use_are_avoided() {
+        let routes = "default via 172.16.0.1 dev eth0\n\
+                      10.213.5.0/24 dev lt1 proto kernel scope link src 10.213.5.254\n\
+                      local 10.213.6.1 dev lo table local proto kernel\n\
+                      172.16.0.0/24 dev eth0\n";
+        let used = route_prefixes(routes);
+        assert_eq!(used.len(), 3, "{used:?}");
+        assert_eq!(free_subnet(&used, 5), Some(7));
+        assert_eq!(free_subnet(&used, 255), Some(255));
+        let everything = route_prefixes("10.0.0.0/8 dev eth1\n");
+        assert_eq!(free_subnet(&everything, 0), None);
+        assert!(overlaps(
+            (Ipv4Addr::new(10, 213, 9, 0), 24),
+            (Ipv4Addr::new(10, 213, 9, 77), 32)
+        ));
+        assert!(!overlaps(
+            (Ipv4Addr::new(10, 213, 9, 0), 24),
+            (Ipv4Addr::new(10, 213, 10, 0), 24)
+        ));
+    }
+}
