@@ -356,6 +356,14 @@ impl<'a> FailoverStepper<'a> {
                 next = (self.replan)(&self.exclude);
             }
         }
+        // No chain at all may be a moment's view (a restarted peer's fresh announcement
+        // or first ping still on its way): wait for coverage, bounded, before the error
+        // that names the uncovered layers.
+        let deadline = Instant::now() + self.policy.notice_wait;
+        while matches!(next, Err(PipelineError::Uncovered { .. })) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(200));
+            next = (self.replan)(&self.exclude);
+        }
         self.chain = next?;
         tracing::info!(
             hops = self.chain.len(),
