@@ -611,3 +611,38 @@ fn panels_report_the_bytes_they_consumed() {
         assert_eq!(at, data.len(), "{ty:?}: every byte");
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+    /// The panel kernels equal the scalar reference on random shapes (any `n`, any
+    /// number of blocks, 1-20 activation rows, so partial panels and partial tiles), or
+    /// refuse where the CPU lacks VNNI.
+    #[test]
+    fn panels_equal_scalar_property(
+        ty in 0usize..3,
+        n in 1usize..70,
+        nb in 1usize..7,
+        m in 1usize..21,
+        threads in 1usize..4,
+        seed in any::<u64>(),
+    ) {
+        use lamina_sharding::kernels::Panels;
+        let ty = PANEL_TYPES[ty].0;
+        let case = Case::new(ty, n, nb * QK, m, seed);
+        let data = case.qt.data().unwrap();
+        let qm = QMatrix::new(ty, n, nb * QK, &data).unwrap();
+        let panels = Panels::repack(&qm).unwrap();
+        let mut got = vec![f32::NAN; m * n];
+        let r = panels.matmul(&case.x, m, &mut got, threads);
+        if !Isa::Avx512Vnni.is_available() {
+            prop_assert!(r.is_err());
+        } else {
+            prop_assert!(r.is_ok());
+            let reference = case.run(Isa::Scalar, 1);
+            let tol = simd_tolerance(&case);
+            for ((g, w), t) in got.iter().zip(&reference).zip(&tol) {
+                prop_assert!((g - w).abs() <= *t, "{:?} panels: {} vs {}", ty, g, w);
+            }
+        }
+    }
+}
