@@ -191,12 +191,21 @@ pub enum TestnetCommand {
         /// Number of nodes.
         #[arg(long, default_value_t = 3)]
         nodes: usize,
-        /// The model file every node serves a part of.
+        /// The model file every node serves a part of, or the name of a synthetic preset
+        /// (`tiny`, `tinyllama-1.1b`, ...: `lamina model synth --help`), written once as
+        /// Q8_0 (seed 0) into the testnet folder.
         #[arg(long)]
         model: PathBuf,
         /// The state file to write (JSON).
         #[arg(long)]
         state: PathBuf,
+        /// Every layer on K nodes: the nodes form K groups, each splitting the model
+        /// evenly (so any one node may die with every layer still served).
+        #[arg(long, conflicts_with_all = ["layers_per_node", "placement"])]
+        redundancy: Option<usize>,
+        /// N consecutive layers per node, the chunks assigned round-robin.
+        #[arg(long, conflicts_with_all = ["redundancy", "placement"])]
+        layers_per_node: Option<usize>,
         /// Folder for data dirs and logs (default: STATE.d).
         #[arg(long)]
         dir: Option<PathBuf>,

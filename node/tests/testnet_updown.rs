@@ -686,3 +686,86 @@ fn netns_testnet_partitions_heals_and_leaves_no_namespace() {
         .expect("ip link show");
     assert!(!bridge.success(), "the bridge {} is removed", ns.bridge);
 }
+
+/// `--model` may name a synthetic preset (written once into the testnet folder), and
+/// `--redundancy 2` / `--layers-per-node` fix the ranges: every layer on two nodes, or
+/// chunks of N layers round-robin; the mesh they form answers.
+#[test]
+fn a_synthetic_preset_with_redundancy_or_layers_per_node_serves() {
+    let _one = one_at_a_time();
+    for (flags, want) in [
+        (
+            &["--redundancy", "2"][..],
+            &["0..2", "0..2", "2..4", "2..4"][..],
+        ),
+        (
+            &["--layers-per-node", "3"][..],
+            &["0..3", "3..4", "0..3", "3..4"][..],
+        ),
+    ] {
+        let dir = TempDir::new("testnet-synth");
+        let state_path = dir.path().join("state.json");
+        let guard = Down(state_path.clone());
+        let out = Command::new(env!("CARGO_BIN_EXE_lamina"))
+            .args([
+                "testnet", "up", "--detach", "--nodes", "4", "--model", "tiny",
+            ])
+            .args(flags)
+            .arg("--state")
+            .arg(&state_path)
+            .output()
+            .expect("run testnet up");
+        assert!(
+            out.status.success(),
+            "up {flags:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let state = TestnetState::read(&state_path).expect("state file");
+        let layers: Vec<&str> = state.nodes.iter().map(|n| n.layers.as_str()).collect();
+        assert_eq!(layers, want, "{flags:?}");
+        let synth = dir.path().join("state.json.d").join("tiny-q8_0-seed0.gguf");
+        assert!(
+            synth.exists(),
+            "the preset was written into the testnet folder"
+        );
+        let api = state.nodes[0].api.clone().expect("first node's API");
+        let (status, v) = post(
+            &api,
+            &serde_json::json!({"prompt": "hello", "max_tokens": 4, "temperature": 0}),
+        );
+        assert_eq!(status, 200, "{flags:?}: {v}");
+        assert_eq!(token_ids(&v).len(), 4, "{v}");
+        let out = Command::new(env!("CARGO_BIN_EXE_lamina"))
+            .args(["testnet", "down", "--state"])
+            .arg(&state_path)
+            .output()
+            .expect("run testnet down");
+        assert!(out.status.success());
+        for n in &state.nodes {
+            assert!(!is_alive(n.pid), "{} still running after down", n.id);
+        }
+        drop(guard);
+    }
+    // Neither a file nor a preset: a clear error, nothing started.
+    let dir = TempDir::new("testnet-bad");
+    let out = Command::new(env!("CARGO_BIN_EXE_lamina"))
+        .args([
+            "testnet",
+            "up",
+            "--detach",
+            "--nodes",
+            "2",
+            "--model",
+            "no-such-preset",
+        ])
+        .arg("--state")
+        .arg(dir.path().join("s.json"))
+        .output()
+        .expect("run testnet up");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("neither a model file nor a synthetic preset"),
+        "{err}"
+    );
+}

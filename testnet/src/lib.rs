@@ -24,6 +24,7 @@ use serde::{Deserialize, Serialize};
 pub mod control;
 pub mod events;
 pub mod netns;
+pub mod placement;
 pub use control::{kill, restart, wait_redundant, Signal};
 pub use events::{CancelFlag, Observer, UpEvent};
 
@@ -66,6 +67,10 @@ pub enum Placement {
     Auto,
     /// These `--layers` values, one per node (`a..b`, `none` or `auto`).
     Fixed(Vec<String>),
+    /// Every layer on this many nodes ([`placement::redundant`]).
+    Redundant(usize),
+    /// This many layers per node ([`placement::per_node`]).
+    PerNode(usize),
 }
 
 impl UpOptions {
@@ -294,6 +299,14 @@ pub fn up_with_links(opts: &UpOptions) -> anyhow::Result<Testnet> {
             .map(|r| r.to_string())
             .collect(),
         Placement::Auto => vec!["auto".to_string(); opts.nodes],
+        Placement::Redundant(k) => placement::redundant(n_layers, opts.nodes, *k)?
+            .iter()
+            .map(|r| r.to_string())
+            .collect(),
+        Placement::PerNode(per) => placement::per_node(n_layers, opts.nodes, *per)?
+            .iter()
+            .map(|r| r.to_string())
+            .collect(),
         Placement::Fixed(v) => {
             if v.len() != opts.nodes {
                 bail!("{} layer ranges for {} nodes", v.len(), opts.nodes);

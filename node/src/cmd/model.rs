@@ -166,7 +166,7 @@ fn inspect(file: &std::path::Path, format: OutputFormat) -> anyhow::Result<()> {
 
 /// `synth::write_gguf_file` with a byte bar: written to `out.tmp`, renamed when complete,
 /// so an interrupted run leaves nothing that looks like a model.
-fn write_synth(spec: &synth::SynthSpec, out: &std::path::Path) -> anyhow::Result<()> {
+pub(crate) fn write_synth(spec: &synth::SynthSpec, out: &std::path::Path) -> anyhow::Result<()> {
     let total = synth::file_size(spec)?;
     let mut tmp = out.as_os_str().to_owned();
     tmp.push(".tmp");

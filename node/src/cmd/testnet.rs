@@ -7,12 +7,43 @@ use anyhow::Context;
 
 use crate::cli::TestnetCommand;
 
+/// `model` itself when it is a file; else, when it names a synthetic preset, that preset
+/// written once (Q8_0, seed 0) into `dir`, with a progress bar.
+fn model_or_preset(
+    model: std::path::PathBuf,
+    dir: &std::path::Path,
+) -> anyhow::Result<std::path::PathBuf> {
+    if model.exists() {
+        return Ok(model);
+    }
+    let name = model.to_string_lossy().into_owned();
+    let preset = lamina_sharding::synth::preset(&name).map_err(|e| {
+        anyhow::anyhow!(
+            "{} is neither a model file nor a synthetic preset: {e}",
+            model.display()
+        )
+    })?;
+    let spec = lamina_sharding::synth::SynthSpec::new(
+        preset.name,
+        lamina_sharding::synth::SynthDType::Q8_0,
+        0,
+    )?;
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let out = dir.join(format!("{}-q8_0-seed0.gguf", preset.name));
+    if !out.exists() {
+        super::model::write_synth(&spec, &out)?;
+    }
+    Ok(out)
+}
+
 pub fn run(cmd: TestnetCommand) -> anyhow::Result<()> {
     match cmd {
         TestnetCommand::Up {
             nodes,
             model,
             state,
+            redundancy,
+            layers_per_node,
             dir,
             placement,
             threads,
@@ -29,10 +60,13 @@ pub fn run(cmd: TestnetCommand) -> anyhow::Result<()> {
                 d.push(".d");
                 d.into()
             });
+            let model = model_or_preset(model, &dir)?;
             let mut opts = lamina_testnet::UpOptions::new(exe, nodes, model, state.clone(), dir);
-            opts.placement = match placement {
-                crate::cli::PlacementArg::Even => lamina_testnet::Placement::Even,
-                crate::cli::PlacementArg::Auto => lamina_testnet::Placement::Auto,
+            opts.placement = match (redundancy, layers_per_node, placement) {
+                (Some(k), _, _) => lamina_testnet::Placement::Redundant(k),
+                (_, Some(n), _) => lamina_testnet::Placement::PerNode(n),
+                (_, _, crate::cli::PlacementArg::Even) => lamina_testnet::Placement::Even,
+                (_, _, crate::cli::PlacementArg::Auto) => lamina_testnet::Placement::Auto,
             };
             opts.threads = threads;
             opts.netns = netns;
