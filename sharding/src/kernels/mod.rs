@@ -379,25 +379,37 @@ pub fn quantize_acts(x: &[f32], m: usize, k: usize, isa: Isa) -> Result<QActs> {
 /// Runs `f` over the weight rows `0..n`, split across up to `threads` threads in
 /// chunks of whole 4-row tiles; small products stay on the calling thread.
 fn split_rows(w: &QMatrix<'_>, m: usize, threads: usize, f: impl Fn(Range<usize>) + Sync) {
-    let n = w.n;
     // Work in units of 32 weights x one activation row, whatever the block size.
-    let work = n * (w.k / QK) * m;
+    split_units(w.n, 4, w.n * (w.k / QK) * m, threads, f);
+}
+
+/// Runs `f` over `0..units` in chunks of whole multiples of `align`, on up to `threads`
+/// threads, or on the calling thread when `work` (32-weight x activation-row products)
+/// is below [`PAR_MIN_BLOCKS`].
+pub(crate) fn split_units(
+    units: usize,
+    align: usize,
+    work: usize,
+    threads: usize,
+    f: impl Fn(Range<usize>) + Sync,
+) {
+    let chunks = units.div_ceil(align);
     let threads = if work < PAR_MIN_BLOCKS {
         1
     } else {
-        threads.clamp(1, n.div_ceil(4))
+        threads.clamp(1, chunks.max(1))
     };
     if threads == 1 {
-        f(0..n);
+        f(0..units);
         return;
     }
     // Two parts per thread: parts are claimed dynamically, so the halves of a late
     // thread's share go to whoever is free.
-    let parts = (threads * 2).min(n.div_ceil(4));
-    let per = n.div_ceil(parts).next_multiple_of(4);
+    let parts = (threads * 2).min(chunks);
+    let per = units.div_ceil(parts).next_multiple_of(align);
     let part = |t: usize| {
-        let start = (t * per).min(n);
-        let end = ((t + 1) * per).min(n);
+        let start = (t * per).min(units);
+        let end = ((t + 1) * per).min(units);
         if start < end {
             f(start..end);
         }

@@ -38,7 +38,7 @@
 
 use super::blocks::{WeightType, QK};
 use super::quantize::QActs;
-use super::{pool, Isa, OutPtr, QMatrix, PAR_MIN_BLOCKS};
+use super::{split_units, Isa, OutPtr, QMatrix};
 use crate::{Error, Result};
 use std::cell::RefCell;
 use std::ops::Range;
@@ -272,7 +272,9 @@ impl Panels {
                 _ => {}
             }
             let sc = &*sc;
-            self.split(m, threads, |p| self.run_panels(sc, out, p));
+            split_units(self.panels, 1, self.n * self.nb * m, threads, |p| {
+                self.run_panels(sc, out, p)
+            });
         };
         SCRATCH.with(|cell| match cell.try_borrow_mut() {
             Ok(mut sc) => run(&mut sc),
@@ -280,35 +282,6 @@ impl Panels {
             Err(_) => run(&mut Scratch::default()),
         });
         Ok(())
-    }
-
-    /// Runs `f` over panel ranges, on the calling thread for small products.
-    fn split(&self, m: usize, threads: usize, f: impl Fn(Range<usize>) + Sync) {
-        let work = self.n * self.nb * m;
-        let threads = if work < PAR_MIN_BLOCKS {
-            1
-        } else {
-            threads.clamp(1, self.panels)
-        };
-        if threads == 1 {
-            return f(0..self.panels);
-        }
-        // Two parts per thread, claimed dynamically (see `kernels::split_rows`).
-        let parts = (threads * 2).min(self.panels);
-        let per = self.panels.div_ceil(parts);
-        let part = |t: usize| {
-            let start = (t * per).min(self.panels);
-            let end = ((t + 1) * per).min(self.panels);
-            if start < end {
-                f(start..end);
-            }
-        };
-        if pool::use_rayon() {
-            use rayon::prelude::*;
-            (0..parts).into_par_iter().for_each(part);
-        } else {
-            pool::global().run(parts, &part);
-        }
     }
 
     fn run_panels(&self, sc: &Scratch, out: OutPtr, panels: Range<usize>) {
