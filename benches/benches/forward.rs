@@ -37,7 +37,7 @@ const WINDOW: usize = 192;
 /// lamina: prefill and one decode step of a one-shard `LocalChain`.
 fn bench_lamina(c: &mut Criterion, group: &str, model: &ModelFile, ids: &[u32]) {
     let n_layers = model.config().expect("config").n_layers;
-    let range = LayerRange::new(0, n_layers).expect("range");
+    let range = lamina_sharding::layers::range(0, n_layers).expect("range");
     let chain = LocalChain::load(model, &[range], &Device::Cpu).expect("load");
     let max_len = PROMPT + WINDOW + 1;
     let new_caches = || -> Vec<KvCache> {

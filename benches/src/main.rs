@@ -309,7 +309,10 @@ fn run_compare(a: CompareArgs, command: &str) -> Result<()> {
         eprintln!("wrote {} and RESULTS.md", json.display());
     }
     if !a.no_rss && a.smollm2.exists() {
-        let ranges = [LayerRange::new(0, 15)?, LayerRange::new(0, 30)?];
+        let ranges = [
+            lamina_sharding::layers::range(0, 15)?,
+            lamina_sharding::layers::range(0, 30)?,
+        ];
         run_rss(&a.smollm2, &ranges, 3, &a.out, command)?;
     }
     Ok(())

@@ -45,7 +45,7 @@ pub fn range_weight_bytes(model: &ModelFile, range: LayerRange) -> Result<u64> {
         let wanted = if let Some(rest) = t.name.strip_prefix("blk.") {
             rest.split('.')
                 .next()
-                .and_then(|l| l.parse::<usize>().ok())
+                .and_then(|l| l.parse::<u32>().ok())
                 .is_some_and(|l| range.contains(l))
         } else {
             match t.name.as_str() {

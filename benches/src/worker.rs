@@ -16,7 +16,6 @@ use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
 use candle_transformers::models::quantized_llama::ModelWeights;
 use lamina_sharding::generate::{LocalChain, Stepper};
-use lamina_sharding::layers::LayerRange;
 use lamina_sharding::sampling::argmax;
 use lamina_sharding::source::ModelFile;
 use serde::{Deserialize, Serialize};
@@ -195,7 +194,11 @@ pub fn run_in_process(
         Impl::Lamina => {
             let model = ModelFile::open(model_path)?;
             let n_layers = model.config()?.n_layers;
-            let chain = LocalChain::load(&model, &[LayerRange::new(0, n_layers)?], &Device::Cpu)?;
+            let chain = LocalChain::load(
+                &model,
+                &[lamina_sharding::layers::range(0, n_layers)?],
+                &Device::Cpu,
+            )?;
             drop(model);
             let load_s = t.elapsed().as_secs_f64();
             for _ in 0..warmups {

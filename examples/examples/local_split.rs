@@ -7,7 +7,6 @@
 use anyhow::Context;
 use candle_core::Device;
 use lamina_sharding::executor::{LogitRows, Shard, ShardInput, ShardOutput};
-use lamina_sharding::layers::LayerRange;
 use lamina_sharding::sampling::argmax;
 use lamina_sharding::source::ModelFile;
 
@@ -21,10 +20,14 @@ fn main() -> anyhow::Result<()> {
     let cfg = model.config()?;
     let tok = model.tokenizer()?;
     let mid = cfg.n_layers / 2;
-    let front = Shard::load(&model, LayerRange::new(0, mid.max(1))?, &Device::Cpu)?;
+    let front = Shard::load(
+        &model,
+        lamina_sharding::layers::range(0, mid.max(1))?,
+        &Device::Cpu,
+    )?;
     let back = Shard::load(
         &model,
-        LayerRange::new(mid.max(1), cfg.n_layers)?,
+        lamina_sharding::layers::range(mid.max(1), cfg.n_layers)?,
         &Device::Cpu,
     )?;
     let ids = tok.encode(&prompt, tok.add_bos_default(), false)?;

@@ -22,8 +22,9 @@ fn main() -> anyhow::Result<()> {
     let bootstrap = args.next().context("a bootstrap multiaddr")?;
     let prompt = args.next().unwrap_or_else(|| "Once upon a time".into());
     let client = MeshClient::join(model.as_ref(), &[bootstrap.parse()?])?;
-    let route = &client.status()["last_route"];
-    eprintln!("route: {route}");
+    for hop in client.route()? {
+        eprintln!("hop {} layers {} at {}", hop.peer, hop.layers, hop.addr);
+    }
     // The tokenizer comes from the local model file; only token ids cross the network.
     let tok = lamina_sharding::source::ModelFile::open(&model)?.tokenizer()?;
     let req = GenerateRequest {

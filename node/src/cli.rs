@@ -4,6 +4,8 @@
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 
+pub use crate::config::LayersChoice;
+
 #[derive(Parser, Debug)]
 #[command(
     name = "lamina",
@@ -114,23 +116,8 @@ pub struct NodeArgs {
     pub threads: Option<usize>,
 }
 
-/// `--layers`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum LayersChoice {
-    Auto,
-    None,
-    Fixed(lamina_sharding::layers::LayerRange),
-}
-
 fn parse_layers_choice(s: &str) -> Result<LayersChoice, String> {
-    match s {
-        "auto" => Ok(LayersChoice::Auto),
-        "none" => Ok(LayersChoice::None),
-        r => r
-            .parse()
-            .map(LayersChoice::Fixed)
-            .map_err(|e| format!("`{r}` is not auto, none or a range a..b: {e}")),
-    }
+    s.parse()
 }
 
 /// Byte sizes: a number with an optional unit (B, KB, MB, GB, KiB, MiB, GiB).
@@ -360,6 +347,22 @@ pub struct GenerateArgs {
     /// Activations on the wire with --chain: f16 or f32 (bit-exact).
     #[arg(long, default_value = "f16")]
     pub activation_dtype: lamina_protocol::WireDType,
+}
+
+impl GenerateArgs {
+    /// The sampling settings the flags ask for, checked.
+    pub fn sampling(&self) -> lamina_sharding::Result<lamina_sharding::sampling::SamplingParams> {
+        let p = lamina_sharding::sampling::SamplingParams {
+            temperature: self.temperature,
+            top_k: self.top_k,
+            top_p: self.top_p,
+            repetition_penalty: self.repeat_penalty,
+            seed: self.seed,
+            ..Default::default()
+        };
+        p.validate()?;
+        Ok(p)
+    }
 }
 
 #[derive(Subcommand, Debug)]

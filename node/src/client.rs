@@ -1,7 +1,7 @@
 //! The Rust client API: join a mesh as a light peer (no layers), plan routes from its
 //! announcements and run generations through it directly over the data plane, with the
 //! same failover as a node's HTTP API. For programs that embed lamina rather than talk
-//! HTTP to a node.
+//! HTTP to a node. It is a [`Node`] that serves no layers and no API.
 //!
 //! ```no_run
 //! # fn main() -> anyhow::Result<()> {
@@ -14,109 +14,93 @@
 //! # Ok(()) }
 //! ```
 
-use std::collections::HashSet;
+use std::ops::ControlFlow;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use lamina_protocol::{Announcement, CertFingerprint, NodeState, WireDType, ANNOUNCEMENT_VERSION};
+use lamina_protocol::FrameLimits;
 use lamina_sharding::generate::{GenerateRequest, GenerationOutput};
 use lamina_sharding::sampling::SamplingParams;
 use lamina_sharding::source::ModelFile;
 use libp2p::Multiaddr;
 
-use crate::dataplane::{Dialer, Identity};
-use crate::failover::FailoverPolicy;
-use crate::mesh::swarm::SwarmOptions;
-use crate::mesh::MeshHandle;
-use crate::pipeline::{ChainClient, PipelineError};
+use crate::config::{LayersChoice, NodeConfig};
+use crate::daemon::{Node, NodeHandle};
+use crate::dataplane::{client_endpoint, Dialer};
+use crate::mesh::MeshStatus;
+use crate::pipeline::{ChainClient, GenerateOptions, Observer};
+
+/// How long [`MeshClient::join`] waits for the mesh to cover the model.
+const JOIN_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A light member of a mesh that can generate through it.
 pub struct MeshClient {
     rt: tokio::runtime::Runtime,
-    mesh: MeshHandle,
+    node: Option<NodeHandle>,
     client: ChainClient,
+}
+
+/// Calls a closure with each piece of text.
+struct Pieces<F>(F);
+
+impl<F: FnMut(&str) + Send> Observer for Pieces<F> {
+    async fn text(&mut self, piece: &str) -> ControlFlow<()> {
+        (self.0)(piece);
+        ControlFlow::Continue(())
+    }
 }
 
 impl MeshClient {
     /// Joins the mesh through `bootstrap` for the model in `model_file` (read locally for
     /// its tokenizer and model id; no layers are loaded) and waits, bounded, until the
-    /// mesh covers the model.
+    /// mesh covers the model. With no bootstrap peers it looks for them with mDNS.
     pub fn join(model_file: &Path, bootstrap: &[Multiaddr]) -> anyhow::Result<Self> {
         let model = ModelFile::open(model_file)
             .with_context(|| format!("cannot open {}", model_file.display()))?;
         let cfg = model.config()?;
-        let model_id = crate::cmd::node::model_id_of(&model)?;
         let tokenizer = Arc::new(model.tokenizer()?);
         drop(model);
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
             .build()?;
-        let (mesh, dialer) = rt.block_on(async {
-            let identity = Identity::generate()?;
-            let endpoint = crate::dataplane::server_endpoint("127.0.0.1:0".parse()?, &identity)?;
-            let key = libp2p::identity::Keypair::generate_ed25519();
-            let template = Announcement {
-                version: ANNOUNCEMENT_VERSION,
-                peer_id: key.public().to_peer_id().to_bytes(),
-                model_id,
-                n_layers: u32::try_from(cfg.n_layers).unwrap_or(u32::MAX),
-                layers: None,
-                state: NodeState::Serving,
-                dataplane_addr: endpoint.local_addr()?.to_string(),
-                cert: identity.fingerprint(),
-                listen_addrs: vec![],
-                api: None,
-                tokens_per_sec: 0.0,
-                free_slots: 0,
-                max_memory: 0,
-                lamina_version: env!("CARGO_PKG_VERSION").into(),
-                seq: 0,
-                issued_at_ms: 0,
-                expires_at_ms: 0,
-                withdrawn: false,
-                started_at_ms: crate::mesh::now_ms(),
+        let mut config = NodeConfig::new(model_file);
+        config.layers = LayersChoice::None;
+        config.bootstrap = bootstrap.to_vec();
+        config.mdns = bootstrap.is_empty();
+        config.listen = "0.0.0.0:0".parse()?;
+        let (node, client) = rt.block_on(async {
+            let node = Node::start(config).await?;
+            node.mesh()
+                .wait_covered(JOIN_TIMEOUT)
+                .await
+                .map_err(|e| anyhow::anyhow!("the mesh does not cover the model: {e}"))?;
+            let client = ChainClient {
+                dialer: Dialer::new(client_endpoint(None)?, FrameLimits::default()),
+                model_id: node.info().model_id,
+                tokenizer,
+                context_length: cfg.context_length,
             };
-            let listen = vec!["/ip4/0.0.0.0/udp/0/quic-v1".parse()?];
-            let opts = SwarmOptions {
-                listen,
-                bootstrap: bootstrap.to_vec(),
-                mdns: bootstrap.is_empty(),
-            };
-            let mesh = MeshHandle::start(key, &opts, template)?;
-            mesh.wait_listening(Duration::from_secs(5)).await;
-            mesh.update(|_| {})?;
-            tokio::spawn(mesh.clone().refresh_forever());
-            let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-            while mesh.route().is_err() {
-                if tokio::time::Instant::now() > deadline {
-                    anyhow::bail!(
-                        "the mesh does not cover the model: {}",
-                        mesh.route()
-                            .err()
-                            .map_or_else(String::new, |e| e.to_string())
-                    );
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            let dialer = Dialer::new(endpoint, lamina_protocol::FrameLimits::default());
-            Ok::<_, anyhow::Error>((mesh, dialer))
+            Ok::<_, anyhow::Error>((node, client))
         })?;
-        let client = ChainClient {
-            dialer,
-            model_id,
-            tokenizer,
-            vocab_size: cfg.vocab_size,
-            context_length: cfg.context_length,
-        };
-        Ok(Self { rt, mesh, client })
+        Ok(Self {
+            rt,
+            node: Some(node),
+            client,
+        })
     }
 
-    /// The mesh as this client sees it (the JSON of a node's `/status`).
-    pub fn status(&self) -> serde_json::Value {
-        self.mesh.status()
+    /// The mesh as this client sees it.
+    pub fn status(&self) -> Option<MeshStatus> {
+        self.node.as_ref().map(|n| n.status())
+    }
+
+    /// The chain a request would take now: each hop's peer, layers and address.
+    pub fn route(&self) -> anyhow::Result<Vec<crate::pipeline::ChainHop>> {
+        let node = self.node.as_ref().context("the client has left the mesh")?;
+        Ok(node.mesh().route()?.hops)
     }
 
     /// Greedy completion of `prompt`, up to `max_tokens` tokens.
@@ -132,34 +116,28 @@ impl MeshClient {
     }
 
     /// Runs `req` through the mesh, calling `on_text` with each piece of text as it is
-    /// generated. Hops that fail are routed around (see [`crate::failover`]).
+    /// generated. Hops that fail are routed around (see [`crate::pipeline::failover`]).
     pub fn generate(
         &self,
         req: &GenerateRequest,
-        mut on_text: impl FnMut(&str),
+        on_text: impl FnMut(&str) + Send,
     ) -> anyhow::Result<GenerationOutput> {
-        let route = self.mesh.route()?;
-        let mesh = self.mesh.clone();
-        let replan = move |ex: &HashSet<CertFingerprint>| {
-            crate::api::RouteSource::route_excluding(&mesh, ex).map_err(PipelineError::from)
-        };
-        let banner = self.mesh.clone();
-        let report = move |cert| banner.ban(cert);
-        let handle = self.rt.handle().clone();
-        let (out, _) = self.client.generate_resilient(
-            &handle,
-            &route.hops,
-            &replan,
-            &report,
-            FailoverPolicy::default(),
-            req,
-            WireDType::F16,
-            |_, _| {},
-            |t| {
-                on_text(t);
-                std::ops::ControlFlow::Continue(())
-            },
-        )?;
-        Ok(out)
+        let node = self.node.as_ref().context("the client has left the mesh")?;
+        let routes = node.mesh().clone();
+        let opts = GenerateOptions::default();
+        let g =
+            self.rt.block_on(
+                self.client
+                    .generate(&routes, req, &opts, &mut Pieces(on_text)),
+            )?;
+        Ok(g.output)
+    }
+}
+
+impl Drop for MeshClient {
+    fn drop(&mut self) {
+        if let Some(node) = self.node.take() {
+            self.rt.block_on(node.shutdown());
+        }
     }
 }

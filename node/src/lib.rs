@@ -1,26 +1,47 @@
 //! `lamina-node`: the node daemon, the `lamina` command line and the Rust client API.
 //!
-//! Modules, each with one job (see `../shared/DESIGN.md`):
-//! - [`mesh`]: the libp2p event loop (identity, QUIC/TCP, mDNS, Kademlia under lamina's own
-//!   protocol names, identify, ping) behind the cloneable [`mesh::MeshHandle`]; signed
-//!   announcements, refreshed, expired and withdrawn; placement and routing over them;
-//! - [`dataplane`]: the quinn endpoint, pinned self-signed certificates, framed streams;
-//! - [`session`]: the session server (KV caches per session, forwarding to the next hop,
-//!   idle expiry, limits, sub-range hops, shard swaps when a node moves);
-//! - [`pipeline`]: the pipeline client (prefill, decode, replay log); [`failover`]: keeping
-//!   a generation going when a hop dies;
-//! - [`api`]: the OpenAI-compatible HTTP API, `/status`, `/metrics`;
+//! The rooms, and which way a generation's data flows through them (the whole picture,
+//! with where each next capability plugs in, is `docs/ARCHITECTURE.md`):
+//!
+//! - [`daemon`]: the composition root. [`Node::start`] takes a [`NodeConfig`]
+//!   ([`config`]) and wires the rooms below together; [`NodeHandle`] is a running node.
+//! - [`api`]: the OpenAI-compatible HTTP API. A request is tokenized, admitted, and
+//!   handed to the pipeline as a task of its own; text comes back through a bounded channel.
+//! - [`pipeline`]: the entry's side of a generation. It drives sharding's generation
+//!   machine, asking a [`routes::RouteSource`] for a chain and running a
+//!   failover session on it: open on the first hop, one `Forward` per step, replay on a
+//!   new chain when a hop fails.
+//! - [`failure`]: typed failures and the blame rules (pure): whom a failure bans, whom
+//!   it only avoids, what is fatal.
+//! - [`routes`]: where chains come from: the mesh, a chain file, a fixed chain.
+//! - [`mesh`]: the libp2p event loop that alone owns the swarm and the announcement table,
+//!   behind the cloneable [`mesh::MeshHandle`]; placement and routing over its snapshots.
+//! - [`session`]: a hop's session server: the per-stream loop and state machine, the
+//!   compute thread, the client to the next hop, signed failure reports.
+//! - [`dataplane`]: the QUIC endpoint, pinned certificates, framed streams.
 //! - [`client`]: joining a mesh from a Rust program; [`models`]: the local model cache;
-//! - [`cli`] and [`cmd`]: the command line.
+//!   [`ids`]: fresh ids and clocks.
+//! - [`cli`] and [`cmd`]: the command line, thin over the rest.
+//!
+//! Data path of one token: `api` -> `pipeline::generate` -> `pipeline::session` (QUIC
+//! stream to the first hop) -> `session::stream` -> `session::compute` -> `session::next_hop`
+//! -> ... -> the last hop samples -> `StepResult` back up the streams -> `pipeline` ->
+//! `api`'s channel -> the HTTP client.
 
 pub mod api;
 pub mod cli;
 pub mod client;
 pub mod cmd;
+pub mod config;
+pub mod daemon;
 pub mod dataplane;
-pub mod failover;
+pub mod failure;
+pub mod ids;
 pub mod mesh;
 pub mod models;
 pub mod pipeline;
+pub mod routes;
 pub mod session;
-pub mod trace;
+
+pub use config::{LayersChoice, NodeConfig};
+pub use daemon::{model_id_of, Node, NodeError, NodeHandle};

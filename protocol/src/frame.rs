@@ -48,6 +48,7 @@ use crate::message::{
     check_version, Close, Closed, ErrorMessage, Forward, ForwardInput, Hello, HelloAck, Message,
     MessageKind, OpenSession, Progress, SessionOpened, StepOutput, StepResult,
 };
+use crate::report::SignedReport;
 use crate::tensor::{checked_byte_len, WireDType, WireTensor, MAX_TENSOR_RANK};
 
 /// Bytes of the length prefix.
@@ -476,7 +477,14 @@ fn decode_body(body: Bytes, limits: &FrameLimits) -> Result<Message, ProtocolErr
                 Message::HelloAck(decode_header::<HelloAck>(kind, header)?)
             }
         }
-        MessageKind::Error => Message::Error(decode_header::<ErrorMessage>(kind, header)?),
+        MessageKind::Error => {
+            let (mut e, used) = decode_header_prefix_len::<ErrorMessage>(kind, header)?;
+            // Anything after the frozen fields is the failure report, exactly.
+            if let Some(tail) = header.get(used..).filter(|t| !t.is_empty()) {
+                e.report = Some(decode_header::<SignedReport>(kind, tail)?);
+            }
+            Message::Error(e)
+        }
         MessageKind::OpenSession => {
             let (mut open, used) = decode_header_prefix_len::<OpenSession>(kind, header)?;
             // Anything after the version-1 fields is the trace id, exactly.

@@ -71,6 +71,26 @@ impl LayerRange {
     pub fn as_range(&self) -> Range<u32> {
         self.start..self.end
     }
+
+    /// The layer indices as `usize`, for indexing per-layer tables.
+    pub fn indices(&self) -> Range<usize> {
+        self.start as usize..self.end as usize
+    }
+
+    /// Whether the range holds the token embedding (it starts the model).
+    pub fn is_first(&self) -> bool {
+        self.start == 0
+    }
+
+    /// Whether the range holds the final norm and output head of a model of `n_layers`.
+    pub fn is_last(&self, n_layers: usize) -> bool {
+        self.end as usize == n_layers
+    }
+
+    /// Whether the range is valid and lies within a model of `n_layers` layers.
+    pub fn fits(&self, n_layers: usize) -> bool {
+        !self.is_empty() && self.end as usize <= n_layers
+    }
 }
 
 impl fmt::Display for LayerRange {

@@ -13,6 +13,8 @@
 //! * [`message`] holds [`Message`] and the structs it carries; [`ErrorCode`]; [`PROTOCOL_VERSION`].
 //! * [`frame`] holds the frame layout, [`encode_frame`], [`FrameDecoder`], [`FrameLimits`].
 //! * [`error`] holds [`ProtocolError`].
+//! * [`report`] holds [`FailureReport`] and [`SignedReport`]: the signed, typed statement
+//!   of which hop failed and whose fault it is, attached to error replies (version 3).
 //! * [`announce`] holds [`Announcement`] and [`SignedAnnouncement`]: what a node says about
 //!   itself to the mesh, signed with its libp2p identity key.
 //!
@@ -72,6 +74,7 @@ pub mod frame;
 pub mod ids;
 pub mod layers;
 pub mod message;
+pub mod report;
 pub mod tensor;
 
 pub use announce::{
@@ -85,9 +88,14 @@ pub use frame::{
 pub use ids::{CertFingerprint, ModelId, SessionId, TraceId};
 pub use layers::LayerRange;
 pub use message::{
-    check_version, Close, Closed, ErrorCode, ErrorMessage, Forward, ForwardInput, Hello, HelloAck,
-    HopAddr, Message, MessageKind, OpenSession, Progress, SamplingSettings, SessionOpened,
-    StepOutput, StepResult, MAX_ERROR_MESSAGE_BYTES, PROGRESS_INTERVAL_MS, PROTOCOL_VERSION,
+    check_version, Close, Closed, CodeClass, ErrorCode, ErrorMessage, Forward, ForwardInput, Hello,
+    HelloAck, HopAddr, Message, MessageKind, OpenSession, Progress, SamplingSettings,
+    SessionOpened, StepOutput, StepResult, MAX_ERROR_MESSAGE_BYTES, MAX_PEER_ID_BYTES,
+    PROGRESS_INTERVAL_MS, PROTOCOL_VERSION,
+};
+pub use report::{
+    FailureReport, Fault, LinkFailure, ReportError, SignedReport, MAX_REPORT_BODY_BYTES,
+    MAX_REPORT_KEY_BYTES, MAX_REPORT_SIGNATURE_BYTES,
 };
 pub use tensor::{
     checked_byte_len, checked_element_count, WireDType, WireTensor, MAX_TENSOR_ELEMENTS,

@@ -24,12 +24,13 @@ use serde::{Deserialize, Serialize};
 use crate::error::ProtocolError;
 use crate::ids::{CertFingerprint, ModelId, SessionId, TraceId};
 use crate::layers::LayerRange;
+use crate::report::SignedReport;
 use crate::tensor::{WireDType, WireTensor};
 
 /// The version of this protocol. A `Hello` or `HelloAck` carrying another version is refused
 /// with [`ProtocolError::UnsupportedVersion`] (and an [`ErrorCode::UnsupportedVersion`]
 /// reply) before the rest of it is read.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// Bytes of an error message kept by [`ErrorMessage::new`]: enough for a useful sentence,
 /// small enough that an error reply never competes with real traffic.
@@ -175,12 +176,12 @@ impl Message {
     pub fn validate(&self) -> Result<(), ProtocolError> {
         match self {
             Message::Hello(_)
-            | Message::Error(_)
             | Message::SessionOpened(_)
             | Message::Close(_)
             | Message::Closed(_)
             | Message::Progress(_) => Ok(()),
             Message::HelloAck(m) => m.validate(),
+            Message::Error(m) => m.validate(),
             Message::OpenSession(m) => m.validate(),
             Message::Forward(m) => m.validate(),
             Message::StepResult(m) => m.validate(),
@@ -353,7 +354,13 @@ pub struct HopAddr {
     pub addr: String,
     /// The blake3 fingerprint of its TLS certificate, which the dialer pins.
     pub cert: CertFingerprint,
+    /// Its libp2p peer id (multihash bytes): the hop before it checks that the failure
+    /// reports it relays from below are signed by a hop of this chain (since version 3).
+    pub peer_id: Vec<u8>,
 }
+
+/// Bytes of a peer id in a [`HopAddr`] (a libp2p multihash of an ed25519 key is 38).
+pub const MAX_PEER_ID_BYTES: usize = 64;
 
 /// Asks a hop to run `layers` for a new session.
 ///
@@ -454,6 +461,15 @@ impl OpenSession {
         let mut end = self.layers.end;
         for (i, hop) in self.next_hops.iter().enumerate() {
             hop.layers.validate()?;
+            if hop.peer_id.is_empty() || hop.peer_id.len() > MAX_PEER_ID_BYTES {
+                return Err(ProtocolError::invalid(
+                    kind,
+                    format!(
+                        "next_hops[{i}] has a peer id of {} bytes (1..={MAX_PEER_ID_BYTES})",
+                        hop.peer_id.len()
+                    ),
+                ));
+            }
             if hop.layers.start != end {
                 return Err(ProtocolError::invalid(
                     kind,
@@ -642,13 +658,19 @@ pub const PROGRESS_INTERVAL_MS: u64 = 1000;
 /// A typed failure. The stream stays usable unless the error says the frame boundary was
 /// lost (`FrameTooLarge`), in which case the sender closes it after this message.
 ///
-/// Its layout (code, then message) is frozen for all versions, like `Hello`'s.
-#[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
+/// Its leading layout (code, then message) is frozen for all versions, like `Hello`'s, so
+/// peers of different versions can read each other's `UnsupportedVersion`. Since version 3
+/// a [`SignedReport`] may follow as an optional tail (absent: nothing, not a `None` byte),
+/// saying which hop failed and whose fault it is; the message text is for humans only and
+/// is never used to decide blame.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ErrorMessage {
     /// What went wrong, for the peer's logic.
     pub code: ErrorCode,
     /// Details, for humans.
     pub message: String,
+    /// The failing hop's signed statement, when a hop of a session sent (or relays) it.
+    pub report: Option<SignedReport>,
 }
 
 impl ErrorMessage {
@@ -662,7 +684,57 @@ impl ErrorMessage {
             }
             message.truncate(cut);
         }
-        Self { code, message }
+        Self {
+            code,
+            message,
+            report: None,
+        }
+    }
+
+    /// The same error with `report` attached.
+    pub fn with_report(mut self, report: SignedReport) -> Self {
+        self.report = Some(report);
+        self
+    }
+
+    fn validate(&self) -> Result<(), ProtocolError> {
+        if self.message.len() > MAX_ERROR_MESSAGE_BYTES {
+            return Err(ProtocolError::invalid(
+                MessageKind::Error,
+                format!(
+                    "message of {} bytes exceeds {MAX_ERROR_MESSAGE_BYTES}",
+                    self.message.len()
+                ),
+            ));
+        }
+        if let Some(r) = &self.report {
+            r.check_bounds()
+                .map_err(|e| ProtocolError::invalid(MessageKind::Error, e.to_string()))?;
+        }
+        Ok(())
+    }
+}
+
+impl Encode for ErrorMessage {
+    fn encode<E: Encoder>(&self, e: &mut E) -> Result<(), EncodeError> {
+        self.code.encode(e)?;
+        self.message.encode(e)?;
+        if let Some(r) = &self.report {
+            r.encode(e)?;
+        }
+        Ok(())
+    }
+}
+
+/// Decodes the frozen fields only (`report` is `None`): whether a report follows is known
+/// from the header length, which the frame decoder has and this trait does not.
+impl<Context> Decode<Context> for ErrorMessage {
+    fn decode<D: Decoder<Context = Context>>(d: &mut D) -> Result<Self, DecodeError> {
+        Ok(Self {
+            code: Decode::decode(d)?,
+            message: Decode::decode(d)?,
+            report: None,
+        })
     }
 }
 
@@ -671,6 +743,20 @@ impl From<&ProtocolError> for ErrorMessage {
     fn from(e: &ProtocolError) -> Self {
         ErrorMessage::new(e.code(), e.to_string())
     }
+}
+
+/// The three kinds of error codes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum CodeClass {
+    /// The hop is fine but will not run this session now or here (full, busy, shutting
+    /// down, moved to other layers, another model, the session expired): go elsewhere,
+    /// blame no one.
+    Refusal,
+    /// What reached the hop breaks the protocol or the session's own limits: it would fail
+    /// on any chain when the entry sent it, and is the sender's doing otherwise.
+    Request,
+    /// The hop (or its link to the next hop) failed.
+    Failure,
 }
 
 /// Why a request failed. Encoded as a `u16`; codes this version does not know (from a newer
@@ -719,6 +805,31 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
+    /// What kind of failure this code names, which decides what the entry does about it
+    /// (see [`CodeClass`]).
+    pub fn class(self) -> CodeClass {
+        match self {
+            ErrorCode::SessionLimit
+            | ErrorCode::Busy
+            | ErrorCode::ShuttingDown
+            | ErrorCode::LayerMismatch
+            | ErrorCode::WrongModel
+            | ErrorCode::UnknownSession => CodeClass::Refusal,
+            ErrorCode::BadFrame
+            | ErrorCode::FrameTooLarge
+            | ErrorCode::UnsupportedVersion
+            | ErrorCode::BadTensor
+            | ErrorCode::ContextOverflow
+            | ErrorCode::InvalidMessage
+            | ErrorCode::StepOutOfOrder
+            | ErrorCode::SessionExists
+            | ErrorCode::UnexpectedMessage => CodeClass::Request,
+            ErrorCode::Internal | ErrorCode::NextHopFailed | ErrorCode::Unknown(_) => {
+                CodeClass::Failure
+            }
+        }
+    }
+
     /// Every known code, in wire order.
     pub const KNOWN: [ErrorCode; 17] = [
         ErrorCode::BadFrame,
@@ -824,7 +935,7 @@ mod tests {
         assert!(check_version(PROTOCOL_VERSION).is_ok());
         assert_eq!(
             check_version(1),
-            Err(ProtocolError::UnsupportedVersion { peer: 1, ours: 2 })
+            Err(ProtocolError::UnsupportedVersion { peer: 1, ours: 3 })
         );
     }
 

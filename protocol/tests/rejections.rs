@@ -351,7 +351,8 @@ fn other_versions_get_unsupported_version() {
         decode_frame(&newer, &FrameLimits::default()).unwrap(),
         Message::Error(ErrorMessage {
             code: ErrorCode::Unknown(999),
-            message: "new".into()
+            message: "new".into(),
+            report: None,
         })
     );
 }
@@ -449,6 +450,7 @@ fn invalid_messages_are_refused_both_ways() {
             layers: LayerRange::new(4, 8).unwrap(),
             addr: "127.0.0.1:4433".into(),
             cert: CertFingerprint([3; 32]),
+            peer_id: vec![7; 38],
         }],
         trace_id: None,
     };
@@ -503,6 +505,7 @@ fn open_session_walks_down_the_chain() {
         layers: LayerRange::new(start, end).unwrap(),
         addr: format!("127.0.0.1:{port}"),
         cert: CertFingerprint([port as u8; 32]),
+        peer_id: vec![port as u8; 38],
     };
     let first = OpenSession {
         session_id: SessionId(SID),
@@ -646,4 +649,69 @@ fn max_hidden_rows_fit_in_a_frame() {
         FrameLimits::with_max_frame_bytes(10).max_hidden_rows(4096, WireDType::F32),
         1
     );
+}
+
+/// Version 3: an error's failure report rides as an optional tail after the frozen
+/// fields; it round-trips, a frame without it is the old layout byte for byte, and an
+/// oversized one is refused like any other out-of-bounds field.
+#[test]
+fn error_reports_are_an_optional_bounded_tail() {
+    let key = libp2p_identity::Keypair::generate_ed25519();
+    let report = FailureReport {
+        reporter: key.public().to_peer_id().to_bytes(),
+        session_id: SessionId(SID),
+        layers: LayerRange::new(2, 4).unwrap(),
+        code: ErrorCode::NextHopFailed,
+        fault: Fault::NextHop(LinkFailure::Deadline),
+    }
+    .sign(&key)
+    .unwrap();
+    let plain = ErrorMessage::new(ErrorCode::NextHopFailed, "next hop 10.0.0.9 stalled");
+    let with = Message::Error(plain.clone().with_report(report.clone()));
+    let back = decode_frame(&encode_frame(&with).unwrap(), &FrameLimits::default()).unwrap();
+    assert_eq!(back, with);
+    let Message::Error(e) = back else {
+        unreachable!()
+    };
+    assert!(e.report.unwrap().verify(SessionId(SID)).is_ok());
+    let old = raw_frame(2, &bincode_bytes((plain.code, plain.message.clone())), &[]);
+    assert_eq!(
+        encode_frame(&Message::Error(plain.clone())).unwrap(),
+        old,
+        "without a report the frame is the frozen layout"
+    );
+    let mut huge = report;
+    huge.signature = vec![0; MAX_REPORT_SIGNATURE_BYTES + 1];
+    assert!(matches!(
+        encode_frame(&Message::Error(plain.with_report(huge))),
+        Err(ProtocolError::InvalidMessage { .. })
+    ));
+}
+
+#[test]
+fn next_hops_must_name_their_peer() {
+    let hop = HopAddr {
+        layers: LayerRange::new(4, 8).unwrap(),
+        addr: "127.0.0.1:4433".into(),
+        cert: CertFingerprint([3; 32]),
+        peer_id: vec![],
+    };
+    let open = OpenSession {
+        session_id: SessionId(SID),
+        model_id: ModelId([2; 32]),
+        layers: LayerRange::new(0, 4).unwrap(),
+        max_length: 128,
+        activation_dtype: WireDType::F16,
+        sampling: None,
+        return_logits: false,
+        next_hops: vec![hop],
+        trace_id: None,
+    };
+    assert!(matches!(
+        encode_frame(&Message::OpenSession(open.clone())),
+        Err(ProtocolError::InvalidMessage { .. })
+    ));
+    let mut long = open;
+    long.next_hops[0].peer_id = vec![1; MAX_PEER_ID_BYTES + 1];
+    assert!(encode_frame(&Message::OpenSession(long)).is_err());
 }

@@ -118,6 +118,16 @@ impl ChatTemplate {
     }
 }
 
+/// The prompt ids of a conversation: the template with the generation prompt, then
+/// [`encode_rendered`]. What `lamina generate --chat` and the chat API both send.
+pub fn encode_chat(
+    tok: &Tokenizer,
+    template: &ChatTemplate,
+    messages: &[ChatMessage],
+) -> Result<Vec<u32>> {
+    encode_rendered(tok, &template.render(messages, true)?)
+}
+
 /// Encodes a rendered chat prompt: its special tokens are parsed, and BOS is added only when
 /// the model wants it and the template did not already write it.
 pub fn encode_rendered(tok: &Tokenizer, rendered: &str) -> Result<Vec<u32>> {

@@ -426,7 +426,7 @@ impl Shard {
         range: LayerRange,
         device: &Device,
     ) -> Result<Self> {
-        range.check(cfg.n_layers)?;
+        crate::layers::check_range(range, cfg.n_layers)?;
         let _span = tracing::info_span!("load_shard", layers = %range).entered();
         let dim = cfg.dim;
         let q_dim = cfg.n_heads * cfg.head_dim;
@@ -444,8 +444,8 @@ impl Shard {
         } else {
             "output.weight"
         };
-        let mut linear = Vec::with_capacity(range.len() * 7 + 1);
-        for l in range.iter() {
+        let mut linear = Vec::with_capacity(range.indices().len() * 7 + 1);
+        for l in range.indices() {
             for (s, n, k) in [
                 ("attn_q.weight", q_dim, dim),
                 ("attn_k.weight", kv_dim, dim),
@@ -463,8 +463,8 @@ impl Shard {
         }
         let plan = KernelPlan::for_shard(model, &linear);
 
-        let mut blocks = Vec::with_capacity(range.len());
-        for l in range.iter() {
+        let mut blocks = Vec::with_capacity(range.indices().len());
+        for l in range.indices() {
             let n = |s: &str| format!("blk.{l}.{s}");
             blocks.push(Block {
                 attn_norm: RmsNorm::load(model, &n("attn_norm.weight"), dim, cfg.rms_eps, device)?,
@@ -526,7 +526,7 @@ impl Shard {
                 self.range
             )));
         }
-        let off = sub.start - self.range.start;
+        let off = (sub.start - self.range.start) as usize;
         Ok(Shard {
             cfg: self.cfg.clone(),
             range: sub,
@@ -534,7 +534,7 @@ impl Shard {
             embedding: (sub.start == self.range.start)
                 .then(|| self.embedding.clone())
                 .flatten(),
-            blocks: self.blocks[off..off + sub.len()].to_vec(),
+            blocks: self.blocks[off..off + sub.len() as usize].to_vec(),
             head: (sub.end == self.range.end)
                 .then(|| self.head.clone())
                 .flatten(),
@@ -573,8 +573,8 @@ impl Shard {
             });
         }
         Ok(KvCache::new(
-            self.range.start,
-            self.range.len(),
+            self.range.indices().start,
+            self.range.indices().len(),
             self.cfg.n_kv_heads,
             self.cfg.head_dim,
             max_len,
@@ -652,7 +652,9 @@ impl Shard {
     }
 
     fn check_input(&self, s: &SeqStep<'_>) -> Result<usize> {
-        if s.cache.first_layer() != self.range.start || s.cache.n_layers() != self.range.len() {
+        if s.cache.first_layer() != self.range.indices().start
+            || s.cache.n_layers() != self.range.indices().len()
+        {
             return Err(Error::InvalidInput(format!(
                 "the cache is for layers {}..{}, this shard runs {}",
                 s.cache.first_layer(),

@@ -1,103 +1,45 @@
-//! Contiguous layer ranges and splits of a model into them.
+//! Layer ranges and splits of a model into them.
 //!
-//! A range is half-open, `a..b`, the notation operators type on the command line and the
-//! one the wire protocol uses, so that "0..15" and "15..30" visibly meet.
+//! The range type is the wire protocol's [`LayerRange`] (`a..b`, half-open, `u32` bounds,
+//! validated wherever it enters the program): one type from the command line to the
+//! executor, so "0..15" means the same thing in a flag, a record and a shard. This module
+//! adds what the model side needs: checks against a model's layer count and splits.
 
 use crate::{Error, Result};
-use std::fmt;
-use std::str::FromStr;
 
-/// Layers `start..end` of a model (half-open).
-#[derive(
-    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
-)]
-pub struct LayerRange {
-    pub start: usize,
-    pub end: usize,
+pub use lamina_protocol::LayerRange;
+
+/// A non-empty range `start..end`; `start >= end` is refused because an empty shard
+/// would be a hop that does nothing but add latency.
+pub fn range(start: usize, end: usize) -> Result<LayerRange> {
+    let bad = || Error::ParseLayerRange {
+        text: format!("{start}..{end}"),
+        reason: "the start must be below the end, both below 2^32".into(),
+    };
+    let s = u32::try_from(start).map_err(|_| bad())?;
+    let e = u32::try_from(end).map_err(|_| bad())?;
+    LayerRange::new(s, e).map_err(|_| bad())
 }
 
-impl LayerRange {
-    /// A non-empty range; `start >= end` is refused because an empty shard would be a
-    /// hop that does nothing but add latency.
-    pub fn new(start: usize, end: usize) -> Result<Self> {
-        if start >= end {
-            return Err(Error::ParseLayerRange {
-                text: format!("{start}..{end}"),
-                reason: "the start must be below the end".into(),
-            });
-        }
-        Ok(Self { start, end })
-    }
-
-    pub fn len(&self) -> usize {
-        self.end - self.start
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.start >= self.end
-    }
-
-    pub fn contains(&self, layer: usize) -> bool {
-        (self.start..self.end).contains(&layer)
-    }
-
-    /// Whether this range holds the token embedding (it starts the model).
-    pub fn is_first(&self) -> bool {
-        self.start == 0
-    }
-
-    /// Whether this range holds the final norm and output head.
-    pub fn is_last(&self, n_layers: usize) -> bool {
-        self.end == n_layers
-    }
-
-    /// Checks the range against a model's layer count.
-    pub fn check(&self, n_layers: usize) -> Result<()> {
-        if self.end > n_layers || self.start >= self.end {
-            return Err(Error::LayerRangeOutOfBounds {
-                range: self.to_string(),
-                n_layers,
-            });
-        }
-        Ok(())
-    }
-
-    pub fn iter(&self) -> std::ops::Range<usize> {
-        self.start..self.end
-    }
+/// Parses `"a..b"`.
+pub fn parse_range(text: &str) -> Result<LayerRange> {
+    text.trim()
+        .parse::<LayerRange>()
+        .map_err(|e| Error::ParseLayerRange {
+            text: text.to_string(),
+            reason: e.to_string(),
+        })
 }
 
-impl fmt::Display for LayerRange {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}..{}", self.start, self.end)
+/// Checks `r` against a model of `n_layers` layers.
+pub fn check_range(r: LayerRange, n_layers: usize) -> Result<()> {
+    if !r.fits(n_layers) {
+        return Err(Error::LayerRangeOutOfBounds {
+            range: r.to_string(),
+            n_layers,
+        });
     }
-}
-
-impl FromStr for LayerRange {
-    type Err = Error;
-
-    fn from_str(s: &str) -> Result<Self> {
-        let bad = |reason: &str| Error::ParseLayerRange {
-            text: s.to_string(),
-            reason: reason.to_string(),
-        };
-        let (a, b) = s
-            .trim()
-            .split_once("..")
-            .ok_or_else(|| bad("expected the form a..b, e.g. 0..15"))?;
-        let start = a
-            .trim()
-            .parse::<usize>()
-            .map_err(|_| bad("the start is not a non-negative integer"))?;
-        let end = b
-            .trim()
-            .parse::<usize>()
-            .map_err(|_| bad("the end is not a non-negative integer"))?;
-        if start >= end {
-            return Err(bad("the start must be below the end"));
-        }
-        Ok(Self { start, end })
-    }
+    Ok(())
 }
 
 /// Parses "0..2,2..5" and checks that the ranges are contiguous and cover `0..n_layers`
@@ -106,7 +48,7 @@ pub fn parse_split(text: &str, n_layers: usize) -> Result<Vec<LayerRange>> {
     let ranges = text
         .split(',')
         .filter(|p| !p.trim().is_empty())
-        .map(LayerRange::from_str)
+        .map(parse_range)
         .collect::<Result<Vec<_>>>()?;
     check_split(&ranges, n_layers)?;
     Ok(ranges)
@@ -117,15 +59,15 @@ pub fn check_split(ranges: &[LayerRange], n_layers: usize) -> Result<()> {
     if ranges.is_empty() {
         return Err(Error::BadSplit("no ranges given".into()));
     }
-    let mut next = 0;
+    let mut next = 0usize;
     for r in ranges {
-        r.check(n_layers)?;
-        if r.start != next {
+        check_range(*r, n_layers)?;
+        if r.indices().start != next {
             return Err(Error::BadSplit(format!(
                 "range {r} should start at layer {next} (ranges must be contiguous and in order)"
             )));
         }
-        next = r.end;
+        next = r.indices().end;
     }
     if next != n_layers {
         return Err(Error::BadSplit(format!(
@@ -149,10 +91,7 @@ pub fn even_split(n_layers: usize, parts: usize) -> Result<Vec<LayerRange>> {
     let mut start = 0;
     for i in 0..parts {
         let len = base + usize::from(i < extra);
-        out.push(LayerRange {
-            start,
-            end: start + len,
-        });
+        out.push(range(start, start + len)?);
         start += len;
     }
     Ok(out)
@@ -164,14 +103,16 @@ mod tests {
 
     #[test]
     fn parses_and_displays() {
-        let r: LayerRange = "3..7".parse().unwrap();
+        let r = parse_range("3..7").unwrap();
         assert_eq!(r, LayerRange { start: 3, end: 7 });
         assert_eq!(r.to_string(), "3..7");
         assert_eq!(r.len(), 4);
-        assert!("7..3".parse::<LayerRange>().is_err());
-        assert!("3..3".parse::<LayerRange>().is_err());
-        assert!("a..3".parse::<LayerRange>().is_err());
-        assert!("3-4".parse::<LayerRange>().is_err());
+        for bad in ["7..3", "3..3", "a..3", "3-4"] {
+            assert!(parse_range(bad).is_err(), "{bad}");
+        }
+        assert!(range(2, 1).is_err());
+        assert!(range(0, 1usize << 33).is_err());
+        assert!(check_range(range(0, 5).unwrap(), 4).is_err());
     }
 
     #[test]

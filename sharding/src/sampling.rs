@@ -50,6 +50,36 @@ impl Default for SamplingParams {
     }
 }
 
+/// The wire's settings (what the last hop is told) from the sampler's.
+impl From<&SamplingParams> for lamina_protocol::SamplingSettings {
+    fn from(p: &SamplingParams) -> Self {
+        Self {
+            temperature: p.temperature,
+            top_k: u32::try_from(p.top_k).unwrap_or(u32::MAX),
+            top_p: p.top_p,
+            min_p: p.min_p,
+            repetition_penalty: p.repetition_penalty,
+            repetition_window: u32::try_from(p.repetition_window).unwrap_or(u32::MAX),
+            seed: p.seed,
+        }
+    }
+}
+
+/// The sampler's settings from the wire's (on the last hop).
+impl From<&lamina_protocol::SamplingSettings> for SamplingParams {
+    fn from(s: &lamina_protocol::SamplingSettings) -> Self {
+        Self {
+            temperature: s.temperature,
+            top_k: s.top_k as usize,
+            top_p: s.top_p,
+            min_p: s.min_p,
+            repetition_penalty: s.repetition_penalty,
+            repetition_window: s.repetition_window as usize,
+            seed: s.seed,
+        }
+    }
+}
+
 impl SamplingParams {
     pub fn greedy() -> Self {
         Self::default()

@@ -54,7 +54,7 @@ fn open(bytes: Vec<u8>) -> lamina_sharding::Result<ModelFile> {
 
 fn load_all(m: &ModelFile) -> lamina_sharding::Result<LocalChain> {
     let n = m.config()?.n_layers;
-    LocalChain::load(m, &[LayerRange::new(0, n)?], &Device::Cpu)
+    LocalChain::load(m, &[lamina_sharding::layers::range(0, n)?], &Device::Cpu)
 }
 
 #[test]
@@ -120,7 +120,12 @@ fn unsupported_tensor_type_names_the_tensor() {
     bytes[p..p + 4].copy_from_slice(&16u32.to_le_bytes());
     let m = open(bytes).unwrap();
     // A shard that does not need the tensor still loads.
-    Shard::load(&m, LayerRange::new(0, 1).unwrap(), &Device::Cpu).unwrap();
+    Shard::load(
+        &m,
+        lamina_sharding::layers::range(0, 1).unwrap(),
+        &Device::Cpu,
+    )
+    .unwrap();
     let err = load_all(&m).unwrap_err();
     match &err {
         Error::UnsupportedTensorType { name, dtype } => {
@@ -141,8 +146,18 @@ fn missing_tensor_is_named_and_other_shards_still_load() {
         "{err}"
     );
     // A shard reads only its own tensors.
-    Shard::load(&m, LayerRange::new(0, 2).unwrap(), &Device::Cpu).unwrap();
-    Shard::load(&m, LayerRange::new(3, 4).unwrap(), &Device::Cpu).unwrap();
+    Shard::load(
+        &m,
+        lamina_sharding::layers::range(0, 2).unwrap(),
+        &Device::Cpu,
+    )
+    .unwrap();
+    Shard::load(
+        &m,
+        lamina_sharding::layers::range(3, 4).unwrap(),
+        &Device::Cpu,
+    )
+    .unwrap();
 }
 
 #[test]
@@ -179,7 +194,12 @@ fn wrong_tensor_shape_is_named() {
 fn layer_range_out_of_bounds() {
     let m = open(tiny_bytes()).unwrap();
     let n = m.config().unwrap().n_layers;
-    let err = Shard::load(&m, LayerRange::new(2, n + 1).unwrap(), &Device::Cpu).unwrap_err();
+    let err = Shard::load(
+        &m,
+        lamina_sharding::layers::range(2, n + 1).unwrap(),
+        &Device::Cpu,
+    )
+    .unwrap_err();
     assert!(matches!(err, Error::LayerRangeOutOfBounds { .. }), "{err}");
     assert!(err.to_string().contains(&format!("{n} layers")));
     assert!("5..2".parse::<LayerRange>().is_err());
@@ -200,7 +220,12 @@ fn prompt_longer_than_context() {
     let err = session_length(&req, ctx).unwrap_err();
     assert!(matches!(err, Error::ContextOverflow { .. }), "{err}");
     // The executor refuses too, without advancing the cache.
-    let shard = Shard::load(&m, LayerRange::new(0, 4).unwrap(), &Device::Cpu).unwrap();
+    let shard = Shard::load(
+        &m,
+        lamina_sharding::layers::range(0, 4).unwrap(),
+        &Device::Cpu,
+    )
+    .unwrap();
     let mut cache = shard.new_cache(8).unwrap();
     let err = shard
         .forward(&mut cache, ShardInput::Tokens(vec![5; 9]), LogitRows::Last)
@@ -223,8 +248,18 @@ fn prompt_longer_than_context() {
 fn bad_step_inputs_are_refused_without_side_effects() {
     let m = open(tiny_bytes()).unwrap();
     let cfg = m.config().unwrap();
-    let first = Shard::load(&m, LayerRange::new(0, 2).unwrap(), &Device::Cpu).unwrap();
-    let second = Shard::load(&m, LayerRange::new(2, 4).unwrap(), &Device::Cpu).unwrap();
+    let first = Shard::load(
+        &m,
+        lamina_sharding::layers::range(0, 2).unwrap(),
+        &Device::Cpu,
+    )
+    .unwrap();
+    let second = Shard::load(
+        &m,
+        lamina_sharding::layers::range(2, 4).unwrap(),
+        &Device::Cpu,
+    )
+    .unwrap();
     let mut c1 = first.new_cache(16).unwrap();
     let mut c2 = second.new_cache(16).unwrap();
     // Token id outside the vocabulary.

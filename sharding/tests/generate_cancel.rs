@@ -11,7 +11,6 @@ use common::*;
 use lamina_sharding::generate::{
     generate, generate_until, FinishReason, GenerateRequest, LocalChain,
 };
-use lamina_sharding::layers::LayerRange;
 use lamina_sharding::sampling::SamplingParams;
 use lamina_sharding::source::ModelFile;
 
@@ -22,7 +21,12 @@ fn break_in_on_text_cancels_the_generation() {
     };
     let model = ModelFile::open(&path).unwrap();
     let tok = model.tokenizer().unwrap();
-    let chain = LocalChain::load(&model, &[LayerRange::new(0, 5).unwrap()], &Device::Cpu).unwrap();
+    let chain = LocalChain::load(
+        &model,
+        &[lamina_sharding::layers::range(0, 5).unwrap()],
+        &Device::Cpu,
+    )
+    .unwrap();
     let req = GenerateRequest {
         prompt_ids: tok.encode("Once upon a time", true, false).unwrap(),
         max_tokens: 40,

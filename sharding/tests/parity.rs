@@ -6,7 +6,6 @@ mod common;
 use candle_core::Device;
 use common::*;
 use lamina_sharding::generate::{generate, GenerateRequest, LocalChain, Stepper};
-use lamina_sharding::layers::LayerRange;
 use lamina_sharding::sampling::SamplingParams;
 use lamina_sharding::source::ModelFile;
 
@@ -15,7 +14,12 @@ const SMOLLM: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
 
 fn full_chain(model: &ModelFile) -> LocalChain {
     let n = model.config().unwrap().n_layers;
-    LocalChain::load(model, &[LayerRange::new(0, n).unwrap()], &Device::Cpu).unwrap()
+    LocalChain::load(
+        model,
+        &[lamina_sharding::layers::range(0, n).unwrap()],
+        &Device::Cpu,
+    )
+    .unwrap()
 }
 
 /// Greedy decoding that also records the logits of every generated position.

@@ -18,7 +18,10 @@ const MODEL: &str = "model-a";
 const NOW: u64 = 1_000;
 
 fn lr(start: usize, end: usize) -> LayerRange {
-    LayerRange { start, end }
+    LayerRange {
+        start: start as u32,
+        end: end as u32,
+    }
 }
 
 /// A live record with a free slot and a 1 ms RTT.
@@ -185,7 +188,7 @@ fn four_nodes_of_eight_layers_cover_thirty_layers() {
         let id = format!("n{node}");
         let others = view(30, records.clone()).without(&ServerId::new(&id));
         let p = choose_range(&Coverage::of(&others), span, 20.0).unwrap();
-        records.push(rec(&id, p.range.start, p.range.end, 20.0));
+        records.push(rec(&id, p.range.start as usize, p.range.end as usize, 20.0));
     }
     let placed: Vec<LayerRange> = records.iter().map(|r| r.layers).collect();
     assert_eq!(placed, vec![lr(0, 8), lr(8, 16), lr(16, 24), lr(22, 30)]);
@@ -536,7 +539,7 @@ fn brute_force(n: usize, servers: &[&ServerRecord], default_rtt: Duration) -> Ve
         let cost = bounds.windows(2).try_fold(0.0, |acc, w| {
             servers
                 .iter()
-                .filter(|s| s.layers.start <= w[0] && w[1] <= s.layers.end)
+                .filter(|s| s.layers.indices().start <= w[0] && w[1] <= s.layers.indices().end)
                 .map(|s| seg_cost(s, w[1] - w[0], default_rtt))
                 .min_by(f64::total_cmp)
                 .map(|c| acc + c)
@@ -574,7 +577,7 @@ proptest! {
                     prop_assert!(s.layers.start <= hop.layers.start && hop.layers.end <= s.layers.end);
                     prop_assert_eq!(hop.announced, s.layers);
                 }
-                prop_assert_eq!(at, n);
+                prop_assert_eq!(at as usize, n);
                 let best = chains.iter().map(|c| c.0).min_by(f64::total_cmp);
                 prop_assert!(best.is_some(), "planner found a chain brute force did not");
                 let best = best.unwrap();
@@ -590,9 +593,9 @@ proptest! {
             }
             Err(PlanError::Uncovered { uncovered, .. }) => {
                 prop_assert!(chains.is_empty());
-                let hosted = |l: usize| ok.iter().any(|s| s.layers.contains(l));
+                let hosted = |l: usize| ok.iter().any(|s| s.layers.indices().contains(&l));
                 let missing: Vec<usize> = (0..n).filter(|&l| !hosted(l)).collect();
-                let named: Vec<usize> = uncovered.iter().flat_map(|r| r.iter()).collect();
+                let named: Vec<usize> = uncovered.iter().flat_map(|r| r.indices()).collect();
                 prop_assert_eq!(named, missing);
             }
             Err(other) => prop_assert!(false, "unexpected error {other:?}"),
@@ -610,8 +613,8 @@ proptest! {
         let c = Coverage::of(&view(n, records));
         let p = choose_range(&c, span, tps).unwrap();
         let span = span.min(n);
-        prop_assert_eq!(p.range.len(), span);
-        prop_assert!(p.range.end <= n);
+        prop_assert_eq!(p.range.len() as usize, span);
+        prop_assert!(p.range.end as usize <= n);
         let base = c.throughputs();
         for start in 0..=n - span {
             let min = (0..n)

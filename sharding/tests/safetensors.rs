@@ -8,7 +8,6 @@ use candle_core::{Device, Tensor};
 use common::*;
 use lamina_sharding::generate::{LocalChain, Stepper};
 use lamina_sharding::gguf::GgufFile;
-use lamina_sharding::layers::LayerRange;
 use lamina_sharding::safetensors::hf_name;
 use lamina_sharding::source::ModelFile;
 use std::collections::HashMap;
@@ -89,7 +88,12 @@ fn stories260k_as_hf_checkpoint_equals_gguf() {
     assert_eq!(ids, vec![1, 403, 407, 261, 378]);
 
     let whole = |m: &ModelFile| {
-        LocalChain::load(m, &[LayerRange::new(0, 5).unwrap()], &Device::Cpu).unwrap()
+        LocalChain::load(
+            m,
+            &[lamina_sharding::layers::range(0, 5).unwrap()],
+            &Device::Cpu,
+        )
+        .unwrap()
     };
     let (a, la) = greedy(&whole(&st), &ids, 24);
     let (b, lb) = greedy(&whole(&gg), &ids, 24);
@@ -104,8 +108,8 @@ fn stories260k_as_hf_checkpoint_equals_gguf() {
     let split = LocalChain::load(
         &st,
         &[
-            LayerRange::new(0, 3).unwrap(),
-            LayerRange::new(3, 5).unwrap(),
+            lamina_sharding::layers::range(0, 3).unwrap(),
+            lamina_sharding::layers::range(3, 5).unwrap(),
         ],
         &Device::Cpu,
     )

@@ -43,7 +43,7 @@ fn ranges(n_layers: usize, mut cuts: Vec<usize>) -> Vec<LayerRange> {
     let mut out = vec![];
     let mut start = 0;
     for c in cuts.into_iter().chain([n_layers]) {
-        out.push(LayerRange::new(start, c).unwrap());
+        out.push(lamina_sharding::layers::range(start, c).unwrap());
         start = c;
     }
     out
@@ -51,7 +51,12 @@ fn ranges(n_layers: usize, mut cuts: Vec<usize>) -> Vec<LayerRange> {
 
 fn check_model(model: &ModelFile, prompts: &[Vec<u32>], extra_splits: &[Vec<LayerRange>]) {
     let n = model.config().unwrap().n_layers;
-    let whole = LocalChain::load(model, &[LayerRange::new(0, n).unwrap()], &Device::Cpu).unwrap();
+    let whole = LocalChain::load(
+        model,
+        &[lamina_sharding::layers::range(0, n).unwrap()],
+        &Device::Cpu,
+    )
+    .unwrap();
     let mut splits: Vec<Vec<LayerRange>> = vec![
         even_split(n, 2).unwrap(),
         even_split(n, 3.min(n)).unwrap(),
@@ -117,7 +122,7 @@ proptest! {
         };
         let n = model.config().unwrap().n_layers;
         let split = ranges(n, cuts);
-        let whole = LocalChain::load(&model, &[LayerRange::new(0, n).unwrap()], &Device::Cpu).unwrap();
+        let whole = LocalChain::load(&model, &[lamina_sharding::layers::range(0, n).unwrap()], &Device::Cpu).unwrap();
         let chain = LocalChain::load(&model, &split, &Device::Cpu).unwrap();
         let (wt, wl) = run(&whole, &prompt, 6);
         let (t, l) = run(&chain, &prompt, 6);
@@ -135,7 +140,12 @@ fn batched_sessions_equal_single_sessions() {
     use lamina_sharding::executor::{LogitRows, SeqStep, Shard, ShardInput, ShardOutput};
     let model = synthetic();
     let n = model.config().unwrap().n_layers;
-    let shard = Shard::load(&model, LayerRange::new(0, n).unwrap(), &Device::Cpu).unwrap();
+    let shard = Shard::load(
+        &model,
+        lamina_sharding::layers::range(0, n).unwrap(),
+        &Device::Cpu,
+    )
+    .unwrap();
     let prompts: Vec<Vec<u32>> = vec![vec![1, 2, 3], vec![4, 5], vec![6, 7, 8, 9, 10]];
     // Alone.
     let mut alone = vec![];
@@ -199,12 +209,33 @@ fn sub_shards_of_overlapping_loads_chain_like_the_unsplit_model() {
     // 3..6 of the second, sharing their weights.
     let model = synthetic();
     let n = model.config().unwrap().n_layers;
-    let whole = LocalChain::load(&model, &[LayerRange::new(0, n).unwrap()], &Device::Cpu).unwrap();
-    let a = Shard::load(&model, LayerRange::new(0, 4).unwrap(), &Device::Cpu).unwrap();
-    let b = Shard::load(&model, LayerRange::new(2, 6).unwrap(), &Device::Cpu).unwrap();
+    let whole = LocalChain::load(
+        &model,
+        &[lamina_sharding::layers::range(0, n).unwrap()],
+        &Device::Cpu,
+    )
+    .unwrap();
+    let a = Shard::load(
+        &model,
+        lamina_sharding::layers::range(0, 4).unwrap(),
+        &Device::Cpu,
+    )
+    .unwrap();
+    let b = Shard::load(
+        &model,
+        lamina_sharding::layers::range(2, 6).unwrap(),
+        &Device::Cpu,
+    )
+    .unwrap();
     let chain = LocalChain::from_shards(vec![
-        Arc::new(a.sub_shard(LayerRange::new(0, 3).unwrap()).unwrap()),
-        Arc::new(b.sub_shard(LayerRange::new(3, 6).unwrap()).unwrap()),
+        Arc::new(
+            a.sub_shard(lamina_sharding::layers::range(0, 3).unwrap())
+                .unwrap(),
+        ),
+        Arc::new(
+            b.sub_shard(lamina_sharding::layers::range(3, 6).unwrap())
+                .unwrap(),
+        ),
     ])
     .unwrap();
     let prompt = vec![1, 5, 9, 2];
@@ -214,6 +245,10 @@ fn sub_shards_of_overlapping_loads_chain_like_the_unsplit_model() {
     for (x, y) in logits.iter().flatten().zip(want_logits.iter().flatten()) {
         assert!((x - y).abs() <= 1e-5);
     }
-    assert!(a.sub_shard(LayerRange::new(3, 5).unwrap()).is_err());
-    assert!(b.sub_shard(LayerRange::new(0, 3).unwrap()).is_err());
+    assert!(a
+        .sub_shard(lamina_sharding::layers::range(3, 5).unwrap())
+        .is_err());
+    assert!(b
+        .sub_shard(lamina_sharding::layers::range(0, 3).unwrap())
+        .is_err());
 }

@@ -38,15 +38,15 @@ pub fn per_node(n_layers: usize, nodes: usize, per: usize) -> Result<Vec<LayerRa
             "{nodes} nodes of {per} layers cannot cover {n_layers} layers (needs {chunks} nodes)"
         );
     }
-    Ok((0..nodes)
+    (0..nodes)
         .map(|i| {
             let c = i % chunks;
-            LayerRange {
-                start: c * per,
-                end: ((c + 1) * per).min(n_layers),
-            }
+            Ok(lamina_sharding::layers::range(
+                c * per,
+                ((c + 1) * per).min(n_layers),
+            )?)
         })
-        .collect())
+        .collect()
 }
 
 #[cfg(test)]

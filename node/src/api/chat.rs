@@ -7,30 +7,13 @@ use std::time::Instant;
 use axum::extract::State;
 use axum::response::Response;
 use axum::Extension;
-use lamina_sharding::chat::{ChatMessage, ChatTemplate};
+use lamina_sharding::chat::encode_chat;
 use lamina_sharding::generate::GenerateRequest;
-use lamina_sharding::tokenizer::Tokenizer;
 
 use super::errors::{parse_value, ApiError, ApiJson};
 use super::generation::{blocking, fit_context, serve, Job};
 use super::openai::{ChatFields, CommonParams, Kind};
 use super::{ApiState, RequestId};
-
-/// The prompt ids of a conversation, as `lamina generate --chat` makes them: the template
-/// with the generation prompt, special tokens parsed, and BOS added only when the
-/// tokenizer wants one and the template did not write it already.
-pub fn encode_chat(
-    tokenizer: &Tokenizer,
-    template: &ChatTemplate,
-    messages: &[ChatMessage],
-) -> lamina_sharding::Result<Vec<u32>> {
-    let rendered = template.render(messages, true)?;
-    let bos_in_text = tokenizer
-        .bos_id()
-        .and_then(|b| tokenizer.id_to_piece(b))
-        .is_some_and(|b| !b.is_empty() && rendered.starts_with(b));
-    tokenizer.encode(&rendered, tokenizer.add_bos_default() && !bos_in_text, true)
-}
 
 pub async fn chat_completions(
     State(st): State<Arc<ApiState>>,

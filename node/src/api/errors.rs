@@ -10,8 +10,8 @@ use axum::Json;
 use serde::de::DeserializeOwned;
 use serde_json::json;
 
-use super::routes::RouteError;
 use crate::pipeline::PipelineError;
+use crate::routes::RouteError;
 
 /// One error answer of the API.
 #[derive(Debug, Clone, PartialEq)]
@@ -142,6 +142,7 @@ impl From<PipelineError> for ApiError {
         match e {
             // Failover ran out of peers: the same answer as a request that found none.
             PipelineError::Uncovered { layers } => RouteError::Uncovered { layers }.into(),
+            PipelineError::NoRoute(m) => RouteError::Other(m).into(),
             e => Self::new(StatusCode::BAD_GATEWAY, "server_error", e.to_string())
                 .with_code("pipeline_error"),
         }
@@ -227,7 +228,7 @@ mod tests {
         assert!(e.message.contains("3..5"), "{}", e.message);
         let e = ApiError::from(RouteError::Other("no peers".into()));
         assert_eq!(e.status, StatusCode::SERVICE_UNAVAILABLE);
-        let e = ApiError::from(PipelineError::Protocol("boom".into()));
+        let e = ApiError::from(PipelineError::InvalidChain("boom".into()));
         assert_eq!(e.status, StatusCode::BAD_GATEWAY);
         assert_eq!(e.code, Some("pipeline_error"));
         let e = ApiError::from(PipelineError::Uncovered {

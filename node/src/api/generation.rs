@@ -1,8 +1,7 @@
-//! Runs one request's generation: admission (the concurrency limit), routing, the
-//! blocking pipeline run, and the events the handlers turn into a response.
+//! Runs one request's generation: admission (the concurrency limit), the generation as a
+//! task of its own, and the events the handlers turn into a response.
 //!
-//! [`crate::pipeline::ChainClient::generate_with`] is synchronous, so it runs on a
-//! blocking thread and reports through a bounded channel: the channel's bound is the
+//! The generation reports through a bounded channel: the channel's bound is the
 //! back-pressure on a slow reader, and its closing is how a client that went away stops
 //! the generation.
 
@@ -15,6 +14,9 @@ use axum::Json;
 use lamina_protocol::WireDType;
 use lamina_sharding::generate::{FinishReason, GenerateRequest, GenerationOutput};
 use tokio::sync::mpsc;
+use tracing::Instrument;
+
+use crate::pipeline::{FailoverPolicy, GenerateOptions};
 
 use super::errors::ApiError;
 use super::openai::{usage, ResponseMeta};
@@ -46,6 +48,34 @@ pub enum Event {
     Done(Result<GenerationOutput, ApiError>),
 }
 
+/// What the generation tells the HTTP side: the first step's arrival, each step's time
+/// (metrics), and the text, through the bounded channel.
+struct Reporter {
+    tx: mpsc::Sender<Event>,
+    metrics: Arc<super::Metrics>,
+    received: Instant,
+}
+
+impl crate::pipeline::Observer for Reporter {
+    fn step(&mut self, index: usize, took: std::time::Duration) {
+        if index == 0 {
+            self.metrics
+                .observe_time_to_first_token(self.received.elapsed().as_secs_f64());
+            // A full or closed channel is seen by `text` next.
+            let _ = self.tx.try_send(Event::Started);
+        } else {
+            self.metrics.observe_step(took.as_secs_f64());
+        }
+    }
+
+    async fn text(&mut self, piece: &str) -> ControlFlow<()> {
+        match self.tx.send(Event::Text(piece.to_owned())).await {
+            Ok(()) => ControlFlow::Continue(()),
+            Err(_) => ControlFlow::Break(()),
+        }
+    }
+}
+
 /// Admits and starts `job`; the receiver yields its events.
 fn start(st: &Arc<ApiState>, job: &Job) -> Result<mpsc::Receiver<Event>, ApiError> {
     let permit = st
@@ -53,83 +83,54 @@ fn start(st: &Arc<ApiState>, job: &Job) -> Result<mpsc::Receiver<Event>, ApiErro
         .clone()
         .try_acquire_owned()
         .map_err(|_| ApiError::too_many_requests(st.limits.max_concurrent_requests))?;
-    let chain = st.routes.route()?;
     let metrics = st.metrics.clone();
     let active = metrics.active_request();
     metrics.add_prompt_tokens(job.req.prompt_ids.len() as u64);
     let (tx, rx) = mpsc::channel(CHANNEL_BOUND);
-    let handle = tokio::runtime::Handle::current();
     let st = st.clone();
     let req = job.req.clone();
-    let dtype = job.activation_dtype;
-    let received = job.received;
-    let trace_id = job.trace_id;
-    let span = tracing::Span::current();
-    tokio::task::spawn_blocking(move || {
+    let opts = GenerateOptions {
+        activation_dtype: job.activation_dtype,
+        trace_id: job.trace_id,
+        policy: FailoverPolicy::default(),
+    };
+    let mut reporter = Reporter {
+        tx: tx.clone(),
+        metrics: metrics.clone(),
+        received: job.received,
+    };
+    let task = async move {
         let _permit = permit;
         let _active = active;
-        let _g = span.enter();
-        let on_step = |i: usize, d: std::time::Duration| {
-            if i == 0 {
-                metrics.observe_time_to_first_token(received.elapsed().as_secs_f64());
-                // A closed channel is seen by `on_text` next.
-                let _ = tx.blocking_send(Event::Started);
-            } else {
-                metrics.observe_step(d.as_secs_f64());
-            }
-        };
-        let on_text = |t: &str| match tx.blocking_send(Event::Text(t.to_owned())) {
-            Ok(()) => ControlFlow::Continue(()),
-            Err(_) => ControlFlow::Break(()),
-        };
-        let routes = st.routes.clone();
-        let replan = |ex: &std::collections::HashSet<lamina_protocol::CertFingerprint>| {
-            routes
-                .route_excluding(ex)
-                .map_err(crate::pipeline::PipelineError::from)
-        };
-        let report = |cert| st.routes.report_failure(cert);
-        let result = crate::trace::scope(trace_id, || {
-            st.client.generate_resilient(
-                &handle,
-                &chain,
-                &replan,
-                &report,
-                crate::failover::FailoverPolicy::default(),
-                &req,
-                dtype,
-                on_step,
-                on_text,
-            )
-        })
-        .map(|(out, recoveries)| {
-            for r in &recoveries {
-                metrics.observe_recovery(r.as_secs_f64());
-            }
-            if !recoveries.is_empty() {
-                tracing::info!(
-                    recoveries = recoveries.len(),
-                    "generation survived hop failures"
-                );
-            }
-            out
-        })
-        .map_err(ApiError::from);
+        let result = st
+            .client
+            .generate(st.routes.as_ref(), &req, &opts, &mut reporter)
+            .await
+            .map(|g| {
+                for r in &g.recoveries {
+                    metrics.observe_recovery(r.as_secs_f64());
+                }
+                if !g.recoveries.is_empty() {
+                    tracing::info!(
+                        recoveries = g.recoveries.len(),
+                        "generation survived hop failures"
+                    );
+                }
+                g.output
+            })
+            .map_err(ApiError::from);
         match &result {
             Ok(out) => {
                 metrics.add_generated_tokens(out.generated_token_ids.len() as u64);
                 if out.finish_reason == FinishReason::Cancelled {
                     metrics.record_cancelled();
-                    tracing::info!(
-                        generated = out.generated_token_ids.len(),
-                        "client went away; generation stopped"
-                    );
                 }
             }
-            Err(e) => tracing::warn!("generation failed: {e}"),
+            Err(e) => tracing::warn!("generation failed: {}", e.message),
         }
-        let _ = tx.blocking_send(Event::Done(result));
-    });
+        let _ = tx.send(Event::Done(result)).await;
+    };
+    tokio::spawn(task.in_current_span());
     Ok(rx)
 }
 

@@ -35,6 +35,8 @@ pub struct Metrics {
     step_seconds: Histogram,
     recovery_seconds: Histogram,
     hop_rtt: Family<PeerLabels, Gauge<f64, AtomicU64>>,
+    /// The peers with an RTT gauge, so departed ones can be dropped.
+    rtt_peers: std::sync::Mutex<std::collections::HashSet<String>>,
     sessions_active: Gauge,
 }
 
@@ -121,6 +123,7 @@ impl Metrics {
             step_seconds,
             recovery_seconds,
             hop_rtt,
+            rtt_peers: std::sync::Mutex::default(),
             sessions_active,
         }
     }
@@ -185,11 +188,30 @@ impl Metrics {
 
     /// The mesh calls this after each ping of a peer.
     pub fn set_hop_rtt(&self, peer: &str, secs: f64) {
+        self.rtt_peers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(peer.to_owned());
         self.hop_rtt
             .get_or_create(&PeerLabels {
                 peer: peer.to_owned(),
             })
             .set(secs);
+    }
+
+    /// Drops the RTT gauges of peers for which `keep` says no (they left the mesh).
+    pub fn retain_hop_rtts(&self, keep: impl Fn(&str) -> bool) {
+        let mut peers = self
+            .rtt_peers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        peers.retain(|p| {
+            let k = keep(p);
+            if !k {
+                self.hop_rtt.remove(&PeerLabels { peer: p.clone() });
+            }
+            k
+        });
     }
 
     /// The session server's count, set by whoever owns it.

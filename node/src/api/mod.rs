@@ -1,9 +1,10 @@
 //! The OpenAI-compatible HTTP API of a node: `/v1/models`, `/v1/completions`,
 //! `/v1/chat/completions` (streamed with SSE or whole), `/status` and `/metrics`.
 //!
-//! Handlers never pick a chain themselves: they ask a [`RouteSource`], which is a chain
-//! file today ([`ChainFileRoutes`]) and the mesh's router later. Every answer, errors
-//! included, has OpenAI's shape, so the official clients work unchanged.
+//! Handlers never pick a chain themselves: they ask a [`RouteSource`] (the mesh, or a
+//! chain file). Every answer, errors included, has OpenAI's shape, so the official clients
+//! work unchanged. `/status` is rendered here from the typed views of the mesh
+//! ([`crate::mesh::MeshStatus`]) or the chain file.
 
 mod chat;
 mod completions;
@@ -11,12 +12,11 @@ pub mod errors;
 pub mod generation;
 pub mod metrics;
 pub mod openai;
-pub mod routes;
 mod status;
 pub mod stream;
 
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request, State};
 use axum::http::HeaderValue;
@@ -29,12 +29,13 @@ use lamina_sharding::chat::ChatTemplate;
 use tokio::sync::Semaphore;
 use tracing::Instrument;
 
-pub use chat::encode_chat;
 pub use errors::ApiError;
 pub use metrics::Metrics;
-pub use routes::{ChainFileRoutes, RouteError, RouteSource};
 
+use crate::daemon::NodeInfo;
+use crate::mesh::MeshHandle;
 use crate::pipeline::ChainClient;
+use crate::routes::{ChainFileRoutes, RouteSource};
 use openai::{Kind, ResponseMeta};
 
 /// What the API admits.
@@ -48,21 +49,43 @@ pub struct ApiLimits {
     pub max_prompt_tokens: usize,
 }
 
-/// What the API handlers share.
-pub struct ApiState {
+/// Where `/status` learns about the routes.
+#[derive(Clone)]
+pub enum StatusSource {
+    /// The mesh this node belongs to.
+    Mesh(MeshHandle),
+    /// A chain file read on every request.
+    ChainFile(Arc<ChainFileRoutes>),
+}
+
+/// What the API is built from.
+pub struct ApiParts {
     pub client: ChainClient,
     pub routes: Arc<dyn RouteSource>,
+    pub status: StatusSource,
     /// The id shown in `/v1/models` and accepted in `model`.
     pub model_name: String,
-    /// lamina's blake3 model id; its hex is accepted in `model` too.
     pub model_id: ModelId,
     /// The model's own template (`tokenizer.chat_template`), or ChatML without one.
     pub chat_template: ChatTemplate,
     pub metrics: Arc<Metrics>,
     pub limits: ApiLimits,
-    /// This node as `/status` shows it when the route source does not (name, layers,
-    /// data-plane address); set with [`ApiState::with_node_info`].
-    pub node_info: serde_json::Value,
+    /// The node serving the API, as `/status` shows it.
+    pub node: Option<NodeInfo>,
+}
+
+/// What the API handlers share.
+pub struct ApiState {
+    pub client: ChainClient,
+    pub routes: Arc<dyn RouteSource>,
+    pub status: StatusSource,
+    pub model_name: String,
+    /// lamina's blake3 model id; its hex is accepted in `model` too.
+    pub model_id: ModelId,
+    pub chat_template: ChatTemplate,
+    pub metrics: Arc<Metrics>,
+    pub limits: ApiLimits,
+    pub node: Option<NodeInfo>,
     slots: Arc<Semaphore>,
     started: Instant,
     created: u64,
@@ -81,41 +104,22 @@ impl RequestId {
     }
 }
 
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
 impl ApiState {
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        client: ChainClient,
-        routes: Arc<dyn RouteSource>,
-        model_name: String,
-        model_id: ModelId,
-        chat_template: ChatTemplate,
-        metrics: Arc<Metrics>,
-        limits: ApiLimits,
-    ) -> Self {
+    pub fn new(p: ApiParts) -> Self {
         Self {
-            client,
-            routes,
-            model_name,
-            model_id,
-            chat_template,
-            metrics,
-            slots: Arc::new(Semaphore::new(limits.max_concurrent_requests)),
-            limits,
-            node_info: serde_json::Value::Null,
+            slots: Arc::new(Semaphore::new(p.limits.max_concurrent_requests)),
+            client: p.client,
+            routes: p.routes,
+            status: p.status,
+            model_name: p.model_name,
+            model_id: p.model_id,
+            chat_template: p.chat_template,
+            metrics: p.metrics,
+            limits: p.limits,
+            node: p.node,
             started: Instant::now(),
-            created: unix_now(),
+            created: crate::ids::unix_secs(),
         }
-    }
-
-    pub fn with_node_info(mut self, node: serde_json::Value) -> Self {
-        self.node_info = node;
-        self
     }
 
     /// Accepts the model's name, its lamina id (hex, any case) or no model at all.
@@ -132,7 +136,7 @@ impl ApiState {
         ResponseMeta {
             kind,
             id: format!("{}-{}", kind.id_prefix(), rid.0),
-            created: unix_now(),
+            created: crate::ids::unix_secs(),
             model: self.model_name.clone(),
         }
     }
@@ -172,7 +176,7 @@ async fn observe(
     mut req: Request,
     next: Next,
 ) -> Response {
-    let id = crate::trace::new_trace_id().to_string();
+    let id = crate::ids::new_trace_id().to_string();
     let endpoint = matched.map_or_else(|| "other".to_owned(), |m| m.as_str().to_owned());
     let span = tracing::info_span!(
         "http",

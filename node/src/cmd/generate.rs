@@ -6,8 +6,7 @@ use anyhow::Context;
 use candle_core::Device;
 use lamina_sharding::chat::ChatMessage;
 use lamina_sharding::generate::{generate, GenerateRequest, LocalChain};
-use lamina_sharding::layers::{parse_split, LayerRange};
-use lamina_sharding::sampling::SamplingParams;
+use lamina_sharding::layers::parse_split;
 use lamina_sharding::source::ModelFile;
 use lamina_sharding::synth;
 use std::io::Write;
@@ -67,33 +66,19 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
             role: "user".into(),
             content: args.prompt.clone(),
         });
-        let rendered = template.render(&messages, true)?;
-        let bos_in_text = tokenizer
-            .bos_id()
-            .and_then(|b| tokenizer.id_to_piece(b))
-            .is_some_and(|b| !b.is_empty() && rendered.starts_with(b));
-        tokenizer.encode(&rendered, tokenizer.add_bos_default() && !bos_in_text, true)?
+        lamina_sharding::chat::encode_chat(&tokenizer, &template, &messages)?
     } else {
         tokenizer.encode(&args.prompt, tokenizer.add_bos_default(), false)?
     };
 
     let split = match &args.layers_split {
         Some(s) => parse_split(s, cfg.n_layers)?,
-        None => vec![LayerRange::new(0, cfg.n_layers)?],
+        None => vec![lamina_sharding::layers::range(0, cfg.n_layers)?],
     };
-    let sampling = SamplingParams {
-        temperature: args.temperature,
-        top_k: args.top_k,
-        top_p: args.top_p,
-        repetition_penalty: args.repeat_penalty,
-        seed: args.seed,
-        ..SamplingParams::default()
-    };
-    sampling.validate()?;
     let req = GenerateRequest {
         prompt_ids,
         max_tokens: args.max_tokens,
-        sampling,
+        sampling: args.sampling()?,
         stop: args.stop.clone(),
     };
     let chain = LocalChain::load(&model, &split, &Device::Cpu)?;

@@ -16,7 +16,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use lamina_protocol::CertFingerprint;
+use libp2p::PeerId;
 
 /// How bans grow and decay.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -69,11 +69,12 @@ impl Entry {
     }
 }
 
-/// The peers (by certificate) that failed, and their bans.
+/// The peers that failed, and their bans. Keyed by peer id: what the blame rules name,
+/// and what only the peer itself can sign a restart for.
 #[derive(Clone, Debug, Default)]
 pub struct Bans {
     policy: BanPolicy,
-    entries: HashMap<CertFingerprint, Entry>,
+    entries: HashMap<PeerId, Entry>,
 }
 
 impl Bans {
@@ -85,17 +86,17 @@ impl Bans {
         }
     }
 
-    /// Records a failure of `cert` at `now_ms`; returns the ban it earns.
-    pub fn fail(&mut self, cert: CertFingerprint, now_ms: u64) -> Duration {
+    /// Records a failure of `peer` at `now_ms`; returns the ban it earns.
+    pub fn fail(&mut self, peer: PeerId, now_ms: u64) -> Duration {
         let remembered = self
             .entries
-            .get(&cert)
+            .get(&peer)
             .map_or(0, |e| e.failures_at(now_ms, self.policy.quiet));
         let failures = remembered.saturating_add(1);
         let ban = self.policy.ban_for(failures);
         let until_ms = now_ms.saturating_add(u64::try_from(ban.as_millis()).unwrap_or(u64::MAX));
         self.entries.insert(
-            cert,
+            peer,
             Entry {
                 failures,
                 last_ms: now_ms,
@@ -105,16 +106,16 @@ impl Bans {
         ban
     }
 
-    /// How much longer `cert` is banned at `now_ms` (`None`: not banned). `started_at_ms`
+    /// How much longer `peer` is banned at `now_ms` (`None`: not banned). `started_at_ms`
     /// is the start time of the peer's newest incarnation, when known: one that started
     /// after the last failure is not banned.
     pub fn remaining(
         &self,
-        cert: &CertFingerprint,
+        peer: &PeerId,
         now_ms: u64,
         started_at_ms: Option<u64>,
     ) -> Option<Duration> {
-        let e = self.entries.get(cert)?;
+        let e = self.entries.get(peer)?;
         let restarted = started_at_ms.is_some_and(|s| s > e.last_ms);
         (e.until_ms > now_ms && !restarted).then(|| Duration::from_millis(e.until_ms - now_ms))
     }
@@ -124,25 +125,45 @@ impl Bans {
     pub fn active(
         &mut self,
         now_ms: u64,
-        started_at: impl Fn(&CertFingerprint) -> Option<u64>,
-    ) -> Vec<CertFingerprint> {
+        started_at: impl Fn(&PeerId) -> Option<u64>,
+    ) -> Vec<PeerId> {
+        self.prune(now_ms);
+        self.banned(now_ms, started_at)
+    }
+
+    /// Forgets the peers whose bans ran out and whose failures have all decayed.
+    pub fn prune(&mut self, now_ms: u64) {
         let quiet = self.policy.quiet;
         self.entries
             .retain(|_, e| e.until_ms > now_ms || e.failures_at(now_ms, quiet) > 0);
-        let mut banned: Vec<CertFingerprint> = self
+    }
+
+    /// The peers banned at `now_ms`, sorted; `started_at` gives a peer's newest
+    /// incarnation.
+    pub fn banned(&self, now_ms: u64, started_at: impl Fn(&PeerId) -> Option<u64>) -> Vec<PeerId> {
+        let mut banned: Vec<PeerId> = self
             .entries
             .keys()
             .filter(|c| self.remaining(c, now_ms, started_at(c)).is_some())
             .copied()
             .collect();
-        banned.sort_by_key(|c| c.to_string());
+        banned.sort();
         banned
     }
 
-    /// Failures of `cert` still remembered at `now_ms`.
-    pub fn failures(&self, cert: &CertFingerprint, now_ms: u64) -> u32 {
+    /// Peers with an entry (banned now, or failures still remembered).
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Failures of `peer` still remembered at `now_ms`.
+    pub fn failures(&self, peer: &PeerId, now_ms: u64) -> u32 {
         self.entries
-            .get(cert)
+            .get(peer)
             .map_or(0, |e| e.failures_at(now_ms, self.policy.quiet))
     }
 }
@@ -153,8 +174,14 @@ mod tests {
 
     const S: u64 = 1000;
 
-    fn peer(b: u8) -> CertFingerprint {
-        CertFingerprint::from_bytes([b; 32])
+    fn peer(b: u8) -> PeerId {
+        let key = libp2p::identity::Keypair::ed25519_from_bytes([b; 32]).unwrap();
+        key.public().to_peer_id()
+    }
+
+    fn sorted(mut v: Vec<PeerId>) -> Vec<PeerId> {
+        v.sort();
+        v
     }
 
     #[test]
@@ -214,7 +241,7 @@ mod tests {
         b.fail(peer(1), t);
         b.fail(peer(2), t);
         // Peer 1 announces an incarnation started after its failure; peer 2 the old one.
-        let started = |c: &CertFingerprint| {
+        let started = |c: &PeerId| {
             if *c == peer(1) {
                 Some(t + 1)
             } else {
@@ -225,6 +252,6 @@ mod tests {
         assert_eq!(b.remaining(&peer(1), t + S, started(&peer(1))), None);
         // Failing again soon after the restart: the second failure's ban.
         assert_eq!(b.fail(peer(1), t + 2 * S), Duration::from_secs(10));
-        assert_eq!(b.active(t + 3 * S, started), vec![peer(1), peer(2)]);
+        assert_eq!(b.active(t + 3 * S, started), sorted(vec![peer(1), peer(2)]));
     }
 }

@@ -5,8 +5,7 @@
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-use lamina_protocol::{Announcement, LayerRange as WireRange, ModelId, NodeState};
-use lamina_sharding::layers::LayerRange;
+use lamina_protocol::{Announcement, LayerRange, ModelId, NodeState};
 use lamina_sharding::planner::{
     check_rebalance, choose_range, plan_route, Coverage, MeshView, PlanError, RouteParams,
     ServerId, ServerRecord,
@@ -24,17 +23,6 @@ pub struct Observations {
     pub unreachable: HashSet<PeerId>,
 }
 
-pub fn to_local(r: WireRange) -> LayerRange {
-    LayerRange {
-        start: r.start as usize,
-        end: r.end as usize,
-    }
-}
-
-pub fn to_wire(r: LayerRange) -> Option<WireRange> {
-    WireRange::new(u32::try_from(r.start).ok()?, u32::try_from(r.end).ok()?).ok()
-}
-
 /// The planners' record of one announcement, or `None` for a node without layers.
 fn server_record(
     peer: &PeerId,
@@ -45,7 +33,7 @@ fn server_record(
     Some(ServerRecord {
         id: ServerId::new(peer.to_string()),
         model: a.model_id.to_string(),
-        layers: to_local(a.layers?),
+        layers: a.layers?,
         tokens_per_sec,
         free_slots: a.free_slots,
         expires_at_ms: a.expires_at_ms,
@@ -128,16 +116,17 @@ pub fn route(view: &MeshView, live: &[(PeerId, &Announcement)]) -> Result<Planne
                 excluded: 0,
             });
         };
-        let Some(layers) = to_wire(h.layers) else {
+        if h.layers.validate().is_err() {
             return Err(PlanError::BadRange {
                 range: h.layers,
                 n_layers: view.n_layers(),
             });
-        };
+        }
         hops.push(ChainHop {
-            layers,
+            layers: h.layers,
             addr: a.dataplane_addr.clone(),
             fingerprint: a.cert,
+            peer: *peer,
         });
         peers.push(*peer);
     }
@@ -218,7 +207,7 @@ mod tests {
                 .iter()
                 .enumerate()
                 .filter_map(|(i, (p, _))| {
-                    let cur = to_local(recs[i].layers.unwrap());
+                    let cur = recs[i].layers.unwrap();
                     rebalance_target(&view, p, cur, 100.0, 0.2)
                         .unwrap()
                         .map(|t| (i, t))
@@ -226,7 +215,7 @@ mod tests {
                 .collect();
             assert!(moves.len() <= 1, "round {round}: {moves:?}");
             for (i, t) in moves {
-                recs[i].layers = to_wire(t);
+                recs[i].layers = Some(t);
             }
         }
         let live: Vec<(PeerId, &Announcement)> =

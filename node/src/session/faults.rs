@@ -11,7 +11,13 @@
 //! receives, in whichever session, and is then gone (a replayed step on a new chain does
 //! not fail again).
 
+use std::ops::ControlFlow;
 use std::sync::Mutex;
+use std::time::Duration;
+
+use lamina_protocol::{ErrorCode, Message};
+
+use crate::dataplane::{FramedRecv, FramedSend};
 
 /// One injected failure, at a step number (0 is the prefill).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -78,6 +84,54 @@ impl FaultPlan {
     /// Disarms everything.
     pub fn clear(&self) {
         self.lock().clear();
+    }
+}
+
+impl FaultPlan {
+    /// The fault armed for `msg`, if it is a `Forward` of an armed step (taken: it fires
+    /// once).
+    pub fn take_for(&self, msg: &Message) -> Option<Fault> {
+        match msg {
+            Message::Forward(f) => self.take(f.step),
+            _ => None,
+        }
+    }
+}
+
+/// Fails the step as `fault` says; whether the stream goes on. `conn` is the connection
+/// the stream rides on (a dropped connection closes it); `hold` bounds a stall.
+pub async fn inject(
+    fault: Fault,
+    conn: Option<&quinn::Connection>,
+    tx: &mut FramedSend,
+    rx: &mut FramedRecv,
+    hold: Duration,
+) -> ControlFlow<()> {
+    tracing::warn!(?fault, "injecting a fault");
+    match fault {
+        Fault::DropConnectionAtStep(_) => {
+            if let Some(c) = conn {
+                c.close(0u32.into(), b"injected fault");
+            }
+            ControlFlow::Break(())
+        }
+        Fault::StallAtStep(_) => {
+            // Hold the stream without answering until the upstream drops it.
+            let _ =
+                tokio::time::timeout(hold, async { while let Ok(Some(_)) = rx.recv().await {} })
+                    .await;
+            ControlFlow::Break(())
+        }
+        Fault::GarbageAtStep(_) => {
+            // A length prefix far over any limit: the reader's decoder fails at once.
+            let _ = tx.send_raw(&[0xff; 16]).await;
+            ControlFlow::Continue(())
+        }
+        Fault::ErrorAtStep(s) => {
+            let e = Message::error(ErrorCode::Internal, format!("injected fault at step {s}"));
+            let _ = tx.send(&e).await;
+            ControlFlow::Continue(())
+        }
     }
 }
 

@@ -316,11 +316,11 @@ impl StreamMachine {
         Ok(rows)
     }
 
-    /// Records a step that ran.
-    pub fn forwarded(&mut self, f: &Forward) {
+    /// Records that step `step` of `rows` rows ran.
+    pub fn forwarded(&mut self, step: u64, rows: u32) {
         if let Phase::Open(s) = &mut self.phase {
-            s.next_step = f.step.saturating_add(1);
-            s.position = s.position.saturating_add(f.rows());
+            s.next_step = step.saturating_add(1);
+            s.position = s.position.saturating_add(rows);
         }
     }
 
@@ -404,10 +404,10 @@ mod tests {
         m.opened(&o, role);
         let f = fwd(0, 0, ForwardInput::Tokens(vec![1, 2, 3]));
         assert_eq!(m.check_forward(&f), Ok(3));
-        m.forwarded(&f);
+        m.forwarded(f.step, f.rows());
         let f = fwd(1, 3, ForwardInput::Tokens(vec![4]));
         assert_eq!(m.check_forward(&f), Ok(1));
-        m.forwarded(&f);
+        m.forwarded(f.step, f.rows());
         assert_eq!(m.session().unwrap().position, 4);
         assert!(m.check_close(SessionId::from(1u128)).is_ok());
         m.closed();
@@ -478,7 +478,7 @@ mod tests {
         );
         let ok = fwd(0, 0, hidden(2, 4));
         assert_eq!(m.check_forward(&ok), Ok(2));
-        m.forwarded(&ok);
+        m.forwarded(ok.step, ok.rows());
         assert_eq!(
             m.check_forward(&fwd(0, 2, hidden(1, 4))).unwrap_err().code,
             ErrorCode::StepOutOfOrder

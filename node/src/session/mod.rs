@@ -1,14 +1,21 @@
 //! The session server of a hop and the pure logic it is built on.
 //!
-//! * [`faults`]: faults a server can be told to inject at given steps (the churn harness);
-//! * [`machine`]: the per-stream state machine (pure, unit-tested);
-//! * [`replay`]: the bounded replay log of what was sent downstream (pure);
-//! * [`server`]: the quinn-driven server (KV caches per session, compute on blocking threads,
-//!   forwarding to the next hop, idle expiry, session limit, typed error replies).
+//! - [`machine`]: the per-stream state machine, which message is legal when (pure);
+//! - [`server`]: what the hop serves, its limits, the accept loop;
+//! - [`stream`]: one stream's loop: open here and on the next hop, steps, close, expiry;
+//! - [`compute`]: the node's compute thread (steps in arrival order) and one step's work;
+//! - [`next_hop`]: the client to the next hop, with depth-scaled deadlines;
+//! - [`reporter`]: the hop's signed failure reports;
+//! - [`faults`]: faults a server can be told to inject (the churn harness), one branch
+//!   on the hot path when none are armed.
 
+pub mod compute;
 pub mod faults;
 pub mod machine;
-pub mod replay;
+mod next_hop;
+pub mod reporter;
 pub mod server;
+mod stream;
 
-pub use server::{ServerOptions, SessionServer};
+pub use reporter::Reporter;
+pub use server::{Served, ServerError, ServerOptions, SessionServer};

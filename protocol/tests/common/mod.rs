@@ -91,8 +91,29 @@ pub fn hello_ack() -> impl Strategy<Value = HelloAck> {
     (name(), proptest::option::of(layer_range())).prop_map(|(n, l)| HelloAck::new(n, l))
 }
 
+/// Reports with arbitrary bytes within the bounds (the frame layer only checks sizes; the
+/// node verifies signatures).
+pub fn signed_report() -> impl Strategy<Value = SignedReport> {
+    (
+        vec(any::<u8>(), 0..=MAX_REPORT_BODY_BYTES),
+        vec(any::<u8>(), 0..=64),
+        vec(any::<u8>(), 0..=64),
+    )
+        .prop_map(|(body, public_key, signature)| SignedReport {
+            body,
+            public_key,
+            signature,
+        })
+}
+
 pub fn error_message() -> impl Strategy<Value = ErrorMessage> {
-    (any::<u16>(), name()).prop_map(|(c, m)| ErrorMessage::new(ErrorCode::from_u16(c), m))
+    (any::<u16>(), name(), proptest::option::of(signed_report())).prop_map(|(c, m, r)| {
+        let e = ErrorMessage::new(ErrorCode::from_u16(c), m);
+        match r {
+            Some(r) => e.with_report(r),
+            None => e,
+        }
+    })
 }
 
 pub fn open_session() -> impl Strategy<Value = OpenSession> {
@@ -102,7 +123,15 @@ pub fn open_session() -> impl Strategy<Value = OpenSession> {
         layer_range(),
         1u32..100_000,
         dtype(),
-        vec((1u32..20, "[a-z0-9.:]{1,30}", cert()), 0..4),
+        vec(
+            (
+                1u32..20,
+                "[a-z0-9.:]{1,30}",
+                cert(),
+                vec(any::<u8>(), 1..=MAX_PEER_ID_BYTES),
+            ),
+            0..4,
+        ),
         proptest::option::of(sampling()),
         any::<bool>(),
         proptest::option::of(any::<[u8; 16]>().prop_map(TraceId)),
@@ -112,7 +141,7 @@ pub fn open_session() -> impl Strategy<Value = OpenSession> {
                 let mut end = layers.end;
                 let next_hops: Vec<HopAddr> = hops
                     .into_iter()
-                    .map(|(len, addr, cert)| {
+                    .map(|(len, addr, cert, peer_id)| {
                         let hop = HopAddr {
                             layers: LayerRange {
                                 start: end,
@@ -120,6 +149,7 @@ pub fn open_session() -> impl Strategy<Value = OpenSession> {
                             },
                             addr,
                             cert,
+                            peer_id,
                         };
                         end += len;
                         hop

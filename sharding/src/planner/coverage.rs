@@ -28,7 +28,7 @@ impl Coverage {
     pub fn of(view: &MeshView) -> Self {
         let mut layers = vec![LayerCoverage::default(); view.n_layers()];
         for s in view.servers() {
-            for l in &mut layers[s.layers.start..s.layers.end] {
+            for l in &mut layers[s.layers.indices()] {
                 l.servers += 1;
                 l.tokens_per_sec += s.tokens_per_sec;
             }

@@ -106,6 +106,16 @@ fn skipped_note(full: usize, excluded: usize) -> String {
     }
 }
 
+/// A range from `usize` bounds, unchecked (the planners work in indices; bounds past
+/// `u32::MAX` saturate and fail the range checks).
+pub(crate) fn lr(start: usize, end: usize) -> LayerRange {
+    let u = |v: usize| u32::try_from(v).unwrap_or(u32::MAX);
+    LayerRange {
+        start: u(start),
+        end: u(end),
+    }
+}
+
 /// Maximal runs of `true` in `mask`, offset by `base`, as ranges.
 pub(crate) fn runs(mask: impl IntoIterator<Item = bool>, base: usize) -> Vec<LayerRange> {
     let mut out = Vec::new();
@@ -115,7 +125,7 @@ pub(crate) fn runs(mask: impl IntoIterator<Item = bool>, base: usize) -> Vec<Lay
         match (on, start) {
             (true, None) => start = Some(i),
             (false, Some(s)) => {
-                out.push(LayerRange { start: s, end: i });
+                out.push(lr(s, i));
                 start = None;
             }
             _ => {}
@@ -123,7 +133,7 @@ pub(crate) fn runs(mask: impl IntoIterator<Item = bool>, base: usize) -> Vec<Lay
         i += 1;
     }
     if let Some(s) = start {
-        out.push(LayerRange { start: s, end: i });
+        out.push(lr(s, i));
     }
     out
 }

@@ -81,10 +81,7 @@ pub fn choose_range(
     let base = others.throughputs();
     let mut best: Option<(LayerRange, Vec<f64>)> = None;
     for start in 0..=n - span {
-        let range = LayerRange {
-            start,
-            end: start + span,
-        };
+        let range = super::lr(start, start + span);
         let key = leximin_key(&base, range, tokens_per_sec);
         let better = match &best {
             None => true,
@@ -112,14 +109,14 @@ pub fn check_rebalance(
 ) -> Result<Rebalance, PlanError> {
     check_throughput(tokens_per_sec)?;
     let n = others.n_layers();
-    if current.is_empty() || current.end > n {
+    if !current.fits(n) {
         return Err(PlanError::BadRange {
             range: current,
             n_layers: n,
         });
     }
     let now = score(others, current, tokens_per_sec);
-    let best = choose_range(others, current.len(), tokens_per_sec)?;
+    let best = choose_range(others, current.indices().len(), tokens_per_sec)?;
     let closes_gap = best.uncovered_after < now.uncovered_after;
     let lifts_min = now.uncovered_after == 0
         && best.uncovered_after == 0
@@ -149,7 +146,7 @@ fn leximin_cmp(a: &[f64], b: &[f64]) -> Ordering {
 
 fn with_node(base: &[f64], range: LayerRange, tokens_per_sec: f64) -> Vec<f64> {
     let mut v = base.to_vec();
-    for t in &mut v[range.start..range.end] {
+    for t in &mut v[range.indices()] {
         *t += tokens_per_sec;
     }
     v
@@ -161,7 +158,7 @@ fn score(others: &Coverage, range: LayerRange, tokens_per_sec: f64) -> Placement
         .layers()
         .iter()
         .enumerate()
-        .filter(|(i, l)| l.servers == 0 && !range.contains(*i))
+        .filter(|(i, l)| l.servers == 0 && !range.indices().contains(i))
         .count();
     Placement {
         range,

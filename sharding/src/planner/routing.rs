@@ -99,10 +99,7 @@ pub fn plan_route(
     params: &RouteParams,
     exclude: &HashSet<ServerId>,
 ) -> Result<Route, PlanError> {
-    let all = LayerRange {
-        start: 0,
-        end: view.n_layers(),
-    };
+    let all = super::lr(0, view.n_layers());
     plan_sub_route(view, all, params, exclude)
 }
 
@@ -114,7 +111,7 @@ pub fn plan_sub_route(
     params: &RouteParams,
     exclude: &HashSet<ServerId>,
 ) -> Result<Route, PlanError> {
-    if wanted.is_empty() || wanted.end > view.n_layers() {
+    if !wanted.fits(view.n_layers()) {
         return Err(PlanError::BadRange {
             range: wanted,
             n_layers: view.n_layers(),
@@ -182,7 +179,7 @@ pub fn route_cost(
         let s = view.get(id)?;
         let inside =
             !layers.is_empty() && s.layers.start <= layers.start && layers.end <= s.layers.end;
-        inside.then(|| acc + hop_secs(s, layers.len(), params.default_rtt))
+        inside.then(|| acc + hop_secs(s, layers.indices().len(), params.default_rtt))
     })
 }
 
@@ -212,8 +209,8 @@ fn usable_servers<'a>(
 }
 
 fn uncovered_by(servers: &[&ServerRecord], wanted: LayerRange) -> Vec<LayerRange> {
-    let hosted = |l: usize| servers.iter().any(|s| s.layers.contains(l));
-    runs(wanted.iter().map(|l| !hosted(l)), wanted.start)
+    let hosted = |l: usize| servers.iter().any(|s| s.layers.indices().contains(&l));
+    runs(wanted.indices().map(|l| !hosted(l)), wanted.indices().start)
 }
 
 fn hop_secs(s: &ServerRecord, n_layers: usize, default_rtt: Duration) -> f64 {
@@ -232,14 +229,16 @@ struct Edges {
 impl Edges {
     fn build(servers: &[&ServerRecord], wanted: LayerRange, params: &RouteParams) -> Self {
         let default_rtt = params.default_rtt;
-        let m = wanted.len();
+        let m = wanted.indices().len();
+        let (w0, w1) = (wanted.indices().start, wanted.indices().end);
         let mut best: Vec<Option<(f64, usize)>> = vec![None; (m + 1) * (m + 1)];
         for (k, s) in servers.iter().enumerate() {
-            if params.whole_ranges && (s.layers.start < wanted.start || s.layers.end > wanted.end) {
+            let (s0, s1) = (s.layers.indices().start, s.layers.indices().end);
+            if params.whole_ranges && (s0 < w0 || s1 > w1) {
                 continue;
             }
-            let lo = s.layers.start.max(wanted.start) - wanted.start;
-            let hi = s.layers.end.min(wanted.end) - wanted.start;
+            let lo = s0.max(w0) - w0;
+            let hi = s1.min(w1) - w0;
             for i in lo..hi {
                 let js = if params.whole_ranges {
                     hi..=hi
@@ -258,11 +257,7 @@ impl Edges {
                 }
             }
         }
-        Self {
-            start: wanted.start,
-            m,
-            best,
-        }
+        Self { start: w0, m, best }
     }
 
     fn get(&self, i: usize, j: usize) -> Option<(f64, usize)> {
@@ -338,10 +333,7 @@ fn to_route(
         .filter_map(|w| {
             let (_, k) = edges.get(w[0], w[1])?;
             let s = servers[k];
-            let layers = LayerRange {
-                start: edges.start + w[0],
-                end: edges.start + w[1],
-            };
+            let layers = super::lr(edges.start + w[0], edges.start + w[1]);
             Some(Hop {
                 server: s.id.clone(),
                 layers,

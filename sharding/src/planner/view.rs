@@ -167,7 +167,7 @@ impl MeshView {
 fn check(r: &ServerRecord, n_layers: usize, now_ms: u64) -> Option<Rejection> {
     if now_ms >= r.expires_at_ms {
         Some(Rejection::Expired)
-    } else if r.layers.is_empty() || r.layers.end > n_layers {
+    } else if !r.layers.fits(n_layers) {
         Some(Rejection::RangeOutOfBounds)
     } else if !(r.tokens_per_sec.is_finite()
         && r.tokens_per_sec > 0.0

@@ -1,0 +1,149 @@
+//! A node's configuration, in one place: every option of [`crate::daemon::Node`], built
+//! from the command line ([`NodeConfig::from_args`]) or by a Rust program
+//! ([`NodeConfig::new`] and its fields). Nothing below reads flags or the environment.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use lamina_protocol::{FrameLimits, LayerRange};
+use libp2p::Multiaddr;
+
+use crate::cli::NodeArgs;
+use crate::session::faults::FaultPlan;
+
+/// Which layers a node serves.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LayersChoice {
+    /// The range that raises the mesh's weakest coverage most within the memory budget
+    /// (Petals' rule), moving when a gap opens elsewhere.
+    Auto,
+    /// None: the node joins, routes and serves the API only.
+    None,
+    /// Exactly these.
+    Fixed(LayerRange),
+}
+
+impl std::str::FromStr for LayersChoice {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(LayersChoice::Auto),
+            "none" => Ok(LayersChoice::None),
+            r => r
+                .parse()
+                .map(LayersChoice::Fixed)
+                .map_err(|e| format!("`{r}` is not auto, none or a range a..b: {e}")),
+        }
+    }
+}
+
+/// Where a node keeps its identity.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum IdentityStore {
+    /// Keys in this folder (created on first use): the peer id survives restarts.
+    Dir(PathBuf),
+    /// Fresh keys in memory (a light client, a test node).
+    Ephemeral,
+}
+
+/// Everything a node is started with.
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    /// The model file (GGUF or safetensors directory).
+    pub model: PathBuf,
+    pub layers: LayersChoice,
+    /// Memory for weights, bytes (auto placement takes as many layers as fit).
+    pub max_memory: Option<u64>,
+    /// The data plane's (QUIC) address; port 0 picks a free one.
+    pub listen: SocketAddr,
+    /// The data-plane address announced instead of the bound one (a relay in front).
+    pub advertise_dataplane: Option<String>,
+    /// libp2p listen addresses (empty: QUIC and TCP on the data plane's host, any port).
+    pub p2p_listen: Vec<Multiaddr>,
+    pub bootstrap: Vec<Multiaddr>,
+    /// Discover peers on the LAN with mDNS.
+    pub mdns: bool,
+    pub identity: IdentityStore,
+    pub max_sessions: usize,
+    /// Sessions idle this long are closed.
+    pub idle_timeout: Duration,
+    pub limits: FrameLimits,
+    /// Serve the OpenAI-compatible HTTP API here.
+    pub api: Option<SocketAddr>,
+    /// Route API requests through this fixed chain file instead of the mesh.
+    pub api_chain: Option<PathBuf>,
+    /// Generations the HTTP API runs at once; more are answered 429.
+    pub api_max_concurrent: usize,
+    /// Name in logs and handshakes (default: from the peer id).
+    pub name: Option<String>,
+    /// How long a stopping node waits for its sessions to finish.
+    pub drain_timeout: Duration,
+    /// Faults the session server injects (churn tests only).
+    pub faults: Option<Arc<FaultPlan>>,
+}
+
+impl NodeConfig {
+    /// The defaults of `lamina node --model MODEL`, with keys in memory and no mDNS.
+    pub fn new(model: impl Into<PathBuf>) -> Self {
+        Self {
+            model: model.into(),
+            layers: LayersChoice::Auto,
+            max_memory: None,
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            advertise_dataplane: None,
+            p2p_listen: Vec::new(),
+            bootstrap: Vec::new(),
+            mdns: false,
+            identity: IdentityStore::Ephemeral,
+            max_sessions: 64,
+            idle_timeout: Duration::from_secs(300),
+            limits: FrameLimits::default(),
+            api: None,
+            api_chain: None,
+            api_max_concurrent: 16,
+            name: None,
+            drain_timeout: Duration::from_secs(30),
+            faults: None,
+        }
+    }
+
+    /// The configuration `lamina node` flags describe.
+    pub fn from_args(args: &NodeArgs) -> Self {
+        Self {
+            model: args.model.clone(),
+            layers: args.layers.clone(),
+            max_memory: args.max_memory,
+            listen: args.listen,
+            advertise_dataplane: args.advertise_dataplane.clone(),
+            p2p_listen: args.p2p_listen.clone(),
+            bootstrap: args.bootstrap.clone(),
+            mdns: !args.no_mdns,
+            identity: IdentityStore::Dir(args.data_dir.clone()),
+            max_sessions: args.max_sessions,
+            idle_timeout: Duration::from_secs(args.idle_timeout_secs),
+            limits: FrameLimits::default(),
+            api: args.api,
+            api_chain: args.api_chain.clone(),
+            api_max_concurrent: usize::try_from(args.api_max_concurrent).unwrap_or(1),
+            name: args.name.clone(),
+            drain_timeout: Duration::from_secs(30),
+            faults: None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layers_choice_parses() {
+        assert_eq!("auto".parse(), Ok(LayersChoice::Auto));
+        assert_eq!("none".parse(), Ok(LayersChoice::None));
+        assert!(matches!("0..4".parse(), Ok(LayersChoice::Fixed(_))));
+        assert!("4..2".parse::<LayersChoice>().is_err());
+    }
+}

@@ -1,0 +1,355 @@
+//! The node as a library: [`Node::start`] takes a [`NodeConfig`] and returns a
+//! [`NodeHandle`] once the node serves (its addresses, peer id, status, and a graceful
+//! [`NodeHandle::shutdown`]). `lamina node` is a thin command over it; tests and programs
+//! start nodes in-process the same way.
+//!
+//! What starting a node does, in order: open the model and compute its id; load or make
+//! the identities; bind the data plane (QUIC) and the API; join the mesh and announce
+//! itself; choose its layers (fixed, none, or auto placement over what the mesh
+//! announced), load and measure them, serve them; serve the API; keep its record fresh
+//! and, when auto-placed, move when the mesh would be better served elsewhere.
+//!
+//! One shutdown mechanism: a [`CancellationToken`] every task of the node selects on,
+//! and a [`TaskTracker`] the shutdown waits for (as in mini-redis).
+
+mod handle;
+mod measure;
+pub mod placement;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use lamina_protocol::{Announcement, LayerRange, ModelId, NodeState, ANNOUNCEMENT_VERSION};
+use lamina_sharding::manifest::Manifest;
+use lamina_sharding::planner::span_for_budget;
+use lamina_sharding::source::ModelFile;
+use libp2p::identity::Keypair;
+use libp2p::multiaddr::Protocol;
+use libp2p::Multiaddr;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use handle::{NodeHandle, NodeInfo};
+pub use measure::load_and_measure;
+
+use crate::config::{IdentityStore, LayersChoice, NodeConfig};
+use crate::dataplane::{server_endpoint, Dialer, Identity};
+use crate::mesh::{load_or_create_identity, MeshHandle, SwarmOptions};
+use crate::pipeline::ChainClient;
+use crate::routes::{ChainFileRoutes, RouteSource};
+use crate::session::{Reporter, ServerOptions, SessionServer};
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error("model {path}: {source}")]
+    Model {
+        path: String,
+        source: lamina_sharding::Error,
+    },
+    #[error("{0}")]
+    Config(String),
+    #[error("data plane: {0}")]
+    DataPlane(#[from] crate::dataplane::DataPlaneError),
+    #[error("mesh: {0}")]
+    Mesh(#[from] crate::mesh::MeshError),
+    #[error("session server: {0}")]
+    Server(#[from] crate::session::ServerError),
+    #[error("choosing layers: {0}")]
+    Placement(#[from] lamina_sharding::planner::PlanError),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// The model id of a model file (blake3 of its manifest).
+pub fn model_id_of(model: &ModelFile) -> Result<ModelId, lamina_sharding::Error> {
+    let id = Manifest::compute(model)?.model_id();
+    id.parse::<ModelId>()
+        .map_err(|e| lamina_sharding::Error::InvalidInput(format!("model id {id}: {e}")))
+}
+
+/// A lamina node.
+pub struct Node;
+
+impl Node {
+    /// Starts a node on the current tokio runtime and returns once it serves (its layers
+    /// loaded and announced, its API listening).
+    pub async fn start(config: NodeConfig) -> Result<NodeHandle, NodeError> {
+        let path = config.model.display().to_string();
+        let model_err = |source| NodeError::Model {
+            path: path.clone(),
+            source,
+        };
+        let model = Arc::new(ModelFile::open(&config.model).map_err(model_err)?);
+        let cfg = model.config().map_err(model_err)?;
+        if let LayersChoice::Fixed(r) = &config.layers {
+            lamina_sharding::layers::check_range(*r, cfg.n_layers)
+                .map_err(|e| NodeError::Config(format!("--layers {r}: {e}")))?;
+        }
+        let manifest = Manifest::compute(&model).map_err(model_err)?;
+        let model_id: ModelId = manifest
+            .model_id()
+            .parse()
+            .map_err(|e| NodeError::Config(format!("model id: {e}")))?;
+        let span = match config.max_memory {
+            Some(budget) => span_for_budget(budget, manifest.max_layer_bytes(), cfg.n_layers)
+                .map_err(|e| NodeError::Config(format!("--max-memory {budget}: {e}")))?,
+            None => cfg.n_layers,
+        };
+        let tokenizer = Arc::new(model.tokenizer().map_err(model_err)?);
+        let (identity, key) = match &config.identity {
+            IdentityStore::Dir(dir) => (
+                Identity::load_or_create(dir)?,
+                load_or_create_identity(dir)?,
+            ),
+            IdentityStore::Ephemeral => (Identity::generate()?, Keypair::generate_ed25519()),
+        };
+        let peer_id = key.public().to_peer_id();
+        let name = config.name.clone().unwrap_or_else(|| {
+            let id = peer_id.to_string();
+            format!("node-{}", &id[..12.min(id.len())])
+        });
+
+        let endpoint = server_endpoint(config.listen, &identity)?;
+        let listen = endpoint.local_addr().map_err(|source| NodeError::Listen {
+            addr: config.listen,
+            source,
+        })?;
+        let dialer = Dialer::new(endpoint.clone(), config.limits);
+        let api_listener = match config.api {
+            Some(addr) => Some(
+                tokio::net::TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| NodeError::Listen { addr, source })?,
+            ),
+            None => None,
+        };
+        let api_addr = match &api_listener {
+            Some(l) => Some(l.local_addr().map_err(|source| NodeError::Listen {
+                addr: listen,
+                source,
+            })?),
+            None => None,
+        };
+
+        let template = Announcement {
+            version: ANNOUNCEMENT_VERSION,
+            peer_id: peer_id.to_bytes(),
+            model_id,
+            n_layers: u32::try_from(cfg.n_layers).unwrap_or(u32::MAX),
+            layers: None,
+            state: NodeState::Serving,
+            dataplane_addr: config
+                .advertise_dataplane
+                .clone()
+                .unwrap_or_else(|| listen.to_string()),
+            cert: identity.fingerprint(),
+            listen_addrs: vec![],
+            api: api_addr.map(|a| format!("http://{a}")),
+            tokens_per_sec: 0.0,
+            free_slots: u32::try_from(config.max_sessions).unwrap_or(u32::MAX),
+            max_memory: config.max_memory.unwrap_or(0),
+            lamina_version: env!("CARGO_PKG_VERSION").into(),
+            seq: 0,
+            issued_at_ms: 0,
+            expires_at_ms: 0,
+            withdrawn: false,
+            started_at_ms: crate::ids::now_ms(),
+        };
+        let p2p_listen = if config.p2p_listen.is_empty() {
+            default_p2p_listen(listen)
+        } else {
+            config.p2p_listen.clone()
+        };
+        let swarm = SwarmOptions {
+            listen: p2p_listen,
+            bootstrap: config.bootstrap.clone(),
+            mdns: config.mdns,
+        };
+        let token = CancellationToken::new();
+        let tasks = TaskTracker::new();
+        let mesh = MeshHandle::start(key.clone(), &swarm, template, token.child_token())?;
+        mesh.wait_listening(Duration::from_secs(5)).await;
+        mesh.update(|_| {}).await?;
+
+        let auto = config.layers == LayersChoice::Auto;
+        let range: Option<LayerRange> = match &config.layers {
+            LayersChoice::None => None,
+            LayersChoice::Fixed(r) => Some(*r),
+            LayersChoice::Auto => {
+                let alone = config.bootstrap.is_empty() && !config.mdns;
+                let wait = if alone {
+                    Duration::ZERO
+                } else {
+                    placement::JOIN_WAIT
+                };
+                Some(placement::choose_initial(&mesh, span, wait).await?)
+            }
+        };
+        let (layers_tx, layers_rx) = watch::channel(range);
+        let mut served = None;
+        if let Some(r) = range {
+            mesh.update(move |a| {
+                a.layers = Some(r);
+                a.state = NodeState::Loading;
+            })
+            .await?;
+            let (shard, tps) = load_and_measure(model.clone(), r)
+                .await
+                .map_err(model_err)?;
+            let opts = ServerOptions {
+                node_name: name.clone(),
+                max_sessions: config.max_sessions,
+                idle_timeout: config.idle_timeout,
+                limits: config.limits,
+                faults: config.faults.clone(),
+            };
+            let server =
+                SessionServer::new(shard, model_id, dialer.clone(), Reporter::new(key), opts)?;
+            tasks.spawn(server.clone().serve(endpoint.clone()));
+            mesh.update(move |a| {
+                a.state = NodeState::Serving;
+                a.tokens_per_sec = tps as f32;
+            })
+            .await?;
+            tracing::info!(layers = %r, tokens_per_sec = tps, "serving");
+            served = Some((server, tps));
+        }
+
+        let metrics = Arc::new(crate::api::Metrics::new());
+        let info = NodeInfo {
+            name: name.clone(),
+            peer_id,
+            model_id,
+            fingerprint: identity.fingerprint(),
+            dataplane: listen,
+            api: api_addr,
+            layers: layers_rx,
+        };
+        if let Some(listener) = api_listener {
+            let chat_template = model
+                .chat_template(&tokenizer)
+                .map_err(model_err)?
+                .unwrap_or_else(lamina_sharding::chat::ChatTemplate::chatml);
+            let (routes, status): (Arc<dyn RouteSource>, crate::api::StatusSource) =
+                match &config.api_chain {
+                    Some(f) => {
+                        let n = u32::try_from(cfg.n_layers).unwrap_or(u32::MAX);
+                        let r = Arc::new(ChainFileRoutes::new(f.clone(), n));
+                        (r.clone(), crate::api::StatusSource::ChainFile(r))
+                    }
+                    None => (
+                        Arc::new(mesh.clone()),
+                        crate::api::StatusSource::Mesh(mesh.clone()),
+                    ),
+                };
+            let state = Arc::new(crate::api::ApiState::new(crate::api::ApiParts {
+                client: ChainClient {
+                    dialer: dialer.clone(),
+                    model_id,
+                    tokenizer: tokenizer.clone(),
+                    context_length: cfg.context_length,
+                },
+                routes,
+                status,
+                model_name: cfg.name.clone(),
+                model_id,
+                chat_template,
+                metrics: metrics.clone(),
+                limits: crate::api::ApiLimits {
+                    max_concurrent_requests: config.api_max_concurrent,
+                    max_prompt_tokens: cfg.context_length,
+                },
+                node: Some(info.clone()),
+            }));
+            let app = crate::api::router(state);
+            let stop = token.clone();
+            tasks.spawn(async move {
+                let served = axum::serve(listener, app)
+                    .with_graceful_shutdown(async move { stop.cancelled().await })
+                    .await;
+                if let Err(e) = served {
+                    tracing::error!("HTTP API stopped: {e}");
+                }
+            });
+        }
+        tasks.spawn(follow(
+            mesh.clone(),
+            served.as_ref().map(|(s, _)| s.clone()),
+            metrics,
+            config.max_sessions,
+            token.clone(),
+        ));
+        if let (Some((server, tps)), true) = (&served, auto) {
+            tasks.spawn(placement::rebalance_loop(
+                mesh.clone(),
+                server.clone(),
+                model.clone(),
+                *tps,
+                layers_tx,
+                token.clone(),
+            ));
+        }
+        Ok(NodeHandle::new(
+            info,
+            mesh,
+            served.map(|(s, _)| s),
+            endpoint,
+            token,
+            tasks,
+            config.drain_timeout,
+        ))
+    }
+}
+
+/// QUIC and TCP on the data plane's host, any port.
+fn default_p2p_listen(dataplane: SocketAddr) -> Vec<Multiaddr> {
+    let ip = match dataplane.ip() {
+        std::net::IpAddr::V4(v4) => Protocol::Ip4(v4),
+        std::net::IpAddr::V6(v6) => Protocol::Ip6(v6),
+    };
+    let base = Multiaddr::empty().with(ip);
+    vec![
+        base.clone().with(Protocol::Udp(0)).with(Protocol::QuicV1),
+        base.with(Protocol::Tcp(0)),
+    ]
+}
+
+/// What follows the node while it runs: the free session slots in its record (updated
+/// when they change), and the gauges of sessions and RTTs.
+async fn follow(
+    mesh: MeshHandle,
+    server: Option<Arc<SessionServer>>,
+    metrics: Arc<crate::api::Metrics>,
+    max_sessions: usize,
+    stop: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut announced = max_sessions;
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let active = server.as_ref().map_or(0, |s| s.active_sessions());
+        metrics.set_sessions_active(i64::try_from(active).unwrap_or(i64::MAX));
+        let snap = mesh.snapshot();
+        metrics.retain_hop_rtts(|peer| snap.obs.rtt.keys().any(|p| p.to_string() == peer));
+        for (peer, rtt) in &snap.obs.rtt {
+            metrics.set_hop_rtt(&peer.to_string(), rtt.as_secs_f64());
+        }
+        let free = max_sessions.saturating_sub(active);
+        if free != announced {
+            announced = free;
+            let slots = u32::try_from(free).unwrap_or(u32::MAX);
+            if let Err(e) = mesh.update(move |a| a.free_slots = slots).await {
+                tracing::warn!("cannot update the announcement: {e}");
+            }
+        }
+    }
+}

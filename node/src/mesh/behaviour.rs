@@ -1,0 +1,141 @@
+//! The libp2p swarm lamina runs: QUIC and TCP + noise + yamux; mDNS on a LAN, Kademlia
+//! across networks, identify and ping, all under lamina's own protocol names (so a lamina
+//! mesh never mixes with IPFS's DHT); and the announcement exchange (request-response,
+//! CBOR, size-capped).
+
+use std::time::Duration;
+
+use lamina_protocol::SignedAnnouncement;
+use libp2p::identity::Keypair;
+use libp2p::multiaddr::Protocol;
+use libp2p::request_response::{self, ProtocolSupport};
+use libp2p::swarm::behaviour::toggle::Toggle;
+use libp2p::swarm::NetworkBehaviour;
+use libp2p::{identify, kad, mdns, noise, ping, tcp, yamux, Multiaddr, PeerId, StreamProtocol};
+use serde::{Deserialize, Serialize};
+
+use super::MeshError;
+
+/// lamina's own protocol names, so a lamina mesh never mixes with IPFS's DHT.
+pub const KAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/lamina/kad/1.0.0");
+pub const ANNOUNCE_PROTOCOL: StreamProtocol = StreamProtocol::new("/lamina/announce/1.0.0");
+pub const IDENTIFY_PROTOCOL: &str = "/lamina/id/1.0.0";
+
+/// How often the table is exchanged with every connected peer.
+pub const SYNC_INTERVAL: Duration = Duration::from_secs(1);
+/// How often RTTs are measured; a ping unanswered for [`PING_TIMEOUT`] marks the peer
+/// unreachable (routes avoid it) well before its record expires.
+pub const PING_INTERVAL: Duration = Duration::from_secs(1);
+pub const PING_TIMEOUT: Duration = Duration::from_secs(3);
+/// A peer that failed to connect is not redialled sooner than this.
+pub const REDIAL_BACKOFF: Duration = Duration::from_secs(3);
+/// Withdrawals are gossiped this long, then forgotten.
+pub const KEEP_WITHDRAWN_MS: u64 = 60_000;
+/// Records in one sync message; a table larger than this is sent freshest first.
+pub const MAX_SYNC_RECORDS: usize = 1024;
+/// Bytes of one sync message (records are ~300 bytes each).
+pub const MAX_SYNC_BYTES: u64 = 1 << 20;
+/// Peers this node keeps connections to for gossip and RTTs.
+pub const MAX_PEERS: usize = 128;
+
+/// One direction of the table exchange.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Sync {
+    pub records: Vec<SignedAnnouncement>,
+}
+
+#[derive(NetworkBehaviour)]
+pub struct Behaviour {
+    pub kad: kad::Behaviour<kad::store::MemoryStore>,
+    pub identify: identify::Behaviour,
+    pub ping: ping::Behaviour,
+    pub mdns: Toggle<mdns::tokio::Behaviour>,
+    pub announce: request_response::cbor::Behaviour<Sync, Sync>,
+}
+
+/// What the swarm is built with.
+#[derive(Clone, Debug)]
+pub struct SwarmOptions {
+    pub listen: Vec<Multiaddr>,
+    pub bootstrap: Vec<Multiaddr>,
+    pub mdns: bool,
+}
+
+pub fn build_swarm(
+    key: &Keypair,
+    opts: &SwarmOptions,
+) -> Result<libp2p::Swarm<Behaviour>, MeshError> {
+    let swarm_err = |e: &dyn std::fmt::Display| MeshError::Swarm(e.to_string());
+    let mdns_on = opts.mdns;
+    let mut swarm = libp2p::SwarmBuilder::with_existing_identity(key.clone())
+        .with_tokio()
+        .with_tcp(
+            tcp::Config::default().nodelay(true),
+            noise::Config::new,
+            yamux::Config::default,
+        )
+        .map_err(|e| swarm_err(&e))?
+        .with_quic()
+        .with_behaviour(|key| {
+            let peer = key.public().to_peer_id();
+            let mut kcfg = kad::Config::new(KAD_PROTOCOL);
+            kcfg.set_periodic_bootstrap_interval(Some(Duration::from_secs(30)));
+            let mut kad =
+                kad::Behaviour::with_config(peer, kad::store::MemoryStore::new(peer), kcfg);
+            // Loopback and LAN nodes never get a confirmed external address, and a client
+            // mode node would not answer the queries that let others find each other.
+            kad.set_mode(Some(kad::Mode::Server));
+            let mdns = if mdns_on {
+                Some(mdns::tokio::Behaviour::new(mdns::Config::default(), peer)?)
+            } else {
+                None
+            };
+            let codec = request_response::cbor::codec::Codec::<Sync, Sync>::default()
+                .set_request_size_maximum(MAX_SYNC_BYTES)
+                .set_response_size_maximum(MAX_SYNC_BYTES);
+            let announce = request_response::Behaviour::with_codec(
+                codec,
+                [(ANNOUNCE_PROTOCOL, ProtocolSupport::Full)],
+                request_response::Config::default().with_request_timeout(Duration::from_secs(5)),
+            );
+            Ok(Behaviour {
+                kad,
+                identify: identify::Behaviour::new(identify::Config::new(
+                    IDENTIFY_PROTOCOL.into(),
+                    key.public(),
+                )),
+                ping: ping::Behaviour::new(
+                    ping::Config::new()
+                        .with_interval(PING_INTERVAL)
+                        .with_timeout(PING_TIMEOUT),
+                ),
+                mdns: Toggle::from(mdns),
+                announce,
+            })
+        })
+        .map_err(|e| swarm_err(&e))?
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
+        .build();
+    for addr in &opts.listen {
+        swarm
+            .listen_on(addr.clone())
+            .map_err(|e| MeshError::Swarm(format!("cannot listen on {addr}: {e}")))?;
+    }
+    for addr in &opts.bootstrap {
+        if let Some(peer) = peer_of(addr) {
+            swarm.behaviour_mut().kad.add_address(&peer, addr.clone());
+        }
+        if let Err(e) = swarm.dial(addr.clone()) {
+            tracing::warn!(%addr, "cannot dial bootstrap peer: {e}");
+        }
+    }
+    Ok(swarm)
+}
+
+/// The peer id at the end of a `/p2p/<id>` multiaddr.
+pub fn peer_of(addr: &Multiaddr) -> Option<PeerId> {
+    addr.iter().find_map(|p| match p {
+        Protocol::P2p(id) => Some(id),
+        _ => None,
+    })
+}

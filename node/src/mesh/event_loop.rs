@@ -1,0 +1,391 @@
+//! The one task that owns the swarm and the mesh state, as in rust-libp2p's file-sharing
+//! example: the rest of the node sends [`Command`]s through a [`super::MeshHandle`] and
+//! reads the [`MeshSnapshot`]s this loop publishes after every change.
+//!
+//! Announcements travel by anti-entropy: every [`SYNC_INTERVAL`], and at once when this
+//! node's own record changes or a connection opens, the node sends every peer it is
+//! connected to the records it holds, and the peer answers with its own. A record thus
+//! reaches the whole connected mesh in a few rounds without a DHT lookup per key, and a
+//! node that joins learns the whole table from its first neighbour in one round trip.
+//! Each record is verified on arrival ([`super::table`]), so relays cannot forge or alter.
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use lamina_protocol::{Announcement, SignedAnnouncement};
+use libp2p::identity::Keypair;
+use libp2p::multiaddr::Protocol;
+use libp2p::request_response;
+use libp2p::swarm::SwarmEvent;
+use libp2p::{identify, kad, mdns, ping, Multiaddr, PeerId};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_util::sync::CancellationToken;
+
+use super::behaviour::{
+    Behaviour, BehaviourEvent, Sync, KEEP_WITHDRAWN_MS, MAX_PEERS, MAX_SYNC_RECORDS,
+    REDIAL_BACKOFF, SYNC_INTERVAL,
+};
+use super::state::{MeshSnapshot, MeshState};
+use super::table::Inserted;
+use super::{MeshError, RECORD_TTL, REFRESH_INTERVAL};
+use crate::ids::now_ms;
+
+/// A change to this node's own record.
+pub type RecordEdit = Box<dyn FnOnce(&mut Announcement) + Send>;
+
+/// Requests from the rest of the node to the event loop.
+pub enum Command {
+    /// Change this node's record, sign it anew and gossip it now.
+    Update(RecordEdit, oneshot::Sender<Result<(), MeshError>>),
+    /// Withdraw this node's record: send the withdrawal to every connected peer, give it a
+    /// moment on the wire, then answer. The record is not refreshed any more.
+    Withdraw(oneshot::Sender<Result<(), MeshError>>),
+    /// A peer failed a generation: ban it for a while.
+    Ban(PeerId),
+}
+
+/// Owns the swarm; runs until every handle is dropped.
+pub struct EventLoop {
+    swarm: libp2p::Swarm<Behaviour>,
+    state: MeshState,
+    key: Keypair,
+    commands: mpsc::Receiver<Command>,
+    snapshots: watch::Sender<MeshSnapshot>,
+    me: PeerId,
+    last_dial: HashMap<PeerId, Instant>,
+    bootstrapped: bool,
+    /// Something changed since the last published snapshot.
+    dirty: bool,
+    /// The table changed: the snapshot's records must be rebuilt.
+    records_dirty: bool,
+}
+
+impl EventLoop {
+    pub fn new(
+        swarm: libp2p::Swarm<Behaviour>,
+        state: MeshState,
+        key: Keypair,
+        commands: mpsc::Receiver<Command>,
+        snapshots: watch::Sender<MeshSnapshot>,
+    ) -> Self {
+        let me = *swarm.local_peer_id();
+        Self {
+            swarm,
+            state,
+            key,
+            commands,
+            snapshots,
+            me,
+            last_dial: HashMap::new(),
+            bootstrapped: false,
+            dirty: true,
+            records_dirty: true,
+        }
+    }
+
+    pub async fn run(mut self, stop: CancellationToken) {
+        let mut tick = tokio::time::interval(SYNC_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut refresh = tokio::time::interval(REFRESH_INTERVAL);
+        refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                ev = self.swarm.select_next_some() => self.on_swarm_event(ev),
+                cmd = self.commands.recv() => match cmd {
+                    Some(c) => self.on_command(c).await,
+                    None => break,
+                },
+                _ = tick.tick() => self.on_tick(),
+                _ = refresh.tick() => self.refresh(),
+            }
+            self.publish();
+        }
+    }
+
+    fn publish(&mut self) {
+        if !self.dirty {
+            return;
+        }
+        self.dirty = false;
+        let mut snap = self.state.snapshot(now_ms());
+        if !self.records_dirty {
+            // The table did not change: keep the records already published.
+            snap.records = self.snapshots.borrow().records.clone();
+        }
+        self.records_dirty = false;
+        self.snapshots.send_replace(snap);
+    }
+
+    fn table_changed(&mut self) {
+        self.dirty = true;
+        self.records_dirty = true;
+    }
+
+    async fn on_command(&mut self, cmd: Command) {
+        match cmd {
+            Command::Update(edit, done) => {
+                edit(&mut self.state.own.template);
+                let _ = done.send(self.sign_own());
+            }
+            Command::Withdraw(done) => {
+                self.state.own.withdrawn = true;
+                let r = self.sign_own();
+                // Give the requests a moment on the wire before the process exits.
+                let deadline = tokio::time::Instant::now() + Duration::from_millis(300);
+                while let Ok(ev) =
+                    tokio::time::timeout_at(deadline, self.swarm.select_next_some()).await
+                {
+                    self.on_swarm_event(ev);
+                }
+                let _ = done.send(r);
+            }
+            Command::Ban(peer) => {
+                let now = now_ms();
+                let ban = self.state.bans.fail(peer, now);
+                let failures = self.state.bans.failures(&peer, now);
+                tracing::info!(%peer, ban_ms = ban.as_millis() as u64, failures, "banned");
+                self.dirty = true;
+            }
+        }
+    }
+
+    /// Signs this node's record anew, keeps it in the table and gossips it now.
+    fn sign_own(&mut self) -> Result<(), MeshError> {
+        let now = now_ms();
+        let ttl = u64::try_from(RECORD_TTL.as_millis()).unwrap_or(u64::MAX);
+        let signed = self
+            .state
+            .own
+            .sign(&self.key, now, ttl, &self.state.listen_addrs)?;
+        self.state.table.insert(signed, now)?;
+        self.table_changed();
+        self.sync_all();
+        Ok(())
+    }
+
+    /// Re-signs the record before it expires (once it was first published, and until it
+    /// is withdrawn).
+    fn refresh(&mut self) {
+        if self.state.own.seq == 0 || self.state.own.withdrawn {
+            return;
+        }
+        if let Err(e) = self.sign_own() {
+            tracing::warn!("cannot refresh the announcement: {e}");
+        }
+    }
+
+    fn on_tick(&mut self) {
+        let now = now_ms();
+        let gone = self.state.table.expire(now, KEEP_WITHDRAWN_MS);
+        for p in &gone {
+            self.state.obs.rtt.remove(p);
+            self.state.obs.unreachable.remove(p);
+            self.last_dial.remove(p);
+        }
+        if !gone.is_empty() {
+            tracing::info!(peers = gone.len(), "announcements expired");
+            self.table_changed();
+        }
+        self.state.bans.prune(now);
+        self.sync_all();
+        self.dial_known();
+    }
+
+    /// The records to gossip (see [`super::table::Table::gossip`]).
+    fn records(&self) -> Vec<SignedAnnouncement> {
+        self.state.table.gossip(now_ms(), MAX_SYNC_RECORDS)
+    }
+
+    fn sync_all(&mut self) {
+        let records = self.records();
+        let peers: Vec<PeerId> = self.swarm.connected_peers().copied().collect();
+        for p in peers {
+            self.swarm.behaviour_mut().announce.send_request(
+                &p,
+                Sync {
+                    records: records.clone(),
+                },
+            );
+        }
+    }
+
+    /// Verifies and keeps what a peer sent; a forged or expired record is dropped and
+    /// logged, never fatal for the rest of the batch.
+    fn merge(&mut self, from: PeerId, records: Vec<SignedAnnouncement>) {
+        let now = now_ms();
+        let mut changed = false;
+        for s in records.into_iter().take(MAX_SYNC_RECORDS) {
+            match self.state.table.insert(s, now) {
+                Ok((_, Inserted::New | Inserted::Updated)) => changed = true,
+                Ok(_) => {}
+                Err(e) => {
+                    self.state.rejected += 1;
+                    self.dirty = true;
+                    tracing::debug!(%from, "dropped an announcement: {e}");
+                }
+            }
+        }
+        if !self.state.synced {
+            self.state.synced = true;
+            self.dirty = true;
+        }
+        if changed {
+            self.table_changed();
+            self.dial_known();
+        }
+    }
+
+    /// Dials announced peers this node is not connected to, so that it can ping them
+    /// (routing needs their RTT) and gossip with them directly.
+    fn dial_known(&mut self) {
+        let targets: Vec<(PeerId, Vec<Multiaddr>)> = self
+            .state
+            .table
+            .all_live(now_ms())
+            .into_iter()
+            .filter(|(p, _)| *p != self.me)
+            .map(|(p, a)| {
+                let addrs = a
+                    .listen_addrs
+                    .iter()
+                    .filter_map(|t| t.parse::<Multiaddr>().ok())
+                    .collect();
+                (p, addrs)
+            })
+            .collect();
+        let connected = self.swarm.connected_peers().count();
+        for (peer, addrs) in targets {
+            if connected >= MAX_PEERS || self.swarm.is_connected(&peer) || addrs.is_empty() {
+                continue;
+            }
+            if self
+                .last_dial
+                .get(&peer)
+                .is_some_and(|t| t.elapsed() < REDIAL_BACKOFF)
+            {
+                continue;
+            }
+            self.last_dial.insert(peer, Instant::now());
+            let opts = libp2p::swarm::dial_opts::DialOpts::peer_id(peer)
+                .addresses(addrs)
+                .build();
+            if let Err(e) = self.swarm.dial(opts) {
+                tracing::debug!(%peer, "dial: {e}");
+            }
+        }
+    }
+
+    fn on_swarm_event(&mut self, ev: SwarmEvent<BehaviourEvent>) {
+        match ev {
+            SwarmEvent::NewListenAddr { address, .. } => {
+                tracing::debug!(%address, "p2p listening");
+                let full = address.with(Protocol::P2p(self.me));
+                self.state.listen_addrs.push(full);
+                self.dirty = true;
+            }
+            SwarmEvent::ConnectionEstablished { peer_id, .. } => {
+                self.state.obs.unreachable.remove(&peer_id);
+                self.state.connected = self.swarm.connected_peers().count();
+                self.dirty = true;
+                if !self.bootstrapped {
+                    self.bootstrapped = self.swarm.behaviour_mut().kad.bootstrap().is_ok();
+                }
+                let records = self.records();
+                self.swarm
+                    .behaviour_mut()
+                    .announce
+                    .send_request(&peer_id, Sync { records });
+            }
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                num_established: 0,
+                ..
+            } => {
+                self.state.connected = self.swarm.connected_peers().count();
+                self.dirty = true;
+                // A redial tells a dead peer (refused, unreachable) from an idle close.
+                self.last_dial.remove(&peer_id);
+                self.dial_known();
+            }
+            SwarmEvent::OutgoingConnectionError {
+                peer_id: Some(peer),
+                error,
+                ..
+            } => {
+                tracing::debug!(%peer, "cannot connect: {error}");
+                self.dirty |= self.state.obs.unreachable.insert(peer);
+            }
+            SwarmEvent::Behaviour(b) => self.on_behaviour_event(b),
+            _ => {}
+        }
+    }
+
+    fn on_behaviour_event(&mut self, ev: BehaviourEvent) {
+        match ev {
+            BehaviourEvent::Announce(request_response::Event::Message {
+                peer, message, ..
+            }) => match message {
+                request_response::Message::Request {
+                    request, channel, ..
+                } => {
+                    self.merge(peer, request.records);
+                    let records = self.records();
+                    let _ = self
+                        .swarm
+                        .behaviour_mut()
+                        .announce
+                        .send_response(channel, Sync { records });
+                }
+                request_response::Message::Response { response, .. } => {
+                    self.merge(peer, response.records);
+                }
+            },
+            BehaviourEvent::Announce(request_response::Event::OutboundFailure {
+                peer,
+                error,
+                ..
+            }) => tracing::debug!(%peer, "sync failed: {error}"),
+            BehaviourEvent::Ping(ping::Event { peer, result, .. }) => {
+                self.dirty = true;
+                match result {
+                    Ok(rtt) => {
+                        self.state.obs.rtt.insert(peer, rtt);
+                        self.state.obs.unreachable.remove(&peer);
+                    }
+                    Err(e) => {
+                        tracing::info!(%peer, "ping failed: {e}");
+                        self.state.obs.unreachable.insert(peer);
+                    }
+                }
+            }
+            BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
+                for addr in info.listen_addrs {
+                    self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
+                }
+            }
+            BehaviourEvent::Mdns(mdns::Event::Discovered(found)) => {
+                let mut seen = HashSet::new();
+                for (peer, addr) in found {
+                    self.swarm
+                        .behaviour_mut()
+                        .kad
+                        .add_address(&peer, addr.clone());
+                    if seen.insert(peer) && !self.swarm.is_connected(&peer) {
+                        let _ = self.swarm.dial(addr);
+                    }
+                }
+            }
+            BehaviourEvent::Kad(kad::Event::RoutingUpdated {
+                peer, addresses, ..
+            }) if peer != self.me && !self.swarm.is_connected(&peer) => {
+                let opts = libp2p::swarm::dial_opts::DialOpts::peer_id(peer)
+                    .addresses(addresses.into_vec())
+                    .build();
+                let _ = self.swarm.dial(opts);
+            }
+            _ => {}
+        }
+    }
+}

@@ -1,0 +1,262 @@
+//! [`MeshHandle`]: what the rest of the node holds of the mesh. Cheap to clone; commands go
+//! to the event loop, reads come from the latest published snapshot, and waits are waits
+//! on the snapshot channel.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use lamina_protocol::{Announcement, ModelId};
+use lamina_sharding::planner::{format_ranges, MeshView, PlanError};
+use libp2p::identity::Keypair;
+use libp2p::{Multiaddr, PeerId};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_util::sync::CancellationToken;
+
+use super::behaviour::{build_swarm, SwarmOptions};
+use super::event_loop::{Command, EventLoop};
+use super::plan::{self, PlannedRoute};
+use super::state::{MeshSnapshot, MeshState, OwnRecord};
+use super::status::{mesh_status, MeshStatus, RouteSummary};
+use super::MeshError;
+use crate::ids::now_ms;
+use crate::pipeline::ChainHop;
+use crate::routes::{RouteError, RouteSource};
+
+/// Commands queued for the event loop at most (updates, bans, a withdrawal: the node's own
+/// traffic, not peers').
+const COMMAND_QUEUE: usize = 256;
+
+/// The handle the node uses to talk to the mesh.
+#[derive(Clone)]
+pub struct MeshHandle {
+    commands: mpsc::Sender<Command>,
+    snapshots: watch::Receiver<MeshSnapshot>,
+    /// The last route planned here, for `/status` (planning happens on the handles).
+    last_route: Arc<watch::Sender<Option<RouteSummary>>>,
+    me: PeerId,
+    model_id: ModelId,
+    n_layers: usize,
+}
+
+impl MeshHandle {
+    /// Builds the swarm, starts its event loop on the current tokio runtime, and returns
+    /// the handle. `template` is this node's record (its seq and times are set when it is
+    /// first signed, by [`update`](Self::update)). The loop stops (and the swarm with it)
+    /// when `stop` is cancelled or every handle is dropped.
+    pub fn start(
+        key: Keypair,
+        opts: &SwarmOptions,
+        template: Announcement,
+        stop: CancellationToken,
+    ) -> Result<Self, MeshError> {
+        let swarm = build_swarm(&key, opts)?;
+        let me = key.public().to_peer_id();
+        let (model_id, n_layers) = (template.model_id, template.n_layers as usize);
+        let state = MeshState::new(OwnRecord::new(template));
+        let (snap_tx, snap_rx) = watch::channel(MeshSnapshot::default());
+        let (cmd_tx, cmd_rx) = mpsc::channel(COMMAND_QUEUE);
+        tokio::spawn(EventLoop::new(swarm, state, key, cmd_rx, snap_tx).run(stop));
+        Ok(Self {
+            commands: cmd_tx,
+            snapshots: snap_rx,
+            last_route: Arc::new(watch::channel(None).0),
+            me,
+            model_id,
+            n_layers,
+        })
+    }
+
+    pub fn peer_id(&self) -> PeerId {
+        self.me
+    }
+
+    pub fn model_id(&self) -> ModelId {
+        self.model_id
+    }
+
+    pub fn n_layers(&self) -> usize {
+        self.n_layers
+    }
+
+    /// The latest snapshot.
+    pub fn snapshot(&self) -> MeshSnapshot {
+        self.snapshots.borrow().clone()
+    }
+
+    /// A receiver of every new snapshot.
+    pub fn subscribe(&self) -> watch::Receiver<MeshSnapshot> {
+        self.snapshots.clone()
+    }
+
+    /// Waits (at most `timeout`) until a snapshot satisfies `pred`; whether one did.
+    pub async fn wait_for(
+        &self,
+        timeout: Duration,
+        pred: impl FnMut(&MeshSnapshot) -> bool,
+    ) -> bool {
+        let mut rx = self.snapshots.clone();
+        let r = tokio::time::timeout(timeout, rx.wait_for(pred)).await;
+        let ok = matches!(&r, Ok(Ok(_)));
+        drop(r);
+        ok
+    }
+
+    /// The p2p addresses this node listens on, each with its `/p2p/<peer id>` suffix.
+    pub fn listen_addrs(&self) -> Vec<Multiaddr> {
+        self.snapshots.borrow().listen_addrs.clone()
+    }
+
+    /// Waits until the swarm listens (so the record can carry its addresses).
+    pub async fn wait_listening(&self, timeout: Duration) -> bool {
+        self.wait_for(timeout, |s| !s.listen_addrs.is_empty()).await
+    }
+
+    /// Waits until a first table exchange has completed, or `timeout` (a lone first node
+    /// has nobody to sync with).
+    pub async fn wait_synced(&self, timeout: Duration) -> bool {
+        self.wait_for(timeout, |s| s.synced).await
+    }
+
+    /// Changes this node's record with `f`, signs it with a new seq and gossips it now.
+    /// The loop re-signs it every [`super::REFRESH_INTERVAL`] from then on.
+    pub async fn update(
+        &self,
+        f: impl FnOnce(&mut Announcement) + Send + 'static,
+    ) -> Result<(), MeshError> {
+        let (tx, rx) = oneshot::channel();
+        self.commands
+            .send(Command::Update(Box::new(f), tx))
+            .await
+            .map_err(|_| MeshError::Stopped)?;
+        rx.await.map_err(|_| MeshError::Stopped)?
+    }
+
+    /// Signs and gossips a withdrawal, and waits briefly for it to leave.
+    pub async fn withdraw(&self) -> Result<(), MeshError> {
+        let (tx, rx) = oneshot::channel();
+        self.commands
+            .send(Command::Withdraw(tx))
+            .await
+            .map_err(|_| MeshError::Stopped)?;
+        tokio::time::timeout(Duration::from_secs(2), rx)
+            .await
+            .map_err(|_| MeshError::Stopped)?
+            .map_err(|_| MeshError::Stopped)?
+    }
+
+    /// Avoids `peer` for a while: it failed a generation (see [`super::bans`] for how
+    /// long). A later record does not lift the ban; its expiry or the peer's own restart
+    /// does.
+    pub fn ban(&self, peer: PeerId) {
+        if let Err(e) = self.commands.try_send(Command::Ban(peer)) {
+            tracing::warn!(%peer, "cannot record a ban: {e}");
+        }
+    }
+
+    /// The live records of this node's model, cloned (sorted by peer id).
+    pub fn live(&self) -> Vec<(PeerId, Announcement)> {
+        let snap = self.snapshots.borrow();
+        snap.live(&self.model_id, now_ms())
+            .into_iter()
+            .map(|(p, a)| (p, a.clone()))
+            .collect()
+    }
+
+    /// The cheapest chain over the whole model from fresh records and measured RTTs.
+    pub fn route(&self) -> Result<PlannedRoute, PlanError> {
+        self.route_avoiding(&HashSet::new())
+    }
+
+    /// As [`route`](Self::route), also avoiding `exclude` (failover) and banned peers.
+    pub fn route_avoiding(&self, exclude: &HashSet<PeerId>) -> Result<PlannedRoute, PlanError> {
+        let r = self.plan_in(&self.snapshot(), exclude);
+        let summary = match &r {
+            Ok(r) => RouteSummary::Planned {
+                hops: r
+                    .hops
+                    .iter()
+                    .map(|h| (h.peer, h.layers, h.addr.clone()))
+                    .collect(),
+                est_secs_per_token: r.est_secs_per_token,
+            },
+            Err(e) => RouteSummary::Failed(e.to_string()),
+        };
+        self.last_route.send_replace(Some(summary));
+        r
+    }
+
+    /// The cheapest chain in `snap` avoiding `exclude` and banned peers (pure).
+    fn plan_in(
+        &self,
+        snap: &MeshSnapshot,
+        exclude: &HashSet<PeerId>,
+    ) -> Result<PlannedRoute, PlanError> {
+        let now = now_ms();
+        let banned: HashSet<PeerId> = snap
+            .bans
+            .banned(now, |p| snap.started_at(p))
+            .into_iter()
+            .collect();
+        let live: Vec<(PeerId, &Announcement)> = snap
+            .live(&self.model_id, now)
+            .into_iter()
+            .filter(|(p, _)| !exclude.contains(p) && !banned.contains(p))
+            .collect();
+        let view = plan::routing_view(
+            &live,
+            &self.model_id,
+            self.n_layers,
+            now,
+            &snap.obs,
+            &self.me,
+        );
+        plan::route(&view, &live)
+    }
+
+    /// Waits (at most `timeout`) until the mesh covers the model; the route then.
+    pub async fn wait_covered(&self, timeout: Duration) -> Result<PlannedRoute, PlanError> {
+        let none = HashSet::new();
+        self.wait_for(timeout, |s| self.plan_in(s, &none).is_ok())
+            .await;
+        self.route()
+    }
+
+    /// The mesh as placement sees it (loading nodes included).
+    pub fn placement_view(&self) -> MeshView {
+        let snap = self.snapshot();
+        let now = now_ms();
+        let live = snap.live(&self.model_id, now);
+        plan::placement_view(&live, &self.model_id, self.n_layers, now)
+    }
+
+    /// The mesh as `/status` shows it.
+    pub fn status(&self) -> MeshStatus {
+        let last = self.last_route.borrow().clone();
+        mesh_status(
+            &self.snapshots.borrow(),
+            self.me,
+            self.model_id,
+            self.n_layers,
+            now_ms(),
+            last,
+        )
+    }
+}
+
+/// Requests are routed through the mesh.
+impl RouteSource for MeshHandle {
+    fn route(&self, exclude: &HashSet<PeerId>) -> Result<Vec<ChainHop>, RouteError> {
+        match self.route_avoiding(exclude) {
+            Ok(r) => Ok(r.hops),
+            Err(PlanError::Uncovered { uncovered, .. }) => Err(RouteError::Uncovered {
+                layers: format_ranges(&uncovered),
+            }),
+            Err(e) => Err(RouteError::Other(e.to_string())),
+        }
+    }
+
+    fn report_failure(&self, peer: PeerId) {
+        self.ban(peer);
+    }
+}

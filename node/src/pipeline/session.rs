@@ -1,0 +1,239 @@
+//! One session through a chain, from the entry's side: it talks only to the first hop; each
+//! hop forwards to the next itself and the last hop's `StepResult` comes back along the
+//! chain. Every failure is typed ([`Failure`]): what the entry saw on its own link, or the
+//! verified report of the hop that failed.
+
+use std::time::Duration;
+
+use lamina_protocol::{
+    Close, Forward, ForwardInput, Hello, LinkFailure, Message, ModelId, OpenSession, SessionId,
+    StepOutput,
+};
+use libp2p::PeerId;
+
+use super::recv::{progress_cap, recv_answer, verified_report, RecvFailure};
+use super::{ChainHop, PipelineError, PipelineOptions, StepReply};
+use crate::dataplane::{Dialer, FramedRecv, FramedSend};
+use crate::failure::Failure;
+
+/// One open session through a chain.
+pub struct PipelineSession {
+    session_id: SessionId,
+    /// The chain's peers, in order: the reports the entry believes are signed by one.
+    peers: Vec<PeerId>,
+    tx: FramedSend,
+    rx: FramedRecv,
+    step: u64,
+    position: u32,
+    timeout: Duration,
+    closed: bool,
+}
+
+impl PipelineSession {
+    /// Opens a session on every hop of `chain` (the first hop opens the rest), within
+    /// `opts.open_timeout` for the connection and for each answer.
+    pub async fn open(
+        dialer: &Dialer,
+        chain: &[ChainHop],
+        model_id: ModelId,
+        opts: &PipelineOptions,
+    ) -> Result<Self, PipelineError> {
+        let (first, rest) = chain
+            .split_first()
+            .ok_or_else(|| PipelineError::InvalidChain("the chain is empty".into()))?;
+        let session_id = crate::ids::new_session_id();
+        let link =
+            |l: LinkFailure, detail: String| PipelineError::hop(Failure::FirstHop(l), detail);
+        let (mut tx, rx) = tokio::time::timeout(
+            opts.open_timeout,
+            dialer.open_stream(&first.addr, first.fingerprint),
+        )
+        .await
+        .map_err(|_| {
+            link(
+                LinkFailure::Connect,
+                format!("no connection within {:?}", opts.open_timeout),
+            )
+        })?
+        .map_err(|e| link(LinkFailure::Connect, e.to_string()))?;
+        let open = OpenSession {
+            session_id,
+            model_id,
+            layers: first.layers,
+            max_length: opts.max_length,
+            activation_dtype: opts.activation_dtype,
+            sampling: Some(opts.sampling),
+            return_logits: opts.return_logits,
+            next_hops: rest.iter().map(ChainHop::wire).collect(),
+            trace_id: opts.trace_id,
+        };
+        for m in [
+            Message::Hello(Hello::new(model_id, opts.client_name.clone())),
+            Message::OpenSession(open),
+        ] {
+            tx.send(&m)
+                .await
+                .map_err(|e| link(LinkFailure::Stream, e.to_string()))?;
+        }
+        let mut s = Self {
+            session_id,
+            peers: chain.iter().map(|h| h.peer).collect(),
+            tx,
+            rx,
+            step: 0,
+            position: 0,
+            timeout: opts.open_timeout,
+            closed: false,
+        };
+        match s.recv().await? {
+            Message::HelloAck(_) => {}
+            m => return Err(s.unexpected("Hello", m)),
+        }
+        match s.recv().await? {
+            Message::SessionOpened(_) => {}
+            m => return Err(s.unexpected("OpenSession", m)),
+        }
+        s.timeout = opts.step_timeout;
+        tracing::debug!(session = %session_id, hops = chain.len(), "opened");
+        Ok(s)
+    }
+
+    /// The session id.
+    pub fn id(&self) -> SessionId {
+        self.session_id
+    }
+
+    /// Positions in the hops' caches.
+    pub fn position(&self) -> u32 {
+        self.position
+    }
+
+    /// Bounds every answer from now on (silence; progress reports extend it up to
+    /// [`progress_cap`]).
+    pub fn set_timeout(&mut self, t: Duration) {
+        self.timeout = t;
+    }
+
+    fn forward(&mut self, tokens: &[u32]) -> Forward {
+        let f = Forward {
+            session_id: self.session_id,
+            step: self.step,
+            start_pos: self.position,
+            input: ForwardInput::Tokens(tokens.to_vec()),
+        };
+        self.step += 1;
+        self.position = self.position.saturating_add(f.rows());
+        f
+    }
+
+    async fn send(&mut self, m: &Message) -> Result<(), PipelineError> {
+        self.tx
+            .send(m)
+            .await
+            .map_err(|e| PipelineError::hop(Failure::FirstHop(LinkFailure::Stream), e.to_string()))
+    }
+
+    /// Runs several steps back to back: all are sent before the first answer is read,
+    /// so a failover's replay costs one pipeline fill, not one round trip per step.
+    pub async fn replay(&mut self, steps: &[Vec<u32>]) -> Result<Vec<StepReply>, PipelineError> {
+        let first_step = self.step;
+        for tokens in steps {
+            let f = self.forward(tokens);
+            self.send(&Message::Forward(f)).await?;
+        }
+        let mut out = Vec::with_capacity(steps.len());
+        for i in 0..steps.len() as u64 {
+            let m = self.recv().await?;
+            out.push(self.step_reply(first_step + i, m)?);
+        }
+        Ok(out)
+    }
+
+    /// Runs `tokens` (the prompt, then one token per decode step) through the chain.
+    pub async fn step(&mut self, tokens: &[u32]) -> Result<StepReply, PipelineError> {
+        let f = self.forward(tokens);
+        let step = f.step;
+        self.send(&Message::Forward(f)).await?;
+        let m = self.recv().await?;
+        self.step_reply(step, m)
+    }
+
+    fn step_reply(&self, step: u64, m: Message) -> Result<StepReply, PipelineError> {
+        match m {
+            Message::StepResult(r) if r.step == step && r.session_id == self.session_id => {
+                match r.output {
+                    StepOutput::Token { id, logits } => Ok(StepReply {
+                        token: id,
+                        logits: logits
+                            .map(|l| l.to_f32())
+                            .transpose()
+                            .map_err(|e| PipelineError::hop(Failure::BadAnswer, e.to_string()))?,
+                    }),
+                    StepOutput::Hidden(_) => Err(PipelineError::hop(
+                        Failure::BadAnswer,
+                        "the chain returned hidden states, not a token".into(),
+                    )),
+                }
+            }
+            m => Err(self.unexpected("Forward", m)),
+        }
+    }
+
+    /// Closes the session on every hop.
+    pub async fn close(mut self) -> Result<(), PipelineError> {
+        self.closed = true;
+        let close = Message::Close(Close {
+            session_id: self.session_id,
+        });
+        self.send(&close).await?;
+        let r = self.recv().await;
+        self.tx.finish();
+        match r? {
+            Message::Closed(_) => Ok(()),
+            m => Err(self.unexpected("Close", m)),
+        }
+    }
+
+    /// The next answer from the first hop, errors turned into typed failures.
+    async fn recv(&mut self) -> Result<Message, PipelineError> {
+        match recv_answer(&mut self.rx, self.timeout, progress_cap(self.timeout)).await {
+            Ok(Message::Error(e)) => {
+                let report = verified_report(&e, self.session_id, &self.peers);
+                let failure = Failure::Reply {
+                    code: e.code,
+                    report,
+                };
+                Err(PipelineError::hop(failure, e.message))
+            }
+            Ok(m) => Ok(m),
+            Err(RecvFailure::Silent(t)) => Err(PipelineError::hop(
+                Failure::Deadline,
+                format!("no answer from the chain within {t:?}"),
+            )),
+            Err(RecvFailure::ProgressCap(t)) => Err(PipelineError::hop(
+                Failure::Deadline,
+                format!("the chain reported progress for {t:?} without answering"),
+            )),
+            Err(e) => Err(PipelineError::hop(
+                Failure::FirstHop(e.link()),
+                e.to_string(),
+            )),
+        }
+    }
+
+    fn unexpected(&self, after: &str, m: Message) -> PipelineError {
+        PipelineError::hop(
+            Failure::FirstHop(LinkFailure::BadReply),
+            format!("{after} was answered with {}", m.kind()),
+        )
+    }
+}
+
+impl Drop for PipelineSession {
+    fn drop(&mut self) {
+        if !self.closed {
+            // Ending the stream makes the first hop free the session down the chain.
+            self.tx.finish();
+        }
+    }
+}

@@ -1,0 +1,186 @@
+//! A hop's compute: one thread per node that runs steps in the order they arrive, handed
+//! over from the async session tasks and answered through a oneshot.
+//!
+//! Why one FIFO thread and not `spawn_blocking` per step: the kernels already spread one
+//! step over every core (their own pool), so two steps at once only fight over the cores
+//! and finish late together; sixteen prefills at once all finish late. In order, each
+//! finishes as early as it can, the async workers never block, and this queue is where
+//! continuous batching (several sessions' rows in one forward) plugs in.
+//!
+//! What runs here is the model: the shard's forward, the sampler on the last hop, and the
+//! conversions between wire tensors and candle's.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::mpsc;
+
+use candle_core::{DType, Device, Tensor};
+use lamina_protocol::{ForwardInput, WireDType, WireTensor};
+use lamina_sharding::executor::{LogitRows, Shard, ShardInput, ShardOutput};
+use lamina_sharding::kv_cache::KvCache;
+use lamina_sharding::sampling::Sampler;
+use tokio::sync::oneshot;
+
+use super::machine::Role;
+
+type Job = Box<dyn FnOnce() + Send>;
+
+/// Why a job did not run to its end.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ComputeError {
+    #[error("the compute thread has stopped")]
+    Stopped,
+    #[error("the computation panicked: {0}")]
+    Panicked(String),
+}
+
+/// The node's compute thread. Cloning shares it; it stops when the last clone is dropped.
+#[derive(Clone)]
+pub struct ComputeQueue {
+    tx: mpsc::Sender<Job>,
+}
+
+impl ComputeQueue {
+    /// Starts the thread, named `name` (for profilers and panics).
+    pub fn start(name: &str) -> std::io::Result<Self> {
+        let (tx, rx) = mpsc::channel::<Job>();
+        std::thread::Builder::new()
+            .name(name.to_owned())
+            .spawn(move || {
+                while let Ok(job) = rx.recv() {
+                    job();
+                }
+            })?;
+        Ok(Self { tx })
+    }
+
+    /// Runs `f` on the compute thread after every job queued before it. A panic in `f`
+    /// is this job's error; the thread goes on with the next.
+    pub async fn run<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, ComputeError> {
+        let (done, answer) = oneshot::channel();
+        let job: Job = Box::new(move || {
+            let r = catch_unwind(AssertUnwindSafe(f)).map_err(|p| {
+                let what = p
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| p.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "a panic".into());
+                ComputeError::Panicked(what)
+            });
+            let _ = done.send(r);
+        });
+        self.tx.send(job).map_err(|_| ComputeError::Stopped)?;
+        answer.await.map_err(|_| ComputeError::Stopped)?
+    }
+}
+
+/// A session's state that the compute thread works on: moved there for each step and back.
+pub struct SessionCompute {
+    pub cache: KvCache,
+    pub sampler: Option<Sampler>,
+    /// Tokens this hop drew (the repetition penalty's window, on the last hop).
+    pub history: Vec<u32>,
+}
+
+/// What a step produced.
+pub enum StepOut {
+    Hidden(WireTensor),
+    Token { id: u32, logits: Option<WireTensor> },
+}
+
+/// Why a step failed on this hop.
+#[derive(Debug, thiserror::Error)]
+pub enum StepError {
+    /// The input does not fit the session (wrong width, token ids out of range).
+    #[error("bad input: {0}")]
+    BadInput(String),
+    /// The hop itself failed.
+    #[error("{0}")]
+    Internal(String),
+}
+
+fn internal(e: impl std::fmt::Display) -> StepError {
+    StepError::Internal(e.to_string())
+}
+
+/// One forward step of `rows` rows through `shard`.
+pub fn run_step(
+    shard: &Shard,
+    c: &mut SessionCompute,
+    input: ForwardInput,
+    rows: usize,
+    dtype: WireDType,
+    role: Role,
+) -> Result<StepOut, StepError> {
+    let dim = shard.config().dim;
+    let input = match input {
+        ForwardInput::Tokens(t) => ShardInput::Tokens(t),
+        ForwardInput::Hidden(h) => {
+            let v = h.to_f32().map_err(|e| StepError::BadInput(e.to_string()))?;
+            ShardInput::Hidden(Tensor::from_vec(v, (rows, dim), &Device::Cpu).map_err(internal)?)
+        }
+    };
+    let out = shard
+        .forward(&mut c.cache, input, LogitRows::Last)
+        .map_err(|e| StepError::BadInput(e.to_string()))?;
+    let flat = |t: Tensor| -> Result<Vec<f32>, StepError> {
+        t.to_dtype(DType::F32)
+            .and_then(|t| t.flatten_all())
+            .and_then(|t| t.to_vec1::<f32>())
+            .map_err(internal)
+    };
+    match (out, role) {
+        (ShardOutput::Hidden(h), _) => {
+            let v = flat(h)?;
+            let shape = [
+                u32::try_from(rows).map_err(internal)?,
+                u32::try_from(dim).map_err(internal)?,
+            ];
+            Ok(StepOut::Hidden(
+                WireTensor::from_f32(&shape, &v, dtype).map_err(internal)?,
+            ))
+        }
+        (ShardOutput::Logits(l), Role::Sample { return_logits }) => {
+            let v = flat(l)?;
+            let sampler = c
+                .sampler
+                .as_mut()
+                .ok_or_else(|| internal("no sampler on the last hop"))?;
+            let id = sampler.sample(&v, &c.history).map_err(internal)?;
+            c.history.push(id);
+            let logits = if return_logits {
+                let n = u32::try_from(v.len()).map_err(internal)?;
+                Some(WireTensor::from_f32(&[n], &v, WireDType::F32).map_err(internal)?)
+            } else {
+                None
+            };
+            Ok(StepOut::Token { id, logits })
+        }
+        (ShardOutput::Logits(_), _) => Err(internal("logits on a hop that does not sample")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn jobs_run_in_order_and_a_panic_is_only_its_own_error() {
+        let q = ComputeQueue::start("test-compute").unwrap();
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let mut waits = Vec::new();
+        for i in 0..8 {
+            let log = log.clone();
+            waits.push(q.run(move || log.lock().unwrap().push(i)));
+        }
+        for w in waits {
+            w.await.unwrap();
+        }
+        assert_eq!(*log.lock().unwrap(), (0..8).collect::<Vec<_>>());
+        let e = q.run(|| -> u32 { panic!("boom") }).await.unwrap_err();
+        assert_eq!(e, ComputeError::Panicked("boom".into()));
+        assert_eq!(q.run(|| 7).await.unwrap(), 7, "the thread goes on");
+    }
+}

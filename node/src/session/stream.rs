@@ -1,0 +1,381 @@
+//! One data-plane stream, one session: the loop that reads a message, lets the state
+//! machine check it, does what it asks (open the session here and on the next hop, run a
+//! step, close), and answers. Every error it sends is signed (see [`super::reporter`]).
+
+use std::ops::ControlFlow;
+use std::sync::Arc;
+use std::time::Duration;
+
+use lamina_protocol::{
+    Closed, ErrorCode, ErrorMessage, Forward, ForwardInput, LayerRange, Message, OpenSession,
+    Progress, SessionId, SessionOpened, StepOutput, StepResult, WireDType, PROGRESS_INTERVAL_MS,
+};
+use lamina_sharding::executor::Shard;
+use lamina_sharding::sampling::Sampler;
+use tokio::sync::OwnedSemaphorePermit;
+use tracing::Instrument;
+
+use super::compute::{run_step, SessionCompute, StepError, StepOut};
+use super::machine::{Role, StreamMachine};
+use super::next_hop::{NextHop, Upstream};
+use super::server::{Served, SessionServer};
+use crate::dataplane::{FramedRecv, FramedSend, RecvError};
+
+/// The session a stream carries, once it is open.
+struct Live {
+    session_id: SessionId,
+    /// The layers this session runs: the node's shard, or a part of it.
+    shard: Arc<Shard>,
+    /// Moved to the compute thread for each step and back; `None` after a step was lost.
+    compute: Option<SessionCompute>,
+    next: Option<NextHop>,
+    dtype: WireDType,
+    _permit: OwnedSemaphorePermit,
+}
+
+/// The state of one stream.
+struct Stream {
+    server: Arc<SessionServer>,
+    served: Arc<Served>,
+    machine: StreamMachine,
+    live: Option<Live>,
+    /// The session named by the last message about one (what reports are bound to).
+    session: Option<SessionId>,
+    /// The layers reports name: the session's, once asked for.
+    layers: LayerRange,
+}
+
+/// Serves one stream (one session) until it ends, is closed or expires. `conn` is the
+/// connection it rides on, which an injected fault may close.
+pub(super) async fn serve(
+    server: Arc<SessionServer>,
+    conn: Option<quinn::Connection>,
+    mut tx: FramedSend,
+    mut rx: FramedRecv,
+) {
+    let served = server.current();
+    let layers = served.host.layers;
+    let span = tracing::info_span!(
+        "session",
+        layers = %layers,
+        session = tracing::field::Empty,
+        trace = tracing::field::Empty
+    );
+    let mut s = Stream {
+        machine: StreamMachine::new(served.host.clone()),
+        server: server.clone(),
+        served,
+        live: None,
+        session: None,
+        layers,
+    };
+    let idle = server.options().idle_timeout;
+    async move {
+        loop {
+            let msg = match tokio::time::timeout(idle, rx.recv()).await {
+                Err(_) => {
+                    tracing::info!("idle timeout");
+                    if let Some(l) = &s.live {
+                        let closed = Message::Closed(Closed {
+                            session_id: l.session_id,
+                        });
+                        let _ = tx.send(&closed).await;
+                    }
+                    break;
+                }
+                Ok(Ok(None)) => break,
+                Ok(Ok(Some(m))) => m,
+                Ok(Err(RecvError::Stream(e))) => {
+                    tracing::debug!("stream failed: {e}");
+                    break;
+                }
+                Ok(Err(RecvError::Protocol(e))) => {
+                    tracing::debug!("bad frame: {e}");
+                    let reply = s.sign(ErrorMessage::from(&e));
+                    let _ = tx.send(&Message::Error(reply)).await;
+                    if e.is_fatal() {
+                        break;
+                    }
+                    continue;
+                }
+            };
+            if let Some(plan) = &server.options().faults {
+                if let Some(fault) = plan.take_for(&msg) {
+                    match super::faults::inject(fault, conn.as_ref(), &mut tx, &mut rx, idle).await
+                    {
+                        ControlFlow::Continue(()) => continue,
+                        ControlFlow::Break(()) => break,
+                    }
+                }
+            }
+            // A step may wait for compute behind other sessions, compute, and wait for
+            // the next hop: say "still working" meanwhile, so the caller's silence
+            // deadline measures stalls, not queues.
+            let progress = match &msg {
+                Message::Forward(f) => Some(Message::Progress(Progress {
+                    session_id: f.session_id,
+                    step: f.step,
+                })),
+                _ => None,
+            };
+            let work = s.handle(msg);
+            let reply = match &progress {
+                Some(p) => with_progress(work, &mut tx, p).await,
+                None => work.await,
+            };
+            let done = s.machine.is_closed();
+            if let Some(reply) = reply {
+                if let Err(e) = tx.send(&reply).await {
+                    tracing::debug!("cannot reply: {e}");
+                    break;
+                }
+            }
+            if done {
+                break;
+            }
+        }
+        if let Some(mut l) = s.live.take() {
+            if let Some(next) = &mut l.next {
+                next.abandon(!s.machine.is_closed()).await;
+            }
+        }
+        tx.finish();
+    }
+    .instrument(span)
+    .await
+}
+
+impl Stream {
+    /// `e` as this hop's own signed error about the stream's session.
+    fn sign(&self, e: ErrorMessage) -> ErrorMessage {
+        self.server
+            .reporter()
+            .own(self.session, self.layers, e.code, e.message)
+    }
+
+    fn own(&self, code: ErrorCode, message: impl Into<String>) -> ErrorMessage {
+        self.server
+            .reporter()
+            .own(self.session, self.layers, code, message)
+    }
+
+    async fn handle(&mut self, msg: Message) -> Option<Message> {
+        if let Some(id) = msg.session_id() {
+            self.session.get_or_insert(id);
+        }
+        let reply = match msg {
+            Message::Hello(h) => self.machine.on_hello(&h).map(Message::HelloAck),
+            Message::OpenSession(o) => self.open(o).await,
+            Message::Forward(f) => self.forward(f).await,
+            Message::Close(c) => match self.machine.check_close(c.session_id) {
+                Ok(()) => {
+                    let idle = self.server.options().idle_timeout;
+                    if let Some(next) = self.live.as_mut().and_then(|l| l.next.as_mut()) {
+                        next.close(idle).await;
+                    }
+                    self.machine.closed();
+                    self.live = None;
+                    tracing::info!("closed");
+                    Ok(Message::Closed(Closed {
+                        session_id: c.session_id,
+                    }))
+                }
+                Err(e) => Err(e),
+            },
+            Message::Error(e) => {
+                tracing::debug!("peer reported {}: {}", e.code, e.message);
+                return None;
+            }
+            other => Err(ErrorMessage::new(
+                ErrorCode::UnexpectedMessage,
+                format!("{} is not a request", other.kind()),
+            )),
+        };
+        Some(match reply {
+            Ok(m) => m,
+            // Errors already signed (relayed from below, or this hop's own report about
+            // its next hop) go up as they are; the state machine's are signed here.
+            Err(e) if e.report.is_some() => Message::Error(e),
+            Err(e) => Message::Error(self.sign(e)),
+        })
+    }
+
+    async fn open(&mut self, o: OpenSession) -> Result<Message, ErrorMessage> {
+        self.layers = o.layers;
+        let server = self.server.clone();
+        if server.is_draining() {
+            return Err(self.own(
+                ErrorCode::ShuttingDown,
+                format!(
+                    "{} is shutting down: open the session elsewhere",
+                    server.options().node_name
+                ),
+            ));
+        }
+        let permit = server.try_slot();
+        let role = self.machine.check_open(&o, permit.is_some())?;
+        let Some(permit) = permit else {
+            return Err(self.own(ErrorCode::SessionLimit, "no free session slot"));
+        };
+        let span = tracing::Span::current();
+        span.record("session", tracing::field::display(o.session_id));
+        if let Some(t) = o.trace_id {
+            span.record("trace", tracing::field::display(t));
+        }
+        let shard = if o.layers == self.served.host.layers {
+            self.served.shard.clone()
+        } else {
+            Arc::new(
+                self.served
+                    .shard
+                    .sub_shard(o.layers)
+                    .map_err(|e| self.own(ErrorCode::LayerMismatch, e.to_string()))?,
+            )
+        };
+        let cache = shard
+            .new_cache(o.max_length as usize)
+            .map_err(|e| self.own(ErrorCode::ContextOverflow, e.to_string()))?;
+        let sampler = match (role, &o.sampling) {
+            (Role::Sample { .. }, Some(s)) => Some(
+                Sampler::new(s.into())
+                    .map_err(|e| self.own(ErrorCode::InvalidMessage, e.to_string()))?,
+            ),
+            _ => None,
+        };
+        let next = match o.for_next_hop() {
+            Some((hop, next_open)) => {
+                let me = Upstream {
+                    reporter: server.reporter().clone(),
+                    session_id: o.session_id,
+                    layers: o.layers,
+                };
+                let name = &server.options().node_name;
+                match NextHop::open(server.dialer(), me, name, hop, next_open).await {
+                    Ok(n) => Some(n),
+                    Err(f) => {
+                        if f.broken {
+                            server.dialer().evict(&hop.addr, hop.cert).await;
+                        }
+                        return Err(f.reply);
+                    }
+                }
+            }
+            None => None,
+        };
+        self.machine.opened(&o, role);
+        self.live = Some(Live {
+            session_id: o.session_id,
+            shard,
+            compute: Some(SessionCompute {
+                cache,
+                sampler,
+                history: Vec::new(),
+            }),
+            next,
+            dtype: o.activation_dtype,
+            _permit: permit,
+        });
+        tracing::info!(max_length = o.max_length, dtype = %o.activation_dtype, ?role, "opened");
+        Ok(Message::SessionOpened(SessionOpened {
+            session_id: o.session_id,
+        }))
+    }
+
+    async fn forward(&mut self, f: Forward) -> Result<Message, ErrorMessage> {
+        let rows = self.machine.check_forward(&f)?;
+        let lost = || ErrorMessage::new(ErrorCode::Internal, "session state lost");
+        let role = self.machine.session().map(|s| s.role).ok_or_else(lost)?;
+        let l = self.live.as_mut().ok_or_else(lost)?;
+        let Forward {
+            session_id,
+            step,
+            start_pos,
+            input,
+        } = f;
+        let span = tracing::debug_span!("step", step, rows);
+        let compute = l.compute.take().ok_or_else(|| {
+            ErrorMessage::new(
+                ErrorCode::Internal,
+                "the session's cache was lost in an earlier step",
+            )
+        })?;
+        let (shard, dtype) = (l.shard.clone(), l.dtype);
+        let ran = self
+            .server
+            .compute()
+            .run(move || {
+                let mut c = compute;
+                let out = run_step(&shard, &mut c, input, rows as usize, dtype, role);
+                (c, out)
+            })
+            .instrument(span.clone())
+            .await
+            .map_err(|e| ErrorMessage::new(ErrorCode::Internal, e.to_string()))?;
+        let (compute, out) = ran;
+        l.compute = Some(compute);
+        let out = out.map_err(|e| match e {
+            StepError::BadInput(m) => ErrorMessage::new(ErrorCode::BadTensor, m),
+            StepError::Internal(m) => ErrorMessage::new(ErrorCode::Internal, m),
+        })?;
+        self.machine.forwarded(step, rows);
+        let output = match (out, role) {
+            (StepOut::Hidden(h), Role::Forward) => {
+                let next = l.next.as_mut().ok_or_else(|| {
+                    ErrorMessage::new(ErrorCode::NextHopFailed, "the next hop is gone")
+                })?;
+                let f = Forward {
+                    session_id,
+                    step,
+                    start_pos,
+                    input: ForwardInput::Hidden(h),
+                };
+                let cap = self.server.options().idle_timeout;
+                return match next.forward(f, cap).instrument(span).await {
+                    Ok(m) => Ok(m),
+                    Err(failure) => {
+                        // The session downstream is out of step with this hop now: later
+                        // steps fail fast. A connection that failed is evicted, so the
+                        // next session dials afresh; one that carried a typed answer
+                        // works, and other sessions on it go on.
+                        if let Some(mut next) = l.next.take() {
+                            if failure.broken {
+                                let hop = next.hop().clone();
+                                self.server.dialer().evict(&hop.addr, hop.cert).await;
+                            } else {
+                                next.abandon(false).await;
+                            }
+                        }
+                        Err(failure.reply)
+                    }
+                };
+            }
+            (StepOut::Hidden(h), _) => StepOutput::Hidden(h),
+            (StepOut::Token { id, logits }, _) => StepOutput::Token { id, logits },
+        };
+        Ok(Message::StepResult(StepResult {
+            session_id,
+            step,
+            output,
+        }))
+    }
+}
+
+/// Runs `work`, sending `progress` on `tx` every [`PROGRESS_INTERVAL_MS`] until it is
+/// done. A failed send is ignored: the reply's own send reports a dead stream.
+async fn with_progress<T>(
+    work: impl std::future::Future<Output = T>,
+    tx: &mut FramedSend,
+    progress: &Message,
+) -> T {
+    let every = Duration::from_millis(PROGRESS_INTERVAL_MS);
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    tokio::pin!(work);
+    loop {
+        tokio::select! {
+            r = &mut work => return r,
+            _ = tick.tick() => {
+                let _ = tx.send(progress).await;
+            }
+        }
+    }
+}
