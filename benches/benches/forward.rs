@@ -21,7 +21,6 @@ use lamina_benches::models::{prompt_ids, SMOLLM2_PATH};
 use lamina_sharding::executor::LogitRows;
 use lamina_sharding::generate::LocalChain;
 use lamina_sharding::kv_cache::KvCache;
-use lamina_sharding::layers::LayerRange;
 use lamina_sharding::sampling::argmax;
 use lamina_sharding::source::ModelFile;
 use lamina_sharding::synth::{self, SynthDType, SynthSpec};

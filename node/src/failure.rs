@@ -53,7 +53,7 @@ pub enum Failure {
     /// verifies (then it is the first hop's own).
     Reply {
         code: ErrorCode,
-        report: Option<Report>,
+        report: Option<Box<Report>>,
     },
     /// The chain answered a token outside the vocabulary, or another answer no honest
     /// chain gives, and which hop changed it cannot be told.
@@ -178,12 +178,12 @@ mod tests {
     fn reply(c: &[Hop], i: usize, code: ErrorCode, fault: Fault) -> Failure {
         Failure::Reply {
             code,
-            report: Some(Report {
+            report: Some(Box::new(Report {
                 reporter: c[i].peer,
                 layers: c[i].layers,
                 code,
                 fault,
-            }),
+            })),
         }
     }
 
@@ -272,7 +272,7 @@ mod tests {
         };
         let f = Failure::Reply {
             code: ErrorCode::Internal,
-            report: Some(stranger),
+            report: Some(Box::new(stranger)),
         };
         assert_eq!(judge(&c, &f), Verdict::ban(c[0].peer));
         let mut lying = Report {
@@ -283,13 +283,13 @@ mod tests {
         };
         let f = Failure::Reply {
             code: lying.code,
-            report: Some(lying),
+            report: Some(Box::new(lying)),
         };
         assert_eq!(judge(&c, &f), Verdict::ban(c[1].peer));
         lying.layers = c[1].layers;
         let f = Failure::Reply {
             code: lying.code,
-            report: Some(lying),
+            report: Some(Box::new(lying)),
         };
         assert_eq!(judge(&c, &f), Verdict::ban(c[2].peer));
     }

@@ -56,7 +56,7 @@ mod tests {
     /// How many of `ranges` hold each layer.
     fn coverage(n_layers: usize, ranges: &[LayerRange]) -> Vec<usize> {
         (0..n_layers)
-            .map(|l| ranges.iter().filter(|r| r.start <= l && l < r.end).count())
+            .map(|l| ranges.iter().filter(|r| r.indices().contains(&l)).count())
             .collect()
     }
 

@@ -57,7 +57,7 @@ struct Reporter {
 }
 
 impl crate::pipeline::Observer for Reporter {
-    fn step(&mut self, index: usize, took: std::time::Duration) {
+    async fn step(&mut self, index: usize, took: std::time::Duration) {
         if index == 0 {
             self.metrics
                 .observe_time_to_first_token(self.received.elapsed().as_secs_f64());

@@ -64,6 +64,18 @@ impl FailoverPolicy {
     }
 }
 
+/// A re-plan's chain; when there is no other chain for a reason other than uncovered
+/// layers (a fixed chain, a chain file), the failure that asked for it is the answer.
+fn or_original(
+    replanned: Result<Vec<ChainHop>, PipelineError>,
+    failure: PipelineError,
+) -> Result<Vec<ChainHop>, PipelineError> {
+    match replanned {
+        Err(PipelineError::NoRoute(_)) => Err(failure),
+        r => r,
+    }
+}
+
 /// A session that survives hop failures (see the module doc).
 pub struct FailoverSession<'a> {
     client: &'a ChainClient,
@@ -259,28 +271,30 @@ impl<'a> FailoverSession<'a> {
                     self.exclude.insert(peer);
                     self.routes.report_failure(peer);
                 }
-                if ban.is_some() || !fresh {
-                    self.count(attempt, e).await?;
+                if (ban.is_some() || !fresh) && !self.count(attempt).await {
+                    return Err(e);
                 }
-                self.chain = self.replan().await?;
+                self.chain = or_original(self.replan().await, e)?;
                 Ok(())
             }
             Verdict::Unattributed => {
-                self.count(attempt, e).await?;
-                self.chain = self.replan_after_silence().await?;
+                if !self.count(attempt).await {
+                    return Err(e);
+                }
+                self.chain = or_original(self.replan_after_silence().await, e)?;
                 Ok(())
             }
         }
     }
 
-    /// Counts one attempt (failing when the policy's are used up) and backs off.
-    async fn count(&self, attempt: &mut usize, e: PipelineError) -> Result<(), PipelineError> {
+    /// Counts one attempt and backs off; `false` when the policy's attempts are used up.
+    async fn count(&self, attempt: &mut usize) -> bool {
         if *attempt >= self.policy.max_attempts {
-            return Err(e);
+            return false;
         }
         *attempt += 1;
         tokio::time::sleep(self.policy.backoff * (1u32 << (*attempt - 1).min(6))).await;
-        Ok(())
+        true
     }
 
     /// A chain without the excluded peers. No chain at all may be a moment's view (a

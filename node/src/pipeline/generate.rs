@@ -55,8 +55,10 @@ impl Default for GenerateOptions {
 /// What the caller sees while a generation runs.
 pub trait Observer: Send {
     /// Step `index` (0 is the prefill) took `took`, as the entry measured its round trip,
-    /// failovers included.
-    fn step(&mut self, _index: usize, _took: Duration) {}
+    /// failovers included. The next step waits for this to finish.
+    fn step(&mut self, _index: usize, _took: Duration) -> impl Future<Output = ()> + Send {
+        async {}
+    }
     /// A piece of text became final. `Break` ends the generation (the reader went away),
     /// so a session nobody reads does not keep every hop busy.
     fn text(&mut self, piece: &str) -> impl Future<Output = ControlFlow<()>> + Send;
@@ -135,7 +137,7 @@ impl ChainClient {
 
         let t0 = Instant::now();
         let r = session.step(&prompt).await?;
-        observer.step(0, t0.elapsed());
+        observer.step(0, t0.elapsed()).await;
         let prefill_ms = t0.elapsed().as_secs_f64() * 1e3;
         let t1 = Instant::now();
         let mut next = g.on_step(outcome(&r, remote_samples)?)?;
@@ -151,7 +153,7 @@ impl ChainClient {
                 Next::Step(tok) => {
                     let t = Instant::now();
                     let r = session.step(&[tok]).await?;
-                    observer.step(steps, t.elapsed());
+                    observer.step(steps, t.elapsed()).await;
                     steps += 1;
                     next = g.on_step(outcome(&r, remote_samples)?)?;
                 }

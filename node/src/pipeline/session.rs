@@ -198,7 +198,7 @@ impl PipelineSession {
     async fn recv(&mut self) -> Result<Message, PipelineError> {
         match recv_answer(&mut self.rx, self.timeout, progress_cap(self.timeout)).await {
             Ok(Message::Error(e)) => {
-                let report = verified_report(&e, self.session_id, &self.peers);
+                let report = verified_report(&e, self.session_id, &self.peers).map(Box::new);
                 let failure = Failure::Reply {
                     code: e.code,
                     report,

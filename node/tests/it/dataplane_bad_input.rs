@@ -7,19 +7,15 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use candle_core::Device;
-use lamina_node::dataplane::{
-    client_endpoint, server_endpoint, Dialer, FramedRecv, FramedSend, Identity, RecvError,
-};
+use crate::common::hops::{client_dialer, spawn_hop, tiny_model};
+use lamina_node::dataplane::{Dialer, FramedRecv, FramedSend, Identity, RecvError};
 use lamina_node::pipeline::{ChainHop, PipelineOptions, PipelineSession};
 use lamina_node::session::{ServerOptions, SessionServer};
 use lamina_protocol::{
     encode_frame, CertFingerprint, ErrorCode, Forward, ForwardInput, FrameLimits, Hello,
     LayerRange, Message, ModelId, OpenSession, SamplingSettings, SessionId, WireDType, WireTensor,
 };
-use lamina_sharding::executor::Shard;
 use lamina_sharding::source::ModelFile;
-use lamina_sharding::synth;
 
 const LIMIT: u32 = 1 << 20;
 const DIM: u32 = 64;
@@ -28,40 +24,23 @@ struct Hop {
     addr: SocketAddr,
     fingerprint: CertFingerprint,
     server: Arc<SessionServer>,
+    chain: ChainHop,
 }
 
 impl Hop {
     fn chain_hop(&self) -> ChainHop {
-        ChainHop {
-            layers: self.server.host().layers,
-            addr: self.addr.to_string(),
-            fingerprint: self.fingerprint,
-        }
+        self.chain.clone()
     }
 }
 
-fn tiny_model() -> (ModelFile, ModelId) {
-    let spec = synth::SynthSpec::new("tiny", synth::SynthDType::Q8_0, 0).expect("spec");
-    let model =
-        ModelFile::from_gguf_bytes("tiny", synth::gguf_bytes(&spec).expect("gguf")).expect("model");
-    let id = lamina_node::cmd::node::model_id_of(&model).expect("model id");
-    (model, id)
-}
-
 /// Starts a session server for `start..end` of the tiny model (4 layers, dim 64).
-fn start_hop(model: &ModelFile, id: ModelId, start: usize, end: usize, opts: ServerOptions) -> Hop {
-    let range = lamina_sharding::layers::LayerRange::new(start, end).unwrap();
-    let shard = Arc::new(Shard::load(model, range, &Device::Cpu).expect("shard"));
-    let identity = Identity::generate().expect("identity");
-    let endpoint = server_endpoint("127.0.0.1:0".parse().unwrap(), &identity).expect("endpoint");
-    let addr = endpoint.local_addr().expect("addr");
-    let server = SessionServer::new(shard, id, Dialer::new(endpoint.clone(), opts.limits), opts)
-        .expect("server");
-    tokio::spawn(server.clone().serve(endpoint));
+fn start_hop(model: &ModelFile, id: ModelId, start: u32, end: u32, opts: ServerOptions) -> Hop {
+    let t = spawn_hop(model, id, LayerRange::new(start, end).unwrap(), opts);
     Hop {
-        addr,
-        fingerprint: identity.fingerprint(),
-        server,
+        addr: t.hop.addr.parse().expect("addr"),
+        fingerprint: t.hop.fingerprint,
+        server: t.server,
+        chain: t.hop,
     }
 }
 
@@ -76,10 +55,7 @@ fn opts() -> ServerOptions {
 }
 
 fn client() -> Dialer {
-    Dialer::new(
-        client_endpoint(None).expect("client endpoint"),
-        FrameLimits::with_max_frame_bytes(LIMIT),
-    )
+    client_dialer(FrameLimits::with_max_frame_bytes(LIMIT))
 }
 
 async fn stream(d: &Dialer, hop: &Hop) -> (FramedSend, FramedRecv) {

@@ -3,18 +3,16 @@
 //! activations; with f32 the logits are bit-identical to the single-process run; eight
 //! concurrent generations give the same tokens as alone.
 
-mod pipeline_common;
-
 use std::time::Duration;
 
+use crate::common::pipeline::*;
 use candle_core::Device;
-use lamina_node::cmd::node::model_id_of;
 use lamina_node::dataplane::{client_endpoint, Dialer};
+use lamina_node::model_id_of;
 use lamina_protocol::{FrameLimits, WireDType};
 use lamina_sharding::generate::LocalChain;
 use lamina_sharding::layers::LayerRange;
 use lamina_sharding::source::ModelFile;
-use pipeline_common::*;
 
 #[test]
 fn three_nodes_generate_reference_tokens_f32_bit_exact_and_f16() {

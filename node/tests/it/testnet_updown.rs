@@ -8,21 +8,19 @@
 //! cuts exactly the links it names and `heal` restores them, and Ctrl-C removes every
 //! namespace.
 
-mod pipeline_common;
-
 use std::io::{BufRead, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{mpsc, Mutex};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use crate::common::pipeline::*;
 use candle_core::Device;
 use lamina_sharding::generate::{generate, GenerateRequest, LocalChain};
 use lamina_sharding::layers::LayerRange;
 use lamina_sharding::sampling::SamplingParams;
 use lamina_sharding::source::ModelFile;
 use lamina_testnet::{is_alive, TestnetState};
-use pipeline_common::*;
 
 /// Runs `lamina testnet down` on drop if the test did not.
 struct Down(std::path::PathBuf);
@@ -36,14 +34,6 @@ impl Drop for Down {
                 .status();
         }
     }
-}
-
-/// One testnet at a time: they share two cores, and a start that competes with another
-/// testnet's only takes longer.
-static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
-
-fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
-    ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 fn post(url: &str, body: &serde_json::Value) -> (u16, serde_json::Value) {
@@ -94,7 +84,7 @@ fn testnet_up_serves_completions_and_down_leaves_no_process() {
     let (Some(path), Some(prompts)) = (model_path(STORIES), reference_prompts(STORIES)) else {
         return;
     };
-    let _one = one_at_a_time();
+    let _serial = crate::common::serial();
     let dir = TempDir::new("testnet");
     let state_path = dir.path().join("state.json");
     let guard = Down(state_path.clone());
@@ -394,7 +384,7 @@ fn testnet_up_serves_until_ctrl_c_and_then_leaves_no_process() {
     let Some(path) = model_path(STORIES) else {
         return;
     };
-    let _one = one_at_a_time();
+    let _serial = crate::common::serial();
     let dir = TempDir::new("testnet-fg");
     let mut up = Foreground::start(&path, 3, dir.path(), &[]);
     up.wait_up();
@@ -441,7 +431,7 @@ fn ctrl_c_while_the_nodes_load_leaves_no_process() {
     let Some(path) = model_path("SmolLM2-135M-Instruct.Q4_1.gguf") else {
         return;
     };
-    let _one = one_at_a_time();
+    let _serial = crate::common::serial();
     let dir = TempDir::new("testnet-early");
     let mut up = Foreground::start(&path, 4, dir.path(), &[]);
     let first_log = dir.path().join("net").join("node-0.log");
@@ -476,7 +466,7 @@ fn four_smollm2_nodes_answer_a_chat_completion_and_down_or_ctrl_c_leave_nothing(
     let Some(path) = model_path("SmolLM2-135M-Instruct.Q4_1.gguf") else {
         return;
     };
-    let _one = one_at_a_time();
+    let _serial = crate::common::serial();
     for stop_with_down in [true, false] {
         let dir = TempDir::new("testnet-smollm2");
         let t = Instant::now();
@@ -601,7 +591,7 @@ fn netns_testnet_partitions_heals_and_leaves_no_namespace() {
     if !netns_available() {
         return;
     }
-    let _one = one_at_a_time();
+    let _serial = crate::common::serial();
     let dir = TempDir::new("testnet-netns");
     let mut up = Foreground::start(&path, 3, dir.path(), &["--netns"]);
     up.wait_up();
@@ -692,7 +682,7 @@ fn netns_testnet_partitions_heals_and_leaves_no_namespace() {
 /// chunks of N layers round-robin; the mesh they form answers.
 #[test]
 fn a_synthetic_preset_with_redundancy_or_layers_per_node_serves() {
-    let _one = one_at_a_time();
+    let _serial = crate::common::serial();
     for (flags, want) in [
         (
             &["--redundancy", "2"][..],

@@ -9,27 +9,28 @@
 //! process start-up or a libp2p mesh, so dozens of scenarios run in seconds, and a failing
 //! seed can be rerun alone (`CHURN_SEED=<seed>`).
 
-mod pipeline_common;
-
 use std::collections::HashSet;
 use std::ops::ControlFlow;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use candle_core::Device;
-use lamina_node::api::{RouteError, RouteSource};
-use lamina_node::dataplane::{client_endpoint, server_endpoint, Dialer, Identity};
-use lamina_node::failover::FailoverPolicy;
-use lamina_node::pipeline::{ChainClient, ChainHop, PipelineError};
-use lamina_node::session::faults::{Fault, FaultPlan};
-use lamina_node::session::{ServerOptions, SessionServer};
-use lamina_protocol::{CertFingerprint, FrameLimits, LayerRange, WireDType};
-use lamina_sharding::executor::Shard;
+use lamina_node::failure::Failure;
+use lamina_node::pipeline::{
+    ChainClient, ChainHop, FailoverPolicy, GenerateOptions, Observer, PipelineError,
+};
+use lamina_node::routes::{RouteError, RouteSource};
+use lamina_node::session::faults::Fault;
+use lamina_node::session::ServerOptions;
+use lamina_protocol::{ErrorCode, FrameLimits, LayerRange, WireDType};
 use lamina_sharding::generate::{GenerateRequest, GenerationOutput};
 use lamina_sharding::sampling::SamplingParams;
 use lamina_sharding::source::ModelFile;
-use pipeline_common::{model_path, STORIES};
+use libp2p::PeerId;
+use tokio::sync::oneshot;
+
+use crate::common::hops::{client_dialer, spawn_hop, TestHop};
+use crate::common::pipeline::{model_path, STORIES};
 
 /// stories260K has 5 layers: three ranges, two servers each.
 const RANGES: [(u32, u32); 3] = [(0, 2), (2, 4), (4, 5)];
@@ -40,15 +41,6 @@ const PROMPTS: [&str; 4] = [
     "Lily wanted to",
     "One day, a boy named Tom",
 ];
-
-/// The meshes of these tests would compete for two cores and make deadlines noisy.
-static ONE_MESH_AT_A_TIME: Mutex<()> = Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    ONE_MESH_AT_A_TIME
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
 
 /// splitmix64: seedable, tiny, the same sequence everywhere.
 struct Rng(u64);
@@ -67,109 +59,61 @@ impl Rng {
     }
 }
 
-struct Node {
-    hop: ChainHop,
-    faults: Arc<FaultPlan>,
-    endpoint: quinn::Endpoint,
-    server: Arc<SessionServer>,
-}
-
 struct Mesh {
-    nodes: Vec<Node>,
+    nodes: Vec<TestHop>,
     client: ChainClient,
-    rt: tokio::runtime::Runtime,
 }
 
 impl Mesh {
     /// Two servers per range of [`RANGES`], each on its own endpoint.
     fn start(path: &Path) -> Self {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .expect("runtime");
         let model = ModelFile::open(path).expect("open the model");
-        let model_id = lamina_node::cmd::node::model_id_of(&model).expect("model id");
+        let model_id = lamina_node::model_id_of(&model).expect("model id");
         let cfg = model.config().expect("config");
         let tokenizer = Arc::new(model.tokenizer().expect("tokenizer"));
-        let nodes = rt.block_on(async {
-            let mut nodes = Vec::new();
-            for (i, &(start, end)) in RANGES.iter().flat_map(|r| [r, r]).enumerate() {
-                let range = lamina_sharding::layers::LayerRange::new(start as usize, end as usize)
-                    .expect("range");
-                let shard = Arc::new(Shard::load(&model, range, &Device::Cpu).expect("shard"));
-                let identity = Identity::generate().expect("identity");
-                let endpoint = server_endpoint("127.0.0.1:0".parse().expect("addr"), &identity)
-                    .expect("endpoint");
-                let addr = endpoint.local_addr().expect("local addr");
-                let faults = Arc::new(FaultPlan::new());
+        let nodes = RANGES
+            .iter()
+            .flat_map(|r| [r, r])
+            .enumerate()
+            .map(|(i, &(start, end))| {
                 let opts = ServerOptions {
                     node_name: format!("node{i}"),
                     max_sessions: 16,
                     idle_timeout: Duration::from_secs(30),
                     limits: FrameLimits::default(),
-                    faults: Some(faults.clone()),
+                    faults: None,
                 };
-                let dialer = Dialer::new(endpoint.clone(), opts.limits);
-                let server = SessionServer::new(shard, model_id, dialer, opts).expect("server");
-                tokio::spawn(server.clone().serve(endpoint.clone()));
-                nodes.push(Node {
-                    hop: ChainHop {
-                        layers: LayerRange::new(start, end).expect("range"),
-                        addr: addr.to_string(),
-                        fingerprint: identity.fingerprint(),
-                    },
-                    faults,
-                    endpoint,
-                    server,
-                });
-            }
-            nodes
-        });
-        let dialer = rt.block_on(async {
-            Dialer::new(
-                client_endpoint(None).expect("client endpoint"),
-                FrameLimits::default(),
-            )
-        });
+                let layers = LayerRange::new(start, end).expect("range");
+                spawn_hop(&model, model_id, layers, opts)
+            })
+            .collect();
         Self {
             nodes,
             client: ChainClient {
-                dialer,
+                dialer: client_dialer(FrameLimits::default()),
                 model_id,
                 tokenizer,
-                vocab_size: cfg.vocab_size,
                 context_length: cfg.context_length,
             },
-            rt,
         }
     }
 
-    fn node(&self, fp: CertFingerprint) -> &Node {
+    fn node(&self, peer: PeerId) -> &TestHop {
         self.nodes
             .iter()
-            .find(|n| n.hop.fingerprint == fp)
+            .find(|n| n.hop.peer == peer)
             .expect("a node of the mesh")
     }
 
     /// Waits (bounded) until no server holds a session: failover leaks none.
-    fn wait_idle(&self, what: &str) {
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            let busy: Vec<(String, usize)> = self
-                .nodes
-                .iter()
-                .filter(|n| n.server.active_sessions() > 0)
-                .map(|n| (n.hop.addr.clone(), n.server.active_sessions()))
-                .collect();
-            if busy.is_empty() {
-                return;
-            }
+    async fn wait_idle(&self, what: &str) {
+        for n in &self.nodes {
             assert!(
-                Instant::now() < deadline,
-                "{what}: sessions still held after 15 s: {busy:?}"
+                n.server.wait_idle(Duration::from_secs(15)).await,
+                "{what}: {} still holds {} sessions after 15 s",
+                n.hop.addr,
+                n.server.active_sessions()
             );
-            std::thread::sleep(Duration::from_millis(20));
         }
     }
 }
@@ -188,8 +132,8 @@ struct Routes {
     nodes: Vec<ChainHop>,
     /// Per range, whether its second server is preferred.
     prefer_second: Vec<bool>,
-    banned: Mutex<HashSet<CertFingerprint>>,
-    reported: Mutex<Vec<CertFingerprint>>,
+    banned: Mutex<HashSet<PeerId>>,
+    reported: Mutex<Vec<PeerId>>,
 }
 
 impl Routes {
@@ -202,24 +146,13 @@ impl Routes {
         }
     }
 
-    fn reported(&self) -> Vec<CertFingerprint> {
+    fn reported(&self) -> Vec<PeerId> {
         self.reported.lock().expect("lock").clone()
     }
 }
 
 impl RouteSource for Routes {
-    fn route(&self) -> Result<Vec<ChainHop>, RouteError> {
-        self.route_excluding(&HashSet::new())
-    }
-
-    fn status(&self) -> serde_json::Value {
-        serde_json::Value::Null
-    }
-
-    fn route_excluding(
-        &self,
-        exclude: &HashSet<CertFingerprint>,
-    ) -> Result<Vec<ChainHop>, RouteError> {
+    fn route(&self, exclude: &HashSet<PeerId>) -> Result<Vec<ChainHop>, RouteError> {
         let banned = self.banned.lock().expect("lock").clone();
         let mut chain = Vec::new();
         let mut uncovered = Vec::new();
@@ -234,7 +167,7 @@ impl RouteSource for Routes {
             }
             match servers
                 .into_iter()
-                .find(|h| !exclude.contains(&h.fingerprint) && !banned.contains(&h.fingerprint))
+                .find(|h| !exclude.contains(&h.peer) && !banned.contains(&h.peer))
             {
                 Some(h) => chain.push(h.clone()),
                 None => uncovered.push(format!("{start}..{end}")),
@@ -249,9 +182,9 @@ impl RouteSource for Routes {
         }
     }
 
-    fn report_failure(&self, cert: CertFingerprint) {
-        self.banned.lock().expect("lock").insert(cert);
-        self.reported.lock().expect("lock").push(cert);
+    fn report_failure(&self, peer: PeerId) {
+        self.banned.lock().expect("lock").insert(peer);
+        self.reported.lock().expect("lock").push(peer);
     }
 }
 
@@ -264,30 +197,48 @@ fn policy() -> FailoverPolicy {
     }
 }
 
+/// Runs a hook after each step (it may await: the generation waits for it).
+struct Hook<F>(F);
+
+impl<F, Fut> Observer for Hook<F>
+where
+    F: FnMut(usize) -> Fut + Send,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    async fn step(&mut self, index: usize, _took: Duration) {
+        (self.0)(index).await
+    }
+
+    async fn text(&mut self, _piece: &str) -> ControlFlow<()> {
+        ControlFlow::Continue(())
+    }
+}
+
 /// One generation through the mesh, failing over like the HTTP API does; `on_step(i)`
 /// runs after each step.
-fn generate(
+async fn generate<F, Fut>(
     mesh: &Mesh,
     routes: &Routes,
     req: &GenerateRequest,
-    mut on_step: impl FnMut(usize),
-) -> Result<(GenerationOutput, Vec<Duration>), PipelineError> {
-    let chain = routes.route()?;
-    let replan =
-        |ex: &HashSet<CertFingerprint>| routes.route_excluding(ex).map_err(PipelineError::from);
-    let report = |cert| routes.report_failure(cert);
-    mesh.client.generate_resilient(
-        mesh.rt.handle(),
-        &chain,
-        &replan,
-        &report,
-        policy(),
-        req,
-        WireDType::F16,
-        |i, _| on_step(i),
-        |_| ControlFlow::Continue(()),
-    )
+    on_step: F,
+) -> Result<(GenerationOutput, Vec<Duration>), PipelineError>
+where
+    F: FnMut(usize) -> Fut + Send,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    let opts = GenerateOptions {
+        activation_dtype: WireDType::F16,
+        trace_id: None,
+        policy: policy(),
+    };
+    let g = mesh
+        .client
+        .generate(routes, req, &opts, &mut Hook(on_step))
+        .await?;
+    Ok((g.output, g.recoveries))
 }
+
+async fn nothing(_: usize) {}
 
 /// What one seed decides.
 #[derive(Debug)]
@@ -368,9 +319,9 @@ fn scenarios() -> u64 {
     }
 }
 
-#[test]
-fn seeded_faults_on_any_hop_at_any_step_change_no_token() {
-    let _serial = serial();
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seeded_faults_on_any_hop_at_any_step_change_no_token() {
+    let _serial = crate::common::serial_async().await;
     let Some(path) = model_path(STORIES) else {
         return;
     };
@@ -380,14 +331,15 @@ fn seeded_faults_on_any_hop_at_any_step_change_no_token() {
     for seed in first_seed()..first_seed() + scenarios() {
         let sc = Scenario::of(seed, &mesh);
         let quiet = Routes::new(&mesh, sc.prefer_second.clone());
-        let (want, recoveries) = generate(&mesh, &quiet, &sc.req, |_| {})
+        let (want, recoveries) = generate(&mesh, &quiet, &sc.req, nothing)
+            .await
             .unwrap_or_else(|e| panic!("seed {seed}: the undisturbed run failed: {e}"));
         assert!(recoveries.is_empty(), "seed {seed}: nothing failed yet");
         let steps = want.generated_token_ids.len() as u64;
 
         let routes = Routes::new(&mesh, sc.prefer_second.clone());
-        let chain = routes.route().expect("a route");
-        let victim = mesh.node(chain[sc.hop].fingerprint);
+        let chain = routes.route(&HashSet::new()).expect("a route");
+        let victim = mesh.node(chain[sc.hop].peer);
         let fault = sc.fault(steps);
         kinds[match fault {
             Fault::DropConnectionAtStep(_) => 0,
@@ -397,7 +349,7 @@ fn seeded_faults_on_any_hop_at_any_step_change_no_token() {
         }] += 1;
         victim.faults.arm(fault);
         let t = Instant::now();
-        let got = generate(&mesh, &routes, &sc.req, |_| {});
+        let got = generate(&mesh, &routes, &sc.req, nothing).await;
         let (got, recoveries) = got.unwrap_or_else(|e| {
             panic!(
                 "seed {seed}: {fault:?} on hop {} ({}) failed the generation: {e}",
@@ -426,11 +378,11 @@ fn seeded_faults_on_any_hop_at_any_step_change_no_token() {
         // deadline expires first; at the first hop by the entry's own deadline).
         assert_eq!(
             routes.reported(),
-            vec![victim.hop.fingerprint],
+            vec![victim.hop.peer],
             "seed {seed}: {fault:?} on hop {} was blamed on the wrong peer",
             sc.hop
         );
-        mesh.wait_idle(&format!("seed {seed}"));
+        mesh.wait_idle(&format!("seed {seed}")).await;
     }
     eprintln!(
         "{} scenarios (drop, stall, garbage, error: {kinds:?}) in {:?}",
@@ -445,13 +397,13 @@ fn seeded_faults_on_any_hop_at_any_step_change_no_token() {
     }
 }
 
-#[test]
-fn a_range_that_loses_both_servers_fails_with_the_uncovered_layers() {
-    let _serial = serial();
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_range_that_loses_both_servers_fails_with_the_uncovered_layers() {
+    let _serial = crate::common::serial_async().await;
     let Some(path) = model_path(STORIES) else {
         return;
     };
-    let mesh = Arc::new(Mesh::start(&path));
+    let mesh = Mesh::start(&path);
     let req = GenerateRequest {
         prompt_ids: mesh
             .client
@@ -462,41 +414,50 @@ fn a_range_that_loses_both_servers_fails_with_the_uncovered_layers() {
         sampling: SamplingParams::greedy(),
         stop: vec![],
     };
-    let (tx, rx) = std::sync::mpsc::channel();
-    let m = mesh.clone();
-    // On a thread, so that a hang fails the test instead of stalling it.
-    std::thread::spawn(move || {
-        let routes = Routes::new(&m, vec![false; RANGES.len()]);
-        let r = generate(&m, &routes, &req, |i| {
-            if i == 3 {
-                // Both servers of 2..4 die; the route source still lists them (their
-                // announcements have not expired yet).
-                for n in m.nodes.iter().filter(|n| n.hop.layers.start == 2) {
-                    n.endpoint.close(0u32.into(), b"crashed");
-                }
+    let routes = Routes::new(&mesh, vec![false; RANGES.len()]);
+    let dying: Vec<quinn::Endpoint> = mesh
+        .nodes
+        .iter()
+        .filter(|n| n.hop.layers.start == 2)
+        .map(|n| n.endpoint.clone())
+        .collect();
+    let kill = |i: usize| {
+        if i == 3 {
+            // Both servers of 2..4 die; the route source still lists them (their
+            // announcements have not expired yet).
+            for e in &dying {
+                e.close(0u32.into(), b"crashed");
             }
-        });
-        let _ = tx.send((r.map(|(out, _)| out), routes.reported()));
-    });
-    let (r, reported) = rx
-        .recv_timeout(Duration::from_secs(60))
-        .expect("the generation ended (with an error) instead of hanging");
+        }
+        async {}
+    };
+    // Bounded, so that a hang fails the test instead of stalling it.
+    let r = tokio::time::timeout(
+        Duration::from_secs(60),
+        generate(&mesh, &routes, &req, kill),
+    )
+    .await
+    .expect("the generation ended (with an error) instead of hanging");
     match r {
         Err(PipelineError::Uncovered { layers }) => assert_eq!(layers, "2..4"),
         other => panic!("expected the uncovered layers 2..4, got {other:?}"),
     }
-    let dead: Vec<CertFingerprint> = mesh
+    let dead: Vec<PeerId> = mesh
         .nodes
         .iter()
         .filter(|n| n.hop.layers.start == 2)
-        .map(|n| n.hop.fingerprint)
+        .map(|n| n.hop.peer)
         .collect();
-    assert_eq!(reported, dead, "both dead servers were blamed, in turn");
+    assert_eq!(
+        routes.reported(),
+        dead,
+        "both dead servers were blamed, in turn"
+    );
 }
 
-#[test]
-fn a_draining_node_refuses_new_sessions_and_finishes_its_own() {
-    let _serial = serial();
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_draining_node_refuses_new_sessions_and_finishes_its_own() {
+    let _serial = crate::common::serial_async().await;
     let Some(path) = model_path(STORIES) else {
         return;
     };
@@ -525,54 +486,75 @@ fn a_draining_node_refuses_new_sessions_and_finishes_its_own() {
     };
     let prefer = vec![false; RANGES.len()];
     let quiet = Routes::new(&mesh, prefer.clone());
-    let (want_long, _) = generate(&mesh, &quiet, &long, |_| {}).expect("undisturbed long run");
-    let (want_short, _) = generate(&mesh, &quiet, &short, |_| {}).expect("undisturbed short run");
+    let (want_long, _) = generate(&mesh, &quiet, &long, nothing)
+        .await
+        .expect("undisturbed long run");
+    let (want_short, _) = generate(&mesh, &quiet, &short, nothing)
+        .await
+        .expect("undisturbed short run");
 
     let routes = Routes::new(&mesh, prefer.clone());
-    let chain = routes.route().expect("a route");
-    let leaving = mesh.node(chain[1].fingerprint);
-    let mut during: Option<(
-        Result<GenerationOutput, PipelineError>,
-        Vec<CertFingerprint>,
-    )> = None;
-    let mut refused = None;
-    let (got_long, recoveries) = generate(&mesh, &routes, &long, |i| {
-        if i != 3 {
-            return;
+    let chain = routes.route(&HashSet::new()).expect("a route");
+    let leaving = mesh.node(chain[1].peer);
+    // At step 3 the long run pauses until the checks below are done.
+    let (at_step_3, paused) = oneshot::channel::<()>();
+    let (resume, resumed) = oneshot::channel::<()>();
+    let mut at_step_3 = Some(at_step_3);
+    let mut resumed = Some(resumed);
+    let pause = |i: usize| {
+        let (signal, wait) = if i == 3 {
+            (at_step_3.take(), resumed.take())
+        } else {
+            (None, None)
+        };
+        async move {
+            if let (Some(s), Some(w)) = (signal, wait) {
+                let _ = s.send(());
+                let _ = w.await;
+            }
         }
-        // Mid-generation, the middle hop starts draining (SIGTERM in the daemon).
+    };
+    let checks = async {
+        paused.await.expect("the long run reached step 3");
         assert_eq!(
             leaving.server.active_sessions(),
             1,
             "it serves the long run"
         );
+        // Mid-generation, the middle hop starts draining (SIGTERM in the daemon).
         leaving.server.drain();
-        // A session opened on it now is refused, with the typed code.
-        refused = Some(mesh.rt.block_on(async {
-            lamina_node::pipeline::PipelineSession::open(
-                &mesh.client.dialer,
-                &chain,
-                mesh.client.model_id,
-                &lamina_node::pipeline::PipelineOptions::default(),
-            )
-            .await
-            .map(|_| ())
-        }));
+        // A session opened on it now is refused, with the typed code and its report.
+        let refused = lamina_node::pipeline::PipelineSession::open(
+            &mesh.client.dialer,
+            &chain,
+            mesh.client.model_id,
+            &lamina_node::pipeline::PipelineOptions::default(),
+        )
+        .await
+        .map(|_| ());
         // A new generation planned with it goes elsewhere and succeeds.
         let fresh = Routes::new(&mesh, prefer.clone());
-        let r = generate(&mesh, &fresh, &short, |_| {}).map(|(out, _)| out);
-        during = Some((r, fresh.reported()));
-    })
-    .expect("the long run finishes on the draining node");
+        let during = generate(&mesh, &fresh, &short, nothing)
+            .await
+            .map(|(o, _)| o);
+        let _ = resume.send(());
+        (refused, during, fresh.reported())
+    };
+    let (long_run, (refused, during, reported)) =
+        tokio::join!(generate(&mesh, &routes, &long, pause), checks);
+    let (got_long, recoveries) = long_run.expect("the long run finishes on the draining node");
     match refused {
-        Some(Err(PipelineError::Remote(e))) => {
-            assert_eq!(e.code, lamina_protocol::ErrorCode::ShuttingDown, "{e:?}");
-            assert!(e.message.starts_with(&leaving.hop.addr), "{}", e.message);
-        }
-        other => panic!("expected a ShuttingDown refusal, got {other:?}"),
+        Err(PipelineError::Hop {
+            failure:
+                Failure::Reply {
+                    code: ErrorCode::ShuttingDown,
+                    report: Some(r),
+                },
+            ..
+        }) => assert_eq!(r.reporter, leaving.hop.peer),
+        other => panic!("expected a signed ShuttingDown refusal, got {other:?}"),
     }
-    let (short_during, reported) = during.expect("the second generation ran");
-    let short_during = short_during.expect("the second generation went elsewhere and succeeded");
+    let short_during = during.expect("the second generation went elsewhere and succeeded");
     assert_eq!(
         short_during.generated_token_ids,
         want_short.generated_token_ids
@@ -583,5 +565,5 @@ fn a_draining_node_refuses_new_sessions_and_finishes_its_own() {
     );
     assert_eq!(got_long.generated_token_ids, want_long.generated_token_ids);
     assert!(recoveries.is_empty(), "the long run never failed over");
-    mesh.wait_idle("after the drain");
+    mesh.wait_idle("after the drain").await;
 }

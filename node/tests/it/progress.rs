@@ -7,21 +7,19 @@
 //! server in front of it must keep the client informed, and the client, whose silence
 //! deadline is 1.5 s, must get the token.
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use candle_core::Device;
-use lamina_node::dataplane::{client_endpoint, server_endpoint, Dialer, FramedRecv, FramedSend};
-use lamina_node::dataplane::{Identity, RecvError};
+use lamina_node::dataplane::{FramedRecv, FramedSend, RecvError};
+use lamina_node::failure::Failure;
 use lamina_node::pipeline::{ChainHop, PipelineError, PipelineOptions, PipelineSession};
-use lamina_node::session::{ServerOptions, SessionServer};
+use lamina_node::session::ServerOptions;
 use lamina_protocol::{
     FrameLimits, HelloAck, LayerRange, Message, ModelId, Progress, SessionOpened, StepOutput,
     StepResult,
 };
-use lamina_sharding::executor::Shard;
 use lamina_sharding::source::ModelFile;
-use lamina_sharding::synth;
+
+use crate::common::hops::{client_dialer, spawn_fake, spawn_hop, tiny_model};
 
 const LIMIT: u32 = 1 << 20;
 /// The client's silence deadline: shorter than the slow hop's step, longer than the gap
@@ -32,14 +30,6 @@ const SLOW_STEP: Duration = Duration::from_secs(3);
 
 fn limits() -> FrameLimits {
     FrameLimits::with_max_frame_bytes(LIMIT)
-}
-
-fn tiny_model() -> (ModelFile, ModelId) {
-    let spec = synth::SynthSpec::new("tiny", synth::SynthDType::Q8_0, 0).expect("spec");
-    let model =
-        ModelFile::from_gguf_bytes("tiny", synth::gguf_bytes(&spec).expect("gguf")).expect("model");
-    let id = lamina_node::cmd::node::model_id_of(&model).expect("model id");
-    (model, id)
 }
 
 /// How the fake last hop behaves once a step arrives.
@@ -53,28 +43,7 @@ enum Slow {
 
 /// A fake hop for `layers` that answers every step with token 7, slowly.
 fn start_fake(layers: LayerRange, how: Slow) -> ChainHop {
-    let identity = Identity::generate().expect("identity");
-    let endpoint = server_endpoint("127.0.0.1:0".parse().unwrap(), &identity).expect("endpoint");
-    let addr = endpoint.local_addr().expect("addr");
-    tokio::spawn(async move {
-        while let Some(inc) = endpoint.accept().await {
-            tokio::spawn(async move {
-                let Ok(conn) = inc.await else { return };
-                while let Ok((send, recv)) = conn.accept_bi().await {
-                    tokio::spawn(serve_fake(
-                        FramedSend::new(send, limits()),
-                        FramedRecv::new(recv, limits()),
-                        how,
-                    ));
-                }
-            });
-        }
-    });
-    ChainHop {
-        layers,
-        addr: addr.to_string(),
-        fingerprint: identity.fingerprint(),
-    }
+    spawn_fake(layers, limits(), move |tx, rx| serve_fake(tx, rx, how)).0
 }
 
 async fn serve_fake(mut tx: FramedSend, mut rx: FramedRecv, how: Slow) {
@@ -125,17 +94,6 @@ async fn serve_fake(mut tx: FramedSend, mut rx: FramedRecv, how: Slow) {
 
 /// A real session server for `0..2` of the tiny model (4 layers).
 fn start_real(model: &ModelFile, id: ModelId) -> ChainHop {
-    let shard = Arc::new(
-        Shard::load(
-            model,
-            lamina_sharding::layers::LayerRange::new(0, 2).unwrap(),
-            &Device::Cpu,
-        )
-        .expect("shard"),
-    );
-    let identity = Identity::generate().expect("identity");
-    let endpoint = server_endpoint("127.0.0.1:0".parse().unwrap(), &identity).expect("endpoint");
-    let addr = endpoint.local_addr().expect("addr");
     let opts = ServerOptions {
         node_name: "real".into(),
         max_sessions: 4,
@@ -143,18 +101,11 @@ fn start_real(model: &ModelFile, id: ModelId) -> ChainHop {
         limits: limits(),
         faults: None,
     };
-    let server = SessionServer::new(shard, id, Dialer::new(endpoint.clone(), limits()), opts)
-        .expect("server");
-    tokio::spawn(server.serve(endpoint));
-    ChainHop {
-        layers: LayerRange::new(0, 2).unwrap(),
-        addr: addr.to_string(),
-        fingerprint: identity.fingerprint(),
-    }
+    spawn_hop(model, id, LayerRange::new(0, 2).unwrap(), opts).hop
 }
 
 async fn one_step(chain: &[ChainHop], id: ModelId) -> Result<u32, PipelineError> {
-    let dialer = Dialer::new(client_endpoint(None).expect("client endpoint"), limits());
+    let dialer = client_dialer(limits());
     let opts = PipelineOptions {
         max_length: 8,
         ..PipelineOptions::default()
@@ -201,7 +152,10 @@ fn a_slow_chain_that_reports_progress_is_waited_for_and_a_silent_one_times_out()
         let silent = start_fake(LayerRange::new(0, 4).unwrap(), Slow::Silent);
         let t = tokio::time::Instant::now();
         match one_step(&[silent], id).await {
-            Err(PipelineError::Timeout(m)) => assert!(m.contains("no answer"), "{m}"),
+            Err(PipelineError::Hop {
+                failure: Failure::Deadline,
+                detail,
+            }) => assert!(detail.contains("no answer"), "{detail}"),
             other => panic!("a silent hop must time out, got {other:?}"),
         }
         assert!(

@@ -2,30 +2,17 @@
 //! moving a redundant node, and requests meanwhile get a clear error), and a node is
 //! stopped with SIGTERM while it serves a generation (the generation still completes).
 
-mod api_common;
-mod pipeline_common;
-
 use std::io::Read;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use api_common::*;
+use crate::common::api::*;
+use crate::common::pipeline::*;
 use lamina_sharding::source::ModelFile;
 use lamina_testnet::{Placement, TestnetState, UpOptions};
-use pipeline_common::*;
 use serde_json::{json, Value};
 
 const SMOLLM2: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
-
-/// These tests each start a mesh of processes; run them one at a time so that their
-/// deadlines and pings are not at the mercy of each other on a 2-core machine.
-static ONE_MESH_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    ONE_MESH_AT_A_TIME
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
 
 struct Net(
     std::path::PathBuf,
@@ -80,7 +67,7 @@ fn servers_of(st: &Value) -> Vec<(String, String)> {
 
 #[test]
 fn the_only_server_of_a_range_dies_and_the_mesh_recovers_it() {
-    let _serial = serial();
+    let _serial = crate::common::serial();
     let Some(path) = model_path(SMOLLM2) else {
         return;
     };
@@ -165,7 +152,7 @@ fn the_only_server_of_a_range_dies_and_the_mesh_recovers_it() {
 
 #[test]
 fn sigterm_on_a_serving_node_loses_no_generation() {
-    let _serial = serial();
+    let _serial = crate::common::serial();
     let Some(path) = model_path(SMOLLM2) else {
         return;
     };
@@ -241,12 +228,13 @@ fn sigterm_on_a_serving_node_loses_no_generation() {
 /// An in-process peer that announces a range with a signed, fast-looking record, and
 /// whose data plane accepts connections but then stalls (or answers garbage).
 struct Evil {
+    _mesh: lamina_node::mesh::MeshHandle,
     _rt: tokio::runtime::Runtime,
 }
 
 fn start_evil(bootstrap: &str, model_id: &str, garbage: bool) -> Evil {
     use lamina_node::dataplane::{server_endpoint, Identity};
-    use lamina_node::mesh::swarm::SwarmOptions;
+    use lamina_node::mesh::behaviour::SwarmOptions;
     use lamina_node::mesh::MeshHandle;
     use lamina_protocol::{Announcement, LayerRange, NodeState};
     use libp2p::identity::Keypair;
@@ -257,7 +245,7 @@ fn start_evil(bootstrap: &str, model_id: &str, garbage: bool) -> Evil {
         .unwrap();
     let model_id: lamina_protocol::ModelId = model_id.parse().unwrap();
     let bootstrap: libp2p::Multiaddr = bootstrap.parse().unwrap();
-    rt.block_on(async move {
+    let mesh = rt.block_on(async move {
         let ident = Identity::generate().unwrap();
         let ep = server_endpoint("127.0.0.1:0".parse().unwrap(), &ident).unwrap();
         let dp = ep.local_addr().unwrap();
@@ -300,24 +288,28 @@ fn start_evil(bootstrap: &str, model_id: &str, garbage: bool) -> Evil {
             issued_at_ms: 0,
             expires_at_ms: 0,
             withdrawn: false,
-            started_at_ms: lamina_node::mesh::now_ms(),
+            started_at_ms: lamina_node::ids::now_ms(),
         };
         let opts = SwarmOptions {
             listen: vec!["/ip4/127.0.0.1/udp/0/quic-v1".parse().unwrap()],
             bootstrap: vec![bootstrap],
             mdns: false,
         };
-        let mesh = MeshHandle::start(key, &opts, template).unwrap();
+        let stop = tokio_util::sync::CancellationToken::new();
+        let mesh = MeshHandle::start(key, &opts, template, stop).unwrap();
         mesh.wait_listening(Duration::from_secs(5)).await;
-        mesh.update(|_| {}).unwrap();
-        tokio::spawn(mesh.refresh_forever());
+        mesh.update(|_| {}).await.unwrap();
+        mesh
     });
-    Evil { _rt: rt }
+    Evil {
+        _mesh: mesh,
+        _rt: rt,
+    }
 }
 
 #[test]
 fn a_peer_that_stalls_or_sends_garbage_is_detected_and_avoided() {
-    let _serial = serial();
+    let _serial = crate::common::serial();
     let Some(path) = model_path(SMOLLM2) else {
         return;
     };

@@ -3,18 +3,16 @@
 //! single-process tokens, with f32 logits bit-identical and f16 activations giving the
 //! same greedy tokens up to near-ties.
 
-mod pipeline_common;
-
 use std::time::Duration;
 
+use crate::common::pipeline::*;
 use candle_core::Device;
-use lamina_node::cmd::node::model_id_of;
 use lamina_node::dataplane::{client_endpoint, Dialer};
+use lamina_node::model_id_of;
 use lamina_protocol::{FrameLimits, WireDType};
 use lamina_sharding::generate::LocalChain;
 use lamina_sharding::layers::LayerRange;
 use lamina_sharding::source::ModelFile;
-use pipeline_common::*;
 
 const SMOLLM: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
 const TOKENS: usize = 12;

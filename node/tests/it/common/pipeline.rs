@@ -165,6 +165,11 @@ impl NodeProc {
                 .expect("fingerprint")
                 .parse()
                 .expect("fingerprint hex"),
+            peer: self.ready["peer_id"]
+                .as_str()
+                .expect("peer_id")
+                .parse()
+                .expect("peer id"),
         }
     }
 }
@@ -232,7 +237,7 @@ pub async fn run_remote(
         }
         r = s.step(&[r.token]).await.expect("decode step");
     }
-    assert_eq!(s.replay_log().rows() as usize, prompt.len() + n - 1);
+    assert_eq!(s.position() as usize, prompt.len() + n - 1);
     s.close().await.expect("close");
     (tokens, all_logits)
 }

@@ -2,13 +2,11 @@
 //! uncovered; restarted, it has the same peer id (same data dir), a new pid in the state
 //! file, and the mesh covers the model again and answers; `down` leaves no process.
 
-mod pipeline_common;
-
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
+use crate::common::pipeline::*;
 use lamina_testnet::{is_alive, TestnetState};
-use pipeline_common::*;
 use serde_json::Value;
 
 /// Runs `lamina testnet down` on drop, and SIGKILLs every pid the test saw.

@@ -4,13 +4,10 @@
 //! routing failures are 503 naming the layers, pipeline failures 502; `/v1/models`,
 //! `/status` and `/metrics` answer.
 
-mod api_common;
-mod pipeline_common;
-
-use api_common::*;
-use lamina_node::cmd::node::model_id_of;
+use crate::common::api::*;
+use crate::common::pipeline::*;
+use lamina_node::model_id_of;
 use lamina_sharding::source::ModelFile;
-use pipeline_common::*;
 use serde_json::{json, Value};
 
 const MAX_TOKENS: usize = 24;

@@ -2,16 +2,13 @@
 //! of the chain is killed (`kill -9`) while a generation streams; the generation completes
 //! with exactly the text of an undisturbed run, and the client sees no error.
 
-mod api_common;
-mod pipeline_common;
-
 use std::io::Read;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use api_common::*;
+use crate::common::api::*;
+use crate::common::pipeline::*;
 use lamina_testnet::{Placement, UpOptions};
-use pipeline_common::*;
 use serde_json::{json, Value};
 
 const SMOLLM2: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";

@@ -5,18 +5,15 @@
 //! The interpreter comes from `LAMINA_PYTHON`, else `/work/venvs/openai/bin/python`; when
 //! neither can `import openai` the test fails in CI and is skipped elsewhere.
 
-mod api_common;
-mod pipeline_common;
-
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
-use api_common::*;
-use lamina_node::api::encode_chat;
+use crate::common::api::*;
+use crate::common::pipeline::*;
+use lamina_sharding::chat::encode_chat;
 use lamina_sharding::chat::{ChatMessage, ChatTemplate};
 use lamina_sharding::generate::FinishReason;
 use lamina_sharding::source::ModelFile;
-use pipeline_common::*;
 
 const SMOLLM: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
 const PROMPT: &str = "What is the capital of France?";

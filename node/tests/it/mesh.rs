@@ -1,29 +1,16 @@
 //! The mesh: nodes that find each other from one bootstrap address, place themselves,
 //! route around a dead peer, and ignore forged announcements.
 
-mod api_common;
-mod pipeline_common;
-
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use api_common::*;
+use crate::common::api::*;
+use crate::common::pipeline::*;
 use lamina_sharding::source::ModelFile;
 use lamina_testnet::{Placement, TestnetState, UpOptions};
-use pipeline_common::*;
 use serde_json::{json, Value};
 
 const SMOLLM2: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
-
-/// These tests each start a mesh of processes; run them one at a time so that their
-/// deadlines and pings are not at the mercy of each other on a 2-core machine.
-static ONE_MESH_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    ONE_MESH_AT_A_TIME
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
 
 /// Stops a testnet when dropped (a failing assertion must not leave nodes behind).
 struct Net {
@@ -104,7 +91,7 @@ fn reference(model: &ModelFile, prompt: &str, n: usize) -> Vec<u32> {
 
 #[test]
 fn four_self_placing_nodes_cover_smollm2_and_a_layerless_node_answers() {
-    let _serial = serial();
+    let _serial = crate::common::serial();
     let Some(path) = model_path(SMOLLM2) else {
         return;
     };
@@ -208,7 +195,7 @@ fn peers(st: &Value) -> Vec<(String, String, bool)> {
 
 #[test]
 fn a_killed_node_leaves_the_view_and_a_new_one_takes_its_place() {
-    let _serial = serial();
+    let _serial = crate::common::serial();
     let Some(path) = model_path(SMOLLM2) else {
         return;
     };
@@ -280,8 +267,9 @@ fn a_killed_node_leaves_the_view_and_a_new_one_takes_its_place() {
 #[test]
 fn forged_and_expired_announcements_are_ignored() {
     use futures::StreamExt;
-    use lamina_node::mesh::swarm::{build_swarm, BehaviourEvent, SwarmOptions, Sync};
-    use lamina_node::mesh::{now_ms, MeshHandle};
+    use lamina_node::ids::now_ms;
+    use lamina_node::mesh::behaviour::{build_swarm, BehaviourEvent, SwarmOptions, Sync};
+    use lamina_node::mesh::MeshHandle;
     use lamina_protocol::{Announcement, CertFingerprint, LayerRange, ModelId, NodeState};
     use libp2p::identity::Keypair;
     use libp2p::request_response;
@@ -321,10 +309,16 @@ fn forged_and_expired_announcements_are_ignored() {
             mdns: false,
         };
         let honest_key = Keypair::generate_ed25519();
-        let node =
-            MeshHandle::start(honest_key.clone(), &opts, record(&honest_key, None, 0)).unwrap();
+        let stop = tokio_util::sync::CancellationToken::new();
+        let node = MeshHandle::start(
+            honest_key.clone(),
+            &opts,
+            record(&honest_key, None, 0),
+            stop,
+        )
+        .unwrap();
         node.wait_listening(Duration::from_secs(5)).await;
-        node.update(|_| {}).unwrap();
+        node.update(|_| {}).await.unwrap();
         let target = node.listen_addrs()[0].clone();
 
         // The attacker: a bare swarm that speaks the announcement protocol.
@@ -372,10 +366,12 @@ fn forged_and_expired_announcements_are_ignored() {
                 break;
             }
         }
-        let status = node.status();
+        // The reply was sent after the records were merged; the snapshot follows.
         assert!(
-            status["rejected_announcements"].as_u64().unwrap() >= 3,
-            "{status}"
+            node.wait_for(Duration::from_secs(5), |s| s.rejected >= 3)
+                .await,
+            "{} rejected",
+            node.snapshot().rejected
         );
         let live: Vec<String> = node.live().iter().map(|(p, _)| p.to_string()).collect();
         let attacker_id = attacker_key.public().to_peer_id().to_string();

@@ -11,12 +11,11 @@ use std::time::Duration;
 use candle_core::Device;
 use lamina_node::pipeline::ChainHop;
 use lamina_sharding::generate::{generate, GenerateRequest, GenerationOutput, LocalChain};
-use lamina_sharding::layers::LayerRange;
 use lamina_sharding::sampling::SamplingParams;
 use lamina_sharding::source::ModelFile;
 use serde_json::Value;
 
-use crate::pipeline_common::{NodeProc, TempDir};
+use crate::common::pipeline::{NodeProc, TempDir};
 
 /// Bound on every socket read: a generation of the tests' sizes takes far less.
 const READ_TIMEOUT: Duration = Duration::from_secs(300);
@@ -299,7 +298,7 @@ pub fn reference_run(
     let cfg = model.config().expect("config");
     let chain = LocalChain::load(
         model,
-        &[LayerRange::new(0, cfg.n_layers).expect("range")],
+        &[lamina_sharding::layers::range(0, cfg.n_layers).expect("range")],
         &Device::Cpu,
     )
     .expect("local chain");

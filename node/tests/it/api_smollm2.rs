@@ -4,14 +4,11 @@
 //! parts equals content as a string; a second request while one runs is a 429; a client
 //! that disconnects mid-stream stops its generation and the node keeps serving.
 
-mod api_common;
-mod pipeline_common;
-
-use api_common::*;
-use lamina_node::api::encode_chat;
+use crate::common::api::*;
+use crate::common::pipeline::*;
+use lamina_sharding::chat::encode_chat;
 use lamina_sharding::chat::{ChatMessage, ChatTemplate};
 use lamina_sharding::source::ModelFile;
-use pipeline_common::*;
 use serde_json::{json, Value};
 
 const SMOLLM: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";

@@ -1,0 +1,29 @@
+//! The node's integration tests, one binary (one link of the whole stack instead of one
+//! per file). Modules by what they exercise; heavy tests (meshes, processes, real models)
+//! take [`common::serial`] so they do not compete for the machine's cores.
+//!
+//! - in-process, through the library: `pipeline_stories`, `pipeline_smollm2` (chains of
+//!   session servers), `dataplane_bad_input`, `progress`, `blame`, `churn_harness`,
+//!   `nodes` (whole `Node`s in one process: mesh, placement, API);
+//! - processes, where the process is the point: `cli`, `mesh` (kill -9, restart),
+//!   `churn`, `failover`, `api_*` and `openai_python` (the daemon's HTTP API as users run
+//!   it), `testnet_*`, `model_pull`.
+
+mod common;
+
+mod api_smollm2;
+mod api_stories;
+mod blame;
+mod churn;
+mod churn_harness;
+mod cli;
+mod dataplane_bad_input;
+mod failover;
+mod mesh;
+mod model_pull;
+mod openai_python;
+mod pipeline_smollm2;
+mod pipeline_stories;
+mod progress;
+mod testnet_control;
+mod testnet_updown;
