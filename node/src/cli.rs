@@ -341,7 +341,8 @@ pub struct GenerateArgs {
     /// (no model file needed here; the node plans the route).
     #[arg(long, value_name = "URL", conflicts_with_all = ["chain", "model", "layers_split"])]
     pub peer: Option<String>,
-    /// Run through running nodes: a JSON chain file, a list of {layers, addr, fingerprint}.
+    /// Run through running nodes: a JSON chain file, a list of {layers, addr, fingerprint,
+    /// peer_id} (the fields of each node's ready line).
     #[arg(long, value_name = "FILE")]
     pub chain: Option<PathBuf>,
     /// Activations on the wire with --chain: f16 or f32 (bit-exact).

@@ -37,6 +37,7 @@ pub mod daemon;
 pub mod dataplane;
 pub mod failure;
 pub mod ids;
+pub mod info;
 pub mod mesh;
 pub mod models;
 pub mod pipeline;

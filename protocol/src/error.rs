@@ -5,8 +5,8 @@
 //! [`ProtocolError::code`] can pick the [`ErrorCode`] the node sends back in its
 //! [`Message::Error`](crate::Message::Error) reply.
 
-use crate::message::{ErrorCode, MessageKind};
-use crate::tensor::WireDType;
+use crate::codes::{ErrorCode, MessageKind};
+use crate::dtype::WireDType;
 
 /// Short alias used throughout the crate.
 pub type Result<T, E = ProtocolError> = std::result::Result<T, E>;

@@ -12,6 +12,9 @@
 //! * [`tensor`] holds [`WireTensor`] and [`WireDType`]: activations and logits as raw LE bytes.
 //! * [`message`] holds [`Message`] and the structs it carries; [`ErrorCode`]; [`PROTOCOL_VERSION`].
 //! * [`frame`] holds the frame layout, [`encode_frame`], [`FrameDecoder`], [`FrameLimits`].
+//! * [`codes`] holds [`MessageKind`], [`ErrorCode`] and [`CodeClass`]: the vocabulary every
+//!   other module uses.
+//! * [`dtype`] holds [`WireDType`].
 //! * [`error`] holds [`ProtocolError`].
 //! * [`report`] holds [`FailureReport`] and [`SignedReport`]: the signed, typed statement
 //!   of which hop failed and whose fault it is, attached to error replies (version 3).
@@ -69,6 +72,8 @@
 //! See [`frame`] for the byte-by-byte frame layout.
 
 pub mod announce;
+pub mod codes;
+pub mod dtype;
 pub mod error;
 pub mod frame;
 pub mod ids;

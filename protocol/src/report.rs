@@ -17,9 +17,9 @@
 use bincode::{Decode, Encode};
 use libp2p_identity::{Keypair, PeerId, PublicKey};
 
+use crate::codes::ErrorCode;
 use crate::ids::SessionId;
 use crate::layers::LayerRange;
-use crate::message::ErrorCode;
 
 /// Signed bytes are `DOMAIN || body`, so a report signature is never valid as a signature
 /// over anything else the same key signs (announcements, libp2p handshakes).

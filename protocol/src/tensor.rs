@@ -8,13 +8,11 @@
 //! appended to a frame as is and sliced out of a received frame without copying.
 
 use std::fmt;
-use std::str::FromStr;
 
-use bincode::{Decode, Encode};
 use bytes::Bytes;
 use half::{bf16, f16};
-use serde::{Deserialize, Serialize};
 
+pub use crate::dtype::WireDType;
 use crate::error::ProtocolError;
 
 /// Most dimensions a wire tensor may have. Activations are rank 2 (`[rows, hidden]`) and
@@ -26,66 +24,6 @@ pub const MAX_TENSOR_RANK: usize = 8;
 /// the smallest element is 2 bytes, so no tensor that fits in any frame is larger; the bound
 /// also keeps `elements * dtype.size()` far from overflow.
 pub const MAX_TENSOR_ELEMENTS: u64 = 1 << 31;
-
-/// Element type of a [`WireTensor`].
-///
-/// bincode encodes it as its variant index (`F32` = 0, `F16` = 1, `BF16` = 2); serde and
-/// `Display`/`FromStr` use the lowercase names `f32`, `f16`, `bf16`.
-#[derive(
-    Clone, Copy, PartialEq, Eq, Hash, Debug, Default, Encode, Decode, Serialize, Deserialize,
-)]
-#[serde(rename_all = "lowercase")]
-pub enum WireDType {
-    /// IEEE binary32: bit-exact activations and logits.
-    F32,
-    /// IEEE binary16: the default for activations.
-    #[default]
-    F16,
-    /// bfloat16: f32's range at f16's size.
-    BF16,
-}
-
-impl WireDType {
-    /// Bytes per element.
-    pub const fn size(self) -> usize {
-        match self {
-            WireDType::F32 => 4,
-            WireDType::F16 | WireDType::BF16 => 2,
-        }
-    }
-
-    /// Lowercase name, as used by `Display` and serde.
-    pub const fn name(self) -> &'static str {
-        match self {
-            WireDType::F32 => "f32",
-            WireDType::F16 => "f16",
-            WireDType::BF16 => "bf16",
-        }
-    }
-}
-
-impl fmt::Display for WireDType {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-impl FromStr for WireDType {
-    type Err = ProtocolError;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s.to_ascii_lowercase().as_str() {
-            "f32" => Ok(WireDType::F32),
-            "f16" => Ok(WireDType::F16),
-            "bf16" => Ok(WireDType::BF16),
-            _ => Err(ProtocolError::parse(
-                "wire dtype",
-                s,
-                "expected f32, f16 or bf16",
-            )),
-        }
-    }
-}
 
 /// Checks rank and element count of `shape`; returns the element count.
 ///

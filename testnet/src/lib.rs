@@ -8,8 +8,7 @@
 //!
 //! This crate does not link `lamina-node`: it drives the `lamina` binary (whose
 //! `testnet` subcommand calls it), so the dependency points node -> testnet and there is no
-//! cycle. State file: `{"nodes": [{"id", "layers": "a..b", "api", "pid", "log", ...}],
-//! "chain": FILE}`.
+//! cycle. State file: `{"nodes": [{"id", "layers": "a..b", "api", "pid", "log", ...}]}`.
 
 pub mod relay;
 
@@ -139,8 +138,6 @@ pub struct NodeState {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TestnetState {
     pub nodes: Vec<NodeState>,
-    #[serde(default)]
-    pub chain: Option<PathBuf>,
     /// The namespaces and bridge of `up --netns`, which `down` removes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub netns: Option<netns::NetnsState>,
@@ -513,7 +510,6 @@ pub fn up_with_links(opts: &UpOptions) -> anyhow::Result<Testnet> {
     }
     let state = TestnetState {
         nodes,
-        chain: None,
         netns: namespaces.as_ref().map(|ns| ns.state.clone()),
     };
     write_atomic(&opts.state, &serde_json::to_vec_pretty(&state)?)?;

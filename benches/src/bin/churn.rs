@@ -1,11 +1,15 @@
 //! The churn drill: a testnet where every layer has two servers loses one hop of the route
-//! of every generation (`kill -9` at a random step) and gets it back (`restart`, same data
-//! dir and peer id) before the next one. Each disturbed generation must stream exactly the
+//! of every generation (`kill -9` at a random step; `--kill 2`: two hops of different
+//! ranges at once) and gets them back (`restart`, same data dir and peer id) before the
+//! next one. Each disturbed generation must stream exactly the
 //! text and `completion_tokens` of an undisturbed reference run; the drill reports how
 //! many did, the latency the recoveries added, and the entry's recovery histogram.
 //!
 //! `cargo build --release -p lamina-node -p lamina-benches &&
 //!  target/release/churn [--generations 50] [--tokens 64] [--seed 1] [--model FILE]`
+//!
+//! Two hops at once, on six serving nodes (every range on two):
+//! `target/release/churn --generations 20 --kill 2 --layers 0..10,0..10,10..20,10..20,20..30,20..30,none`
 //!
 //! Nodes: `0..15`, `0..15`, `15..30`, `15..30` (SmolLM2-135M has 30 layers) and an entry
 //! node with `--layers none`, which is never killed: the client talks to it, and it is the
@@ -61,6 +65,10 @@ struct Args {
     /// Testnet folder (default: a temporary one, removed unless something failed).
     #[arg(long)]
     dir: Option<PathBuf>,
+    /// Hops of the route killed at once, each of another range (every range must still
+    /// have a live server: at most the route's hop count, with two servers per range).
+    #[arg(long, default_value_t = 1)]
+    kill: usize,
 }
 
 /// splitmix64: a seeded, dependency-free choice of hops and steps.
@@ -266,6 +274,7 @@ fn lamina_bin() -> Result<PathBuf> {
 
 /// One disturbed generation's outcome.
 struct Gen {
+    /// The nodes killed, comma-separated.
     victim: String,
     layers: String,
     step: usize,
@@ -381,28 +390,43 @@ fn main() -> Result<()> {
         let step = rng.range(1, args.tokens - 1);
         let hop_pick = rng.next();
         let state = TestnetState::read(&state_path)?;
-        let mut victim: Option<(String, String)> = None;
+        let mut victims: Vec<(String, String)> = Vec::new();
         let mut problem: Option<String> = None;
         let mut killed = false;
         let run = stream(&api, &body, timeout, |n| {
             if n == 1 {
                 match route_peers(&api) {
-                    Ok(hops) if !hops.is_empty() => {
-                        let (peer, layers) = &hops[(hop_pick % hops.len() as u64) as usize];
-                        match state.nodes.iter().find(|x| &x.peer_id == peer) {
-                            Some(node) if node.id != entry.id => {
-                                victim = Some((node.id.clone(), layers.clone()))
+                    Ok(hops) if hops.len() >= args.kill => {
+                        // `kill` hops in a row of the route, from a seeded start: each of
+                        // another range.
+                        let first = (hop_pick % hops.len() as u64) as usize;
+                        for k in 0..args.kill {
+                            let (peer, layers) = &hops[(first + k) % hops.len()];
+                            match state.nodes.iter().find(|x| &x.peer_id == peer) {
+                                Some(node) if node.id != entry.id => {
+                                    victims.push((node.id.clone(), layers.clone()))
+                                }
+                                Some(_) => {
+                                    problem = Some("the route runs through the entry".into())
+                                }
+                                None => {
+                                    problem = Some(format!("route peer {peer} is no testnet node"))
+                                }
                             }
-                            Some(_) => problem = Some("the route runs through the entry".into()),
-                            None => problem = Some(format!("route peer {peer} is no testnet node")),
                         }
                     }
-                    Ok(_) => problem = Some("an empty route".into()),
+                    Ok(hops) => {
+                        problem = Some(format!(
+                            "a route of {} hops for --kill {}",
+                            hops.len(),
+                            args.kill
+                        ))
+                    }
                     Err(e) => problem = Some(format!("{e:#}")),
                 }
             }
             if n == step && !killed {
-                if let Some((id, _)) = &victim {
+                for (id, _) in &victims {
                     match lamina_testnet::kill(&state_path, id, Signal::Kill) {
                         Ok(true) => killed = true,
                         Ok(false) => problem = Some(format!("{id} was not running")),
@@ -414,34 +438,48 @@ fn main() -> Result<()> {
         let identical = run.complete()
             && run.text == reference.text
             && run.completion_tokens == reference.completion_tokens;
-        let (victim_id, layers) = victim.unwrap_or_default();
-        // Bring the victim back, and wait for two usable servers per layer.
+        let victim_id = victims
+            .iter()
+            .map(|(id, _)| id.as_str())
+            .collect::<Vec<_>>()
+            .join(",");
+        let layers = victims
+            .iter()
+            .map(|(_, l)| l.as_str())
+            .collect::<Vec<_>>()
+            .join(",");
+        // Bring the victims back, and wait for two usable servers per layer.
         let (mut restart, mut heal) = (Duration::ZERO, Duration::ZERO);
         if killed {
             let t = Instant::now();
-            let old_peer = state
-                .nodes
-                .iter()
-                .find(|x| x.id == victim_id)
-                .map(|x| x.peer_id.clone())
-                .unwrap_or_default();
-            match lamina_testnet::restart(&state_path, &victim_id, &exe) {
-                Ok(n) => {
-                    restart = t.elapsed();
-                    if n.peer_id != old_peer {
-                        problem
-                            .get_or_insert(format!("{victim_id} came back with another peer id"));
+            let mut back = Vec::new();
+            for (id, _) in &victims {
+                let old_peer = state
+                    .nodes
+                    .iter()
+                    .find(|x| &x.id == id)
+                    .map(|x| x.peer_id.clone())
+                    .unwrap_or_default();
+                match lamina_testnet::restart(&state_path, id, &exe) {
+                    Ok(n) => {
+                        if n.peer_id != old_peer {
+                            problem.get_or_insert(format!("{id} came back with another peer id"));
+                        }
+                        back.push(n);
                     }
-                    let t = Instant::now();
-                    let limit = Duration::from_secs(args.heal_timeout);
-                    match wait_seen(&api, &n.peer_id, &n.dataplane, limit)
-                        .and_then(|_| lamina_testnet::wait_redundant(&api, 2, limit))
-                    {
-                        Ok(_) => heal = t.elapsed(),
-                        Err(e) => stopped = Some(format!("after generation {g}: {e:#}")),
-                    }
+                    Err(e) => stopped = Some(format!("restart {id}: {e:#}")),
                 }
-                Err(e) => stopped = Some(format!("restart {victim_id}: {e:#}")),
+            }
+            restart = t.elapsed();
+            let t = Instant::now();
+            let limit = Duration::from_secs(args.heal_timeout);
+            let healed = back
+                .iter()
+                .try_for_each(|n| wait_seen(&api, &n.peer_id, &n.dataplane, limit))
+                .and_then(|_| lamina_testnet::wait_redundant(&api, 2, limit));
+            match healed {
+                Ok(_) => heal = t.elapsed(),
+                Err(e) => stopped = Some(format!("after generation {g}: {e:#}")),
             }
         }
         eprintln!(
@@ -498,9 +536,10 @@ fn main() -> Result<()> {
         .map(|g| g.heal.as_secs_f64())
         .collect();
     println!(
-        "churn drill: {} nodes ({}), {} tokens per generation, greedy, seed {}, {} thread(s) per node\n",
+        "churn drill: {} nodes ({}), {} hop(s) killed at once, {} tokens per generation, greedy, seed {}, {} thread(s) per node\n",
         ranges.len(),
         args.layers,
+        args.kill,
         args.tokens,
         args.seed,
         args.threads

@@ -81,7 +81,7 @@ fn start_node(
         .recv_timeout(Duration::from_secs(300))
         .context("node did not become ready")?;
     let ready: serde_json::Value = serde_json::from_str(&line).context("ready line")?;
-    let hop = serde_json::json!({"layers": ready["layers"], "addr": ready["listen"], "fingerprint": ready["fingerprint"]});
+    let hop = serde_json::json!({"layers": ready["layers"], "addr": ready["listen"], "fingerprint": ready["fingerprint"], "peer_id": ready["peer_id"]});
     Ok((node, hop))
 }
 

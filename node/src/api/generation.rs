@@ -12,13 +12,14 @@ use std::time::Instant;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use lamina_protocol::WireDType;
-use lamina_sharding::generate::{FinishReason, GenerateRequest, GenerationOutput};
+use lamina_sharding::generate::{FinishReason, GenerateRequest};
 use tokio::sync::mpsc;
 use tracing::Instrument;
 
 use crate::pipeline::{FailoverPolicy, GenerateOptions};
 
 use super::errors::ApiError;
+pub use super::event::Event;
 use super::openai::{usage, ResponseMeta};
 use super::stream::{self, ChunkWriter};
 use super::ApiState;
@@ -37,15 +38,6 @@ pub struct Job {
     pub include_usage: bool,
     /// When the request arrived (time to first token counts from here).
     pub received: Instant,
-}
-
-/// What the generation thread reports.
-#[derive(Debug)]
-pub enum Event {
-    /// The prefill went through: the session is open and the first token drawn.
-    Started,
-    Text(String),
-    Done(Result<GenerationOutput, ApiError>),
 }
 
 /// What the generation tells the HTTP side: the first step's arrival, each step's time

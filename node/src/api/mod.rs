@@ -9,6 +9,7 @@
 mod chat;
 mod completions;
 pub mod errors;
+pub mod event;
 pub mod generation;
 pub mod metrics;
 pub mod openai;
@@ -32,7 +33,7 @@ use tracing::Instrument;
 pub use errors::ApiError;
 pub use metrics::Metrics;
 
-use crate::daemon::NodeInfo;
+use crate::info::NodeInfo;
 use crate::mesh::MeshHandle;
 use crate::pipeline::ChainClient;
 use crate::routes::{ChainFileRoutes, RouteSource};

@@ -16,7 +16,7 @@ use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
 use super::errors::ApiError;
-use super::generation::Event;
+use super::event::Event;
 use super::openai::{finish_reason, usage, Kind, ResponseMeta};
 
 /// One SSE event carrying `data`.

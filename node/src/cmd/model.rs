@@ -10,18 +10,20 @@ use std::collections::BTreeMap;
 pub fn run(cmd: ModelCommand) -> anyhow::Result<()> {
     match cmd {
         ModelCommand::Pull { spec, cache_dir } => {
+            let env = crate::models::PullOptions::from_env();
             let opts = crate::models::PullOptions {
-                cache_dir,
-                ..Default::default()
+                cache_dir: cache_dir.or(env.cache_dir.clone()),
+                ..env
             };
             let path = crate::models::pull(&spec, &opts)?;
             println!("{}", path.display());
             Ok(())
         }
         ModelCommand::List { cache_dir } => {
+            let env = crate::models::PullOptions::from_env();
             let opts = crate::models::PullOptions {
-                cache_dir,
-                ..Default::default()
+                cache_dir: cache_dir.or(env.cache_dir.clone()),
+                ..env
             };
             let models = crate::models::list(&opts)?;
             if models.is_empty() {
@@ -71,9 +73,7 @@ pub fn run(cmd: ModelCommand) -> anyhow::Result<()> {
 fn opts_root(opts: &crate::models::PullOptions) -> String {
     match &opts.cache_dir {
         Some(d) => d.display().to_string(),
-        None => crate::models::cache::default_cache_dir()
-            .map(|d| d.display().to_string())
-            .unwrap_or_else(|_| "the model cache".into()),
+        None => "the model cache".into(),
     }
 }
 

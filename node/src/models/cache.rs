@@ -19,18 +19,9 @@ use std::path::{Path, PathBuf};
 /// Overrides the cache root.
 pub const CACHE_ENV: &str = "LAMINA_MODEL_CACHE";
 
-/// The cache root from the environment: `$LAMINA_MODEL_CACHE`, else
-/// `$XDG_CACHE_HOME/lamina/models`, else `$HOME/.cache/lamina/models`.
-pub fn default_cache_dir() -> Result<PathBuf, PullError> {
-    cache_dir_from(
-        std::env::var_os(CACHE_ENV),
-        std::env::var_os("XDG_CACHE_HOME"),
-        std::env::var_os("HOME"),
-    )
-}
-
-/// [`default_cache_dir`] over given values, so the rule is testable without touching the
-/// process environment. Empty values count as unset, and a relative `XDG_CACHE_HOME` is
+/// The cache root: `$LAMINA_MODEL_CACHE`, else `$XDG_CACHE_HOME/lamina/models`, else
+/// `$HOME/.cache/lamina/models`, from the given values (the caller read them:
+/// [`super::PullOptions::from_env`]). Empty values count as unset, and a relative `XDG_CACHE_HOME` is
 /// ignored as the XDG spec requires.
 pub fn cache_dir_from(
     lamina: Option<OsString>,

@@ -17,34 +17,14 @@ pub const ENDPOINT_ENV: &str = "LAMINA_HF_ENDPOINT";
 /// The public Hub.
 pub const DEFAULT_ENDPOINT: &str = "https://huggingface.co";
 
-/// The endpoint to use: the option, else `$LAMINA_HF_ENDPOINT`, else `$HF_ENDPOINT`, else the
+/// The endpoint to use: the option (from `$LAMINA_HF_ENDPOINT` or `$HF_ENDPOINT`), else the
 /// public Hub; without a trailing `/` (hf-hub appends `/{repo}/resolve/...`).
 pub fn endpoint(opts: &PullOptions) -> String {
-    let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
     let e = opts
         .hf_endpoint
         .clone()
-        .or_else(|| env(ENDPOINT_ENV))
-        .or_else(|| env("HF_ENDPOINT"))
         .unwrap_or_else(|| DEFAULT_ENDPOINT.to_string());
     e.trim_end_matches('/').to_string()
-}
-
-/// `$HF_TOKEN`, else the token file `huggingface-cli login` writes; gated repos need it.
-fn token() -> Option<String> {
-    if let Some(t) = std::env::var("HF_TOKEN")
-        .ok()
-        .filter(|t| !t.trim().is_empty())
-    {
-        return Some(t.trim().to_string());
-    }
-    let file = match std::env::var_os("HF_HOME").filter(|v| !v.is_empty()) {
-        Some(home) => PathBuf::from(home).join("token"),
-        None => PathBuf::from(std::env::var_os("HOME")?).join(".cache/huggingface/token"),
-    };
-    let t = std::fs::read_to_string(file).ok()?;
-    let t = t.trim();
-    (!t.is_empty()).then(|| t.to_string())
 }
 
 /// Pulls `file` of the model repo `repo` at `revision` (default `main`) into the cache at
@@ -75,7 +55,7 @@ pub(crate) fn pull(
         .map_err(|e| PullError::io(format!("cannot create a temp dir in {}", root.display()), e))?;
     let api = ApiBuilder::from_cache(Cache::new(staging.path().to_path_buf()))
         .with_endpoint(endpoint)
-        .with_token(token())
+        .with_token(opts.hf_token.clone())
         .with_progress(!opts.quiet && std::io::stderr().is_terminal())
         .build()
         .map_err(|e| hf_error(e, &url))?;

@@ -207,16 +207,48 @@ pub struct PullOptions {
     pub pip_timeout: Option<Duration>,
     /// The Hub endpoint; else `$LAMINA_HF_ENDPOINT`, `$HF_ENDPOINT`, `https://huggingface.co`.
     pub hf_endpoint: Option<String>,
+    /// A Hub token for gated repos (`$HF_TOKEN`, else the file `huggingface-cli login`
+    /// writes).
+    pub hf_token: Option<String>,
     /// No progress lines on stderr.
     pub quiet: bool,
 }
 
 impl PullOptions {
-    pub(crate) fn cache_root(&self) -> Result<PathBuf, PullError> {
-        match &self.cache_dir {
-            Some(dir) => Ok(dir.clone()),
-            None => cache::default_cache_dir(),
+    /// The options the environment gives: the one place the model cache reads it
+    /// (`LAMINA_MODEL_CACHE`, `XDG_CACHE_HOME`, `HOME`, `LAMINA_PYTHON`,
+    /// `LAMINA_PIP_INDEX_URL`, `LAMINA_HF_ENDPOINT`, `HF_ENDPOINT`, `HF_TOKEN`, `HF_HOME`).
+    /// Everything below uses only these fields.
+    pub fn from_env() -> Self {
+        let var = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
+        let os = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty());
+        Self {
+            cache_dir: cache::cache_dir_from(
+                os(cache::CACHE_ENV),
+                os("XDG_CACHE_HOME"),
+                os("HOME"),
+            )
+            .ok(),
+            catalog: Vec::new(),
+            python: os(pypi::PYTHON_ENV),
+            pip_index_url: var(pypi::INDEX_ENV),
+            pip_timeout: None,
+            hf_endpoint: var(hf::ENDPOINT_ENV).or_else(|| var("HF_ENDPOINT")),
+            hf_token: var("HF_TOKEN").map(|t| t.trim().to_string()).or_else(|| {
+                let file = match os("HF_HOME") {
+                    Some(home) => PathBuf::from(home).join("token"),
+                    None => PathBuf::from(os("HOME")?).join(".cache/huggingface/token"),
+                };
+                let t = std::fs::read_to_string(file).ok()?;
+                let t = t.trim();
+                (!t.is_empty()).then(|| t.to_string())
+            }),
+            quiet: false,
         }
+    }
+
+    pub(crate) fn cache_root(&self) -> Result<PathBuf, PullError> {
+        self.cache_dir.clone().ok_or(PullError::NoCacheDir)
     }
 
     pub(crate) fn find_entry(&self, name: &str) -> Option<CatalogEntry> {
@@ -265,7 +297,7 @@ pub fn pull(spec: &str, opts: &PullOptions) -> Result<PathBuf, PullError> {
 /// catalog model the cached file must carry a hash record matching its size and mtime
 /// (written by a completed pull), for a Hub file it must exist and start with `GGUF`.
 pub fn resolve(spec: &str) -> Option<PathBuf> {
-    resolve_with(spec, &PullOptions::default())
+    resolve_with(spec, &PullOptions::from_env())
 }
 
 /// [`resolve`] with an explicit cache directory and catalog.
@@ -293,7 +325,7 @@ pub fn resolve_with(spec: &str, opts: &PullOptions) -> Option<PathBuf> {
 
 /// The default model's path, pulling it on first use (later calls only `stat` two files).
 pub fn default_model_path() -> Result<PathBuf, PullError> {
-    pull(DEFAULT_MODEL, &PullOptions::default())
+    pull(DEFAULT_MODEL, &PullOptions::from_env())
 }
 
 /// The models in the cache (default or `opts.cache_dir`), sorted by name.

@@ -104,12 +104,8 @@ fn download_wheel(src: &PypiSource, dir: &Path, opts: &PullOptions) -> Result<Pa
     let python = opts
         .python
         .clone()
-        .or_else(|| std::env::var_os(PYTHON_ENV).filter(|v| !v.is_empty()))
         .unwrap_or_else(|| OsString::from("python3"));
-    let index = opts
-        .pip_index_url
-        .clone()
-        .or_else(|| std::env::var(INDEX_ENV).ok().filter(|v| !v.is_empty()));
+    let index = opts.pip_index_url.clone();
     let requirement = format!("{}=={}", src.package, src.version);
     let mut cmd = Command::new(&python);
     cmd.args(["-m", "pip", "download", "--no-deps", "--only-binary=:all:"])

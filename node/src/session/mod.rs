@@ -1,7 +1,7 @@
 //! The session server of a hop and the pure logic it is built on.
 //!
 //! - [`machine`]: the per-stream state machine, which message is legal when (pure);
-//! - [`server`]: what the hop serves, its limits, the accept loop;
+//! - [`server`]: what the hop serves and its limits; `accept`: the accept loop;
 //! - [`stream`]: one stream's loop: open here and on the next hop, steps, close, expiry;
 //! - [`compute`]: the node's compute thread (steps in arrival order) and one step's work;
 //! - [`next_hop`]: the client to the next hop, with depth-scaled deadlines;
@@ -9,6 +9,7 @@
 //! - [`faults`]: faults a server can be told to inject (the churn harness), one branch
 //!   on the hot path when none are armed.
 
+mod accept;
 pub mod compute;
 pub mod faults;
 pub mod machine;

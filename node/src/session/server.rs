@@ -1,6 +1,6 @@
-//! The session server: what a hop serves (its shard, swapped whole when the node moves),
-//! the limits it keeps (session slots, draining), and the accept loop that gives each
-//! stream its own task ([`super::stream`]).
+//! The session server: what a hop serves (its shard, swapped whole when the node moves)
+//! and the limits it keeps (session slots, draining). The accept loop is in
+//! [`super::accept`]; each stream's loop in [`super::stream`].
 //!
 //! Results travel back along the chain (each hop relays the `StepResult` of its next hop on
 //! the same stream) rather than from the last hop straight to the client: the client needs
@@ -14,13 +14,12 @@ use std::time::Duration;
 use lamina_protocol::{FrameLimits, ModelId};
 use lamina_sharding::executor::Shard;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tracing::Instrument;
 
 use super::compute::ComputeQueue;
 use super::faults::FaultPlan;
 use super::machine::HostInfo;
 use super::reporter::Reporter;
-use crate::dataplane::{Dialer, FramedRecv, FramedSend};
+use crate::dataplane::Dialer;
 
 /// Limits and policies of a session server.
 #[derive(Clone, Debug)]
@@ -190,49 +189,5 @@ impl SessionServer {
     /// A session slot, if one is free.
     pub(super) fn try_slot(&self) -> Option<OwnedSemaphorePermit> {
         self.slots.clone().try_acquire_owned().ok()
-    }
-
-    /// Accepts connections on `endpoint` until it is closed.
-    pub async fn serve(self: Arc<Self>, endpoint: quinn::Endpoint) {
-        while let Some(incoming) = endpoint.accept().await {
-            let server = self.clone();
-            tokio::spawn(async move {
-                match incoming.await {
-                    Ok(conn) => server.connection(conn).await,
-                    Err(e) => tracing::debug!("incoming connection failed: {e}"),
-                }
-            });
-        }
-    }
-
-    async fn connection(self: Arc<Self>, conn: quinn::Connection) {
-        let span = tracing::info_span!("peer", peer = %conn.remote_address());
-        async move {
-            tracing::debug!("connected");
-            loop {
-                match conn.accept_bi().await {
-                    Ok((send, recv)) => {
-                        let tx = FramedSend::new(send, self.opts.limits);
-                        let rx = FramedRecv::new(recv, self.opts.limits);
-                        let stream = super::stream::serve(self.clone(), Some(conn.clone()), tx, rx);
-                        tokio::spawn(stream.in_current_span());
-                    }
-                    Err(e) => {
-                        tracing::debug!("connection ended: {e}");
-                        break;
-                    }
-                }
-            }
-        }
-        .instrument(span)
-        .await
-    }
-
-    /// Serves one stream (one session) that arrived some other way than [`serve`]'s
-    /// endpoint (tests drive the server over their own streams).
-    ///
-    /// [`serve`]: Self::serve
-    pub async fn stream(self: Arc<Self>, tx: FramedSend, rx: FramedRecv) {
-        super::stream::serve(self, None, tx, rx).await
     }
 }

