@@ -3,16 +3,18 @@
 //! same failover as a node's HTTP API. For programs that embed lamina rather than talk
 //! HTTP to a node. It is a [`Node`] that serves no layers and no API.
 //!
-//! ```no_run
-//! # fn main() -> anyhow::Result<()> {
+//! ```text
 //! let client = lamina_node::client::MeshClient::join(
 //!     "SmolLM2-135M-Instruct.Q4_1.gguf".as_ref(),
 //!     &["/ip4/127.0.0.1/udp/4001/quic-v1/p2p/12D3KooW...".parse()?],
 //! )?;
 //! let out = client.complete("Once upon a time", 32)?;
 //! println!("{}", out.text);
-//! # Ok(()) }
 //! ```
+//!
+//! The whole program, compiled and run by the examples' test, is
+//! `examples/examples/mesh_client.rs` (not a doc test: each doc test links the whole
+//! stack once more).
 
 use std::ops::ControlFlow;
 use std::path::Path;

@@ -1,9 +1,7 @@
 //! One test per way a frame can be wrong, each expecting its own `ProtocolError` variant,
 //! plus the frame layout pinned byte by byte.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use lamina_protocol::*;
 
 const SID: [u8; 16] = [7; 16];

@@ -2,12 +2,10 @@
 //! that records the largest single allocation. One test function only, so no other test of
 //! this binary allocates concurrently.
 
-mod common;
-
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use common::*;
+use crate::common::*;
 use lamina_protocol::*;
 
 struct LargestAllocation;

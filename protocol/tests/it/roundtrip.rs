@@ -1,9 +1,7 @@
 //! Property tests: round trips through the framing, tensor conversions, and robustness of
 //! the decoder against arbitrary and mutated input.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use lamina_protocol::*;
 use proptest::collection::vec;
 use proptest::prelude::*;

@@ -17,15 +17,13 @@
 //! Long run: `LAMINA_FUZZ_CASES=1000000000 LAMINA_FUZZ_SECONDS=600 cargo test -p
 //! lamina-protocol --release --test fuzz_decode -- --nocapture`
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use lamina_protocol::*;
 use proptest::collection::vec;
 use proptest::prelude::*;
