@@ -263,7 +263,7 @@ fn quic_server() -> quinn::Endpoint {
 }
 
 fn quic_client() -> quinn::Endpoint {
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
     let tls = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .unwrap()
@@ -303,7 +303,7 @@ async fn quic_echo(conn: &quinn::Connection, data: &[u8]) -> Vec<u8> {
 
 #[tokio::test]
 async fn quic_works_through_the_relay() {
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let server = quic_server();
     let server_addr = server.local_addr().unwrap();
     serve_echo(server);

@@ -47,7 +47,7 @@ pub enum DataPlaneError {
 }
 
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
+    Arc::new(rustls::crypto::ring::default_provider())
 }
 
 fn transport() -> Arc<quinn::TransportConfig> {
