@@ -1,10 +1,9 @@
 //! Split equivalence: any cut of the layers into contiguous shards, chained in one
 //! process, gives the same greedy tokens and the same logits as the unsplit model.
 
-mod common;
 
 use candle_core::Device;
-use common::*;
+use crate::common::*;
 use lamina_sharding::generate::{LocalChain, Stepper};
 use lamina_sharding::layers::{even_split, LayerRange};
 use lamina_sharding::source::ModelFile;

@@ -1,10 +1,9 @@
 //! Real-model parity: lamina's greedy output on the shared real models equals the
 //! reference continuations produced by independent implementations (reference.json).
 
-mod common;
 
 use candle_core::Device;
-use common::*;
+use crate::common::*;
 use lamina_sharding::generate::{generate, GenerateRequest, LocalChain, Stepper};
 use lamina_sharding::sampling::SamplingParams;
 use lamina_sharding::source::ModelFile;
@@ -110,7 +109,7 @@ fn stories260k_first_logits_equal_llamacpp_with_f32_kv() {
         return;
     };
     let fixture: serde_json::Value =
-        serde_json::from_str(include_str!("fixtures/stories260k_llamacpp_f32kv_top.json")).unwrap();
+        serde_json::from_str(include_str!("../fixtures/stories260k_llamacpp_f32kv_top.json")).unwrap();
     let model = ModelFile::open(&path).unwrap();
     let chain = full_chain(&model);
     let mut worst = 0f32;

@@ -2,12 +2,11 @@
 //! with `FinishReason::Cancelled` and the text emitted so far; `generate` still runs to
 //! the end.
 
-mod common;
 
 use std::ops::ControlFlow;
 
 use candle_core::Device;
-use common::*;
+use crate::common::*;
 use lamina_sharding::generate::{
     generate, generate_until, FinishReason, GenerateRequest, LocalChain,
 };
