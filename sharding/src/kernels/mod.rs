@@ -24,15 +24,14 @@
 //! CPU bytes per call. The quantized activations live in a thread-local buffer that is
 //! reused across calls; the only allocation per call is the output tensor.
 //!
-//! Environment:
-//! - `LAMINA_KERNELS=candle` (read when a layer is loaded): use candle's `QMatMul`
-//!   everywhere, for A/B runs and bisecting.
-//! - `LAMINA_KERNELS_ISA=scalar|avx2|avx512` (read once): cap the SIMD level.
-//! - `LAMINA_PANELS=off` (read when a layer is loaded): keep Q8_0 / Q4_0 / Q4_1 in the
-//!   file's layout (the block kernels) instead of repacking them, for A/B runs.
+//! Settings: [`KernelConfig`] reads every environment variable of the kernels, once
+//! per process (`LAMINA_KERNELS=candle|all`, `LAMINA_KERNELS_ISA=scalar|avx2|avx512`,
+//! `LAMINA_PANELS=off`, `LAMINA_POOL=rayon`, `LAMINA_POOL_SPIN_US`); see [`config`].
 
 pub mod blocks;
+pub mod config;
 pub mod floats;
+mod isa;
 pub mod kquants;
 pub mod panels;
 pub mod pool;
@@ -49,92 +48,18 @@ use blocks::ActFormat;
 pub use blocks::{WeightType, QK, QK_K};
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{DType, Device, Storage, Tensor};
+pub use config::KernelConfig;
+pub use isa::Isa;
 pub use kquants::Q8KActs;
 pub use panels::Panels;
 pub use quantize::QActs;
 use std::cell::RefCell;
 use std::ops::Range;
-use std::sync::{Arc, OnceLock};
-
-/// An instruction-set level of the kernels.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Isa {
-    /// Portable Rust; the numerical reference.
-    Scalar,
-    /// AVX2 + FMA + F16C.
-    Avx2,
-    /// AVX2 kernels with AVX-512 VNNI dot products (AVX512F/BW/VL/VNNI).
-    Avx512Vnni,
-}
-
-impl Isa {
-    /// Whether this CPU can run `self`.
-    pub fn is_available(self) -> bool {
-        match self {
-            Isa::Scalar => true,
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx2 => {
-                is_x86_feature_detected!("avx2")
-                    && is_x86_feature_detected!("fma")
-                    && is_x86_feature_detected!("f16c")
-            }
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx512Vnni => {
-                Isa::Avx2.is_available()
-                    && is_x86_feature_detected!("avx512f")
-                    && is_x86_feature_detected!("avx512bw")
-                    && is_x86_feature_detected!("avx512vl")
-                    && is_x86_feature_detected!("avx512vnni")
-            }
-            #[cfg(not(target_arch = "x86_64"))]
-            _ => false,
-        }
-    }
-
-    /// Every level this CPU can run, lowest first.
-    pub fn available() -> Vec<Isa> {
-        [Isa::Scalar, Isa::Avx2, Isa::Avx512Vnni]
-            .into_iter()
-            .filter(|i| i.is_available())
-            .collect()
-    }
-
-    /// The best level of this CPU, ignoring the environment.
-    pub fn best() -> Isa {
-        Self::available().pop().unwrap_or(Isa::Scalar)
-    }
-
-    /// The level the kernels use: [`Isa::best`], capped by `LAMINA_KERNELS_ISA`
-    /// (`scalar`, `avx2`, `avx512`). Read once per process.
-    pub fn detect() -> Isa {
-        static ISA: OnceLock<Isa> = OnceLock::new();
-        *ISA.get_or_init(|| {
-            let best = Self::best();
-            let cap = match std::env::var("LAMINA_KERNELS_ISA").as_deref() {
-                Ok("scalar") => Isa::Scalar,
-                Ok("avx2") => Isa::Avx2,
-                _ => Isa::Avx512Vnni,
-            };
-            if cap.rank() < best.rank() {
-                cap
-            } else {
-                best
-            }
-        })
-    }
-
-    fn rank(self) -> u8 {
-        match self {
-            Isa::Scalar => 0,
-            Isa::Avx2 => 1,
-            Isa::Avx512Vnni => 2,
-        }
-    }
-}
+use std::sync::Arc;
 
 /// Whether `LAMINA_KERNELS` leaves the kernels on (anything but `candle`).
 pub fn enabled() -> bool {
-    !matches!(std::env::var("LAMINA_KERNELS").as_deref(), Ok("candle"))
+    KernelConfig::global().enabled()
 }
 
 /// Whether the executor should use these kernels for a weight type by default.
@@ -179,7 +104,7 @@ pub fn preferred(ty: WeightType) -> bool {
         | WeightType::BF16 => true,
         WeightType::Q8_0 if panels::wanted(WeightType::Q8_0) => true,
         WeightType::Q8_0 | WeightType::Q4K | WeightType::Q5K | WeightType::Q6K => {
-            matches!(std::env::var("LAMINA_KERNELS").as_deref(), Ok("all"))
+            KernelConfig::global().mode == config::KernelMode::All
         }
     }
 }

@@ -113,9 +113,7 @@ thread_local! {
 /// Whether a loader should repack a weight of type `ty`: a panel type, on a CPU with
 /// AVX-512 VNNI, unless `LAMINA_PANELS=off`.
 pub fn wanted(ty: WeightType) -> bool {
-    Panels::supports(ty)
-        && Panels::available()
-        && !matches!(std::env::var("LAMINA_PANELS").as_deref(), Ok("off"))
+    Panels::supports(ty) && Panels::available() && super::KernelConfig::global().panels
 }
 
 fn tag(ty: WeightType) -> Option<u8> {
