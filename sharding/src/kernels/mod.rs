@@ -15,6 +15,10 @@
 //! ([`panels`]), one 512-bit `vpdpbusd` per four columns of sixteen rows; the other
 //! types read the file's blocks in place.
 //!
+//! Which function runs a (weight type, level) is one table (`table.rs`, in the manner of
+//! ggml's type traits): per type, the activation format and a kernel slot per level,
+//! for the block layout and for the panels; one row runner serves every type.
+//!
 //! Work is split over weight rows `n` across the threads of [`pool`], a persistent pool
 //! whose workers spin briefly between matmuls (sized like rayon's, by
 //! `RAYON_NUM_THREADS`, which `lamina --threads` sets).
@@ -37,6 +41,7 @@ pub mod panels;
 pub mod pool;
 pub mod quantize;
 pub mod scalar;
+mod table;
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod x86;
 #[cfg(target_arch = "x86_64")]
@@ -44,7 +49,6 @@ pub(crate) mod x86_kquants;
 
 use crate::gguf::TensorView;
 use crate::{Error, Result};
-use blocks::ActFormat;
 pub use blocks::{WeightType, QK, QK_K};
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{DType, Device, Storage, Tensor};
@@ -53,7 +57,6 @@ pub use isa::Isa;
 pub use kquants::Q8KActs;
 pub use panels::Panels;
 pub use quantize::QActs;
-use std::cell::RefCell;
 use std::ops::Range;
 use std::sync::Arc;
 
@@ -204,11 +207,6 @@ impl OutPtr {
 /// thread: waking the pool costs more than it saves.
 const PAR_MIN_BLOCKS: usize = 4096;
 
-thread_local! {
-    static ACTS: RefCell<QActs> = RefCell::new(QActs::new());
-    static ACTS_K: RefCell<Q8KActs> = RefCell::new(Q8KActs::new());
-}
-
 /// `y[m, n] = x[m, k] · W[n, k]^T` with `isa` on up to `threads` threads. `x` is
 /// row-major `m * k`, `y` row-major `m * n`.
 pub fn matmul(
@@ -240,37 +238,9 @@ pub fn matmul(
         ptr: y.as_mut_ptr(),
         len: y.len(),
     };
-    match w.ty.act_format() {
-        ActFormat::Q8x32 => ACTS.with(|cell| match cell.try_borrow_mut() {
-            Ok(mut acts) => {
-                acts.fill(x, m, w.k, isa);
-                let acts = &*acts;
-                split_rows(w, m, threads, |r| run_rows(w, acts, out, isa, r));
-            }
-            // Re-entered on this thread (a rayon worker picked up another matmul while
-            // waiting): use a fresh buffer rather than the one in use.
-            Err(_) => {
-                let mut acts = QActs::new();
-                acts.fill(x, m, w.k, isa);
-                split_rows(w, m, threads, |r| run_rows(w, &acts, out, isa, r));
-            }
-        }),
-        ActFormat::Q8K => ACTS_K.with(|cell| match cell.try_borrow_mut() {
-            Ok(mut acts) => {
-                acts.fill(x, m, w.k, isa);
-                let acts = &*acts;
-                split_rows(w, m, threads, |r| run_rows_k(w, acts, out, isa, r));
-            }
-            // As above.
-            Err(_) => {
-                let mut acts = Q8KActs::new();
-                acts.fill(x, m, w.k, isa);
-                split_rows(w, m, threads, |r| run_rows_k(w, &acts, out, isa, r));
-            }
-        }),
-        ActFormat::F32 => split_rows(w, m, threads, |r| run_rows_f(w, x, m, out, isa, r)),
-    }
-    Ok(())
+    // SAFETY: `isa` is available, `w` was validated by `QMatrix::new`, `x` has `m * k`
+    // values and `out` `m * n` (all checked above).
+    unsafe { table::traits(w.ty).blocks.run(w, x, m, out, isa, threads) }
 }
 
 /// Quantizes `x` (`m * k`) into new Q8_K activations with `isa` (the reference when
@@ -299,13 +269,6 @@ pub fn quantize_acts(x: &[f32], m: usize, k: usize, isa: Isa) -> Result<QActs> {
     let mut a = QActs::new();
     a.fill(x, m, k, isa);
     Ok(a)
-}
-
-/// Runs `f` over the weight rows `0..n`, split across up to `threads` threads in
-/// chunks of whole 4-row tiles; small products stay on the calling thread.
-fn split_rows(w: &QMatrix<'_>, m: usize, threads: usize, f: impl Fn(Range<usize>) + Sync) {
-    // Work in units of 32 weights x one activation row, whatever the block size.
-    split_units(w.n, 4, w.n * (w.k / QK) * m, threads, f);
 }
 
 /// Runs `f` over `0..units` in chunks of whole multiples of `align`, on up to `threads`
@@ -344,96 +307,6 @@ pub(crate) fn split_units(
         (0..parts).into_par_iter().for_each(part);
     } else {
         pool::global().run(parts, &part);
-    }
-}
-
-/// Computes output columns `rows` (weight rows) for every activation row.
-fn run_rows(w: &QMatrix<'_>, acts: &QActs, out: OutPtr, isa: Isa, rows: Range<usize>) {
-    debug_assert!(rows.end <= w.n && acts.k == w.k && out.len == acts.m * w.n);
-    match isa {
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => {
-            // SAFETY: `matmul` checked the CPU has AVX2/FMA/F16C; `w` was validated to
-            // hold n rows of k / 32 blocks; `out` has m * n values; the threads of one
-            // call get disjoint `rows`.
-            unsafe { x86::avx2::gemm(w.ty, w.data, acts, out, w.n, rows) }
-        }
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx512Vnni => {
-            // SAFETY: as above, with the AVX-512 VNNI features checked.
-            unsafe { x86::avx512::gemm(w.ty, w.data, acts, out, w.n, rows) }
-        }
-        _ => {
-            let rb = w.row_bytes();
-            for r in rows {
-                let row = &w.data[r * rb..(r + 1) * rb];
-                for c in 0..acts.m {
-                    let v = scalar::dot_row(w.ty, row, acts, c);
-                    // SAFETY: c * n + r < m * n; this thread owns column r.
-                    unsafe { out.write(c * w.n + r, v) };
-                }
-            }
-        }
-    }
-}
-
-/// [`run_rows`] for the K-quants.
-fn run_rows_k(w: &QMatrix<'_>, acts: &Q8KActs, out: OutPtr, isa: Isa, rows: Range<usize>) {
-    debug_assert!(rows.end <= w.n && acts.k == w.k && out.len == acts.m * w.n);
-    match isa {
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => {
-            // SAFETY: `matmul` checked the CPU has AVX2/FMA/F16C; `w` was validated to
-            // hold n rows of k / 256 super-blocks of its K-quant type; `out` has m * n
-            // values; the threads of one call get disjoint `rows`.
-            unsafe { x86_kquants::avx2::gemm(w.ty, w.data, acts, out, w.n, rows) }
-        }
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx512Vnni => {
-            // SAFETY: as above, with the AVX-512 VNNI features checked.
-            unsafe { x86_kquants::avx512::gemm(w.ty, w.data, acts, out, w.n, rows) }
-        }
-        _ => {
-            let rb = w.row_bytes();
-            for r in rows {
-                let row = &w.data[r * rb..(r + 1) * rb];
-                for c in 0..acts.m {
-                    let v = kquants::dot_row(w.ty, row, acts, c);
-                    // SAFETY: c * n + r < m * n; this thread owns column r.
-                    unsafe { out.write(c * w.n + r, v) };
-                }
-            }
-        }
-    }
-}
-
-/// [`run_rows`] for F16 / BF16 weights on the f32 activations `x` (`m * k`).
-fn run_rows_f(w: &QMatrix<'_>, x: &[f32], m: usize, out: OutPtr, isa: Isa, rows: Range<usize>) {
-    debug_assert!(rows.end <= w.n && x.len() == m * w.k && out.len == m * w.n);
-    match isa {
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => {
-            // SAFETY: `matmul` checked the CPU has AVX2/FMA/F16C; `w` holds n rows of k
-            // 2-byte weights, k a multiple of 32; `x` has m * k values and `out` m * n;
-            // the threads of one call get disjoint `rows`.
-            unsafe { floats::avx2::gemm(w.ty, w.data, x, m, w.k, out, w.n, rows) }
-        }
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx512Vnni => {
-            // SAFETY: as above, with the AVX-512 features checked.
-            unsafe { floats::avx512::gemm(w.ty, w.data, x, m, w.k, out, w.n, rows) }
-        }
-        _ => {
-            let rb = w.row_bytes();
-            for r in rows {
-                let row = &w.data[r * rb..(r + 1) * rb];
-                for c in 0..m {
-                    let v = floats::dot_row(w.ty, row, &x[c * w.k..(c + 1) * w.k]);
-                    // SAFETY: c * n + r < m * n; this thread owns column r.
-                    unsafe { out.write(c * w.n + r, v) };
-                }
-            }
-        }
     }
 }
 
