@@ -124,12 +124,10 @@ pub(crate) struct PanelActs {
     pub m: usize,
 }
 
-/// Whether a loader should repack a weight of type `ty`: a panel type with a panel
-/// kernel at the kernels' level (AVX-512 VNNI), unless `LAMINA_PANELS=off`.
+/// [`super::KernelConfig::panels_wanted`] of the process's config: whether a loader
+/// should repack a weight of type `ty`.
 pub fn wanted(ty: WeightType) -> bool {
-    Panels::supports(ty)
-        && traits(ty).panels.select(Isa::detect()).is_some()
-        && super::KernelConfig::global().panels
+    super::KernelConfig::global().panels_wanted(ty)
 }
 
 fn panel_tag(ty: WeightType) -> Option<u8> {
