@@ -72,9 +72,8 @@ impl Linear {
 /// Per weight, [`KernelConfig::preferred_for`] decides; on top of that a type goes wholly
 /// to lamina when any of its weights in the shard does, because a forward step that
 /// alternates between lamina's pool and candle's (each spinning between matmuls) makes
-/// them steal each other's cores: SmolLM2 Q8_0 on 2 threads decoded at 84-94 tok/s with
-/// its k = 1536 weights on candle and the rest on lamina, and at 146-155 tok/s with every
-/// Q8_0 weight on lamina.
+/// them steal each other's cores: a shard split between the two decoded markedly slower
+/// than one wholly on lamina (figures in `benches/RESULTS.md`, "Kernel choices").
 #[derive(Clone, Copy, Debug)]
 pub(super) struct KernelPlan {
     config: KernelConfig,

@@ -24,35 +24,23 @@ impl KernelConfig {
     /// Whether the executor should use these kernels for a weight type by default.
     ///
     /// A type is on only where the kernel bench (`cargo bench -p lamina-benches --bench
-    /// kernels`, lamina vs candle's `QMatMul`, 2 threads, GB/s of GGUF weight bytes, one run
-    /// per figure) measured lamina at least as fast for both m = 1 and m = 64 on 2048x2048
-    /// and 576x1536 weights:
-    /// - Q5_0 (13.1 vs 0.6 and 9.2 vs 0.4 GB/s at m = 1; 0.45 vs 0.02 and 0.55 vs 0.02 at
-    ///   m = 64) and Q5_1 (16.7 vs 0.9, 23.1 vs 2.1; 0.45 vs 0.04, 0.77 vs 0.03): candle has
-    ///   no SIMD kernel for them.
-    /// - F16 (96.6 vs 33.8, 30.8 vs 19.9; 2.29 vs 1.71, 1.70 vs 1.34) and BF16 (46.0 vs 30.3,
-    ///   34.0 vs 22.1; 1.66 vs 1.34, 1.80 vs 1.24): candle multiplies an f32 copy it
-    ///   dequantizes at load, twice the bytes (and twice the memory) of these.
-    ///
-    /// - Q8_0 where AVX-512 VNNI runs [`Panels`] (weights repacked into 16-row panels at
-    ///   load): before the panels, candle's own repacked VNNI path beat the block-at-a-time
-    ///   kernel (107 vs 41 GB/s at m = 1 and 4.9 vs 1.2 at m = 64 on 2048x2048); the panels
-    ///   beat candle end to end (synthetic TinyLlama-1.1B Q8_0, 1 thread, on a loaded
-    ///   machine: prefill 107 vs 75 tok/s, decode 16.6 vs 10.2) in half its memory (candle
-    ///   keeps the file's pages and its repacked copy).
+    /// kernels`, lamina vs candle's `QMatMul`) measured lamina at least as fast at both
+    /// decode (m = 1) and prefill (m = 64) shapes:
+    /// - Q5_0, Q5_1: candle has no SIMD kernel for them.
+    /// - F16, BF16: candle multiplies an f32 copy it dequantizes at load, twice the bytes
+    ///   (and twice the memory) of these.
+    /// - Q8_0 where AVX-512 VNNI runs [`Panels`]: candle's own repacked VNNI path beats
+    ///   the block-at-a-time kernel, but the panels beat candle end to end, in half its
+    ///   memory (candle keeps the file's pages and its repacked copy).
     ///
     /// Off, on candle:
     /// - Q8_0 without AVX-512 VNNI, on candle's shapes (see [`KernelConfig::preferred_for`]).
-    /// - Q4_K: candle repacks it too; lamina wins decode (17.4 vs 8.2, 13.3 vs 0.7) but
-    ///   loses prefill on 2048x2048 (0.57 vs 2.92 GB/s).
-    /// - Q5_K: lamina wins prefill (1.16 vs 0.59, 1.06 vs 0.49) but was a hair behind at
-    ///   decode on 2 threads in two runs (35.9 vs 37.5 and 23.7 vs 24.2; ahead on 1 thread,
-    ///   22.0 vs 20.2 and 22.0 vs 17.5).
-    /// - Q6_K: candle repacks it for m > 1; lamina wins decode (26.1 vs 16.0, 19.1 vs 14.9)
-    ///   but loses prefill on 576x1536 (0.70 vs 2.04; 1 thread: 0.65 vs 1.62 and 0.68 vs
-    ///   1.21).
+    /// - Q4_K and Q6_K: candle repacks them (Q6_K for m > 1); lamina wins decode but loses
+    ///   prefill.
+    /// - Q5_K: lamina wins prefill but was a hair behind at decode on 2 threads.
     ///
-    /// `LAMINA_KERNELS=all` opts every type in, to measure it.
+    /// The figures are in `benches/RESULTS.md`, "Kernel choices: the measurements behind
+    /// `preferred`". `LAMINA_KERNELS=all` opts every type in, to measure it.
     pub fn preferred(&self, ty: WeightType) -> bool {
         match ty {
             WeightType::Q4_0
@@ -68,12 +56,12 @@ impl KernelConfig {
         }
     }
 
-    /// [`KernelConfig::preferred`], refined by the weight's shape: candle's fast paths for Q8_0 and Q4_K
-    /// are its repacked AVX-512 VNNI kernels, which it uses only when `k` is a multiple of 256
-    /// and `n` of 16 (`candle_core::quantized::repack_x86::select`); elsewhere it falls back
-    /// to a generic kernel far slower than these. SmolLM2's weights (k = 576) and its tied
-    /// Q8_0 output head are such shapes: the end-to-end bench measured SmolLM2 Q8_0 decode
-    /// at 0.44x llama.cpp on candle's path (benches/RESULTS.md), so those go to lamina.
+    /// [`KernelConfig::preferred`], refined by the weight's shape: candle's fast paths for
+    /// Q8_0 and Q4_K are its repacked AVX-512 VNNI kernels, which it uses only when `k` is
+    /// a multiple of 256 and `n` of 16 (`candle_core::quantized::repack_x86::select`);
+    /// elsewhere it falls back to a generic kernel far slower than these. SmolLM2's
+    /// weights (k = 576) and its tied Q8_0 output head are such shapes, so those go to
+    /// lamina (the end-to-end figure is in `benches/RESULTS.md`, "Kernel choices").
     pub fn preferred_for(&self, ty: WeightType, n: usize, k: usize) -> bool {
         if self.preferred(ty) {
             return true;

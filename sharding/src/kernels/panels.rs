@@ -3,8 +3,9 @@
 //!
 //! Why: the block-at-a-time kernels (`x86.rs`) spend about five vector ops (expand or
 //! sign trick, one 256-bit `vpdpbusd`, convert, scale, FMA) per 32 multiply-adds of one
-//! weight row and one activation row, and reduce every row's eight lanes at the end.
-//! Prefill on SmolLM2 Q8_0 spent 83% of its time there. With sixteen weight rows
+//! weight row and one activation row, and reduce every row's eight lanes at the end,
+//! where prefill on SmolLM2 Q8_0 spent most of its time (`benches/RESULTS.md`, "Kernel
+//! choices"). With sixteen weight rows
 //! interleaved by groups of four columns, one 512-bit `vpdpbusd` multiplies four
 //! activation bytes (broadcast from memory) with four bytes of each of the sixteen rows,
 //! so a 32-element block of sixteen rows against one activation row is eight

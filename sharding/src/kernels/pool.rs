@@ -3,8 +3,9 @@
 //! Why not rayon: one decode step of a small model runs a couple of hundred short matmuls
 //! (tens of microseconds each) with a little single-threaded work between them (norms,
 //! RoPE, attention). Rayon's idle workers go to sleep between those matmuls, and waking
-//! them is a futex round trip per matmul: about a quarter of a 2-thread decode in the
-//! profile, and the reason the second thread added little. These workers spin for a short
+//! them is a futex round trip per matmul: a large share of a 2-thread decode in the
+//! profile (`benches/RESULTS.md`, "Kernel choices"), and the reason the second thread
+//! added little. These workers spin for a short
 //! window ([`super::config::SPIN_DEFAULT`], `LAMINA_POOL_SPIN_US`) after each job, so the next matmul finds them awake, as llama.cpp's
 //! threads do, and then park, so that a node waiting for its next token (a pipeline hop
 //! whose neighbours compute meanwhile) does not burn the cores its neighbours need.

@@ -10,8 +10,8 @@
 //! summation differs.
 //!
 //! Q4_1 could be computed centered, `d (nib - 8) + (m + 8d)`, whose two terms cancel less
-//! (per call ~4e-5 instead of ~3e-4 worst relative difference SIMD vs scalar on
-//! SmolLM2's `ffn_down` input with |x| ~ 3000 outliers). It was tried and dropped: it did
+//! (a smaller SIMD vs scalar difference on inputs with large outliers; figures in
+//! `benches/RESULTS.md`, "Kernel choices"). It was tried and dropped: it did
 //! not consistently bring the logits closer to the exact f32 product (the 8-bit activation rounding
 //! dominates, and quant flips in outlier blocks make any change chaotic), and it moved
 //! SmolLM2's greedy tokens away from llama.cpp's, which uses the uncentered form.

@@ -19,8 +19,8 @@
 //!   lanes per block, `m_w s_x` summed apart and added at the end (see `scalar.rs` on
 //!   why).
 //! - Weight rows are prefetched [`PF_TILES`] tiles ahead: the rows of one tile are short
-//!   (360 to 960 bytes here), and without it the output head streamed at ~5 GB/s on one
-//!   Zen 4 core instead of ~8.
+//!   (360 to 960 bytes here), too short for the hardware prefetcher to stream them at
+//!   full speed (measured on the output head: `benches/RESULTS.md`, "Kernel choices").
 //! - Q8_0 x Q8_0 uses `dot(|w|, sign(y, w))` so the unsigned operand is `|w|`.
 //!
 //! A tile is `R` weight rows x `C` activation rows: the activation block is loaded once
