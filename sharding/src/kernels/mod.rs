@@ -31,6 +31,18 @@
 //! Settings: [`KernelConfig`] reads every environment variable of the kernels, once
 //! per process (`LAMINA_KERNELS=candle|all`, `LAMINA_KERNELS_ISA=scalar|avx2|avx512`,
 //! `LAMINA_PANELS=off`, `LAMINA_POOL=rayon`, `LAMINA_POOL_SPIN_US`); see [`config`].
+//!
+//! Files, one job each:
+//! - `config.rs`: [`KernelConfig`], the one reader of the environment; `isa.rs`:
+//!   [`Isa`], the levels and which this CPU runs.
+//! - `choice.rs`: which weights the executor gives to the kernels ([`preferred`],
+//!   [`preferred_for`]); the measurements behind it are in `benches/RESULTS.md`.
+//! - this file: [`QMatrix`], [`matmul`] and the split of its rows over the pool;
+//!   `table.rs`: the kernel table and the one row runner; `linear.rs`: [`QLinear`].
+//! - [`blocks`], [`quantize`]: block layouts and the 8-bit activation quantizer;
+//!   [`scalar`], [`kquants`], [`floats`]: the reference kernels (and the Q8_K
+//!   quantizer); `x86.rs`, `x86_kquants.rs` and [`floats`]: the AVX2 / AVX-512 ones.
+//! - [`panels`]: the repacked layout and its kernel; [`pool`]: the threads.
 
 pub mod blocks;
 mod choice;
