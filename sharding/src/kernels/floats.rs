@@ -123,7 +123,17 @@ macro_rules! float_kernels {
                     }
                     i += 8;
                 }
-                acc.map(|r| r.map(|a| hsum(a)))
+                // A plain loop rather than `acc.map(..)`: `array::map` is not compiled
+                // with this function's features, so where it is not inlined (which
+                // depends on how the crate is cut into codegen units) every sum became
+                // an out-of-line call through memory.
+                let mut out = [[0f32; C]; R];
+                for (o, a) in out.iter_mut().zip(&acc) {
+                    for (o, a) in o.iter_mut().zip(a) {
+                        *o = hsum(*a);
+                    }
+                }
+                out
             }
 
             /// # Safety

@@ -23,9 +23,10 @@
 //! whose workers spin briefly between matmuls (sized like rayon's, by
 //! `RAYON_NUM_THREADS`, which `lamina --threads` sets).
 //!
-//! The weights are not copied: [`QLinear`] keeps the `Arc<QTensor>` (shared with
-//! candle's `QMatMul` fallback and, for tied heads, with the embedding) and borrows its
-//! CPU bytes per call. The quantized activations live in a thread-local buffer that is
+//! The weights are not copied unless repacked into panels: [`QLinear`] reads them in
+//! place from the mapped file, or keeps the `Arc<QTensor>` (shared with candle's
+//! `QMatMul` fallback and, for tied heads, with the embedding) and borrows its CPU bytes
+//! per call. The quantized activations live in a thread-local buffer that is
 //! reused across calls; the only allocation per call is the output tensor.
 //!
 //! Settings: [`KernelConfig`] reads every environment variable of the kernels, once

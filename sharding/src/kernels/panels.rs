@@ -113,6 +113,7 @@ thread_local! {
 }
 
 /// Raw views of one call's activation buffers, as the panel kernels read them.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 pub(crate) struct PanelActs {
     /// `m * k` activation bytes (unsigned for Q8_0, signed for Q4).
     pub q: *const u8,

@@ -8,17 +8,21 @@
 //! - `panels`: the kernels on weights repacked at load into [`Panels`], where the type
 //!   has a panel layout.
 //!
-//! [`matmul`](super::matmul) looks its type up once per call; [`run`], the one row runner
-//! every type shares, selects the kernel of the level, prepares the activations of its
-//! format ([`Activations`]) and hands the rows out to it over the pool. An empty slot falls back to the next lower level that has
-//! a kernel ([`PerIsa::select`]); every type has a scalar block kernel (tested).
+//! [`matmul`](super::matmul) looks its type up once per call; [`run`], the one row
+//! runner every type shares, selects the kernel of the level, prepares the activations
+//! of its format ([`Activations`]) and hands the rows out to it over the pool. An empty
+//! slot falls back to the next lower level that has a kernel ([`PerIsa::select`]);
+//! every type has a scalar block kernel (tested).
 //!
 //! Adding a kernel for a (type, level) is one line here: the slot's `x86!(...)` entry
 //! (or `Some(...)` for portable code). A new NEON tier adds its `neon` slots on aarch64.
 
 #![allow(clippy::needless_update)]
 
-use super::blocks::{tag, WeightType, QK};
+// `tag` names the SIMD entries, which exist on x86-64 only.
+#[cfg_attr(not(target_arch = "x86_64"), allow(unused_imports))]
+use super::blocks::tag;
+use super::blocks::{WeightType, QK};
 use super::kquants::Q8KActs;
 use super::panels::{PanelActs, Panels};
 use super::quantize::QActs;
