@@ -109,16 +109,21 @@ macro_rules! float_kernels {
                 let mut acc = [[_mm256_setzero_ps(); C]; R];
                 let mut i = 0;
                 while i < k {
-                    let mut xv = [_mm256_setzero_ps(); C];
-                    for (c, v) in xv.iter_mut().enumerate() {
-                        // SAFETY: i + 8 <= k floats of activation row c.
-                        *v = unsafe { _mm256_loadu_ps(x.add(c * k + i)) };
-                    }
-                    for (r, acc_r) in acc.iter_mut().enumerate() {
+                    // The R weight vectors stay in registers and each activation vector
+                    // is used as it is loaded: R * C accumulators + R + 1 live vectors,
+                    // which fits AVX2's sixteen registers for every tile shape used here
+                    // (holding the C activation vectors instead needs R * C + C + 1, 17
+                    // for 3 x 4, and spilled).
+                    let mut wv = [_mm256_setzero_ps(); R];
+                    for (r, v) in wv.iter_mut().enumerate() {
                         // SAFETY: i + 8 <= k weights (2 bytes each) of row r.
-                        let wv = unsafe { load8::<T>(w.add(r * 2 * k + 2 * i)) };
-                        for (a, &v) in acc_r.iter_mut().zip(&xv) {
-                            *a = _mm256_fmadd_ps(wv, v, *a);
+                        *v = unsafe { load8::<T>(w.add(r * 2 * k + 2 * i)) };
+                    }
+                    for c in 0..C {
+                        // SAFETY: i + 8 <= k floats of activation row c.
+                        let xv = unsafe { _mm256_loadu_ps(x.add(c * k + i)) };
+                        for (acc_r, &wr) in acc.iter_mut().zip(&wv) {
+                            acc_r[c] = _mm256_fmadd_ps(wr, xv, acc_r[c]);
                         }
                     }
                     i += 8;
