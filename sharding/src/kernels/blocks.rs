@@ -48,15 +48,22 @@ pub enum WeightType {
     BF16,
 }
 
-/// What a weight type is multiplied against.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum ActFormat {
-    /// 8-bit blocks of 32 with f16 scale and block sum ([`super::quantize::QActs`]).
-    Q8x32,
-    /// 8-bit blocks of 256 with f32 scale and sums per 16 ([`super::kquants::Q8KActs`]).
-    Q8K,
-    /// The f32 activations themselves.
-    F32,
+/// The const-generic tags of the SIMD kernels (`fn gemm<const T: u8>`): one per type,
+/// its [`WeightType`] discriminant, so the kernel table names a (type, level) kernel as
+/// `gemm::<{ tag::Q4_0 }>`.
+pub(crate) mod tag {
+    use super::WeightType as W;
+
+    pub const Q4_0: u8 = W::Q4_0 as u8;
+    pub const Q4_1: u8 = W::Q4_1 as u8;
+    pub const Q5_0: u8 = W::Q5_0 as u8;
+    pub const Q5_1: u8 = W::Q5_1 as u8;
+    pub const Q8_0: u8 = W::Q8_0 as u8;
+    pub const Q4K: u8 = W::Q4K as u8;
+    pub const Q5K: u8 = W::Q5K as u8;
+    pub const Q6K: u8 = W::Q6K as u8;
+    pub const F16: u8 = W::F16 as u8;
+    pub const BF16: u8 = W::BF16 as u8;
 }
 
 impl WeightType {
@@ -140,14 +147,6 @@ impl WeightType {
             Self::Q4K => 16,
             Self::Q5K => 48,
             Self::Q6K | Self::F16 | Self::BF16 => 0,
-        }
-    }
-
-    pub(crate) const fn act_format(self) -> ActFormat {
-        match self {
-            Self::Q4K | Self::Q5K | Self::Q6K => ActFormat::Q8K,
-            Self::F16 | Self::BF16 => ActFormat::F32,
-            _ => ActFormat::Q8x32,
         }
     }
 }

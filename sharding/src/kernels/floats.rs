@@ -10,6 +10,27 @@
 //! kernels fuse the multiply-add, the scalar one rounds twice).
 
 use super::blocks::{bf16_at, f16_at, WeightType};
+use super::{OutPtr, QMatrix};
+use std::ops::Range;
+
+/// The scalar kernel of F16 / BF16: [`dot_row`] for each weight row of `rows` against
+/// each row of `x` (`m * k`).
+///
+/// # Safety
+/// The contract of [`super::table::BlockFn`].
+pub(crate) unsafe fn gemm(w: &QMatrix<'_>, x: &[f32], out: OutPtr, rows: Range<usize>) {
+    let m = x.len() / w.k;
+    debug_assert!(rows.end <= w.n && x.len() == m * w.k && out.len == m * w.n);
+    let rb = w.row_bytes();
+    for r in rows {
+        let row = &w.data[r * rb..(r + 1) * rb];
+        for c in 0..m {
+            let v = dot_row(w.ty, row, &x[c * w.k..(c + 1) * w.k]);
+            // SAFETY: c * n + r < m * n; this thread owns column r.
+            unsafe { out.write(c * w.n + r, v) };
+        }
+    }
+}
 
 /// `sum_k w[k] * x[k]` for one F16 / BF16 weight row (`2 * x.len()` bytes).
 pub fn dot_row(ty: WeightType, row: &[u8], x: &[f32]) -> f32 {
@@ -39,13 +60,12 @@ pub(crate) fn hsum8(v: [f32; 8]) -> f32 {
 macro_rules! float_kernels {
     ($modname:ident, $features:literal) => {
         pub(crate) mod $modname {
-            use crate::kernels::blocks::WeightType;
-            use crate::kernels::OutPtr;
+            use crate::kernels::blocks::tag;
+            use crate::kernels::{OutPtr, QMatrix};
             use std::arch::x86_64::*;
             use std::ops::Range;
 
-            const T_F16: u8 = 0;
-            const T_BF16: u8 = 1;
+            const T_BF16: u8 = tag::BF16;
 
             #[inline]
             #[target_feature(enable = $features)]
@@ -89,21 +109,36 @@ macro_rules! float_kernels {
                 let mut acc = [[_mm256_setzero_ps(); C]; R];
                 let mut i = 0;
                 while i < k {
-                    let mut xv = [_mm256_setzero_ps(); C];
-                    for (c, v) in xv.iter_mut().enumerate() {
-                        // SAFETY: i + 8 <= k floats of activation row c.
-                        *v = unsafe { _mm256_loadu_ps(x.add(c * k + i)) };
-                    }
-                    for (r, acc_r) in acc.iter_mut().enumerate() {
+                    // The R weight vectors stay in registers and each activation vector
+                    // is used as it is loaded: R * C accumulators + R + 1 live vectors,
+                    // which fits AVX2's sixteen registers for every tile shape used here
+                    // (holding the C activation vectors instead needs R * C + C + 1, 17
+                    // for 3 x 4, and spilled).
+                    let mut wv = [_mm256_setzero_ps(); R];
+                    for (r, v) in wv.iter_mut().enumerate() {
                         // SAFETY: i + 8 <= k weights (2 bytes each) of row r.
-                        let wv = unsafe { load8::<T>(w.add(r * 2 * k + 2 * i)) };
-                        for (a, &v) in acc_r.iter_mut().zip(&xv) {
-                            *a = _mm256_fmadd_ps(wv, v, *a);
+                        *v = unsafe { load8::<T>(w.add(r * 2 * k + 2 * i)) };
+                    }
+                    for c in 0..C {
+                        // SAFETY: i + 8 <= k floats of activation row c.
+                        let xv = unsafe { _mm256_loadu_ps(x.add(c * k + i)) };
+                        for (acc_r, &wr) in acc.iter_mut().zip(&wv) {
+                            acc_r[c] = _mm256_fmadd_ps(wr, xv, acc_r[c]);
                         }
                     }
                     i += 8;
                 }
-                acc.map(|r| r.map(|a| hsum(a)))
+                // A plain loop rather than `acc.map(..)`: `array::map` is not compiled
+                // with this function's features, so where it is not inlined (which
+                // depends on how the crate is cut into codegen units) every sum became
+                // an out-of-line call through memory.
+                let mut out = [[0f32; C]; R];
+                for (o, a) in out.iter_mut().zip(&acc) {
+                    for (o, a) in o.iter_mut().zip(a) {
+                        *o = hsum(*a);
+                    }
+                }
+                out
             }
 
             /// # Safety
@@ -177,33 +212,25 @@ macro_rules! float_kernels {
                 }
             }
 
-            /// `y[c, r] = sum_k w[r, k] * x[c, k]` for `r` in `rows`, every `c`.
+            /// `y[c, r] = sum_k w[r, k] * x[c, k]` for `r` in `rows`, every `c`, for the
+            /// type of tag `T`.
             ///
             /// # Safety
-            /// The CPU supports this module's features; `ty` is F16 or BF16; `w` holds
-            /// at least `rows.end` rows of `k` weights; `x` holds `m * k` floats, `k` a
-            /// multiple of 8; `out` has room for `m * n` values, `rows.end <= n`, and no
-            /// other thread writes the columns `rows` concurrently.
+            /// The CPU supports this module's features; `T` is `tag::F16` or `tag::BF16`
+            /// and `w` of that type; `x` holds `m * k` floats, `k` a multiple of 8; `out` has
+            /// room for `m * n` values, `rows.end <= n`, and no other thread writes the
+            /// columns `rows` concurrently.
             #[target_feature(enable = $features)]
-            #[allow(clippy::too_many_arguments)]
-            pub(crate) unsafe fn gemm(
-                ty: WeightType,
-                w: &[u8],
+            pub(crate) unsafe fn gemm<const T: u8>(
+                w: &QMatrix<'_>,
                 x: &[f32],
-                m: usize,
-                k: usize,
                 out: OutPtr,
-                n: usize,
                 rows: Range<usize>,
             ) {
+                let (k, n) = (w.k, w.n);
+                let m = x.len() / k;
                 // SAFETY: forwarded caller contract.
-                unsafe {
-                    if ty == WeightType::BF16 {
-                        gemm_t::<T_BF16>(w, x, m, k, out, n, rows)
-                    } else {
-                        gemm_t::<T_F16>(w, x, m, k, out, n, rows)
-                    }
-                }
+                unsafe { gemm_t::<T>(w.data, x, m, k, out, n, rows) }
             }
         }
     };

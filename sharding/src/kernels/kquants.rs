@@ -29,7 +29,8 @@
 //! integers to scalars before that step, so they are bit-identical to [`dot_row`].
 
 use super::blocks::{f16_at, WeightType, QK_K};
-use super::Isa;
+use super::{Isa, OutPtr, QMatrix};
+use std::ops::Range;
 
 /// Quantized activations for the K-quants: an `m x k` matrix (`k` a multiple of 256),
 /// row-major.
@@ -207,6 +208,24 @@ pub(crate) fn dequantize_superblock(ty: WeightType, block: &[u8], out: &mut [f32
                 let s = e / 32;
                 *o = d * sc[s] as f32 * q[e] as f32 - dmin * mn[s] as f32;
             }
+        }
+    }
+}
+
+/// The scalar kernel of the K-quants: [`dot_row`] for each weight row of `rows` and each
+/// activation row.
+///
+/// # Safety
+/// The contract of [`super::table::BlockFn`].
+pub(crate) unsafe fn gemm(w: &QMatrix<'_>, acts: &Q8KActs, out: OutPtr, rows: Range<usize>) {
+    debug_assert!(rows.end <= w.n && acts.k == w.k && out.len == acts.m * w.n);
+    let rb = w.row_bytes();
+    for r in rows {
+        let row = &w.data[r * rb..(r + 1) * rb];
+        for c in 0..acts.m {
+            let v = dot_row(w.ty, row, acts, c);
+            // SAFETY: c * n + r < m * n; this thread owns column r.
+            unsafe { out.write(c * w.n + r, v) };
         }
     }
 }

@@ -15,192 +15,63 @@
 //! ([`panels`]), one 512-bit `vpdpbusd` per four columns of sixteen rows; the other
 //! types read the file's blocks in place.
 //!
+//! Which function runs a (weight type, level) is one table (`table.rs`, in the manner of
+//! ggml's type traits): per type, the activation format and a kernel slot per level,
+//! for the block layout and for the panels; one row runner serves every type.
+//!
 //! Work is split over weight rows `n` across the threads of [`pool`], a persistent pool
 //! whose workers spin briefly between matmuls (sized like rayon's, by
 //! `RAYON_NUM_THREADS`, which `lamina --threads` sets).
 //!
-//! The weights are not copied: [`QLinear`] keeps the `Arc<QTensor>` (shared with
-//! candle's `QMatMul` fallback and, for tied heads, with the embedding) and borrows its
-//! CPU bytes per call. The quantized activations live in a thread-local buffer that is
+//! The weights are not copied unless repacked into panels: [`QLinear`] reads them in
+//! place from the mapped file, or keeps the `Arc<QTensor>` (shared with candle's
+//! `QMatMul` fallback and, for tied heads, with the embedding) and borrows its CPU bytes
+//! per call. The quantized activations live in a thread-local buffer that is
 //! reused across calls; the only allocation per call is the output tensor.
 //!
-//! Environment:
-//! - `LAMINA_KERNELS=candle` (read when a layer is loaded): use candle's `QMatMul`
-//!   everywhere, for A/B runs and bisecting.
-//! - `LAMINA_KERNELS_ISA=scalar|avx2|avx512` (read once): cap the SIMD level.
-//! - `LAMINA_PANELS=off` (read when a layer is loaded): keep Q8_0 / Q4_0 / Q4_1 in the
-//!   file's layout (the block kernels) instead of repacking them, for A/B runs.
+//! Settings: [`KernelConfig`] reads every environment variable of the kernels, once
+//! per process (`LAMINA_KERNELS=candle|all`, `LAMINA_KERNELS_ISA=scalar|avx2|avx512`,
+//! `LAMINA_PANELS=off`, `LAMINA_POOL=rayon`, `LAMINA_POOL_SPIN_US`); see [`config`].
+//!
+//! Files, one job each:
+//! - `config.rs`: [`KernelConfig`], the one reader of the environment; `isa.rs`:
+//!   [`Isa`], the levels and which this CPU runs.
+//! - `choice.rs`: which weights the executor gives to the kernels ([`preferred`],
+//!   [`preferred_for`]); the measurements behind it are in `benches/RESULTS.md`.
+//! - this file: [`QMatrix`], [`matmul`] and the split of its rows over the pool;
+//!   `table.rs`: the kernel table and the one row runner; `linear.rs`: [`QLinear`].
+//! - [`blocks`], [`quantize`]: block layouts and the 8-bit activation quantizer;
+//!   [`scalar`], [`kquants`], [`floats`]: the reference kernels (and the Q8_K
+//!   quantizer); `x86.rs`, `x86_kquants.rs` and [`floats`]: the AVX2 / AVX-512 ones.
+//! - [`panels`]: the repacked layout and its kernel; [`pool`]: the threads.
 
 pub mod blocks;
+mod choice;
+pub mod config;
 pub mod floats;
+mod isa;
 pub mod kquants;
+mod linear;
 pub mod panels;
 pub mod pool;
 pub mod quantize;
 pub mod scalar;
+mod table;
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod x86;
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod x86_kquants;
 
-use crate::gguf::TensorView;
 use crate::{Error, Result};
-use blocks::ActFormat;
 pub use blocks::{WeightType, QK, QK_K};
-use candle_core::quantized::{GgmlDType, QTensor};
-use candle_core::{DType, Device, Storage, Tensor};
+pub use choice::{enabled, preferred, preferred_for};
+pub use config::KernelConfig;
+pub use isa::Isa;
 pub use kquants::Q8KActs;
+pub use linear::QLinear;
 pub use panels::Panels;
 pub use quantize::QActs;
-use std::cell::RefCell;
 use std::ops::Range;
-use std::sync::{Arc, OnceLock};
-
-/// An instruction-set level of the kernels.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Isa {
-    /// Portable Rust; the numerical reference.
-    Scalar,
-    /// AVX2 + FMA + F16C.
-    Avx2,
-    /// AVX2 kernels with AVX-512 VNNI dot products (AVX512F/BW/VL/VNNI).
-    Avx512Vnni,
-}
-
-impl Isa {
-    /// Whether this CPU can run `self`.
-    pub fn is_available(self) -> bool {
-        match self {
-            Isa::Scalar => true,
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx2 => {
-                is_x86_feature_detected!("avx2")
-                    && is_x86_feature_detected!("fma")
-                    && is_x86_feature_detected!("f16c")
-            }
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx512Vnni => {
-                Isa::Avx2.is_available()
-                    && is_x86_feature_detected!("avx512f")
-                    && is_x86_feature_detected!("avx512bw")
-                    && is_x86_feature_detected!("avx512vl")
-                    && is_x86_feature_detected!("avx512vnni")
-            }
-            #[cfg(not(target_arch = "x86_64"))]
-            _ => false,
-        }
-    }
-
-    /// Every level this CPU can run, lowest first.
-    pub fn available() -> Vec<Isa> {
-        [Isa::Scalar, Isa::Avx2, Isa::Avx512Vnni]
-            .into_iter()
-            .filter(|i| i.is_available())
-            .collect()
-    }
-
-    /// The best level of this CPU, ignoring the environment.
-    pub fn best() -> Isa {
-        Self::available().pop().unwrap_or(Isa::Scalar)
-    }
-
-    /// The level the kernels use: [`Isa::best`], capped by `LAMINA_KERNELS_ISA`
-    /// (`scalar`, `avx2`, `avx512`). Read once per process.
-    pub fn detect() -> Isa {
-        static ISA: OnceLock<Isa> = OnceLock::new();
-        *ISA.get_or_init(|| {
-            let best = Self::best();
-            let cap = match std::env::var("LAMINA_KERNELS_ISA").as_deref() {
-                Ok("scalar") => Isa::Scalar,
-                Ok("avx2") => Isa::Avx2,
-                _ => Isa::Avx512Vnni,
-            };
-            if cap.rank() < best.rank() {
-                cap
-            } else {
-                best
-            }
-        })
-    }
-
-    fn rank(self) -> u8 {
-        match self {
-            Isa::Scalar => 0,
-            Isa::Avx2 => 1,
-            Isa::Avx512Vnni => 2,
-        }
-    }
-}
-
-/// Whether `LAMINA_KERNELS` leaves the kernels on (anything but `candle`).
-pub fn enabled() -> bool {
-    !matches!(std::env::var("LAMINA_KERNELS").as_deref(), Ok("candle"))
-}
-
-/// Whether the executor should use these kernels for a weight type by default.
-///
-/// A type is on only where the kernel bench (`cargo bench -p lamina-benches --bench
-/// kernels`, lamina vs candle's `QMatMul`, 2 threads, GB/s of GGUF weight bytes, one run
-/// per figure) measured lamina at least as fast for both m = 1 and m = 64 on 2048x2048
-/// and 576x1536 weights:
-/// - Q5_0 (13.1 vs 0.6 and 9.2 vs 0.4 GB/s at m = 1; 0.45 vs 0.02 and 0.55 vs 0.02 at
-///   m = 64) and Q5_1 (16.7 vs 0.9, 23.1 vs 2.1; 0.45 vs 0.04, 0.77 vs 0.03): candle has
-///   no SIMD kernel for them.
-/// - F16 (96.6 vs 33.8, 30.8 vs 19.9; 2.29 vs 1.71, 1.70 vs 1.34) and BF16 (46.0 vs 30.3,
-///   34.0 vs 22.1; 1.66 vs 1.34, 1.80 vs 1.24): candle multiplies an f32 copy it
-///   dequantizes at load, twice the bytes (and twice the memory) of these.
-///
-/// - Q8_0 where AVX-512 VNNI runs [`Panels`] (weights repacked into 16-row panels at
-///   load): before the panels, candle's own repacked VNNI path beat the block-at-a-time
-///   kernel (107 vs 41 GB/s at m = 1 and 4.9 vs 1.2 at m = 64 on 2048x2048); the panels
-///   beat candle end to end (synthetic TinyLlama-1.1B Q8_0, 1 thread, on a loaded
-///   machine: prefill 107 vs 75 tok/s, decode 16.6 vs 10.2) in half its memory (candle
-///   keeps the file's pages and its repacked copy).
-///
-/// Off, on candle:
-/// - Q8_0 without AVX-512 VNNI, on candle's shapes (see [`preferred_for`]).
-/// - Q4_K: candle repacks it too; lamina wins decode (17.4 vs 8.2, 13.3 vs 0.7) but
-///   loses prefill on 2048x2048 (0.57 vs 2.92 GB/s).
-/// - Q5_K: lamina wins prefill (1.16 vs 0.59, 1.06 vs 0.49) but was a hair behind at
-///   decode on 2 threads in two runs (35.9 vs 37.5 and 23.7 vs 24.2; ahead on 1 thread,
-///   22.0 vs 20.2 and 22.0 vs 17.5).
-/// - Q6_K: candle repacks it for m > 1; lamina wins decode (26.1 vs 16.0, 19.1 vs 14.9)
-///   but loses prefill on 576x1536 (0.70 vs 2.04; 1 thread: 0.65 vs 1.62 and 0.68 vs
-///   1.21).
-///
-/// `LAMINA_KERNELS=all` opts every type in, to measure it.
-pub fn preferred(ty: WeightType) -> bool {
-    match ty {
-        WeightType::Q4_0
-        | WeightType::Q4_1
-        | WeightType::Q5_0
-        | WeightType::Q5_1
-        | WeightType::F16
-        | WeightType::BF16 => true,
-        WeightType::Q8_0 if panels::wanted(WeightType::Q8_0) => true,
-        WeightType::Q8_0 | WeightType::Q4K | WeightType::Q5K | WeightType::Q6K => {
-            matches!(std::env::var("LAMINA_KERNELS").as_deref(), Ok("all"))
-        }
-    }
-}
-
-/// [`preferred`], refined by the weight's shape: candle's fast paths for Q8_0 and Q4_K
-/// are its repacked AVX-512 VNNI kernels, which it uses only when `k` is a multiple of 256
-/// and `n` of 16 (`candle_core::quantized::repack_x86::select`); elsewhere it falls back
-/// to a generic kernel far slower than these. SmolLM2's weights (k = 576) and its tied
-/// Q8_0 output head are such shapes: the end-to-end bench measured SmolLM2 Q8_0 decode
-/// at 0.44x llama.cpp on candle's path (benches/RESULTS.md), so those go to lamina.
-pub fn preferred_for(ty: WeightType, n: usize, k: usize) -> bool {
-    if preferred(ty) {
-        return true;
-    }
-    let candle_repacks =
-        k.is_multiple_of(256) && n.is_multiple_of(16) && Isa::Avx512Vnni.is_available();
-    match ty {
-        WeightType::Q8_0 | WeightType::Q4K => !candle_repacks,
-        _ => false,
-    }
-}
 
 /// A borrowed weight matrix `W[n, k]` in ggml block layout, validated.
 #[derive(Clone, Copy, Debug)]
@@ -279,11 +150,6 @@ impl OutPtr {
 /// thread: waking the pool costs more than it saves.
 const PAR_MIN_BLOCKS: usize = 4096;
 
-thread_local! {
-    static ACTS: RefCell<QActs> = RefCell::new(QActs::new());
-    static ACTS_K: RefCell<Q8KActs> = RefCell::new(Q8KActs::new());
-}
-
 /// `y[m, n] = x[m, k] · W[n, k]^T` with `isa` on up to `threads` threads. `x` is
 /// row-major `m * k`, `y` row-major `m * n`.
 pub fn matmul(
@@ -315,37 +181,9 @@ pub fn matmul(
         ptr: y.as_mut_ptr(),
         len: y.len(),
     };
-    match w.ty.act_format() {
-        ActFormat::Q8x32 => ACTS.with(|cell| match cell.try_borrow_mut() {
-            Ok(mut acts) => {
-                acts.fill(x, m, w.k, isa);
-                let acts = &*acts;
-                split_rows(w, m, threads, |r| run_rows(w, acts, out, isa, r));
-            }
-            // Re-entered on this thread (a rayon worker picked up another matmul while
-            // waiting): use a fresh buffer rather than the one in use.
-            Err(_) => {
-                let mut acts = QActs::new();
-                acts.fill(x, m, w.k, isa);
-                split_rows(w, m, threads, |r| run_rows(w, &acts, out, isa, r));
-            }
-        }),
-        ActFormat::Q8K => ACTS_K.with(|cell| match cell.try_borrow_mut() {
-            Ok(mut acts) => {
-                acts.fill(x, m, w.k, isa);
-                let acts = &*acts;
-                split_rows(w, m, threads, |r| run_rows_k(w, acts, out, isa, r));
-            }
-            // As above.
-            Err(_) => {
-                let mut acts = Q8KActs::new();
-                acts.fill(x, m, w.k, isa);
-                split_rows(w, m, threads, |r| run_rows_k(w, &acts, out, isa, r));
-            }
-        }),
-        ActFormat::F32 => split_rows(w, m, threads, |r| run_rows_f(w, x, m, out, isa, r)),
-    }
-    Ok(())
+    // SAFETY: `isa` is available, `w` was validated by `QMatrix::new`, `x` has `m * k`
+    // values and `out` `m * n` (all checked above).
+    unsafe { table::traits(w.ty).blocks.run(w, x, m, out, isa, threads) }
 }
 
 /// Quantizes `x` (`m * k`) into new Q8_K activations with `isa` (the reference when
@@ -374,13 +212,6 @@ pub fn quantize_acts(x: &[f32], m: usize, k: usize, isa: Isa) -> Result<QActs> {
     let mut a = QActs::new();
     a.fill(x, m, k, isa);
     Ok(a)
-}
-
-/// Runs `f` over the weight rows `0..n`, split across up to `threads` threads in
-/// chunks of whole 4-row tiles; small products stay on the calling thread.
-fn split_rows(w: &QMatrix<'_>, m: usize, threads: usize, f: impl Fn(Range<usize>) + Sync) {
-    // Work in units of 32 weights x one activation row, whatever the block size.
-    split_units(w.n, 4, w.n * (w.k / QK) * m, threads, f);
 }
 
 /// Runs `f` over `0..units` in chunks of whole multiples of `align`, on up to `threads`
@@ -420,251 +251,4 @@ pub(crate) fn split_units(
     } else {
         pool::global().run(parts, &part);
     }
-}
-
-/// Computes output columns `rows` (weight rows) for every activation row.
-fn run_rows(w: &QMatrix<'_>, acts: &QActs, out: OutPtr, isa: Isa, rows: Range<usize>) {
-    debug_assert!(rows.end <= w.n && acts.k == w.k && out.len == acts.m * w.n);
-    match isa {
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => {
-            // SAFETY: `matmul` checked the CPU has AVX2/FMA/F16C; `w` was validated to
-            // hold n rows of k / 32 blocks; `out` has m * n values; the threads of one
-            // call get disjoint `rows`.
-            unsafe { x86::avx2::gemm(w.ty, w.data, acts, out, w.n, rows) }
-        }
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx512Vnni => {
-            // SAFETY: as above, with the AVX-512 VNNI features checked.
-            unsafe { x86::avx512::gemm(w.ty, w.data, acts, out, w.n, rows) }
-        }
-        _ => {
-            let rb = w.row_bytes();
-            for r in rows {
-                let row = &w.data[r * rb..(r + 1) * rb];
-                for c in 0..acts.m {
-                    let v = scalar::dot_row(w.ty, row, acts, c);
-                    // SAFETY: c * n + r < m * n; this thread owns column r.
-                    unsafe { out.write(c * w.n + r, v) };
-                }
-            }
-        }
-    }
-}
-
-/// [`run_rows`] for the K-quants.
-fn run_rows_k(w: &QMatrix<'_>, acts: &Q8KActs, out: OutPtr, isa: Isa, rows: Range<usize>) {
-    debug_assert!(rows.end <= w.n && acts.k == w.k && out.len == acts.m * w.n);
-    match isa {
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => {
-            // SAFETY: `matmul` checked the CPU has AVX2/FMA/F16C; `w` was validated to
-            // hold n rows of k / 256 super-blocks of its K-quant type; `out` has m * n
-            // values; the threads of one call get disjoint `rows`.
-            unsafe { x86_kquants::avx2::gemm(w.ty, w.data, acts, out, w.n, rows) }
-        }
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx512Vnni => {
-            // SAFETY: as above, with the AVX-512 VNNI features checked.
-            unsafe { x86_kquants::avx512::gemm(w.ty, w.data, acts, out, w.n, rows) }
-        }
-        _ => {
-            let rb = w.row_bytes();
-            for r in rows {
-                let row = &w.data[r * rb..(r + 1) * rb];
-                for c in 0..acts.m {
-                    let v = kquants::dot_row(w.ty, row, acts, c);
-                    // SAFETY: c * n + r < m * n; this thread owns column r.
-                    unsafe { out.write(c * w.n + r, v) };
-                }
-            }
-        }
-    }
-}
-
-/// [`run_rows`] for F16 / BF16 weights on the f32 activations `x` (`m * k`).
-fn run_rows_f(w: &QMatrix<'_>, x: &[f32], m: usize, out: OutPtr, isa: Isa, rows: Range<usize>) {
-    debug_assert!(rows.end <= w.n && x.len() == m * w.k && out.len == m * w.n);
-    match isa {
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => {
-            // SAFETY: `matmul` checked the CPU has AVX2/FMA/F16C; `w` holds n rows of k
-            // 2-byte weights, k a multiple of 32; `x` has m * k values and `out` m * n;
-            // the threads of one call get disjoint `rows`.
-            unsafe { floats::avx2::gemm(w.ty, w.data, x, m, w.k, out, w.n, rows) }
-        }
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx512Vnni => {
-            // SAFETY: as above, with the AVX-512 features checked.
-            unsafe { floats::avx512::gemm(w.ty, w.data, x, m, w.k, out, w.n, rows) }
-        }
-        _ => {
-            let rb = w.row_bytes();
-            for r in rows {
-                let row = &w.data[r * rb..(r + 1) * rb];
-                for c in 0..m {
-                    let v = floats::dot_row(w.ty, row, &x[c * w.k..(c + 1) * w.k]);
-                    // SAFETY: c * n + r < m * n; this thread owns column r.
-                    unsafe { out.write(c * w.n + r, v) };
-                }
-            }
-        }
-    }
-}
-
-/// Where a [`QLinear`]'s weight bytes live.
-#[derive(Clone, Debug)]
-enum WeightBytes {
-    /// Inside a candle `QTensor` (shared with a candle fallback or a tied embedding).
-    Tensor(Arc<QTensor>),
-    /// In the memory-mapped model file, read in place: no copy at load.
-    View(TensorView),
-    /// Q8_0 repacked into panels (the file's pages for it released).
-    Panels(Arc<Panels>),
-}
-
-/// A linear layer `y = x · W^T` on a quantized CPU weight, run by these kernels.
-#[derive(Clone, Debug)]
-pub struct QLinear {
-    weight: WeightBytes,
-    ty: WeightType,
-    n: usize,
-    k: usize,
-}
-
-impl QLinear {
-    /// `Some` when the kernels can run this weight: a supported block type, 2-D
-    /// `(n, k)` with `k` a multiple of its block size (32, or 256 for K-quants), on the CPU, with borrowable bytes.
-    pub fn new(weight: Arc<QTensor>) -> Option<Self> {
-        let ty = WeightType::from_ggml(weight.dtype())?;
-        if !weight.device().is_cpu() {
-            return None;
-        }
-        let (n, k) = weight.shape().dims2().ok()?;
-        {
-            let data = weight.data().ok()?;
-            if !matches!(data, std::borrow::Cow::Borrowed(_)) {
-                return None;
-            }
-            let w = QMatrix::new(ty, n, k, &data).ok()?;
-            if panels::wanted(ty) {
-                let panels = Panels::repack(&w).ok()?;
-                return Some(Self {
-                    weight: WeightBytes::Panels(Arc::new(panels)),
-                    ty,
-                    n,
-                    k,
-                });
-            }
-        }
-        Some(Self {
-            weight: WeightBytes::Tensor(weight),
-            ty,
-            n,
-            k,
-        })
-    }
-
-    /// A layer on a weight `(n, k)` read in place from a model file. `None` when the
-    /// kernels do not cover `dtype`; an error when the bytes do not fit the shape.
-    pub fn from_view(
-        view: TensorView,
-        dtype: GgmlDType,
-        n: usize,
-        k: usize,
-    ) -> Result<Option<Self>> {
-        let Some(ty) = WeightType::from_ggml(dtype) else {
-            return Ok(None);
-        };
-        let w = QMatrix::new(ty, n, k, view.as_bytes())?;
-        if panels::wanted(ty) {
-            // The panels replace the weight: give its file pages back as the repacking
-            // goes (a tied embedding that shares them faults in the rows it looks up
-            // again).
-            let panels = Panels::repack_with(&w, |bytes| view.release_range(bytes))?;
-            return Ok(Some(Self {
-                weight: WeightBytes::Panels(Arc::new(panels)),
-                ty,
-                n,
-                k,
-            }));
-        }
-        Ok(Some(Self {
-            weight: WeightBytes::View(view),
-            ty,
-            n,
-            k,
-        }))
-    }
-
-    pub fn weight_type(&self) -> WeightType {
-        self.ty
-    }
-
-    /// `(n, k)`: output and input widths.
-    pub fn shape(&self) -> (usize, usize) {
-        (self.n, self.k)
-    }
-
-    /// `x[.., k] -> y[.., n]`, or `None` when `x` is not an f32 CPU tensor (the caller
-    /// falls back to candle).
-    pub fn forward(&self, x: &Tensor) -> Result<Option<Tensor>> {
-        if x.dtype() != DType::F32 || !x.device().is_cpu() {
-            return Ok(None);
-        }
-        let dims = x.dims();
-        let Some((&k, batch)) = dims.split_last() else {
-            return Ok(None);
-        };
-        if k != self.k {
-            return Err(Error::InvalidInput(format!(
-                "linear layer: input has {k} columns, the weight {}",
-                self.k
-            )));
-        }
-        let m: usize = batch.iter().product();
-        let x = x.contiguous()?;
-        let mut y = vec![0f32; m * self.n];
-        {
-            let (storage, layout) = x.storage_and_layout();
-            let Storage::Cpu(cpu) = &*storage else {
-                return Ok(None);
-            };
-            let all = cpu.as_slice::<f32>()?;
-            let start = layout.start_offset();
-            let xs = all.get(start..start + m * k).ok_or_else(|| {
-                Error::InvalidInput("linear layer: input storage is too short".into())
-            })?;
-            let owned;
-            let data: &[u8] = match &self.weight {
-                WeightBytes::Tensor(t) => {
-                    owned = t.data()?;
-                    &owned
-                }
-                WeightBytes::View(v) => v.as_bytes(),
-                WeightBytes::Panels(p) => {
-                    p.matmul(xs, m, &mut y, pool::global().threads())?;
-                    return Ok(Some(Tensor::from_vec(
-                        y,
-                        out_shape(batch, self.n),
-                        &Device::Cpu,
-                    )?));
-                }
-            };
-            let w = QMatrix::new(self.ty, self.n, self.k, data)?;
-            matmul(&w, xs, m, &mut y, Isa::detect(), pool::global().threads())?;
-        }
-        Ok(Some(Tensor::from_vec(
-            y,
-            out_shape(batch, self.n),
-            &Device::Cpu,
-        )?))
-    }
-}
-
-/// `batch` dims followed by `n`.
-fn out_shape(batch: &[usize], n: usize) -> Vec<usize> {
-    let mut dims = batch.to_vec();
-    dims.push(n);
-    dims
 }

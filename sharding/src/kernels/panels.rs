@@ -3,8 +3,9 @@
 //!
 //! Why: the block-at-a-time kernels (`x86.rs`) spend about five vector ops (expand or
 //! sign trick, one 256-bit `vpdpbusd`, convert, scale, FMA) per 32 multiply-adds of one
-//! weight row and one activation row, and reduce every row's eight lanes at the end.
-//! Prefill on SmolLM2 Q8_0 spent 83% of its time there. With sixteen weight rows
+//! weight row and one activation row, and reduce every row's eight lanes at the end,
+//! where prefill on SmolLM2 Q8_0 spent most of its time (`benches/RESULTS.md`, "Kernel
+//! choices"). With sixteen weight rows
 //! interleaved by groups of four columns, one 512-bit `vpdpbusd` multiplies four
 //! activation bytes (broadcast from memory) with four bytes of each of the sixteen rows,
 //! so a 32-element block of sixteen rows against one activation row is eight
@@ -36,8 +37,9 @@
 //! The panels replace the weight in memory: the loader drops the mapped file pages it
 //! read them from ([`crate::gguf::TensorView::release`]).
 
-use super::blocks::{WeightType, QK};
+use super::blocks::{tag, WeightType, QK};
 use super::quantize::QActs;
+use super::table::{traits, PanelFn};
 use super::{split_units, Isa, OutPtr, QMatrix};
 use crate::{Error, Result};
 use std::cell::RefCell;
@@ -50,9 +52,9 @@ pub const PANEL_ROWS: usize = 16;
 const TILE_ROWS: usize = 8;
 
 /// Type tags of the const-generic kernel.
-const T_Q8_0: u8 = 0;
-const T_Q4_0: u8 = 1;
-const T_Q4_1: u8 = 2;
+const T_Q8_0: u8 = tag::Q8_0;
+const T_Q4_0: u8 = tag::Q4_0;
+const T_Q4_1: u8 = tag::Q4_1;
 
 /// Bytes of one block of one panel.
 const fn panel_block_bytes(t: u8) -> usize {
@@ -110,15 +112,27 @@ thread_local! {
     static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
 }
 
-/// Whether a loader should repack a weight of type `ty`: a panel type, on a CPU with
-/// AVX-512 VNNI, unless `LAMINA_PANELS=off`.
-pub fn wanted(ty: WeightType) -> bool {
-    Panels::supports(ty)
-        && Panels::available()
-        && !matches!(std::env::var("LAMINA_PANELS").as_deref(), Ok("off"))
+/// Raw views of one call's activation buffers, as the panel kernels read them.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+pub(crate) struct PanelActs {
+    /// `m * k` activation bytes (unsigned for Q8_0, signed for Q4).
+    pub q: *const u8,
+    /// `m * nb` block scales.
+    pub d: *const f32,
+    /// `m * nb` block sums `d * sum q` (Q4_1).
+    pub s: *const f32,
+    /// `m * nb` integer block sums (Q4_0).
+    pub sums: *const i32,
+    pub m: usize,
 }
 
-fn tag(ty: WeightType) -> Option<u8> {
+/// [`super::KernelConfig::panels_wanted`] of the process's config: whether a loader
+/// should repack a weight of type `ty`.
+pub fn wanted(ty: WeightType) -> bool {
+    super::KernelConfig::global().panels_wanted(ty)
+}
+
+fn panel_tag(ty: WeightType) -> Option<u8> {
     match ty {
         WeightType::Q8_0 => Some(T_Q8_0),
         WeightType::Q4_0 => Some(T_Q4_0),
@@ -128,14 +142,17 @@ fn tag(ty: WeightType) -> Option<u8> {
 }
 
 impl Panels {
-    /// Whether this CPU runs the panel kernel (and the kernels' ISA cap allows it).
+    /// Whether this CPU runs a panel kernel (and the kernels' ISA cap allows it).
     pub fn available() -> bool {
-        Isa::detect() == Isa::Avx512Vnni
+        let isa = Isa::detect();
+        WeightType::ALL
+            .into_iter()
+            .any(|ty| traits(ty).panels.select(isa).is_some())
     }
 
     /// Whether `ty` has a panel layout.
     pub fn supports(ty: WeightType) -> bool {
-        tag(ty).is_some()
+        panel_tag(ty).is_some()
     }
 
     /// Repacks a Q8_0, Q4_0 or Q4_1 matrix. Pure data movement: no float is recomputed.
@@ -149,7 +166,7 @@ impl Panels {
     /// not for a whole tensor (a vocabulary-sized head is tens of MB).
     pub fn repack_with(w: &QMatrix<'_>, mut done: impl FnMut(Range<usize>)) -> Result<Self> {
         let ty = w.weight_type();
-        let t = tag(ty).ok_or_else(|| {
+        let t = panel_tag(ty).ok_or_else(|| {
             Error::InvalidInput(format!("weight panels: cannot repack a {ty:?} weight"))
         })?;
         let (n, k) = (w.rows(), w.cols());
@@ -227,12 +244,14 @@ impl Panels {
 
     /// Bytes of the panels.
     pub fn bytes(&self) -> usize {
-        let t = tag(self.ty).map_or(0, panel_block_bytes);
+        let t = panel_tag(self.ty).map_or(0, panel_block_bytes);
         self.panels * self.nb * t
     }
 
-    /// `y[m, n] = x[m, k] · W^T` on up to `threads` threads. Errors when the shapes do not
-    /// fit or the CPU lacks AVX-512 VNNI.
+    /// `y[m, n] = x[m, k] · W^T` on up to `threads` threads, with the panel kernel of the
+    /// best level this CPU has (whatever `LAMINA_KERNELS_ISA` says, as before the kernel
+    /// table). Errors when the shapes do not fit or no panel kernel of this type runs on
+    /// this CPU (they need AVX-512 VNNI).
     pub fn matmul(&self, x: &[f32], m: usize, y: &mut [f32], threads: usize) -> Result<()> {
         if x.len() != m * self.k || y.len() != m * self.n {
             return Err(Error::InvalidInput(format!(
@@ -243,11 +262,12 @@ impl Panels {
                 self.n
             )));
         }
-        if !Isa::Avx512Vnni.is_available() {
-            return Err(Error::InvalidInput(
-                "weight panels need AVX-512 VNNI, which this CPU lacks".into(),
-            ));
-        }
+        let Some((isa, kernel)) = traits(self.ty).panels.select(Isa::best()) else {
+            return Err(Error::InvalidInput(format!(
+                "weight panels: no {:?} panel kernel runs on this CPU (they need AVX-512 VNNI)",
+                self.ty
+            )));
+        };
         if m == 0 || self.n == 0 {
             return Ok(());
         }
@@ -256,7 +276,7 @@ impl Panels {
             len: y.len(),
         };
         let run = |sc: &mut Scratch| {
-            sc.acts.fill(x, m, self.k, Isa::Avx512Vnni);
+            sc.acts.fill(x, m, self.k, isa);
             sc.unsigned.clear();
             sc.sums.clear();
             match self.ty {
@@ -273,7 +293,7 @@ impl Panels {
             }
             let sc = &*sc;
             split_units(self.panels, 1, self.n * self.nb * m, threads, |p| {
-                self.run_panels(sc, out, p)
+                self.run_panels(sc, out, kernel, p)
             });
         };
         SCRATCH.with(|cell| match cell.try_borrow_mut() {
@@ -284,63 +304,37 @@ impl Panels {
         Ok(())
     }
 
-    fn run_panels(&self, sc: &Scratch, out: OutPtr, panels: Range<usize>) {
+    /// Runs `kernel` (selected by `matmul` for this type) over `panels`.
+    fn run_panels(&self, sc: &Scratch, out: OutPtr, kernel: PanelFn, panels: Range<usize>) {
         debug_assert!(panels.end <= self.panels && sc.acts.k == self.k);
-        #[cfg(target_arch = "x86_64")]
-        {
-            let a = avx512::Acts {
-                // Q8_0 reads the unsigned copy; Q4 the signed quants as bytes.
-                q: if self.ty == WeightType::Q8_0 {
-                    sc.unsigned.as_ptr()
-                } else {
-                    sc.acts.qs.as_ptr().cast()
-                },
-                d: sc.acts.d.as_ptr(),
-                s: sc.acts.s.as_ptr(),
-                sums: sc.sums.as_ptr(),
-                m: sc.acts.m,
-            };
-            // SAFETY: `matmul` checked AVX-512 VNNI; the panels hold `self.panels` panels
-            // of `nb` blocks of this type; the activation buffers were filled for `m`
-            // rows of `k` (the one this type reads: `unsigned` for Q8_0, `sums` for
-            // Q4_0); `out` has `m * n` values and the threads of one call get disjoint
-            // panel ranges.
-            unsafe {
-                match self.ty {
-                    WeightType::Q8_0 => avx512::gemm::<T_Q8_0>(self, &a, out, panels),
-                    WeightType::Q4_0 => avx512::gemm::<T_Q4_0>(self, &a, out, panels),
-                    _ => avx512::gemm::<T_Q4_1>(self, &a, out, panels),
-                }
-            }
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        {
-            let _ = (sc, out, panels);
-            unreachable!("weight panels are only built where AVX-512 VNNI runs them");
-        }
+        let a = PanelActs {
+            // Q8_0 reads the unsigned copy; Q4 the signed quants as bytes.
+            q: if self.ty == WeightType::Q8_0 {
+                sc.unsigned.as_ptr()
+            } else {
+                sc.acts.qs.as_ptr().cast()
+            },
+            d: sc.acts.d.as_ptr(),
+            s: sc.acts.s.as_ptr(),
+            sums: sc.sums.as_ptr(),
+            m: sc.acts.m,
+        };
+        // SAFETY: `matmul` selected `kernel` for this type at a level the CPU has; the
+        // panels hold `self.panels` panels of `nb` blocks of this type; the activation
+        // buffers were filled for `m` rows of `k` (the one this type reads: `unsigned`
+        // for Q8_0, `sums` for Q4_0); `out` has `m * n` values and the threads of one
+        // call get disjoint panel ranges.
+        unsafe { kernel(self, &a, out, panels) }
     }
 }
 
 #[cfg(target_arch = "x86_64")]
-mod avx512 {
+pub(crate) mod avx512 {
     use super::{
-        panel_block_bytes, quants_at, OutPtr, Panels, Range, PANEL_ROWS, QK, TILE_ROWS, T_Q4_0,
-        T_Q4_1, T_Q8_0,
+        panel_block_bytes, quants_at, OutPtr, PanelActs as Acts, Panels, Range, PANEL_ROWS, QK,
+        TILE_ROWS, T_Q4_0, T_Q4_1, T_Q8_0,
     };
     use std::arch::x86_64::*;
-
-    /// Raw views of one call's activation buffers.
-    pub(super) struct Acts {
-        /// `m * k` activation bytes (unsigned for Q8_0, signed for Q4).
-        pub q: *const u8,
-        /// `m * nb` block scales.
-        pub d: *const f32,
-        /// `m * nb` block sums `d * sum q` (Q4_1).
-        pub s: *const f32,
-        /// `m * nb` integer block sums (Q4_0).
-        pub sums: *const i32,
-        pub m: usize,
-    }
 
     /// # Safety
     /// The CPU has AVX-512 F/BW/VL/VNNI and F16C; `p` is of type `T`; `a` points at
@@ -348,7 +342,7 @@ mod avx512 {
     /// `a.m * p.n` values; no other thread writes the columns of `panels` concurrently;
     /// `panels.end <= p.panels`.
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-    pub(super) unsafe fn gemm<const T: u8>(
+    pub(crate) unsafe fn gemm<const T: u8>(
         p: &Panels,
         a: &Acts,
         out: OutPtr,

@@ -3,9 +3,10 @@
 //! Why not rayon: one decode step of a small model runs a couple of hundred short matmuls
 //! (tens of microseconds each) with a little single-threaded work between them (norms,
 //! RoPE, attention). Rayon's idle workers go to sleep between those matmuls, and waking
-//! them is a futex round trip per matmul: about a quarter of a 2-thread decode in the
-//! profile, and the reason the second thread added little. These workers spin for a short
-//! window ([`SPIN_DEFAULT`]) after each job, so the next matmul finds them awake, as llama.cpp's
+//! them is a futex round trip per matmul: a large share of a 2-thread decode in the
+//! profile (`benches/RESULTS.md`, "Kernel choices"), and the reason the second thread
+//! added little. These workers spin for a short
+//! window ([`super::config::SPIN_DEFAULT`], `LAMINA_POOL_SPIN_US`) after each job, so the next matmul finds them awake, as llama.cpp's
 //! threads do, and then park, so that a node waiting for its next token (a pipeline hop
 //! whose neighbours compute meanwhile) does not burn the cores its neighbours need.
 //!
@@ -14,28 +15,12 @@
 //! [`Pool::run`]) runs its parts itself instead of waiting, so concurrent callers never
 //! block one another and never deadlock.
 
+use super::config::{KernelConfig, PoolKind};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
-
-/// How long an idle worker spins for the next job before it parks: long enough to cover
-/// the single-threaded work between two matmuls of one forward step (a few to tens of
-/// microseconds), short enough that a node idling between tokens hands the cores back at
-/// once. `LAMINA_POOL_SPIN_US` overrides it (read once).
-const SPIN_DEFAULT: Duration = Duration::from_micros(100);
-
-fn spin() -> Duration {
-    static SPIN: OnceLock<Duration> = OnceLock::new();
-    *SPIN.get_or_init(|| {
-        std::env::var("LAMINA_POOL_SPIN_US")
-            .ok()
-            .and_then(|v| v.parse::<u64>().ok())
-            .map(Duration::from_micros)
-            .unwrap_or(SPIN_DEFAULT)
-    })
-}
 
 /// One [`Pool::run`]: parts are claimed from `next` by whoever comes first, the caller
 /// included, so a worker that is late (descheduled on a busy machine) costs nothing: the
@@ -83,6 +68,8 @@ struct Shared {
     lock: Mutex<()>,
     wake: Condvar,
     shutdown: AtomicBool,
+    /// How long an idle worker spins for the next job before it parks.
+    spin: Duration,
 }
 
 /// A fixed set of worker threads plus the calling thread.
@@ -94,9 +81,15 @@ pub struct Pool {
 }
 
 impl Pool {
-    /// A pool that runs jobs on `threads` threads: the caller and `threads - 1` workers.
-    /// Workers that cannot be spawned are simply not there (the pool degrades to fewer).
+    /// A pool that runs jobs on `threads` threads: the caller and `threads - 1` workers,
+    /// which spin for [`KernelConfig::spin`] after a job before they park. Workers that
+    /// cannot be spawned are simply not there (the pool degrades to fewer).
     pub fn new(threads: usize) -> Self {
+        Self::with_spin(threads, KernelConfig::global().spin)
+    }
+
+    /// As [`Pool::new`], with the workers' spin given.
+    pub fn with_spin(threads: usize, spin: Duration) -> Self {
         let shared = Arc::new(Shared {
             epoch: AtomicU64::new(0),
             job: Mutex::new(None),
@@ -104,6 +97,7 @@ impl Pool {
             lock: Mutex::new(()),
             wake: Condvar::new(),
             shutdown: AtomicBool::new(false),
+            spin,
         });
         let mut handles = Vec::new();
         for i in 1..threads.max(1) {
@@ -226,7 +220,7 @@ fn worker(s: &Shared) {
                 continue;
             }
             let since = *idle_since.get_or_insert_with(Instant::now);
-            if since.elapsed() < spin() {
+            if since.elapsed() < s.spin {
                 continue;
             }
             // Park. `sleeping` goes up before the epoch is checked again, both under the
@@ -253,8 +247,7 @@ fn worker(s: &Shared) {
 
 /// Whether `LAMINA_POOL=rayon` asks for rayon's pool instead (read once), for A/B runs.
 pub fn use_rayon() -> bool {
-    static RAYON: OnceLock<bool> = OnceLock::new();
-    *RAYON.get_or_init(|| matches!(std::env::var("LAMINA_POOL").as_deref(), Ok("rayon")))
+    KernelConfig::global().pool == PoolKind::Rayon
 }
 
 /// The process-wide pool of the kernels, sized on first use by `rayon`'s thread count
@@ -286,7 +279,8 @@ mod tests {
 
     #[test]
     fn many_short_jobs_and_parking() {
-        let pool = Pool::new(2);
+        let spin = Duration::from_micros(100);
+        let pool = Pool::with_spin(2, spin);
         let total = AtomicU32::new(0);
         for round in 0..2000 {
             pool.run(2, &|_| {
@@ -294,7 +288,7 @@ mod tests {
             });
             if round % 500 == 0 {
                 // Let the worker park, then wake it with the next job.
-                std::thread::sleep(spin() * 3);
+                std::thread::sleep(spin * 3);
             }
         }
         assert_eq!(total.load(Ordering::Relaxed), 4000);

@@ -10,14 +10,34 @@
 //! summation differs.
 //!
 //! Q4_1 could be computed centered, `d (nib - 8) + (m + 8d)`, whose two terms cancel less
-//! (per call ~4e-5 instead of ~3e-4 worst relative difference SIMD vs scalar on
-//! SmolLM2's `ffn_down` input with |x| ~ 3000 outliers). It was tried and dropped: it did
+//! (a smaller SIMD vs scalar difference on inputs with large outliers; figures in
+//! `benches/RESULTS.md`, "Kernel choices"). It was tried and dropped: it did
 //! not consistently bring the logits closer to the exact f32 product (the 8-bit activation rounding
 //! dominates, and quant flips in outlier blocks make any change chaotic), and it moved
 //! SmolLM2's greedy tokens away from llama.cpp's, which uses the uncentered form.
 
 use super::blocks::{f16_at, nibble, quant5, u32_at, WeightType, QK};
 use super::quantize::QActs;
+use super::{OutPtr, QMatrix};
+use std::ops::Range;
+
+/// The scalar kernel of every 32-element quant type: [`dot_row`] for each weight row of
+/// `rows` and each activation row.
+///
+/// # Safety
+/// The contract of [`super::table::BlockFn`].
+pub(crate) unsafe fn gemm(w: &QMatrix<'_>, acts: &QActs, out: OutPtr, rows: Range<usize>) {
+    debug_assert!(rows.end <= w.n && acts.k == w.k && out.len == acts.m * w.n);
+    let rb = w.row_bytes();
+    for r in rows {
+        let row = &w.data[r * rb..(r + 1) * rb];
+        for c in 0..acts.m {
+            let v = dot_row(w.ty, row, acts, c);
+            // SAFETY: c * n + r < m * n; this thread owns column r.
+            unsafe { out.write(c * w.n + r, v) };
+        }
+    }
+}
 
 /// `sum_k w[k] * x[c, k]` for one weight row (`row.len() == nb * block_bytes`) of a
 /// 32-element quant type and activation row `c`.
@@ -67,7 +87,7 @@ pub fn dot_row(ty: WeightType, row: &[u8], acts: &QActs, c: usize) -> f32 {
                     .sum();
                 acc += isum as f32 * (dw * dy);
             }
-            // Not 32-element quant types: `matmul` routes them elsewhere.
+            // Not 32-element quant types: the kernel table routes them elsewhere.
             WeightType::Q4K
             | WeightType::Q5K
             | WeightType::Q6K

@@ -19,34 +19,33 @@
 //!   lanes per block, `m_w s_x` summed apart and added at the end (see `scalar.rs` on
 //!   why).
 //! - Weight rows are prefetched [`PF_TILES`] tiles ahead: the rows of one tile are short
-//!   (360 to 960 bytes here), and without it the output head streamed at ~5 GB/s on one
-//!   Zen 4 core instead of ~8.
+//!   (360 to 960 bytes here), too short for the hardware prefetcher to stream them at
+//!   full speed (measured on the output head: `benches/RESULTS.md`, "Kernel choices").
 //! - Q8_0 x Q8_0 uses `dot(|w|, sign(y, w))` so the unsigned operand is `|w|`.
 //!
 //! A tile is `R` weight rows x `C` activation rows: the activation block is loaded once
 //! per `R` rows, the expanded weight block once per `C` rows, and `R * C` independent
 //! accumulators hide the FMA latency.
 
-use super::blocks::QK;
+use super::blocks::{tag, QK};
 use super::quantize::QActs;
-use super::OutPtr;
+use super::{OutPtr, QMatrix};
 use std::ops::Range;
 
 /// How many tiles ahead the weight rows are prefetched.
 const PF_TILES: usize = 2;
 
 /// Weight type tags for the const-generic kernels.
-const T_Q4_0: u8 = 0;
-const T_Q4_1: u8 = 1;
-const T_Q8_0: u8 = 2;
-const T_Q5_0: u8 = 3;
-const T_Q5_1: u8 = 4;
+const T_Q4_0: u8 = tag::Q4_0;
+const T_Q4_1: u8 = tag::Q4_1;
+const T_Q8_0: u8 = tag::Q8_0;
+const T_Q5_0: u8 = tag::Q5_0;
+const T_Q5_1: u8 = tag::Q5_1;
 
 macro_rules! x86_kernels {
     ($modname:ident, $features:literal, |$a:ident, $b:ident| $dot:block) => {
         pub(crate) mod $modname {
-            use super::{OutPtr, QActs, Range, PF_TILES, QK, T_Q4_0, T_Q4_1, T_Q5_0, T_Q5_1, T_Q8_0};
-            use crate::kernels::blocks::WeightType;
+            use super::{OutPtr, QActs, QMatrix, Range, PF_TILES, QK, T_Q4_0, T_Q4_1, T_Q5_0, T_Q5_1, T_Q8_0};
             use std::arch::x86_64::*;
 
             /// Sums of four adjacent `u8 * i8` products in each i32 lane.
@@ -284,34 +283,24 @@ macro_rules! x86_kernels {
                 }
             }
 
-            /// `y[c, r] = sum_k w[r, k] * x[c, k]` for `r` in `rows`, every `c`.
+            /// `y[c, r] = sum_k w[r, k] * x[c, k]` for `r` in `rows`, every `c`, for the
+            /// 32-element quant type of tag `T`.
             ///
             /// # Safety
-            /// The CPU supports this module's features; `ty` is a 32-element quant
-            /// type; `w` holds at least
-            /// `rows.end` rows of `acts.nb` blocks of `ty`; `out` has room for
-            /// `acts.m * n` values, `rows.end <= n`, and no other thread writes the
-            /// columns `rows` concurrently.
+            /// The CPU supports this module's features; `w` is of the type of `T` and
+            /// `acts` holds `acts.m` rows of `w.cols()`; `out` has room for
+            /// `acts.m * w.rows()` values, `rows.end <= w.rows()`, and no other thread
+            /// writes the columns `rows` concurrently.
             #[target_feature(enable = $features)]
-            pub(crate) unsafe fn gemm(
-                ty: WeightType,
-                w: &[u8],
+            pub(crate) unsafe fn gemm<const T: u8>(
+                w: &QMatrix<'_>,
                 acts: &QActs,
                 out: OutPtr,
-                n: usize,
                 rows: Range<usize>,
             ) {
+                debug_assert!(rows.end <= w.n && acts.k == w.k && out.len == acts.m * w.n);
                 // SAFETY: forwarded caller contract.
-                unsafe {
-                    match ty {
-                        WeightType::Q4_0 => gemm_t::<T_Q4_0>(w, acts, out, n, rows),
-                        WeightType::Q4_1 => gemm_t::<T_Q4_1>(w, acts, out, n, rows),
-                        WeightType::Q5_0 => gemm_t::<T_Q5_0>(w, acts, out, n, rows),
-                        WeightType::Q5_1 => gemm_t::<T_Q5_1>(w, acts, out, n, rows),
-                        WeightType::Q8_0 => gemm_t::<T_Q8_0>(w, acts, out, n, rows),
-                        _ => debug_assert!(false, "{ty:?} is not a 32-element quant type"),
-                    }
-                }
+                unsafe { gemm_t::<T>(w.data, acts, out, w.n, rows) }
             }
 
             /// The SIMD twin of [`crate::kernels::quantize::quantize_scalar`], with

@@ -16,18 +16,18 @@
 //! registers keep a decoded super-block out of memory. K-quants gain nothing from
 //! `vpdpbusd`, whose 4-way sums would cross Q6_K's 16-element scale groups.
 
-use super::blocks::QK_K;
+use super::blocks::{tag, QK_K};
 use super::kquants::Q8KActs;
-use super::OutPtr;
+use super::{OutPtr, QMatrix};
 use std::arch::x86_64::*;
 use std::ops::Range;
 
 /// How many tiles ahead the weight rows are prefetched.
 const PF_TILES: usize = 2;
 
-const T_Q4K: u8 = 0;
-const T_Q5K: u8 = 1;
-const T_Q6K: u8 = 2;
+const T_Q4K: u8 = tag::Q4K;
+const T_Q5K: u8 = tag::Q5K;
+const T_Q6K: u8 = tag::Q6K;
 
 /// The SIMD twin of [`super::kquants::quantize_q8k_scalar`], bit-identical to it.
 ///
@@ -96,8 +96,7 @@ pub(crate) unsafe fn quantize_q8k(x: &[f32], qs: &mut [i8], d: &mut [f32], bsums
 macro_rules! k_kernels {
     ($modname:ident, $features:literal, |$s:ident, $p:ident, $sc:ident| $madd:block) => {
         pub(crate) mod $modname {
-            use super::{OutPtr, Q8KActs, Range, PF_TILES, QK_K, T_Q4K, T_Q5K, T_Q6K};
-            use crate::kernels::blocks::WeightType;
+            use super::{OutPtr, Q8KActs, QMatrix, Range, PF_TILES, QK_K, T_Q4K, T_Q5K, T_Q6K};
             use std::arch::x86_64::*;
 
             /// `s + sum of adjacent pairs of p * sc` (i16 x i16 -> i32).
@@ -465,31 +464,24 @@ macro_rules! k_kernels {
                 }
             }
 
-            /// `y[c, r] = sum_k w[r, k] * x[c, k]` for `r` in `rows`, every `c`.
+            /// `y[c, r] = sum_k w[r, k] * x[c, k]` for `r` in `rows`, every `c`, for the
+            /// K-quant of tag `T`.
             ///
             /// # Safety
-            /// The CPU supports this module's features; `ty` is a K-quant; `w` holds at
-            /// least `rows.end` rows of `acts.nb` super-blocks of `ty`; `out` has room
-            /// for `acts.m * n` values, `rows.end <= n`, and no other thread writes the
-            /// columns `rows` concurrently.
+            /// The CPU supports this module's features; `w` is of the type of `T` and
+            /// `acts` holds `acts.m` rows of `w.cols()`; `out` has room for
+            /// `acts.m * w.rows()` values, `rows.end <= w.rows()`, and no other thread
+            /// writes the columns `rows` concurrently.
             #[target_feature(enable = $features)]
-            pub(crate) unsafe fn gemm(
-                ty: WeightType,
-                w: &[u8],
+            pub(crate) unsafe fn gemm<const T: u8>(
+                w: &QMatrix<'_>,
                 acts: &Q8KActs,
                 out: OutPtr,
-                n: usize,
                 rows: Range<usize>,
             ) {
+                debug_assert!(rows.end <= w.n && acts.k == w.k && out.len == acts.m * w.n);
                 // SAFETY: forwarded caller contract.
-                unsafe {
-                    match ty {
-                        WeightType::Q4K => gemm_t::<T_Q4K>(w, acts, out, n, rows),
-                        WeightType::Q5K => gemm_t::<T_Q5K>(w, acts, out, n, rows),
-                        WeightType::Q6K => gemm_t::<T_Q6K>(w, acts, out, n, rows),
-                        _ => debug_assert!(false, "{ty:?} is not a K-quant"),
-                    }
-                }
+                unsafe { gemm_t::<T>(w.data, acts, out, w.n, rows) }
             }
         }
     };
