@@ -61,7 +61,7 @@ impl RowFormat {
                     .chunks_exact_mut(QK)
                     .zip(row.chunks_exact(t.block_bytes()))
                 {
-                    blocks::dequantize_block(t, b, o);
+                    crate::kernels::dequantize_block(t, b, o);
                 }
             }
         }

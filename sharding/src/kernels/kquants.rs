@@ -29,7 +29,7 @@
 //! integers to scalars before that step, so they are bit-identical to [`dot_row`].
 
 use super::blocks::{f16_at, WeightType, QK_K};
-use super::{Isa, OutPtr, QMatrix};
+use super::{OutPtr, QMatrix};
 use std::ops::Range;
 
 /// Quantized activations for the K-quants: an `m x k` matrix (`k` a multiple of 256),
@@ -76,9 +76,19 @@ impl Q8KActs {
         &self.bsums[r * self.nb * 16..(r + 1) * self.nb * 16]
     }
 
-    /// Quantizes `x` (`m * k` values, row-major) into `self`, reusing its buffers. The
-    /// caller checks `k % 256 == 0`, `x.len() == m * k` and that `isa` is available.
-    pub(crate) fn fill(&mut self, x: &[f32], m: usize, k: usize, isa: Isa) {
+    /// Quantizes `x` (`m * k` values, row-major) into `self` with `quantize` (the
+    /// reference [`quantize_q8k_scalar`] or its SIMD twin, chosen by the kernel table),
+    /// reusing its buffers. The caller checks `k % 256 == 0` and `x.len() == m * k`.
+    ///
+    /// # Safety
+    /// The CPU runs the instruction set `quantize` was compiled for.
+    pub(crate) unsafe fn fill_with(
+        &mut self,
+        x: &[f32],
+        m: usize,
+        k: usize,
+        quantize: Q8KQuantizer,
+    ) {
         debug_assert!(k.is_multiple_of(QK_K) && x.len() == m * k);
         let nb = k / QK_K;
         self.m = m;
@@ -87,19 +97,16 @@ impl Q8KActs {
         self.qs.resize(m * k, 0);
         self.d.resize(m * nb, 0.0);
         self.bsums.resize(m * nb * 16, 0);
-        match isa {
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx2 | Isa::Avx512Vnni => {
-                // SAFETY: the caller checked that the CPU supports `isa`, which implies
-                // AVX2.
-                unsafe {
-                    super::x86_kquants::quantize_q8k(x, &mut self.qs, &mut self.d, &mut self.bsums)
-                }
-            }
-            _ => quantize_q8k_scalar(x, &mut self.qs, &mut self.d, &mut self.bsums),
-        }
+        // SAFETY: the caller guarantees the CPU runs `quantize`.
+        unsafe { quantize(x, &mut self.qs, &mut self.d, &mut self.bsums) };
     }
 }
+
+/// Quantizes f32 rows into Q8_K super-blocks (`qs`), their scales (`d`) and the sums of
+/// every 16 quants (`bsums`). Unsafe because the SIMD variant needs AVX2; the kernel table
+/// hands out only the variants this CPU runs.
+pub(crate) type Q8KQuantizer =
+    unsafe fn(x: &[f32], qs: &mut [i8], d: &mut [f32], bsums: &mut [i16]);
 
 /// The reference Q8_K quantizer: `x` and `qs` of equal length (a multiple of 256), `d`
 /// of one entry and `bsums` of 16 entries per super-block.

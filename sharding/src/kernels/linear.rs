@@ -72,6 +72,11 @@ impl QLinear {
         let Some(ty) = WeightType::from_ggml(dtype) else {
             return Ok(None);
         };
+        // A width these kernels cannot tile (an F16 weight of k = 172, say) goes to candle,
+        // as in `QLinear::new`; a file whose bytes do not fit the shape is an error below.
+        if k == 0 || !k.is_multiple_of(ty.block_elems()) {
+            return Ok(None);
+        }
         let w = QMatrix::new(ty, n, k, view.as_bytes())?;
         if super::panels::wanted(ty) {
             // The panels replace the weight: give its file pages back as the repacking

@@ -72,6 +72,7 @@ pub use linear::QLinear;
 pub use panels::Panels;
 pub use quantize::QActs;
 use std::ops::Range;
+pub use table::dequantize_block;
 
 /// A borrowed weight matrix `W[n, k]` in ggml block layout, validated.
 #[derive(Clone, Copy, Debug)]
@@ -196,7 +197,7 @@ pub fn quantize_acts_k(x: &[f32], m: usize, k: usize, isa: Isa) -> Result<Q8KAct
         )));
     }
     let mut a = Q8KActs::new();
-    a.fill(x, m, k, isa);
+    table::fill_q8k(&mut a, x, m, k, isa);
     Ok(a)
 }
 
@@ -210,7 +211,7 @@ pub fn quantize_acts(x: &[f32], m: usize, k: usize, isa: Isa) -> Result<QActs> {
         )));
     }
     let mut a = QActs::new();
-    a.fill(x, m, k, isa);
+    table::fill_q8x32(&mut a, x, m, k, isa);
     Ok(a)
 }
 

@@ -38,12 +38,21 @@
 //! read them from ([`crate::gguf::TensorView::release`]).
 
 use super::blocks::{tag, WeightType, QK};
-use super::quantize::QActs;
-use super::table::{traits, PanelFn};
-use super::{split_units, Isa, OutPtr, QMatrix};
+use super::quantize::{Q8x32Quantizer, QActs};
+use super::{split_units, OutPtr, QMatrix};
 use crate::{Error, Result};
 use std::cell::RefCell;
 use std::ops::Range;
+
+/// Computes the output columns of the 16-row `panels` of `p` for every activation row.
+///
+/// # Safety
+/// The CPU runs the level of the slot; `p` is of the slot's type; `acts` points at
+/// activations prepared for it ([`PanelActs`]); `out` has `acts.m * n` values;
+/// `panels.end` is at most the number of panels, and no other thread writes their
+/// columns concurrently.
+pub(crate) type PanelFn =
+    unsafe fn(p: &Panels, acts: &PanelActs, out: OutPtr, panels: Range<usize>);
 
 /// Weight rows per panel: the lanes of one 512-bit i32 register.
 pub const PANEL_ROWS: usize = 16;
@@ -142,14 +151,6 @@ fn panel_tag(ty: WeightType) -> Option<u8> {
 }
 
 impl Panels {
-    /// Whether this CPU runs a panel kernel (and the kernels' ISA cap allows it).
-    pub fn available() -> bool {
-        let isa = Isa::detect();
-        WeightType::ALL
-            .into_iter()
-            .any(|ty| traits(ty).panels.select(isa).is_some())
-    }
-
     /// Whether `ty` has a panel layout.
     pub fn supports(ty: WeightType) -> bool {
         panel_tag(ty).is_some()
@@ -248,11 +249,22 @@ impl Panels {
         self.panels * self.nb * t
     }
 
-    /// `y[m, n] = x[m, k] · W^T` on up to `threads` threads, with the panel kernel of the
-    /// best level this CPU has (whatever `LAMINA_KERNELS_ISA` says, as before the kernel
-    /// table). Errors when the shapes do not fit or no panel kernel of this type runs on
-    /// this CPU (they need AVX-512 VNNI).
-    pub fn matmul(&self, x: &[f32], m: usize, y: &mut [f32], threads: usize) -> Result<()> {
+    /// `y[m, n] = x[m, k] · W^T` on up to `threads` threads with the panel `kernel`,
+    /// activations quantized by `quantize` (the kernel table chooses both:
+    /// [`Panels::matmul`]).
+    ///
+    /// # Safety
+    /// `kernel` is a panel kernel for this type and `quantize` a quantizer, both of
+    /// levels this CPU runs.
+    pub(crate) unsafe fn run(
+        &self,
+        kernel: PanelFn,
+        quantize: Q8x32Quantizer,
+        x: &[f32],
+        m: usize,
+        y: &mut [f32],
+        threads: usize,
+    ) -> Result<()> {
         if x.len() != m * self.k || y.len() != m * self.n {
             return Err(Error::InvalidInput(format!(
                 "weight panels: x has {} values and y {}, expected {m} x {} and {m} x {}",
@@ -262,12 +274,6 @@ impl Panels {
                 self.n
             )));
         }
-        let Some((isa, kernel)) = traits(self.ty).panels.select(Isa::best()) else {
-            return Err(Error::InvalidInput(format!(
-                "weight panels: no {:?} panel kernel runs on this CPU (they need AVX-512 VNNI)",
-                self.ty
-            )));
-        };
         if m == 0 || self.n == 0 {
             return Ok(());
         }
@@ -276,7 +282,8 @@ impl Panels {
             len: y.len(),
         };
         let run = |sc: &mut Scratch| {
-            sc.acts.fill(x, m, self.k, isa);
+            // SAFETY: the caller guarantees the CPU runs `quantize`.
+            unsafe { sc.acts.fill_with(x, m, self.k, quantize) };
             sc.unsigned.clear();
             sc.sums.clear();
             match self.ty {

@@ -11,7 +11,6 @@
 //! bit-identical quants, scales and sums (tested).
 
 use super::blocks::{round_f16, QK};
-use super::Isa;
 
 /// The quantized activations of an `m x k` matrix (`k` a multiple of 32), row-major.
 #[derive(Clone, Debug, Default)]
@@ -56,9 +55,19 @@ impl QActs {
         &self.s[r * self.nb..(r + 1) * self.nb]
     }
 
-    /// Quantizes `x` (`m * k` values, row-major) into `self`, reusing its buffers.
-    /// The caller checks `k % 32 == 0`, `x.len() == m * k` and that `isa` is available.
-    pub(crate) fn fill(&mut self, x: &[f32], m: usize, k: usize, isa: Isa) {
+    /// Quantizes `x` (`m * k` values, row-major) into `self` with `quantize` (the
+    /// reference [`quantize_scalar`] or a SIMD twin, chosen by the kernel table), reusing
+    /// its buffers. The caller checks `k % 32 == 0` and `x.len() == m * k`.
+    ///
+    /// # Safety
+    /// The CPU runs the instruction set `quantize` was compiled for.
+    pub(crate) unsafe fn fill_with(
+        &mut self,
+        x: &[f32],
+        m: usize,
+        k: usize,
+        quantize: Q8x32Quantizer,
+    ) {
         debug_assert!(k.is_multiple_of(QK) && x.len() == m * k);
         let nb = k / QK;
         self.m = m;
@@ -68,23 +77,15 @@ impl QActs {
         self.qs.resize(m * k, 0);
         self.d.resize(m * nb, 0.0);
         self.s.resize(m * nb, 0.0);
-        match isa {
-            Isa::Scalar => quantize_scalar(x, &mut self.qs, &mut self.d, &mut self.s),
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx2 => {
-                // SAFETY: the caller checked that the CPU supports `isa`.
-                unsafe { super::x86::avx2::quantize(x, &mut self.qs, &mut self.d, &mut self.s) }
-            }
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx512Vnni => {
-                // SAFETY: the caller checked that the CPU supports `isa`.
-                unsafe { super::x86::avx512::quantize(x, &mut self.qs, &mut self.d, &mut self.s) }
-            }
-            #[cfg(not(target_arch = "x86_64"))]
-            _ => quantize_scalar(x, &mut self.qs, &mut self.d, &mut self.s),
-        }
+        // SAFETY: the caller guarantees the CPU runs `quantize`.
+        unsafe { quantize(x, &mut self.qs, &mut self.d, &mut self.s) };
     }
 }
+
+/// Quantizes f32 rows into 8-bit blocks of 32 (`qs`), their scales (`d`) and
+/// scale-times-sum (`s`). Unsafe because SIMD variants need their instruction set; the
+/// kernel table hands out only the ones this CPU runs.
+pub(crate) type Q8x32Quantizer = unsafe fn(x: &[f32], qs: &mut [i8], d: &mut [f32], s: &mut [f32]);
 
 /// The reference quantizer: `x`, `qs` of equal length (a multiple of 32), `d` and `s` of
 /// one entry per block.

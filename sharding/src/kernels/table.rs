@@ -22,10 +22,10 @@
 // `tag` names the SIMD entries, which exist on x86-64 only.
 #[cfg_attr(not(target_arch = "x86_64"), allow(unused_imports))]
 use super::blocks::tag;
-use super::blocks::{WeightType, QK};
-use super::kquants::Q8KActs;
-use super::panels::{PanelActs, Panels};
-use super::quantize::QActs;
+use super::blocks::{bf16_at, f16_at, nibble, quant5, u32_at, WeightType, QK};
+use super::kquants::{quantize_q8k_scalar, Q8KActs, Q8KQuantizer};
+use super::panels::{PanelActs, PanelFn, Panels};
+use super::quantize::{quantize_scalar, Q8x32Quantizer, QActs};
 use super::{floats, kquants, scalar, split_units, Isa, OutPtr, QMatrix};
 #[cfg(target_arch = "x86_64")]
 use super::{panels, x86, x86_kquants};
@@ -41,16 +41,6 @@ use std::ops::Range;
 /// prepared for this type; `out` has `m * w.rows()` values; `rows.end <= w.rows()`, and
 /// no other thread writes the columns `rows` concurrently.
 pub(crate) type BlockFn<A> = unsafe fn(w: &QMatrix<'_>, acts: &A, out: OutPtr, rows: Range<usize>);
-
-/// Computes the output columns of the 16-row `panels` of `p` for every activation row.
-///
-/// # Safety
-/// The CPU runs the level of the slot; `p` is of the slot's type; `acts` points at
-/// activations prepared for it ([`PanelActs`]); `out` has `acts.m * n` values;
-/// `panels.end` is at most the number of panels, and no other thread writes their
-/// columns concurrently.
-pub(crate) type PanelFn =
-    unsafe fn(p: &Panels, acts: &PanelActs, out: OutPtr, panels: Range<usize>);
 
 /// One kernel slot per instruction-set level; `None` where the level has none.
 #[derive(Clone, Copy)]
@@ -252,6 +242,128 @@ pub(crate) fn traits(ty: WeightType) -> &'static TypeTraits {
     }
 }
 
+/// The quantizer of 8-bit blocks of 32 for level `isa` (scalar where it has none).
+pub(crate) fn q8x32_quantizer(isa: Isa) -> Q8x32Quantizer {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => x86::avx2::quantize,
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512Vnni => x86::avx512::quantize,
+        _ => quantize_scalar_unsafe,
+    }
+}
+
+/// The Q8_K quantizer for level `isa` (scalar where it has none).
+pub(crate) fn q8k_quantizer(isa: Isa) -> Q8KQuantizer {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 | Isa::Avx512Vnni => x86_kquants::quantize_q8k,
+        _ => quantize_q8k_scalar_unsafe,
+    }
+}
+
+/// [`quantize_scalar`] as the quantizers' type (it needs no instruction set).
+unsafe fn quantize_scalar_unsafe(x: &[f32], qs: &mut [i8], d: &mut [f32], s: &mut [f32]) {
+    quantize_scalar(x, qs, d, s)
+}
+
+/// [`quantize_q8k_scalar`] as the quantizers' type.
+unsafe fn quantize_q8k_scalar_unsafe(x: &[f32], qs: &mut [i8], d: &mut [f32], b: &mut [i16]) {
+    quantize_q8k_scalar(x, qs, d, b)
+}
+
+/// Quantizes `x` into `acts` with the code of level `isa`, which this CPU runs.
+pub(crate) fn fill_q8x32(acts: &mut QActs, x: &[f32], m: usize, k: usize, isa: Isa) {
+    debug_assert!(isa.is_available());
+    // SAFETY: `isa` is available (checked by every caller: `matmul`, `quantize_acts`,
+    // `Panels::matmul`).
+    unsafe { acts.fill_with(x, m, k, q8x32_quantizer(isa)) }
+}
+
+/// Quantizes `x` into Q8_K `acts` with the code of level `isa`, which this CPU runs.
+pub(crate) fn fill_q8k(acts: &mut Q8KActs, x: &[f32], m: usize, k: usize, isa: Isa) {
+    debug_assert!(isa.is_available());
+    // SAFETY: as for `fill_q8x32`.
+    unsafe { acts.fill_with(x, m, k, q8k_quantizer(isa)) }
+}
+
+/// Dequantizes one block (`block.len() == ty.block_bytes()`) into
+/// `out[..ty.block_elems()]`.
+pub fn dequantize_block(ty: WeightType, block: &[u8], out: &mut [f32]) {
+    let qs = &block[ty.qs_offset()..ty.block_bytes()];
+    match ty {
+        WeightType::Q4_0 => {
+            let d = f16_at(block, 0);
+            for (j, o) in out.iter_mut().enumerate().take(QK) {
+                *o = (nibble(qs, j) as f32 - 8.0) * d;
+            }
+        }
+        WeightType::Q4_1 => {
+            let (d, m) = (f16_at(block, 0), f16_at(block, 2));
+            for (j, o) in out.iter_mut().enumerate().take(QK) {
+                *o = nibble(qs, j) as f32 * d + m;
+            }
+        }
+        WeightType::Q5_0 => {
+            let (d, qh) = (f16_at(block, 0), u32_at(block, 2));
+            for (j, o) in out.iter_mut().enumerate().take(QK) {
+                *o = (quant5(qh, qs, j) as f32 - 16.0) * d;
+            }
+        }
+        WeightType::Q5_1 => {
+            let (d, m, qh) = (f16_at(block, 0), f16_at(block, 2), u32_at(block, 4));
+            for (j, o) in out.iter_mut().enumerate().take(QK) {
+                *o = quant5(qh, qs, j) as f32 * d + m;
+            }
+        }
+        WeightType::Q8_0 => {
+            let d = f16_at(block, 0);
+            for (o, &q) in out.iter_mut().zip(qs) {
+                *o = q as i8 as f32 * d;
+            }
+        }
+        WeightType::F16 => {
+            for (j, o) in out.iter_mut().enumerate().take(QK) {
+                *o = f16_at(block, 2 * j);
+            }
+        }
+        WeightType::BF16 => {
+            for (j, o) in out.iter_mut().enumerate().take(QK) {
+                *o = bf16_at(block, 2 * j);
+            }
+        }
+        WeightType::Q4K | WeightType::Q5K | WeightType::Q6K => {
+            kquants::dequantize_superblock(ty, block, out)
+        }
+    }
+}
+
+impl Panels {
+    /// Whether this CPU runs a panel kernel (and the kernels' ISA cap allows it).
+    pub fn available() -> bool {
+        let isa = Isa::detect();
+        WeightType::ALL
+            .into_iter()
+            .any(|ty| traits(ty).panels.select(isa).is_some())
+    }
+
+    /// `y[m, n] = x[m, k] · W^T` on up to `threads` threads, with the panel kernel of the
+    /// best level this CPU has (whatever `LAMINA_KERNELS_ISA` says, as before the kernel
+    /// table). Errors when the shapes do not fit or no panel kernel of this type runs on
+    /// this CPU (they need AVX-512 VNNI).
+    pub fn matmul(&self, x: &[f32], m: usize, y: &mut [f32], threads: usize) -> Result<()> {
+        let Some((isa, kernel)) = traits(self.weight_type()).panels.select(Isa::best()) else {
+            return Err(Error::InvalidInput(format!(
+                "weight panels: no {:?} panel kernel runs on this CPU (they need AVX-512 VNNI)",
+                self.weight_type()
+            )));
+        };
+        // SAFETY: `select` returned a kernel of level `isa`, which `Isa::best` found this
+        // CPU runs, for this type.
+        unsafe { self.run(kernel, q8x32_quantizer(isa), x, m, y, threads) }
+    }
+}
+
 /// An activation format of the block kernels: how one call's `x` becomes what they read.
 pub(crate) trait Activations: Sync {
     /// Runs `f` on `x` (`m * k`, row-major) prepared with the code of level `isa`.
@@ -268,14 +380,14 @@ impl Activations for QActs {
         // A thread-local buffer, reused across calls.
         ACTS.with(|cell| match cell.try_borrow_mut() {
             Ok(mut acts) => {
-                acts.fill(x, m, k, isa);
+                fill_q8x32(&mut acts, x, m, k, isa);
                 f(&acts)
             }
             // Re-entered on this thread (a rayon worker picked up another matmul while
             // waiting): use a fresh buffer rather than the one in use.
             Err(_) => {
                 let mut acts = QActs::new();
-                acts.fill(x, m, k, isa);
+                fill_q8x32(&mut acts, x, m, k, isa);
                 f(&acts)
             }
         })
@@ -287,12 +399,12 @@ impl Activations for Q8KActs {
         // As for `QActs`.
         ACTS_K.with(|cell| match cell.try_borrow_mut() {
             Ok(mut acts) => {
-                acts.fill(x, m, k, isa);
+                fill_q8k(&mut acts, x, m, k, isa);
                 f(&acts)
             }
             Err(_) => {
                 let mut acts = Q8KActs::new();
-                acts.fill(x, m, k, isa);
+                fill_q8k(&mut acts, x, m, k, isa);
                 f(&acts)
             }
         })

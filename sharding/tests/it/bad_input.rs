@@ -1,11 +1,10 @@
 //! Bad model files and bad requests give clear, typed errors naming the cause, and never
 //! panic.
 
-
+use crate::common::*;
 use candle_core::quantized::gguf_file::{self, Value};
 use candle_core::quantized::QTensor;
 use candle_core::Device;
-use crate::common::*;
 use lamina_sharding::executor::{LogitRows, Shard, ShardInput};
 use lamina_sharding::generate::{session_length, GenerateRequest, LocalChain};
 use lamina_sharding::gguf::GgufFile;

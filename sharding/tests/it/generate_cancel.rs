@@ -2,11 +2,10 @@
 //! with `FinishReason::Cancelled` and the text emitted so far; `generate` still runs to
 //! the end.
 
-
 use std::ops::ControlFlow;
 
-use candle_core::Device;
 use crate::common::*;
+use candle_core::Device;
 use lamina_sharding::generate::{
     generate, generate_until, FinishReason, GenerateRequest, LocalChain,
 };

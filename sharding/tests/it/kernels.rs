@@ -205,7 +205,7 @@ fn dequantize_block_matches_candle() {
         let (bb, qb) = (ty.block_bytes(), ty.block_elems());
         let mut out = vec![0f32; qb];
         for (i, blk) in data.chunks_exact(bb).enumerate() {
-            blocks::dequantize_block(ty, blk, &mut out);
+            lamina_sharding::kernels::dequantize_block(ty, blk, &mut out);
             assert_eq!(&out[..], &case.w[i * qb..(i + 1) * qb], "{ty:?} block {i}");
         }
     }

@@ -1,9 +1,8 @@
 //! Real-model parity: lamina's greedy output on the shared real models equals the
 //! reference continuations produced by independent implementations (reference.json).
 
-
-use candle_core::Device;
 use crate::common::*;
+use candle_core::Device;
 use lamina_sharding::generate::{generate, GenerateRequest, LocalChain, Stepper};
 use lamina_sharding::sampling::SamplingParams;
 use lamina_sharding::source::ModelFile;
@@ -108,8 +107,10 @@ fn stories260k_first_logits_equal_llamacpp_with_f32_kv() {
     let Some(path) = model_path(STORIES) else {
         return;
     };
-    let fixture: serde_json::Value =
-        serde_json::from_str(include_str!("../fixtures/stories260k_llamacpp_f32kv_top.json")).unwrap();
+    let fixture: serde_json::Value = serde_json::from_str(include_str!(
+        "../fixtures/stories260k_llamacpp_f32kv_top.json"
+    ))
+    .unwrap();
     let model = ModelFile::open(&path).unwrap();
     let chain = full_chain(&model);
     let mut worst = 0f32;

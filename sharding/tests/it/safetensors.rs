@@ -2,9 +2,8 @@
 //! layout (Q and K un-permuted back to "rotate half" order, HF tensor names, config.json,
 //! tokenizer.json) gives the same greedy tokens and logits as the GGUF file.
 
-
-use candle_core::{Device, Tensor};
 use crate::common::*;
+use candle_core::{Device, Tensor};
 use lamina_sharding::generate::{LocalChain, Stepper};
 use lamina_sharding::gguf::GgufFile;
 use lamina_sharding::safetensors::hf_name;

@@ -1,9 +1,8 @@
 //! Split equivalence: any cut of the layers into contiguous shards, chained in one
 //! process, gives the same greedy tokens and the same logits as the unsplit model.
 
-
-use candle_core::Device;
 use crate::common::*;
+use candle_core::Device;
 use lamina_sharding::generate::{LocalChain, Stepper};
 use lamina_sharding::layers::{even_split, LayerRange};
 use lamina_sharding::source::ModelFile;
