@@ -39,7 +39,7 @@ impl RowFormat {
     }
 
     fn decode(self, row: &[u8], out: &mut [f32]) {
-        use crate::kernels::{blocks, QK};
+        use crate::kernels::QK;
         match self {
             Self::F32 => {
                 for (o, b) in out.iter_mut().zip(row.chunks_exact(4)) {

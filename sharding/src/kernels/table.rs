@@ -24,7 +24,7 @@
 use super::blocks::tag;
 use super::blocks::{bf16_at, f16_at, nibble, quant5, u32_at, WeightType, QK};
 use super::kquants::{quantize_q8k_scalar, Q8KActs, Q8KQuantizer};
-use super::panels::{PanelActs, PanelFn, Panels};
+use super::panels::{PanelFn, Panels};
 use super::quantize::{quantize_scalar, Q8x32Quantizer, QActs};
 use super::{floats, kquants, scalar, split_units, Isa, OutPtr, QMatrix};
 #[cfg(target_arch = "x86_64")]

@@ -24,8 +24,7 @@
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{DType, Device, Module, Tensor};
 use lamina_sharding::kernels::{
-    self, blocks, matmul, quantize_acts, quantize_acts_k, Isa, QLinear, QMatrix, WeightType, QK,
-    QK_K,
+    self, matmul, quantize_acts, quantize_acts_k, Isa, QLinear, QMatrix, WeightType, QK, QK_K,
 };
 use proptest::prelude::*;
 use rand::rngs::StdRng;
