@@ -7,11 +7,13 @@
 Asks the same question twice, whole and streamed, greedily (temperature 0), and prints
 one JSON object: {"model", "text", "finish_reason", "usage", "stream_text",
 "stream_finish_reason", "stream_usage"}. The base URL is the node's `--api` address with
-`/v1`; lamina needs no API key, but the client insists on one.
+`/v1`. A node started with `--api-keys` wants one of its keys (`--api-key`, or
+OPENAI_API_KEY); without, lamina needs none, but the client insists on one.
 """
 
 import argparse
 import json
+import os
 
 from openai import OpenAI
 
@@ -23,13 +25,18 @@ def main() -> None:
     ap.add_argument("--system", default=None)
     ap.add_argument("--max-tokens", type=int, default=20)
     ap.add_argument(
+        "--api-key",
+        default=os.environ.get("OPENAI_API_KEY", "lamina"),
+        help="a key of the node's --api-keys file (default: $OPENAI_API_KEY)",
+    )
+    ap.add_argument(
         "--activation-dtype",
         default=None,
         help="lamina extension: f32 for activations bit-exact with one process",
     )
     args = ap.parse_args()
 
-    client = OpenAI(base_url=args.base_url, api_key="lamina", max_retries=0, timeout=300)
+    client = OpenAI(base_url=args.base_url, api_key=args.api_key, max_retries=0, timeout=300)
     model = client.models.list().data[0].id
     messages = []
     if args.system:

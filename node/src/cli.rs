@@ -43,6 +43,9 @@ pub enum Command {
     /// Start or stop a local testnet of node processes.
     #[command(subcommand)]
     Testnet(TestnetCommand),
+    /// Make, list and revoke the API keys of `lamina node --api-keys`.
+    #[command(subcommand)]
+    Keys(KeysCommand),
     /// Start a local mesh of nodes on a model, send it a prompt, show the route, the text
     /// and tokens/s, and keep serving until Ctrl-C (the README's main command).
     Demo(DemoArgs),
@@ -105,6 +108,8 @@ pub struct NodeArgs {
     /// Generations the HTTP API runs at once; more are answered 429.
     #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=4096))]
     pub api_max_concurrent: u64,
+    #[command(flatten)]
+    pub api_access: ApiAccessArgs,
     /// Also write the ready line (JSON) to this file.
     #[arg(long)]
     pub ready_file: Option<PathBuf>,
@@ -114,6 +119,63 @@ pub struct NodeArgs {
     /// Compute threads (default: the physical cores).
     #[arg(long, value_parser = parse_threads)]
     pub threads: Option<usize>,
+}
+
+/// Who may use a node's HTTP API, and what it records.
+#[derive(Args, Debug, Default, Clone)]
+pub struct ApiAccessArgs {
+    /// Require `Authorization: Bearer KEY` on every /v1 route, with the keys and limits
+    /// of this file (`lamina keys add`). The day's counts are kept in
+    /// DATA_DIR/api-usage.json.
+    #[arg(long, value_name = "FILE", conflicts_with = "api_open")]
+    pub api_keys: Option<PathBuf>,
+    /// Serve the API to anyone on a non-loopback --api address (without it, such a node
+    /// refuses to start unless it has --api-keys).
+    #[arg(long)]
+    pub api_open: bool,
+    /// Append one JSON line per /v1 request to this file (key name, request id, model,
+    /// tokens, route, status, duration; no text).
+    #[arg(long, value_name = "FILE")]
+    pub audit_log: Option<PathBuf>,
+    /// Also write prompt and completion text into the audit log.
+    #[arg(long, requires = "audit_log")]
+    pub audit_content: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum KeysCommand {
+    /// Make a key, print it once (only its hash is stored) and add it to the file.
+    Add {
+        /// The keys file (created, mode 0600, if missing).
+        #[arg(long)]
+        file: PathBuf,
+        /// Who the key is for: shown in audit lines and /v1/usage.
+        #[arg(long)]
+        name: String,
+        /// Requests per minute.
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+        rpm: Option<u32>,
+        /// Tokens (prompt and completion) per UTC day.
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+        tokens_per_day: Option<u64>,
+        /// Requests in flight at once.
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+        concurrent: Option<u32>,
+    },
+    /// List the keys' names and limits.
+    List {
+        #[arg(long)]
+        file: PathBuf,
+        #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+        format: OutputFormat,
+    },
+    /// Remove a key; running nodes stop accepting it at its next use.
+    Revoke {
+        #[arg(long)]
+        file: PathBuf,
+        #[arg(long)]
+        name: String,
+    },
 }
 
 fn parse_layers_choice(s: &str) -> Result<LayersChoice, String> {
@@ -225,6 +287,9 @@ pub enum TestnetCommand {
         /// Link emulation: bandwidth per link direction, e.g. 100mbit, 1gbit, 500kbit.
         #[arg(long, value_parser = lamina_testnet::relay::parse_bandwidth)]
         bandwidth: Option<u64>,
+        /// Every node requires keys of this file (`lamina keys add`) on its API.
+        #[arg(long, value_name = "FILE")]
+        api_keys: Option<PathBuf>,
     },
     /// Stop the nodes of a testnet (and remove its namespaces).
     Down {

@@ -10,6 +10,7 @@ use std::time::Duration;
 use lamina_protocol::{FrameLimits, LayerRange};
 use libp2p::Multiaddr;
 
+use crate::api::access::AccessOptions;
 use crate::cli::NodeArgs;
 use crate::session::faults::FaultPlan;
 
@@ -77,6 +78,8 @@ pub struct NodeConfig {
     pub api_chain: Option<PathBuf>,
     /// Generations the HTTP API runs at once; more are answered 429.
     pub api_max_concurrent: usize,
+    /// API keys, quotas, usage and audit of the HTTP API.
+    pub api_access: AccessOptions,
     /// Name in logs and handshakes (default: from the peer id).
     pub name: Option<String>,
     /// How long a stopping node waits for its sessions to finish.
@@ -104,6 +107,7 @@ impl NodeConfig {
             api: None,
             api_chain: None,
             api_max_concurrent: 16,
+            api_access: AccessOptions::default(),
             name: None,
             drain_timeout: Duration::from_secs(30),
             faults: None,
@@ -128,10 +132,26 @@ impl NodeConfig {
             api: args.api,
             api_chain: args.api_chain.clone(),
             api_max_concurrent: usize::try_from(args.api_max_concurrent).unwrap_or(1),
+            api_access: access_options(&args.api_access, &args.data_dir),
             name: args.name.clone(),
             drain_timeout: Duration::from_secs(30),
             faults: None,
         }
+    }
+}
+
+/// The day's usage counts of the API keys, in the data dir.
+pub const API_USAGE_FILE: &str = "api-usage.json";
+
+/// The access options `--api-keys`, `--api-open`, `--audit-log` and `--audit-content`
+/// describe; usage is persisted (in the data dir) when there are keys to count for.
+fn access_options(a: &crate::cli::ApiAccessArgs, data_dir: &std::path::Path) -> AccessOptions {
+    AccessOptions {
+        keys: a.api_keys.clone(),
+        open: a.api_open,
+        usage_file: a.api_keys.as_ref().map(|_| data_dir.join(API_USAGE_FILE)),
+        audit_log: a.audit_log.clone(),
+        audit_content: a.audit_content,
     }
 }
 

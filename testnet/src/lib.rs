@@ -54,6 +54,9 @@ pub struct UpOptions {
     pub cancel: Option<CancelFlag>,
     /// Every node in a network namespace of its own (root only; see [`netns`]).
     pub netns: bool,
+    /// The API keys file every node requires (`--api-keys`); without it, nodes whose API
+    /// is not on loopback (`netns`) serve it open (`--api-open`).
+    pub api_keys: Option<PathBuf>,
 }
 
 /// How testnet nodes get their layers.
@@ -95,6 +98,7 @@ impl UpOptions {
             observer: None,
             cancel: None,
             netns: false,
+            api_keys: None,
         }
     }
 }
@@ -423,6 +427,11 @@ pub fn up_with_links(opts: &UpOptions) -> anyhow::Result<Testnet> {
         if let Some(b) = bootstrap {
             cmd.arg("--bootstrap").arg(b);
         }
+        cmd.args(api_access_args(
+            opts.api_keys.as_deref(),
+            &data_dir,
+            netns.is_some(),
+        ));
         let args: Vec<String> = cmd
             .get_args()
             .skip(own_args_from)
@@ -586,6 +595,27 @@ fn wait_ready(
         }
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// The API access flags of a testnet node: the shared keys file (or, off loopback, an
+/// open API), and an audit log in its data dir.
+fn api_access_args(
+    keys: Option<&Path>,
+    data_dir: &Path,
+    off_loopback: bool,
+) -> Vec<std::ffi::OsString> {
+    let mut v: Vec<std::ffi::OsString> = Vec::new();
+    match keys {
+        Some(k) => {
+            v.push("--api-keys".into());
+            v.push(k.into());
+        }
+        None if off_loopback => v.push("--api-open".into()),
+        None => {}
+    }
+    v.push("--audit-log".into());
+    v.push(data_dir.join("audit.jsonl").into());
+    v
 }
 
 /// `GET {api}/status` as JSON.

@@ -10,6 +10,7 @@ use axum::Extension;
 use lamina_sharding::chat::encode_chat;
 use lamina_sharding::generate::GenerateRequest;
 
+use super::auth::Caller;
 use super::errors::{parse_value, ApiError, ApiJson};
 use super::generation::{blocking, fit_context, serve, Job};
 use super::openai::{ChatFields, CommonParams, Kind};
@@ -18,15 +19,18 @@ use super::{ApiState, RequestId};
 pub async fn chat_completions(
     State(st): State<Arc<ApiState>>,
     Extension(rid): Extension<RequestId>,
+    Extension(caller): Extension<Caller>,
     ApiJson(body): ApiJson<serde_json::Value>,
 ) -> Result<Response, ApiError> {
     let received = Instant::now();
+    caller.set_prompt(|| body.get("messages").cloned().unwrap_or_default());
     let common: CommonParams = parse_value(body.clone())?;
     let fields: ChatFields = parse_value(body)?;
     let max_tokens = fields.max_completion_tokens.or(common.max_tokens);
     let settings = common.settings(max_tokens)?;
     let messages = fields.messages()?;
     st.check_model(settings.model.as_deref())?;
+    caller.set_model(&st.model_name);
     // A template that refuses the conversation (e.g. roles that do not alternate) is the
     // request's fault.
     let st2 = st.clone();
@@ -54,6 +58,7 @@ pub async fn chat_completions(
         stream: settings.stream,
         include_usage: settings.include_usage,
         received,
+        caller,
     };
     serve(&st, job).await
 }

@@ -8,6 +8,7 @@ use axum::response::Response;
 use axum::Extension;
 use lamina_sharding::generate::GenerateRequest;
 
+use super::auth::Caller;
 use super::errors::{parse_value, ApiError, ApiJson};
 use super::generation::{blocking, fit_context, serve, Job};
 use super::openai::{CommonParams, CompletionFields, Kind};
@@ -19,15 +20,18 @@ const DEFAULT_MAX_TOKENS: usize = 16;
 pub async fn completions(
     State(st): State<Arc<ApiState>>,
     Extension(rid): Extension<RequestId>,
+    Extension(caller): Extension<Caller>,
     ApiJson(body): ApiJson<serde_json::Value>,
 ) -> Result<Response, ApiError> {
     let received = Instant::now();
+    caller.set_prompt(|| body.get("prompt").cloned().unwrap_or_default());
     let common: CommonParams = parse_value(body.clone())?;
     let fields: CompletionFields = parse_value(body)?;
     let max_tokens = common.max_tokens;
     let settings = common.settings(max_tokens)?;
     let prompt = fields.prompt()?;
     st.check_model(settings.model.as_deref())?;
+    caller.set_model(&st.model_name);
     let tok = st.client.tokenizer.clone();
     let prompt_ids = blocking(move || tok.encode(&prompt, tok.add_bos_default(), false))
         .await?
@@ -52,6 +56,7 @@ pub async fn completions(
         stream: settings.stream,
         include_usage: settings.include_usage,
         received,
+        caller,
     };
     serve(&st, job).await
 }

@@ -18,6 +18,8 @@ use tracing::Instrument;
 
 use crate::pipeline::{FailoverPolicy, GenerateOptions};
 
+use super::audit::RouteHop;
+use super::auth::{Caller, Outcome};
 use super::errors::ApiError;
 pub use super::event::Event;
 use super::openai::{usage, ResponseMeta};
@@ -38,6 +40,9 @@ pub struct Job {
     pub include_usage: bool,
     /// When the request arrived (time to first token counts from here).
     pub received: Instant,
+    /// Whose request it is: the generation's tokens are counted against the key, and its
+    /// outcome goes into the audit line, when it ends (a stream ends after the handler).
+    pub caller: Caller,
 }
 
 /// What the generation tells the HTTP side: the first step's arrival, each step's time
@@ -91,9 +96,11 @@ fn start(st: &Arc<ApiState>, job: &Job) -> Result<mpsc::Receiver<Event>, ApiErro
         metrics: metrics.clone(),
         received: job.received,
     };
+    let caller = job.caller.clone();
     let task = async move {
         let _permit = permit;
         let _active = active;
+        let mut route = Vec::new();
         let result = st
             .client
             .generate(st.routes.as_ref(), &req, &opts, &mut reporter)
@@ -108,18 +115,40 @@ fn start(st: &Arc<ApiState>, job: &Job) -> Result<mpsc::Receiver<Event>, ApiErro
                         "generation survived hop failures"
                     );
                 }
+                route = g.route;
                 g.output
             })
             .map_err(ApiError::from);
-        match &result {
+        let outcome = match &result {
             Ok(out) => {
                 metrics.add_generated_tokens(out.generated_token_ids.len() as u64);
                 if out.finish_reason == FinishReason::Cancelled {
                     metrics.record_cancelled();
                 }
+                Outcome {
+                    prompt_tokens: out.prompt_token_ids.len() as u64,
+                    completion_tokens: out.generated_token_ids.len() as u64,
+                    route: route
+                        .iter()
+                        .map(|h| RouteHop {
+                            peer_id: h.peer.to_string(),
+                            layers: h.layers.to_string(),
+                        })
+                        .collect(),
+                    status: 200,
+                    completion: Some(&out.text),
+                }
             }
-            Err(e) => tracing::warn!("generation failed: {}", e.message),
-        }
+            Err(e) => {
+                tracing::warn!("generation failed: {}", e.message);
+                Outcome {
+                    status: e.status.as_u16(),
+                    ..Outcome::default()
+                }
+            }
+        };
+        caller.finished(outcome);
+        drop(caller);
         let _ = tx.send(Event::Done(result)).await;
     };
     tokio::spawn(task.in_current_span());

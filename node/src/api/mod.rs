@@ -1,18 +1,27 @@
 //! The OpenAI-compatible HTTP API of a node: `/v1/models`, `/v1/completions`,
-//! `/v1/chat/completions` (streamed with SSE or whole), `/status` and `/metrics`.
+//! `/v1/chat/completions` (streamed with SSE or whole), `/v1/usage`, `/status` and
+//! `/metrics`.
 //!
 //! Handlers never pick a chain themselves: they ask a [`RouteSource`] (the mesh, or a
 //! chain file). Every answer, errors included, has OpenAI's shape, so the official clients
 //! work unchanged. `/status` is rendered here from the typed views of the mesh
 //! ([`crate::mesh::MeshStatus`]) or the chain file.
+//!
+//! Every `/v1` route passes the access layer ([`auth`]): API keys ([`keys`]), quotas
+//! ([`quota`]), the day's usage persisted ([`access`]) and the audit log ([`audit`]).
 
+pub mod access;
+pub mod audit;
+pub mod auth;
 mod chat;
 mod completions;
 pub mod errors;
 pub mod event;
 pub mod generation;
+pub mod keys;
 pub mod metrics;
 pub mod openai;
+pub mod quota;
 mod status;
 pub mod stream;
 
@@ -73,6 +82,8 @@ pub struct ApiParts {
     pub limits: ApiLimits,
     /// The node serving the API, as `/status` shows it.
     pub node: Option<NodeInfo>,
+    /// Keys, quotas, usage and audit of the `/v1` routes.
+    pub access: Arc<access::Access>,
 }
 
 /// What the API handlers share.
@@ -87,6 +98,7 @@ pub struct ApiState {
     pub metrics: Arc<Metrics>,
     pub limits: ApiLimits,
     pub node: Option<NodeInfo>,
+    pub access: Arc<access::Access>,
     slots: Arc<Semaphore>,
     started: Instant,
     created: u64,
@@ -118,6 +130,7 @@ impl ApiState {
             metrics: p.metrics,
             limits: p.limits,
             node: p.node,
+            access: p.access,
             started: Instant::now(),
             created: crate::ids::unix_secs(),
         }
@@ -145,11 +158,20 @@ impl ApiState {
 
 /// The API's routes.
 pub fn router(state: Arc<ApiState>) -> Router {
-    Router::new()
+    // `route_layer`: the access layer runs for these routes only (an unknown path is a
+    // 404 with or without a key).
+    let v1 = Router::new()
         .route("/v1/models", get(status::models))
         .route("/v1/models/{model}", get(status::model))
         .route("/v1/completions", post(completions::completions))
         .route("/v1/chat/completions", post(chat::chat_completions))
+        .route("/v1/usage", get(auth::usage))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::authorize,
+        ));
+    Router::new()
+        .merge(v1)
         .route("/status", get(status::status))
         .route("/metrics", get(status::metrics))
         .fallback(fallback)

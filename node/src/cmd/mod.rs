@@ -3,6 +3,7 @@
 mod chain;
 mod demo;
 mod generate;
+mod keys;
 mod model;
 pub mod node;
 mod progress;
@@ -26,6 +27,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Model(cmd) => model::run(cmd),
         Command::Node(args) => node::run(args),
         Command::Testnet(cmd) => testnet::run(cmd),
+        Command::Keys(cmd) => keys::run(cmd),
         Command::Demo(args) => demo::run(args),
         Command::Status { peer, format } => remote::status(&peer, format),
     }

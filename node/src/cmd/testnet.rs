@@ -53,6 +53,7 @@ pub fn run(cmd: TestnetCommand) -> anyhow::Result<()> {
             jitter,
             loss,
             bandwidth,
+            api_keys,
         } => {
             let exe = std::env::current_exe()?;
             let dir = dir.unwrap_or_else(|| {
@@ -62,6 +63,14 @@ pub fn run(cmd: TestnetCommand) -> anyhow::Result<()> {
             });
             let model = model_or_preset(model, &dir)?;
             let mut opts = lamina_testnet::UpOptions::new(exe, nodes, model, state.clone(), dir);
+            // Absolute: `restart` runs the nodes' arguments again from anywhere.
+            opts.api_keys = match api_keys {
+                Some(k) => Some(
+                    std::fs::canonicalize(&k)
+                        .with_context(|| format!("--api-keys {}: cannot read it", k.display()))?,
+                ),
+                None => None,
+            };
             opts.placement = match (redundancy, layers_per_node, placement) {
                 (Some(k), _, _) => lamina_testnet::Placement::Redundant(k),
                 (_, Some(n), _) => lamina_testnet::Placement::PerNode(n),

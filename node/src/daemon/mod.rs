@@ -51,6 +51,10 @@ pub enum NodeError {
     },
     #[error("{0}")]
     Config(String),
+    #[error(transparent)]
+    OpenApi(#[from] crate::api::access::OpenApiRefused),
+    #[error("API access: {0}")]
+    Access(#[from] crate::api::access::AccessError),
     #[error("data plane: {0}")]
     DataPlane(#[from] crate::dataplane::DataPlaneError),
     #[error("mesh: {0}")]
@@ -80,6 +84,9 @@ impl Node {
     /// Starts a node on the current tokio runtime and returns once it serves (its layers
     /// loaded and announced, its API listening).
     pub async fn start(config: NodeConfig) -> Result<NodeHandle, NodeError> {
+        if let Some(addr) = config.api {
+            crate::api::access::check_exposure(addr, &config.api_access)?;
+        }
         let path = config.model.display().to_string();
         let model_err = |source| NodeError::Model {
             path: path.clone(),
@@ -173,6 +180,19 @@ impl Node {
         };
         let token = CancellationToken::new();
         let tasks = TaskTracker::new();
+        // Before joining: a bad keys file is an error at start, not at the first request.
+        let access = match &api_listener {
+            Some(_) => {
+                let (access, writers) =
+                    crate::api::access::Access::start(&config.api_access, token.child_token())
+                        .await?;
+                for w in writers {
+                    tasks.spawn(w);
+                }
+                Arc::new(access)
+            }
+            None => Arc::new(crate::api::access::Access::open()),
+        };
         let mesh = MeshHandle::start(key.clone(), &swarm, template, token.child_token())?;
         mesh.wait_listening(Duration::from_secs(5)).await;
         mesh.update(|_| {}).await?;
@@ -266,6 +286,7 @@ impl Node {
                     max_prompt_tokens: cfg.context_length,
                 },
                 node: Some(info.clone()),
+                access,
             }));
             let app = crate::api::router(state);
             let stop = token.clone();

@@ -20,7 +20,7 @@ use tracing::Instrument;
 
 use super::{FailoverPolicy, FailoverSession, PipelineError, PipelineOptions, StepReply};
 use crate::dataplane::Dialer;
-use crate::failure::Failure;
+use crate::failure::{Failure, Hop};
 use crate::routes::RouteSource;
 
 /// Everything a generation through a chain needs besides the request.
@@ -79,6 +79,9 @@ pub struct Generated {
     pub output: GenerationOutput,
     /// How long each recovery from a hop failure took.
     pub recoveries: Vec<Duration>,
+    /// The chain that ran the generation last (after any failover): who saw what, for
+    /// the audit log.
+    pub route: Vec<Hop>,
 }
 
 impl ChainClient {
@@ -115,6 +118,7 @@ impl ChainClient {
             return Ok(Generated {
                 output: g.finish(0.0, 0.0),
                 recoveries: vec![],
+                route: vec![],
             });
         };
         let remote_samples = req.sampling.repetition_penalty == 1.0;
@@ -166,6 +170,7 @@ impl ChainClient {
         }
         let decode_ms = t1.elapsed().as_secs_f64() * 1e3;
         let recoveries = std::mem::take(&mut session.recoveries);
+        let route = session.chain().iter().map(super::ChainHop::hop).collect();
         session.close().await;
         let output = g.finish(prefill_ms, decode_ms);
         if output.finish_reason == lamina_sharding::generate::FinishReason::Cancelled {
@@ -174,7 +179,11 @@ impl ChainClient {
                 "reader went away; generation stopped"
             );
         }
-        Ok(Generated { output, recoveries })
+        Ok(Generated {
+            output,
+            recoveries,
+            route,
+        })
     }
 }
 

@@ -11,6 +11,7 @@
 
 mod common;
 
+mod api_keys;
 mod api_smollm2;
 mod api_stories;
 mod blame;

@@ -98,12 +98,29 @@ pub fn write_request(
     content_type: Option<&str>,
     body: &str,
 ) {
+    write_request_with(s, addr, method, path, &[], content_type, body);
+}
+
+/// [`write_request`] with more header lines (`("Authorization", "Bearer KEY")`).
+pub fn write_request_with(
+    s: &mut TcpStream,
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    content_type: Option<&str>,
+    body: &str,
+) {
     let ct = content_type
         .map(|c| format!("Content-Type: {c}\r\n"))
         .unwrap_or_default();
+    let extra: String = headers
+        .iter()
+        .map(|(k, v)| format!("{k}: {v}\r\n"))
+        .collect();
     write!(
         s,
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{ct}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{ct}{extra}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     )
     .expect("write the request");
@@ -142,8 +159,20 @@ pub fn request(
     content_type: Option<&str>,
     body: &str,
 ) -> Resp {
+    request_with(addr, method, path, &[], content_type, body)
+}
+
+/// [`request`] with more header lines.
+pub fn request_with(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    content_type: Option<&str>,
+    body: &str,
+) -> Resp {
     let mut s = connect(addr);
-    write_request(&mut s, addr, method, path, content_type, body);
+    write_request_with(&mut s, addr, method, path, headers, content_type, body);
     let mut raw = Vec::new();
     s.read_to_end(&mut raw).expect("read the response");
     let split = raw
