@@ -8,7 +8,9 @@
 //!   the day's counts survive a restart; a revoked key is refused without a restart;
 //! - the official OpenAI client with `api_key=KEY`, and text in the audit log only with
 //!   `--audit-content`;
-//! - a non-loopback API without keys refuses to start unless `--api-open`.
+//! - a non-loopback API without keys refuses to start unless `--api-open`;
+//! - `lamina testnet up --api-keys` gives every node the keys, and each writes
+//!   `audit.jsonl` in its data dir with the route through the testnet.
 
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
@@ -551,4 +553,87 @@ fn a_non_loopback_api_without_keys_refuses_to_start_unless_open() {
     let _serial = crate::common::serial();
     let node = NodeProc::start(&model, "0..5", &["--api", "0.0.0.0:0", "--api-open"]);
     assert!(node.ready["api"].as_str().is_some());
+}
+
+/// Runs `lamina testnet down` on drop (a failed assertion must not leave nodes running).
+struct TestnetDown(PathBuf);
+
+impl Drop for TestnetDown {
+    fn drop(&mut self) {
+        if self.0.exists() {
+            let _ = Command::new(env!("CARGO_BIN_EXE_lamina"))
+                .args(["testnet", "down", "--state"])
+                .arg(&self.0)
+                .status();
+        }
+    }
+}
+
+#[test]
+fn testnet_up_with_api_keys_gives_every_node_the_keys_and_an_audit_log() {
+    let Some(model) = model_path(STORIES) else {
+        return;
+    };
+    let _serial = crate::common::serial();
+    let dir = TempDir::new("testnet-keys");
+    let keys = dir.path().join("keys.json");
+    let key = add_key(&keys, "tn", &[]);
+    let state_path = dir.path().join("state.json");
+    let _down = TestnetDown(state_path.clone());
+    let out = Command::new(env!("CARGO_BIN_EXE_lamina"))
+        .args(["testnet", "up", "--detach", "--nodes", "2", "--model"])
+        .arg(&model)
+        .arg("--state")
+        .arg(&state_path)
+        .arg("--api-keys")
+        .arg(&keys)
+        .output()
+        .expect("run testnet up");
+    assert!(
+        out.status.success(),
+        "up failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let state = lamina_testnet::TestnetState::read(&state_path).expect("state file");
+    let peers: Vec<&str> = state.nodes.iter().map(|n| n.peer_id.as_str()).collect();
+    for (i, n) in state.nodes.iter().enumerate() {
+        let api = n
+            .api
+            .as_deref()
+            .and_then(|a| a.strip_prefix("http://"))
+            .expect("api");
+        let call = |key: Option<&str>, path: &str, body: Option<&Value>| {
+            let auth = key.map(|k| format!("Bearer {k}"));
+            let h: Vec<(&str, &str)> = auth
+                .as_deref()
+                .map(|a| vec![("Authorization", a)])
+                .unwrap_or_default();
+            match body {
+                Some(b) => request_with(
+                    api,
+                    "POST",
+                    path,
+                    &h,
+                    Some("application/json"),
+                    &b.to_string(),
+                ),
+                None => request_with(api, "GET", path, &h, None, ""),
+            }
+        };
+        assert_401(&call(None, "/v1/models", None));
+        let r = call(Some(&key), "/v1/completions", Some(&completion_body(4)));
+        assert_eq!(r.status, 200, "{}", r.body);
+        let audit = n.data_dir.join("audit.jsonl");
+        eventually("the node's audit lines", || audit_lines(&audit).len() == 2);
+        let lines = audit_lines(&audit);
+        assert_eq!(lines[0]["status"], 401);
+        assert_eq!(lines[1]["key"], "tn");
+        let route: Vec<&str> = lines[1]["route"]
+            .as_array()
+            .expect("route")
+            .iter()
+            .map(|h| h["peer_id"].as_str().expect("peer id"))
+            .collect();
+        assert_eq!(route, peers, "node {i}");
+    }
 }
