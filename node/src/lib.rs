@@ -7,6 +7,7 @@
 //!   ([`config`]) and wires the rooms below together; [`NodeHandle`] is a running node.
 //! - [`api`]: the OpenAI-compatible HTTP API. A request is tokenized, admitted, and
 //!   handed to the pipeline as a task of its own; text comes back through a bounded channel.
+//!   Every `/v1` route passes the access layer first (API keys, quotas, usage, audit).
 //! - [`pipeline`]: the entry's side of a generation. It drives sharding's generation
 //!   machine, asking a [`routes::RouteSource`] for a chain and running a
 //!   failover session on it: open on the first hop, one `Forward` per step, replay on a

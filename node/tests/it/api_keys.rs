@@ -502,6 +502,33 @@ fn official_openai_client_uses_the_key_and_audit_content_keeps_text() {
     assert!(lines[3].get("completion").is_none());
 }
 
+/// Runs `lamina ARGS`, which must exit (within 30 s) unsuccessfully; returns its stderr.
+fn fails_to_start(args: &[&str]) -> String {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_lamina"))
+        .args(args)
+        .env("LAMINA_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start lamina");
+    let t = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("wait") {
+            break s;
+        }
+        if t.elapsed() > Duration::from_secs(30) {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("lamina {args:?} started");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(!status.success(), "{args:?}");
+    let out = child.wait_with_output().expect("output");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
 #[test]
 fn a_non_loopback_api_without_keys_refuses_to_start_unless_open() {
     let Some(model) = model_path(STORIES) else {
@@ -522,32 +549,17 @@ fn a_non_loopback_api_without_keys_refuses_to_start_unless_open() {
         "--api",
         "0.0.0.0:0",
     ];
-    let mut child = Command::new(env!("CARGO_BIN_EXE_lamina"))
-        .args(base)
-        .env("LAMINA_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start lamina node");
-    let t = Instant::now();
-    let status = loop {
-        if let Some(s) = child.try_wait().expect("wait") {
-            break s;
-        }
-        if t.elapsed() > Duration::from_secs(30) {
-            let _ = child.kill();
-            panic!("a node with an open non-loopback API started");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let out = child.wait_with_output().expect("output");
-    assert!(!status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = fails_to_start(&base);
     assert!(
         err.contains("--api-keys") && err.contains("--api-open") && err.contains("0.0.0.0"),
         "{err}"
     );
+    // A keys file that cannot be read is an error at start, not at the first request.
+    let missing = dir.path().join("missing-keys.json");
+    let mut args = base.to_vec();
+    args.extend(["--api-keys", missing.to_str().unwrap()]);
+    let err = fails_to_start(&args);
+    assert!(err.contains("missing-keys.json"), "{err}");
 
     // With --api-open it serves.
     let _serial = crate::common::serial();
