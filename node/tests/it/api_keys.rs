@@ -216,7 +216,6 @@ fn keys_cli_adds_lists_and_revokes_and_stores_hashes_only() {
 
 #[test]
 fn keys_quotas_usage_and_audit_hold_across_a_restart() {
-    let _serial = crate::common::serial();
     let Some(model) = model_path(STORIES) else {
         return;
     };
@@ -428,7 +427,6 @@ fn python() -> Option<PathBuf> {
 
 #[test]
 fn official_openai_client_uses_the_key_and_audit_content_keeps_text() {
-    let _serial = crate::common::serial();
     let Some(model) = model_path(STORIES) else {
         return;
     };
@@ -562,7 +560,6 @@ fn a_non_loopback_api_without_keys_refuses_to_start_unless_open() {
     assert!(err.contains("missing-keys.json"), "{err}");
 
     // With --api-open it serves.
-    let _serial = crate::common::serial();
     let node = NodeProc::start(&model, "0..5", &["--api", "0.0.0.0:0", "--api-open"]);
     assert!(node.ready["api"].as_str().is_some());
 }
@@ -586,7 +583,6 @@ fn testnet_up_with_api_keys_gives_every_node_the_keys_and_an_audit_log() {
     let Some(model) = model_path(STORIES) else {
         return;
     };
-    let _serial = crate::common::serial();
     let dir = TempDir::new("testnet-keys");
     let keys = dir.path().join("keys.json");
     let key = add_key(&keys, "tn", &[]);
