@@ -29,7 +29,6 @@ fn chat(messages: Value, extra: Value) -> Value {
 
 #[test]
 fn chat_completions_equal_single_process_429_and_disconnect() {
-    let _serial = crate::common::serial();
     let Some(path) = model_path(SMOLLM) else {
         return;
     };

@@ -37,7 +37,6 @@ fn completion(prompt: &str, extra: Value) -> Value {
 
 #[test]
 fn completions_whole_and_streamed_equal_single_process_and_errors_are_openai_shaped() {
-    let _serial = crate::common::serial();
     let (Some(path), Some(prompts)) = (model_path(STORIES), reference_prompts(STORIES)) else {
         return;
     };

@@ -204,7 +204,6 @@ fn opts(max_sessions: usize) -> ServerOptions {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hop_that_names_another_peer_in_its_error_gets_itself_blamed() {
-    let _serial = crate::common::serial_async().await;
     let (model, id) = tiny_model();
     let tokenizer = std::sync::Arc::new(model.tokenizer().expect("tokenizer"));
     let client = ChainClient {
@@ -268,7 +267,6 @@ async fn a_hop_that_names_another_peer_in_its_error_gets_itself_blamed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refusals_ban_no_one() {
-    let _serial = crate::common::serial_async().await;
     let (model, id) = tiny_model();
     let client = ChainClient {
         dialer: client_dialer(FrameLimits::default()),

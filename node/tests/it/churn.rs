@@ -67,7 +67,6 @@ fn servers_of(st: &Value) -> Vec<(String, String)> {
 
 #[test]
 fn the_only_server_of_a_range_dies_and_the_mesh_recovers_it() {
-    let _serial = crate::common::serial();
     let Some(path) = model_path(SMOLLM2) else {
         return;
     };
@@ -152,7 +151,6 @@ fn the_only_server_of_a_range_dies_and_the_mesh_recovers_it() {
 
 #[test]
 fn sigterm_on_a_serving_node_loses_no_generation() {
-    let _serial = crate::common::serial();
     let Some(path) = model_path(SMOLLM2) else {
         return;
     };
@@ -309,7 +307,6 @@ fn start_evil(bootstrap: &str, model_id: &str, garbage: bool) -> Evil {
 
 #[test]
 fn a_peer_that_stalls_or_sends_garbage_is_detected_and_avoided() {
-    let _serial = crate::common::serial();
     let Some(path) = model_path(SMOLLM2) else {
         return;
     };

@@ -321,7 +321,6 @@ fn scenarios() -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn seeded_faults_on_any_hop_at_any_step_change_no_token() {
-    let _serial = crate::common::serial_async().await;
     let Some(path) = model_path(STORIES) else {
         return;
     };
@@ -399,7 +398,6 @@ async fn seeded_faults_on_any_hop_at_any_step_change_no_token() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_range_that_loses_both_servers_fails_with_the_uncovered_layers() {
-    let _serial = crate::common::serial_async().await;
     let Some(path) = model_path(STORIES) else {
         return;
     };
@@ -457,7 +455,6 @@ async fn a_range_that_loses_both_servers_fails_with_the_uncovered_layers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_draining_node_refuses_new_sessions_and_finishes_its_own() {
-    let _serial = crate::common::serial_async().await;
     let Some(path) = model_path(STORIES) else {
         return;
     };

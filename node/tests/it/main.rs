@@ -1,6 +1,8 @@
 //! The node's integration tests, one binary (one link of the whole stack instead of one
-//! per file). Modules by what they exercise; heavy tests (meshes, processes, real models)
-//! take [`common::serial`] so they do not compete for the machine's cores.
+//! per file). Modules by what they exercise. Tests run side by side (the default two
+//! threads): the heavy ones spend most of their time waiting on sockets and deadlines,
+//! not on the cores (the suite's CPU time is about a third of its wall time), and their
+//! deadlines are generous enough for a loaded machine.
 //!
 //! - in-process, through the library: `pipeline_stories`, `pipeline_smollm2` (chains of
 //!   session servers), `dataplane_bad_input`, `progress`, `blame`, `churn_harness`,

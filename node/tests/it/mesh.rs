@@ -91,7 +91,6 @@ fn reference(model: &ModelFile, prompt: &str, n: usize) -> Vec<u32> {
 
 #[test]
 fn four_self_placing_nodes_cover_smollm2_and_a_layerless_node_answers() {
-    let _serial = crate::common::serial();
     let Some(path) = model_path(SMOLLM2) else {
         return;
     };
@@ -195,7 +194,6 @@ fn peers(st: &Value) -> Vec<(String, String, bool)> {
 
 #[test]
 fn a_killed_node_leaves_the_view_and_a_new_one_takes_its_place() {
-    let _serial = crate::common::serial();
     let Some(path) = model_path(SMOLLM2) else {
         return;
     };

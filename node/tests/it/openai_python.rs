@@ -50,7 +50,6 @@ fn python() -> Option<PathBuf> {
 
 #[test]
 fn official_openai_client_chat_equals_single_process() {
-    let _serial = crate::common::serial();
     let Some(path) = model_path(SMOLLM) else {
         return;
     };

@@ -25,7 +25,6 @@ fn margin(l: &[f32]) -> f32 {
 
 #[test]
 fn smollm2_three_nodes_equal_single_process() {
-    let _serial = crate::common::serial();
     let (Some(path), Some(prompts)) = (model_path(SMOLLM), reference_prompts(SMOLLM)) else {
         return;
     };
@@ -109,7 +108,6 @@ fn peak_rss_bytes(pid: u32) -> u64 {
 /// pages of copied or hashed tensors are released.
 #[test]
 fn smollm2_node_peak_rss_is_file_plus_kv_plus_64_mib() {
-    let _serial = crate::common::serial();
     let Some(path) = model_path(SMOLLM) else {
         return;
     };

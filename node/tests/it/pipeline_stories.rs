@@ -16,7 +16,6 @@ use lamina_sharding::source::ModelFile;
 
 #[test]
 fn three_nodes_generate_reference_tokens_f32_bit_exact_and_f16() {
-    let _serial = crate::common::serial();
     let (Some(path), Some(prompts)) = (model_path(STORIES), reference_prompts(STORIES)) else {
         return;
     };
@@ -73,7 +72,6 @@ fn three_nodes_generate_reference_tokens_f32_bit_exact_and_f16() {
 
 #[test]
 fn eight_concurrent_generations_equal_alone() {
-    let _serial = crate::common::serial();
     let (Some(path), Some(prompts)) = (model_path(STORIES), reference_prompts(STORIES)) else {
         return;
     };

@@ -62,7 +62,6 @@ fn wait_for(state: &std::path::Path, what: &str, pred: impl Fn(&Value) -> bool) 
 
 #[test]
 fn a_killed_node_restarts_with_its_peer_id_and_the_mesh_is_covered_again() {
-    let _serial = crate::common::serial();
     let Some(path) = model_path(STORIES) else {
         return;
     };

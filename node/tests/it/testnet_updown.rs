@@ -84,7 +84,6 @@ fn testnet_up_serves_completions_and_down_leaves_no_process() {
     let (Some(path), Some(prompts)) = (model_path(STORIES), reference_prompts(STORIES)) else {
         return;
     };
-    let _serial = crate::common::serial();
     let dir = TempDir::new("testnet");
     let state_path = dir.path().join("state.json");
     let guard = Down(state_path.clone());
@@ -384,7 +383,6 @@ fn testnet_up_serves_until_ctrl_c_and_then_leaves_no_process() {
     let Some(path) = model_path(STORIES) else {
         return;
     };
-    let _serial = crate::common::serial();
     let dir = TempDir::new("testnet-fg");
     let mut up = Foreground::start(&path, 3, dir.path(), &[]);
     up.wait_up();
@@ -431,7 +429,6 @@ fn ctrl_c_while_the_nodes_load_leaves_no_process() {
     let Some(path) = model_path("SmolLM2-135M-Instruct.Q4_1.gguf") else {
         return;
     };
-    let _serial = crate::common::serial();
     let dir = TempDir::new("testnet-early");
     let mut up = Foreground::start(&path, 4, dir.path(), &[]);
     let first_log = dir.path().join("net").join("node-0.log");
@@ -466,7 +463,6 @@ fn four_smollm2_nodes_answer_a_chat_completion_and_down_or_ctrl_c_leave_nothing(
     let Some(path) = model_path("SmolLM2-135M-Instruct.Q4_1.gguf") else {
         return;
     };
-    let _serial = crate::common::serial();
     for stop_with_down in [true, false] {
         let dir = TempDir::new("testnet-smollm2");
         let t = Instant::now();
@@ -591,7 +587,6 @@ fn netns_testnet_partitions_heals_and_leaves_no_namespace() {
     if !netns_available() {
         return;
     }
-    let _serial = crate::common::serial();
     let dir = TempDir::new("testnet-netns");
     let mut up = Foreground::start(&path, 3, dir.path(), &["--netns"]);
     up.wait_up();
@@ -682,7 +677,6 @@ fn netns_testnet_partitions_heals_and_leaves_no_namespace() {
 /// chunks of N layers round-robin; the mesh they form answers.
 #[test]
 fn a_synthetic_preset_with_redundancy_or_layers_per_node_serves() {
-    let _serial = crate::common::serial();
     for (flags, want) in [
         (
             &["--redundancy", "2"][..],
