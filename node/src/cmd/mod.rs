@@ -3,6 +3,7 @@
 mod chain;
 mod demo;
 mod generate;
+mod mesh;
 mod model;
 pub mod node;
 mod progress;
@@ -27,6 +28,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Node(args) => node::run(args),
         Command::Testnet(cmd) => testnet::run(cmd),
         Command::Demo(args) => demo::run(args),
+        Command::Mesh(cmd) => mesh::run(cmd),
         Command::Status { peer, format } => remote::status(&peer, format),
     }
 }

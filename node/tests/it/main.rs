@@ -27,3 +27,4 @@ mod pipeline_stories;
 mod progress;
 mod testnet_control;
 mod testnet_updown;
+mod trust;
