@@ -219,11 +219,8 @@ impl<T: AuthorityBody> Signed<T> {
 
     /// The compact encoding (bincode of body and signature).
     pub fn to_bytes(&self) -> Vec<u8> {
-        bincode::encode_to_vec(
-            (&self.body, &self.signature),
-            bincode::config::standard(),
-        )
-        .unwrap_or_default()
+        bincode::encode_to_vec((&self.body, &self.signature), bincode::config::standard())
+            .unwrap_or_default()
     }
 
     /// Decodes [`to_bytes`](Self::to_bytes), bounded; the signature is not checked here.

@@ -9,8 +9,8 @@ use libp2p::{Multiaddr, PeerId};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-pub use crate::info::NodeInfo;
 use crate::dataplane::Dialer;
+pub use crate::info::NodeInfo;
 use crate::mesh::{MeshHandle, MeshStatus};
 use crate::session::SessionServer;
 
@@ -32,7 +32,6 @@ impl NodeHandle {
         info: NodeInfo,
         mesh: MeshHandle,
         server: Option<Arc<SessionServer>>,
-        endpoint: quinn::Endpoint,
         dialer: Dialer,
         token: CancellationToken,
         tasks: TaskTracker,
@@ -42,7 +41,7 @@ impl NodeHandle {
             info,
             mesh,
             server,
-            endpoint,
+            endpoint: dialer.endpoint().clone(),
             dialer,
             token,
             tasks,

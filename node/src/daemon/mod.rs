@@ -34,14 +34,14 @@ use tokio_util::task::TaskTracker;
 pub use handle::{NodeHandle, NodeInfo};
 pub use measure::load_and_measure;
 
-use crate::config::{IdentityStore, LayersChoice, NodeConfig};
 use crate::config::MeshChoice;
+use crate::config::{IdentityStore, LayersChoice, NodeConfig};
 use crate::dataplane::{server_endpoint, Dialer};
-use crate::trust::{Gate, MemberFile, SharedGate};
 use crate::mesh::{load_or_create_identity, MeshHandle, SwarmOptions};
 use crate::pipeline::ChainClient;
 use crate::routes::{ChainFileRoutes, RouteSource};
 use crate::session::{Reporter, ServerOptions, SessionServer};
+use crate::trust::{Gate, MemberFile, SharedGate};
 
 /// Why a node could not start.
 #[derive(Debug, thiserror::Error)]
@@ -315,7 +315,6 @@ impl Node {
             info,
             mesh,
             served.map(|(s, _)| s),
-            endpoint,
             dialer,
             token,
             tasks,

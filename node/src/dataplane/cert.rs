@@ -30,7 +30,10 @@ pub fn server_config(key: &Keypair) -> Result<quinn::ServerConfig, DataPlaneErro
 
 /// A quinn client configuration presenting `key`'s certificate and accepting only a server
 /// that proves the peer id `expected`.
-pub fn client_config(key: &Keypair, expected: PeerId) -> Result<quinn::ClientConfig, DataPlaneError> {
+pub fn client_config(
+    key: &Keypair,
+    expected: PeerId,
+) -> Result<quinn::ClientConfig, DataPlaneError> {
     let mut tls = libp2p_tls::make_client_config(key, Some(expected))
         .map_err(|e| DataPlaneError::Cert(e.to_string()))?;
     tls.alpn_protocols = vec![ALPN.to_vec()];

@@ -29,8 +29,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::behaviour::{
-    Behaviour, BehaviourEvent, MemberHello, Sync, ADMISSION_TIMEOUT, KEEP_WITHDRAWN_MS,
-    MAX_PEERS, MAX_REVOCATIONS_PER_MESSAGE, MAX_SYNC_RECORDS, REDIAL_BACKOFF, SYNC_INTERVAL,
+    Behaviour, BehaviourEvent, MemberHello, Sync, ADMISSION_TIMEOUT, KEEP_WITHDRAWN_MS, MAX_PEERS,
+    MAX_REVOCATIONS_PER_MESSAGE, MAX_SYNC_RECORDS, REDIAL_BACKOFF, SYNC_INTERVAL,
 };
 use super::state::{MeshSnapshot, MeshState};
 use super::table::Inserted;
@@ -75,6 +75,10 @@ pub struct EventLoop {
     admitted: HashSet<PeerId>,
     /// Connected peers that have not proved membership yet, and since when.
     pending: HashMap<PeerId, Instant>,
+    /// Since when each connected peer is connected.
+    connected_at: HashMap<PeerId, Instant>,
+    /// This node learnt its own revocation: it stops dialing (every member refuses it).
+    revoked_self: bool,
 }
 
 impl EventLoop {
@@ -101,6 +105,8 @@ impl EventLoop {
             gate,
             admitted: HashSet::new(),
             pending: HashMap::new(),
+            connected_at: HashMap::new(),
+            revoked_self: false,
         }
     }
 
@@ -233,7 +239,10 @@ impl EventLoop {
             .map(|(p, _)| *p)
             .collect();
         for p in late {
-            self.refuse(p, &format!("no membership proof within {ADMISSION_TIMEOUT:?}"));
+            self.refuse(
+                p,
+                &format!("no membership proof within {ADMISSION_TIMEOUT:?}"),
+            );
         }
         self.sync_all();
         self.dial_known();
@@ -287,6 +296,9 @@ impl EventLoop {
     /// Dials announced peers this node is not connected to, so that it can ping them
     /// (routing needs their RTT) and gossip with them directly.
     fn dial_known(&mut self) {
+        if self.revoked_self {
+            return;
+        }
         let targets: Vec<(PeerId, Vec<Multiaddr>)> = self
             .state
             .table
@@ -337,6 +349,9 @@ impl EventLoop {
                 if !self.bootstrapped {
                     self.bootstrapped = self.swarm.behaviour_mut().kad.bootstrap().is_ok();
                 }
+                self.connected_at
+                    .entry(peer_id)
+                    .or_insert_with(Instant::now);
                 if self.admitted.contains(&peer_id) || self.pending.contains_key(&peer_id) {
                     return;
                 }
@@ -360,8 +375,13 @@ impl EventLoop {
                 self.pending.remove(&peer_id);
                 self.state.connected = self.admitted.len();
                 self.dirty = true;
-                // A redial tells a dead peer (refused, unreachable) from an idle close.
-                self.last_dial.remove(&peer_id);
+                // A redial tells a dead peer (refused, unreachable) from an idle close; a
+                // connection that lived only briefly (a gate refused it) waits for the
+                // redial backoff instead, or two nodes would reconnect in a tight loop.
+                let lived = self.connected_at.remove(&peer_id);
+                if lived.is_some_and(|t| t.elapsed() >= REDIAL_BACKOFF) {
+                    self.last_dial.remove(&peer_id);
+                }
                 self.dial_known();
             }
             SwarmEvent::OutgoingConnectionError {
@@ -409,6 +429,8 @@ impl EventLoop {
         self.state.refused_connections += 1;
         self.dirty = true;
         tracing::warn!(%peer, %reason, "gate: refused a peer");
+        // Out of Kademlia's table too, or its routing updates would redial it.
+        self.swarm.behaviour_mut().kad.remove_peer(&peer);
         let _ = self.swarm.disconnect_peer_id(peer);
     }
 
@@ -450,7 +472,7 @@ impl EventLoop {
             match self.gate.write(|g| g.learn_revocation(&r)) {
                 Ok(Some(revoked)) if revoked == self.me => {
                     tracing::error!(from = %peer, "this node's membership was revoked");
-                    new.push(r);
+                    self.revoked_self = true;
                 }
                 Ok(Some(revoked)) => {
                     tracing::info!(peer = %revoked, from = %peer, "learnt a revocation");
@@ -462,7 +484,9 @@ impl EventLoop {
             }
         }
         self.forward_revocations(new);
-        if self.admitted.contains(&peer) || !self.swarm.is_connected(&peer) {
+        // Only a pending peer is judged: an admitted one was already, and one neither
+        // pending nor admitted is being disconnected.
+        if !self.pending.contains_key(&peer) {
             return;
         }
         let now = now_ms() / 1000;
@@ -474,24 +498,24 @@ impl EventLoop {
 
     fn on_behaviour_event(&mut self, ev: BehaviourEvent) {
         match ev {
-            BehaviourEvent::Member(request_response::Event::Message {
-                peer, message, ..
-            }) => match message {
-                request_response::Message::Request {
-                    request, channel, ..
-                } => {
-                    let reply = self.member_hello(self.gate.read(|g| g.revocations()));
-                    let _ = self
-                        .swarm
-                        .behaviour_mut()
-                        .member
-                        .send_response(channel, reply);
-                    self.on_member_hello(peer, request);
+            BehaviourEvent::Member(request_response::Event::Message { peer, message, .. }) => {
+                match message {
+                    request_response::Message::Request {
+                        request, channel, ..
+                    } => {
+                        let reply = self.member_hello(self.gate.read(|g| g.revocations()));
+                        let _ = self
+                            .swarm
+                            .behaviour_mut()
+                            .member
+                            .send_response(channel, reply);
+                        self.on_member_hello(peer, request);
+                    }
+                    request_response::Message::Response { response, .. } => {
+                        self.on_member_hello(peer, response);
+                    }
                 }
-                request_response::Message::Response { response, .. } => {
-                    self.on_member_hello(peer, response);
-                }
-            },
+            }
             BehaviourEvent::Member(request_response::Event::OutboundFailure {
                 peer,
                 error,

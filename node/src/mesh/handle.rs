@@ -20,9 +20,9 @@ use super::state::{MeshSnapshot, MeshState, OwnRecord};
 use super::status::{mesh_status, MeshStatus, RouteSummary};
 use super::MeshError;
 use crate::ids::now_ms;
-use crate::trust::SharedGate;
 use crate::pipeline::ChainHop;
 use crate::routes::{RouteError, RouteSource};
+use crate::trust::SharedGate;
 
 /// Commands queued for the event loop at most (updates, bans, a withdrawal: the node's own
 /// traffic, not peers').

@@ -65,16 +65,14 @@ pub async fn hand_over(
                         "cannot connect to {bootstrap}: {error}"
                     )));
                 }
-                SwarmEvent::Behaviour(request_response::Event::Message { peer, message, .. }) => {
-                    match message {
-                        request_response::Message::Response { .. } => return Ok(peer),
-                        request_response::Message::Request { channel, .. } => {
-                            let _ = swarm
-                                .behaviour_mut()
-                                .send_response(channel, hello.clone());
-                        }
+                SwarmEvent::Behaviour(request_response::Event::Message {
+                    peer, message, ..
+                }) => match message {
+                    request_response::Message::Response { .. } => return Ok(peer),
+                    request_response::Message::Request { channel, .. } => {
+                        let _ = swarm.behaviour_mut().send_response(channel, hello.clone());
                     }
-                }
+                },
                 SwarmEvent::Behaviour(request_response::Event::OutboundFailure {
                     peer,
                     error,

@@ -46,7 +46,6 @@ pub const RECORD_TTL: Duration = Duration::from_secs(9);
 /// never lets a live node expire.
 pub const REFRESH_INTERVAL: Duration = Duration::from_secs(3);
 
-
 /// Errors of the mesh.
 #[derive(Debug, thiserror::Error)]
 pub enum MeshError {

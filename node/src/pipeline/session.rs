@@ -69,7 +69,8 @@ impl PipelineSession {
         };
         for m in [
             Message::Hello(
-                Hello::new(model_id, opts.client_name.clone()).with_member(dialer.member().cloned()),
+                Hello::new(model_id, opts.client_name.clone())
+                    .with_member(dialer.member().cloned()),
             ),
             Message::OpenSession(open),
         ] {

@@ -37,7 +37,8 @@ impl SessionServer {
                     Ok((send, recv)) => {
                         let tx = FramedSend::new(send, self.options().limits);
                         let rx = FramedRecv::new(recv, self.options().limits);
-                        let stream = super::stream::serve(self.clone(), Some(conn.clone()), peer, tx, rx);
+                        let stream =
+                            super::stream::serve(self.clone(), Some(conn.clone()), peer, tx, rx);
                         tokio::spawn(stream.in_current_span());
                     }
                     Err(e) => {
@@ -56,7 +57,12 @@ impl SessionServer {
     /// (a private mesh's gate refuses a stream from no known peer).
     ///
     /// [`serve`]: Self::serve
-    pub async fn stream(self: Arc<Self>, peer: Option<libp2p::PeerId>, tx: FramedSend, rx: FramedRecv) {
+    pub async fn stream(
+        self: Arc<Self>,
+        peer: Option<libp2p::PeerId>,
+        tx: FramedSend,
+        rx: FramedRecv,
+    ) {
         super::stream::serve(self, None, peer, tx, rx).await
     }
 }

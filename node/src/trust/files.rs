@@ -13,9 +13,7 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use lamina_protocol::{
-    MemberCert, MeshKey, Revocation, Role, SignedMemberCert, SignedRevocation,
-};
+use lamina_protocol::{MemberCert, MeshKey, Revocation, Role, SignedMemberCert, SignedRevocation};
 use libp2p::identity::ed25519;
 use libp2p::PeerId;
 use serde::{Deserialize, Serialize};
@@ -47,15 +45,12 @@ fn hex(bytes: &[u8]) -> String {
 
 fn unhex(path: &Path, text: &str) -> Result<Vec<u8>, TrustError> {
     let t = text.trim();
-    if t.len() % 2 != 0 {
+    if !t.len().is_multiple_of(2) {
         return Err(TrustError::malformed(path, "not hex"));
     }
     (0..t.len())
         .step_by(2)
-        .map(|i| {
-            t.get(i..i + 2)
-                .and_then(|p| u8::from_str_radix(p, 16).ok())
-        })
+        .map(|i| t.get(i..i + 2).and_then(|p| u8::from_str_radix(p, 16).ok()))
         .collect::<Option<Vec<u8>>>()
         .ok_or_else(|| TrustError::malformed(path, "not hex"))
 }
@@ -115,8 +110,7 @@ impl Authority {
         }
         #[cfg(not(unix))]
         let _ = meta;
-        let text =
-            std::fs::read_to_string(&key_path).map_err(|e| TrustError::io(&key_path, e))?;
+        let text = std::fs::read_to_string(&key_path).map_err(|e| TrustError::io(&key_path, e))?;
         let mut bytes = unhex(&key_path, &text)?;
         let key = ed25519::Keypair::try_from_bytes(&mut bytes)
             .map_err(|e| TrustError::malformed(&key_path, e.to_string()))?;
@@ -219,8 +213,8 @@ impl MemberFile {
     /// it is this node's and still valid is checked against the node's peer id at start).
     pub fn load(path: &Path) -> Result<Self, TrustError> {
         let text = std::fs::read_to_string(path).map_err(|e| TrustError::io(path, e))?;
-        let f: MemberFile = serde_json::from_str(&text)
-            .map_err(|e| TrustError::malformed(path, e.to_string()))?;
+        let f: MemberFile =
+            serde_json::from_str(&text).map_err(|e| TrustError::malformed(path, e.to_string()))?;
         f.cert.verify_with(&f.mesh)?;
         Ok(f)
     }

@@ -12,8 +12,8 @@ use lamina_node::dataplane::{Dialer, FramedRecv, FramedSend, RecvError};
 use lamina_node::pipeline::{ChainHop, PipelineOptions, PipelineSession};
 use lamina_node::session::{ServerOptions, SessionServer};
 use lamina_protocol::{
-    encode_frame, ErrorCode, Forward, ForwardInput, FrameLimits, Hello,
-    LayerRange, Message, ModelId, OpenSession, SamplingSettings, SessionId, WireDType, WireTensor,
+    encode_frame, ErrorCode, Forward, ForwardInput, FrameLimits, Hello, LayerRange, Message,
+    ModelId, OpenSession, SamplingSettings, SessionId, WireDType, WireTensor,
 };
 use lamina_sharding::source::ModelFile;
 

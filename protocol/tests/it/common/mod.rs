@@ -33,7 +33,10 @@ pub fn peer_id_bytes() -> impl Strategy<Value = Vec<u8>> {
 /// layer only checks sizes; the node's gate verifies signatures).
 pub fn signed_member() -> impl Strategy<Value = SignedMemberCert> {
     (
-        vec(any::<u8>(), 0..=lamina_protocol::member::MAX_MEMBER_BODY_BYTES),
+        vec(
+            any::<u8>(),
+            0..=lamina_protocol::member::MAX_MEMBER_BODY_BYTES,
+        ),
         vec(any::<u8>(), 64..=64),
     )
         .prop_map(|(body, sig)| {
@@ -167,14 +170,7 @@ pub fn open_session() -> impl Strategy<Value = OpenSession> {
         layer_range(),
         1u32..100_000,
         dtype(),
-        vec(
-            (
-                1u32..20,
-                "[a-z0-9.:]{1,30}",
-                peer_id_bytes(),
-            ),
-            0..4,
-        ),
+        vec((1u32..20, "[a-z0-9.:]{1,30}", peer_id_bytes()), 0..4),
         proptest::option::of(sampling()),
         any::<bool>(),
         proptest::option::of(any::<[u8; 16]>().prop_map(TraceId)),
