@@ -699,7 +699,7 @@ mod tests {
         assert!(check_version(PROTOCOL_VERSION).is_ok());
         assert_eq!(
             check_version(1),
-            Err(ProtocolError::UnsupportedVersion { peer: 1, ours: 3 })
+            Err(ProtocolError::UnsupportedVersion { peer: 1, ours: 4 })
         );
     }
 
