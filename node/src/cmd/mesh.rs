@@ -58,6 +58,7 @@ pub fn run(cmd: MeshCommand) -> anyhow::Result<()> {
                 .build()?;
             let member = rt
                 .block_on(crate::mesh::handover::hand_over(
+                    a.mesh(),
                     key,
                     cert,
                     revocation,

@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use futures::StreamExt;
-use lamina_protocol::{SignedMemberCert, SignedRevocation};
+use lamina_protocol::{MeshKey, SignedMemberCert, SignedRevocation};
 use libp2p::identity::Keypair;
 use libp2p::request_response::{self, ProtocolSupport};
 use libp2p::swarm::SwarmEvent;
@@ -16,9 +16,12 @@ use libp2p::{noise, tcp, yamux, Multiaddr, PeerId};
 use super::behaviour::{MemberHello, MAX_MEMBER_BYTES, MEMBER_PROTOCOL};
 use super::MeshError;
 
-/// Sends `revocation` to the member at `bootstrap` as `key` (admitted by `cert`), and
-/// returns the member's peer id once it answered, within `timeout`.
+/// Sends `revocation` to the member of `mesh` at `bootstrap` as `key` (admitted by
+/// `cert`), and returns the member's peer id once it answered with a certificate of the
+/// same mesh (a node of another mesh, or of an open one, would ignore the revocation),
+/// within `timeout`.
 pub async fn hand_over(
+    mesh: MeshKey,
     key: Keypair,
     cert: SignedMemberCert,
     revocation: SignedRevocation,
@@ -68,7 +71,18 @@ pub async fn hand_over(
                 SwarmEvent::Behaviour(request_response::Event::Message {
                     peer, message, ..
                 }) => match message {
-                    request_response::Message::Response { .. } => return Ok(peer),
+                    request_response::Message::Response { response, .. } => {
+                        let now = crate::ids::now_ms() / 1000;
+                        return match response.cert.map(|c| c.verify(&mesh, &peer, now)) {
+                            Some(Ok(_)) => Ok(peer),
+                            Some(Err(e)) => Err(MeshError::Swarm(format!(
+                                "{peer} is not a member of this mesh ({e}); the revocation was not handed over"
+                            ))),
+                            None => Err(MeshError::Swarm(format!(
+                                "{peer} is in no private mesh; the revocation was not handed over"
+                            ))),
+                        };
+                    }
                     request_response::Message::Request { channel, .. } => {
                         let _ = swarm.behaviour_mut().send_response(channel, hello.clone());
                     }
