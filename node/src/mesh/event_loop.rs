@@ -372,7 +372,10 @@ impl EventLoop {
                 ..
             } => {
                 self.admitted.remove(&peer_id);
-                self.pending.remove(&peer_id);
+                if self.pending.remove(&peer_id).is_some() {
+                    // It left (or its own gate refused this node) before proving anything.
+                    tracing::info!(peer = %peer_id, "gate: a peer left before it was admitted");
+                }
                 self.state.connected = self.admitted.len();
                 self.dirty = true;
                 // A redial tells a dead peer (refused, unreachable) from an idle close; a

@@ -96,11 +96,13 @@ struct Attempt {
 }
 
 /// A bare swarm speaking lamina's protocols presents `cert` to `target`, asks for records
-/// and answers whatever it is asked, until the node disconnects it (or 10 s pass).
+/// and answers whatever it is asked, until the node disconnects it (or 10 s pass). A
+/// `silent` one never says anything about membership.
 async fn join_as_stranger(
     key: &Keypair,
     cert: Option<SignedMemberCert>,
     target: Multiaddr,
+    silent: bool,
 ) -> Attempt {
     let opts = SwarmOptions {
         listen: vec!["/ip4/127.0.0.1/udp/0/quic-v1".parse().unwrap()],
@@ -123,9 +125,11 @@ async fn join_as_stranger(
         match ev {
             SwarmEvent::ConnectionEstablished { peer_id, .. } => {
                 connected = true;
-                sw.behaviour_mut()
-                    .member
-                    .send_request(&peer_id, hello.clone());
+                if !silent {
+                    sw.behaviour_mut()
+                        .member
+                        .send_request(&peer_id, hello.clone());
+                }
                 sw.behaviour_mut()
                     .announce
                     .send_request(&peer_id, Sync { records: vec![] });
@@ -139,7 +143,7 @@ async fn join_as_stranger(
             SwarmEvent::Behaviour(BehaviourEvent::Member(request_response::Event::Message {
                 message: request_response::Message::Request { channel, .. },
                 ..
-            })) => {
+            })) if !silent => {
                 let _ = sw
                     .behaviour_mut()
                     .member
@@ -257,12 +261,13 @@ fn a_private_testnet_refuses_strangers_and_cuts_off_a_revoked_member() {
             "another peer",
             Keypair::generate_ed25519(),
         ),
+        ("silent", "no membership proof", Keypair::generate_ed25519()),
     ];
     let mut strangers = Vec::new();
     for (case, reason, key) in &cases {
         let peer = key.public().to_peer_id();
         let cert = match *case {
-            "no certificate" => None,
+            "no certificate" | "silent" => None,
             "another mesh" => Some(other.admit(&peer, Role::Serve, now + 3600).unwrap()),
             "expired" => Some(authority.admit(&peer, Role::Serve, now - 10).unwrap()),
             _ => Some(
@@ -272,7 +277,8 @@ fn a_private_testnet_refuses_strangers_and_cuts_off_a_revoked_member() {
             ),
         };
         let t = Instant::now();
-        let a = rt.block_on(join_as_stranger(key, cert.clone(), boot.clone()));
+        let silent = *case == "silent";
+        let a = rt.block_on(join_as_stranger(key, cert.clone(), boot.clone(), silent));
         eprintln!(
             "{case}: disconnected={} after {:?}, records={}",
             a.disconnected,
@@ -359,7 +365,7 @@ fn a_private_testnet_refuses_strangers_and_cuts_off_a_revoked_member() {
     }
     let st0 = get(&apis[0], "/status").json();
     assert!(
-        st0["refused_connections"].as_u64().unwrap_or(0) >= 4,
+        st0["refused_connections"].as_u64().unwrap_or(0) >= 5,
         "{st0}"
     );
     // Each refusal is logged at the gate, with its reason.
@@ -373,7 +379,7 @@ fn a_private_testnet_refuses_strangers_and_cuts_off_a_revoked_member() {
         logs.lines()
             .any(|l| l.contains("gate: refused a peer") && l.contains(p) && l.contains(reason))
     };
-    for (case, reason, p) in &strangers[..4] {
+    for (case, reason, p) in &strangers[..5] {
         assert!(
             gate_line(&logs, p, reason),
             "{case}: no gate line with {p} and {reason:?}"
@@ -381,7 +387,7 @@ fn a_private_testnet_refuses_strangers_and_cuts_off_a_revoked_member() {
     }
     // The real node judges the member at the same moment the member judges it: whichever
     // gate decides first disconnects, so the refusal is logged on one side or both.
-    let (case, reason, p) = &strangers[4];
+    let (case, reason, p) = &strangers[5];
     let own = std::fs::read_to_string(dir.path().join("stranger.log")).unwrap_or_default();
     assert!(
         gate_line(&logs, p, reason) || gate_line(&own, &node0.peer_id, reason),
