@@ -22,13 +22,21 @@ fn main() -> anyhow::Result<()> {
         .context("usage: mesh_client MODEL.gguf BOOTSTRAP_MULTIADDR [PROMPT]")?;
     let bootstrap = args.next().context("a bootstrap multiaddr")?;
     let prompt = args.next().unwrap_or_else(|| "Once upon a time".into());
-    // A private mesh's member file in LAMINA_MEMBER (the client's own certificate, from
-    // `lamina mesh admit`), or an open mesh.
-    let mesh = match std::env::var_os("LAMINA_MEMBER") {
-        Some(f) => MeshChoice::Member(f.into()),
-        None => MeshChoice::Open,
+    // A private mesh: the member file in LAMINA_MEMBER (from `lamina mesh admit`) for the
+    // identity kept in LAMINA_DATA_DIR; otherwise an open mesh.
+    let (mesh, data_dir) = match std::env::var_os("LAMINA_MEMBER") {
+        Some(f) => (
+            MeshChoice::Member(f.into()),
+            std::env::var_os("LAMINA_DATA_DIR").map(std::path::PathBuf::from),
+        ),
+        None => (MeshChoice::Open, None),
     };
-    let client = MeshClient::join(model.as_ref(), &[bootstrap.parse()?], mesh)?;
+    let client = MeshClient::join_as(
+        model.as_ref(),
+        &[bootstrap.parse()?],
+        mesh,
+        data_dir.as_deref(),
+    )?;
     for hop in client.route()? {
         eprintln!("hop {} layers {} at {}", hop.peer, hop.layers, hop.addr);
     }

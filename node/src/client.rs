@@ -57,12 +57,24 @@ impl MeshClient {
     /// Joins the mesh through `bootstrap` for the model in `model_file` (read locally for
     /// its tokenizer and model id; no layers are loaded) and waits, bounded, until the
     /// mesh covers the model. With no bootstrap peers it looks for them with mDNS. `mesh`
-    /// is the mesh to join: a private one by member file (the client's own certificate,
-    /// which it presents to every peer and hop), or an open one.
+    /// is the mesh to join; with a fresh identity in memory that can only be an open one
+    /// (a member file names one peer id): [`join_as`](Self::join_as) joins a private mesh.
     pub fn join(
         model_file: &Path,
         bootstrap: &[Multiaddr],
         mesh: MeshChoice,
+    ) -> anyhow::Result<Self> {
+        Self::join_as(model_file, bootstrap, mesh, None)
+    }
+
+    /// As [`join`](Self::join), with the identity kept in `data_dir` (made on first use;
+    /// `lamina node --print-peer-id --data-dir DIR` prints its peer id, which
+    /// `lamina mesh admit` turns into the member file `mesh` names).
+    pub fn join_as(
+        model_file: &Path,
+        bootstrap: &[Multiaddr],
+        mesh: MeshChoice,
+        data_dir: Option<&Path>,
     ) -> anyhow::Result<Self> {
         let model = ModelFile::open(model_file)
             .with_context(|| format!("cannot open {}", model_file.display()))?;
@@ -78,6 +90,9 @@ impl MeshClient {
         config.bootstrap = bootstrap.to_vec();
         config.mdns = bootstrap.is_empty();
         config.mesh = mesh;
+        if let Some(dir) = data_dir {
+            config.identity = crate::config::IdentityStore::Dir(dir.to_path_buf());
+        }
         config.listen = "0.0.0.0:0".parse()?;
         let (node, client) = rt.block_on(async {
             let node = Node::start(config).await?;

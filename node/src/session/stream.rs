@@ -22,6 +22,10 @@ use super::server::{Served, SessionServer};
 use crate::dataplane::{FramedRecv, FramedSend, RecvError};
 use libp2p::PeerId;
 
+/// How long a refused stream is still read (and what arrives dropped), so that the peer
+/// reads the refusal before its stream is stopped.
+const REFUSAL_LINGER: Duration = Duration::from_secs(2);
+
 /// The session a stream carries, once it is open.
 struct Live {
     session_id: SessionId,
@@ -148,6 +152,13 @@ pub(super) async fn serve(
             }
         }
         tx.finish();
+        if s.refused {
+            // Read (and drop) what the peer pipelined behind its `Hello` for a moment:
+            // dropping the stream at once would stop its sends, and it would see a broken
+            // stream (a link failure, blamed) instead of the refusal.
+            let drain = async { while let Ok(Some(_)) = rx.recv().await {} };
+            let _ = tokio::time::timeout(REFUSAL_LINGER, drain).await;
+        }
     }
     .instrument(span)
     .await
