@@ -2,7 +2,7 @@
 //! (no layers), plans the route from the mesh's announcements, streams the text.
 //!
 //! ```sh
-//! lamina testnet up --detach --nodes 3 --model MODEL.gguf --state /tmp/t.json
+//! lamina testnet up --detach --open --nodes 3 --model MODEL.gguf --state /tmp/t.json
 //! BOOT=$(jq -r '.nodes[0].p2p[] | select(contains("quic"))' /tmp/t.json)
 //! cargo run --release -p lamina-examples --example mesh_client -- MODEL.gguf "$BOOT" "Once upon a time"
 //! ```
@@ -11,6 +11,7 @@ use std::io::Write;
 
 use anyhow::Context;
 use lamina_node::client::MeshClient;
+use lamina_node::MeshChoice;
 use lamina_sharding::generate::GenerateRequest;
 use lamina_sharding::sampling::SamplingParams;
 
@@ -21,7 +22,21 @@ fn main() -> anyhow::Result<()> {
         .context("usage: mesh_client MODEL.gguf BOOTSTRAP_MULTIADDR [PROMPT]")?;
     let bootstrap = args.next().context("a bootstrap multiaddr")?;
     let prompt = args.next().unwrap_or_else(|| "Once upon a time".into());
-    let client = MeshClient::join(model.as_ref(), &[bootstrap.parse()?])?;
+    // A private mesh: the member file in LAMINA_MEMBER (from `lamina mesh admit`) for the
+    // identity kept in LAMINA_DATA_DIR; otherwise an open mesh.
+    let (mesh, data_dir) = match std::env::var_os("LAMINA_MEMBER") {
+        Some(f) => (
+            MeshChoice::Member(f.into()),
+            std::env::var_os("LAMINA_DATA_DIR").map(std::path::PathBuf::from),
+        ),
+        None => (MeshChoice::Open, None),
+    };
+    let client = MeshClient::join_as(
+        model.as_ref(),
+        &[bootstrap.parse()?],
+        mesh,
+        data_dir.as_deref(),
+    )?;
     for hop in client.route()? {
         eprintln!("hop {} layers {} at {}", hop.peer, hop.layers, hop.addr);
     }

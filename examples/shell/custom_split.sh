@@ -10,7 +10,7 @@ PIDS=()
 trap 'kill "${PIDS[@]}" 2>/dev/null; wait 2>/dev/null; rm -rf "$DIR"' EXIT
 node() { # name layers [more args]
   local name=$1 layers=$2; shift 2
-  "$LAMINA" node --model "$MODEL" --layers "$layers" --no-mdns --data-dir "$DIR/$name" \
+  "$LAMINA" node --model "$MODEL" --layers "$layers" --open --data-dir "$DIR/$name" \
     --ready-file "$DIR/$name.ready" "$@" >"$DIR/$name.log" 2>&1 &
   PIDS+=($!)
   for _ in $(seq 1 300); do [ -s "$DIR/$name.ready" ] && return; sleep 0.1; done

@@ -114,6 +114,8 @@ fn every_example_runs() {
     );
     opts.threads = Some(1);
     opts.ready_timeout = Duration::from_secs(60);
+    // Open: the example client joins without a member file.
+    opts.open = true;
     let st = lamina_testnet::up(&opts).expect("testnet up");
     let _down = Down(state);
     let boot = lamina_testnet::bootstrap_addr(&st.nodes[0].p2p).expect("p2p address");

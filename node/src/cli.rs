@@ -49,6 +49,9 @@ pub enum Command {
     /// Start a local mesh of nodes on a model, send it a prompt, show the route, the text
     /// and tokens/s, and keep serving until Ctrl-C (the README's main command).
     Demo(DemoArgs),
+    /// Make a private mesh, admit peers to it, revoke them.
+    #[command(subcommand)]
+    Mesh(MeshCommand),
     /// Show the mesh as a running node sees it: peers, ranges, coverage, the last route.
     Status {
         /// The node's HTTP API, e.g. http://127.0.0.1:8080.
@@ -59,11 +62,84 @@ pub enum Command {
     },
 }
 
+#[derive(Subcommand, Debug)]
+pub enum MeshCommand {
+    /// Make a private mesh: its authority key DIR/mesh.key (mode 0600; keep it, never copy
+    /// it to nodes) and DIR/mesh.pub.
+    Create {
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
+    /// Sign a member certificate for a peer (`lamina node --print-peer-id --data-dir D`
+    /// prints a node's) and write its member file, for `lamina node --member FILE`.
+    Admit {
+        /// The mesh folder (`lamina mesh create --out DIR`).
+        #[arg(long, value_name = "DIR")]
+        mesh: PathBuf,
+        #[arg(long, value_name = "PEER_ID")]
+        peer: libp2p::PeerId,
+        #[arg(long, default_value = "serve", value_parser = parse_role)]
+        role: lamina_protocol::Role,
+        /// How long the certificate is valid: 30d, 12h, 90m, 3600s.
+        #[arg(long, default_value = "30d", value_parser = parse_duration)]
+        expires: std::time::Duration,
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+    },
+    /// Revoke a member: the revocation is handed to the member at --bootstrap and spreads
+    /// through the mesh; the revoked peer is cut off without restarting anyone.
+    Revoke {
+        #[arg(long, value_name = "DIR")]
+        mesh: PathBuf,
+        #[arg(long, value_name = "PEER_ID")]
+        peer: libp2p::PeerId,
+        /// A member's p2p address, with its /p2p/<peer id>.
+        #[arg(long, value_name = "MULTIADDR")]
+        bootstrap: libp2p::Multiaddr,
+    },
+}
+
+fn parse_role(s: &str) -> Result<lamina_protocol::Role, String> {
+    s.parse()
+}
+
+/// Durations like 30d, 12h, 90m, 3600s (a bare number is seconds).
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("`{s}` is not a duration like 30d, 12h, 90m or 3600s"))?;
+    let mult: u64 = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        u => return Err(format!("`{u}` is not a duration unit (s, m, h, d)")),
+    };
+    n.checked_mul(mult)
+        .filter(|&v| v > 0)
+        .map(std::time::Duration::from_secs)
+        .ok_or_else(|| format!("`{s}` is not a usable duration"))
+}
+
 #[derive(Args, Debug)]
 pub struct NodeArgs {
     /// The model file (GGUF or safetensors directory).
+    #[arg(long, required_unless_present = "print_peer_id")]
+    pub model: Option<PathBuf>,
+    /// Join the private mesh of this member file (`lamina mesh admit ... --out FILE`):
+    /// only peers with a certificate of the same mesh are let in.
+    #[arg(long, value_name = "FILE", conflicts_with = "open")]
+    pub member: Option<PathBuf>,
+    /// Join an open mesh: anyone who can reach this node may join it and use it.
     #[arg(long)]
-    pub model: PathBuf,
+    pub open: bool,
+    /// Print the peer id of --data-dir (making its key if needed) and exit, so that an
+    /// operator can admit a node before its first start.
+    #[arg(long)]
+    pub print_peer_id: bool,
     /// The layers to serve: `a..b`, `none` (join, route and serve the API only), or
     /// `auto` (default): the range that raises the mesh's weakest coverage most within
     /// `--max-memory`.
@@ -85,9 +161,9 @@ pub struct NodeArgs {
     /// Peers to join through, e.g. /ip4/10.0.0.5/udp/4001/quic-v1/p2p/12D3Koo... (repeat).
     #[arg(long, value_name = "MULTIADDR")]
     pub bootstrap: Vec<libp2p::Multiaddr>,
-    /// Do not discover peers on the LAN with mDNS.
+    /// Discover peers on the LAN with mDNS (off by default).
     #[arg(long)]
-    pub no_mdns: bool,
+    pub mdns: bool,
     /// Where the node keeps its keys (p2p identity, data-plane certificate).
     #[arg(long, default_value = ".lamina")]
     pub data_dir: PathBuf,
@@ -274,6 +350,10 @@ pub enum TestnetCommand {
         /// `lamina testnet partition` can cut links. Not with link emulation.
         #[arg(long, conflicts_with_all = ["latency", "jitter", "loss", "bandwidth"])]
         netns: bool,
+        /// An open mesh. By default the testnet is a private mesh: its authority key in
+        /// DIR/mesh (named in the state file), every node admitted before it starts.
+        #[arg(long)]
+        open: bool,
         /// Link emulation: one-way delay added on every data-plane link, e.g. 20ms. Any
         /// link flag keeps `up` running (it owns the relays) until Ctrl-C stops the nodes.
         #[arg(long, value_parser = lamina_testnet::relay::parse_duration)]
@@ -406,8 +486,8 @@ pub struct GenerateArgs {
     /// (no model file needed here; the node plans the route).
     #[arg(long, value_name = "URL", conflicts_with_all = ["chain", "model", "layers_split"])]
     pub peer: Option<String>,
-    /// Run through running nodes: a JSON chain file, a list of {layers, addr, fingerprint,
-    /// peer_id} (the fields of each node's ready line).
+    /// Run through running nodes of an open mesh: a JSON chain file, a list of {layers,
+    /// addr, peer_id} (the fields of each node's ready line).
     #[arg(long, value_name = "FILE")]
     pub chain: Option<PathBuf>,
     /// Activations on the wire with --chain: f16 or f32 (bit-exact).

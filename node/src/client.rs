@@ -7,6 +7,7 @@
 //! let client = lamina_node::client::MeshClient::join(
 //!     "SmolLM2-135M-Instruct.Q4_1.gguf".as_ref(),
 //!     &["/ip4/127.0.0.1/udp/4001/quic-v1/p2p/12D3KooW...".parse()?],
+//!     lamina_node::MeshChoice::Member("client.member.json".into()),
 //! )?;
 //! let out = client.complete("Once upon a time", 32)?;
 //! println!("{}", out.text);
@@ -22,15 +23,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use lamina_protocol::FrameLimits;
 use lamina_sharding::generate::{GenerateRequest, GenerationOutput};
 use lamina_sharding::sampling::SamplingParams;
 use lamina_sharding::source::ModelFile;
 use libp2p::Multiaddr;
 
-use crate::config::{LayersChoice, NodeConfig};
+use crate::config::{LayersChoice, MeshChoice, NodeConfig};
 use crate::daemon::{Node, NodeHandle};
-use crate::dataplane::{client_endpoint, Dialer};
 use crate::mesh::MeshStatus;
 use crate::pipeline::{ChainClient, GenerateOptions, Observer};
 
@@ -57,8 +56,26 @@ impl<F: FnMut(&str) + Send> Observer for Pieces<F> {
 impl MeshClient {
     /// Joins the mesh through `bootstrap` for the model in `model_file` (read locally for
     /// its tokenizer and model id; no layers are loaded) and waits, bounded, until the
-    /// mesh covers the model. With no bootstrap peers it looks for them with mDNS.
-    pub fn join(model_file: &Path, bootstrap: &[Multiaddr]) -> anyhow::Result<Self> {
+    /// mesh covers the model. With no bootstrap peers it looks for them with mDNS. `mesh`
+    /// is the mesh to join; with a fresh identity in memory that can only be an open one
+    /// (a member file names one peer id): [`join_as`](Self::join_as) joins a private mesh.
+    pub fn join(
+        model_file: &Path,
+        bootstrap: &[Multiaddr],
+        mesh: MeshChoice,
+    ) -> anyhow::Result<Self> {
+        Self::join_as(model_file, bootstrap, mesh, None)
+    }
+
+    /// As [`join`](Self::join), with the identity kept in `data_dir` (made on first use;
+    /// `lamina node --print-peer-id --data-dir DIR` prints its peer id, which
+    /// `lamina mesh admit` turns into the member file `mesh` names).
+    pub fn join_as(
+        model_file: &Path,
+        bootstrap: &[Multiaddr],
+        mesh: MeshChoice,
+        data_dir: Option<&Path>,
+    ) -> anyhow::Result<Self> {
         let model = ModelFile::open(model_file)
             .with_context(|| format!("cannot open {}", model_file.display()))?;
         let cfg = model.config()?;
@@ -72,6 +89,10 @@ impl MeshClient {
         config.layers = LayersChoice::None;
         config.bootstrap = bootstrap.to_vec();
         config.mdns = bootstrap.is_empty();
+        config.mesh = mesh;
+        if let Some(dir) = data_dir {
+            config.identity = crate::config::IdentityStore::Dir(dir.to_path_buf());
+        }
         config.listen = "0.0.0.0:0".parse()?;
         let (node, client) = rt.block_on(async {
             let node = Node::start(config).await?;
@@ -80,7 +101,7 @@ impl MeshClient {
                 .await
                 .map_err(|e| anyhow::anyhow!("the mesh does not cover the model: {e}"))?;
             let client = ChainClient {
-                dialer: Dialer::new(client_endpoint(None)?, FrameLimits::default()),
+                dialer: node.dialer().clone(),
                 model_id: node.info().model_id,
                 tokenizer,
                 context_length: cfg.context_length,

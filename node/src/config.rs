@@ -41,6 +41,19 @@ impl std::str::FromStr for LayersChoice {
     }
 }
 
+/// Which mesh a node joins. There is no default: an operator names an open mesh or a
+/// private one (`--open` / `--member FILE`), so nobody runs an open node unawares.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum MeshChoice {
+    /// Not chosen: [`crate::Node::start`] refuses to start.
+    #[default]
+    Unset,
+    /// Anyone who can reach the node may join.
+    Open,
+    /// The private mesh of this member file (`lamina mesh admit --out FILE`).
+    Member(PathBuf),
+}
+
 /// Where a node keeps its identity.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum IdentityStore {
@@ -67,6 +80,8 @@ pub struct NodeConfig {
     pub bootstrap: Vec<Multiaddr>,
     /// Discover peers on the LAN with mDNS.
     pub mdns: bool,
+    /// The mesh the node joins (open, or private by member file).
+    pub mesh: MeshChoice,
     pub identity: IdentityStore,
     pub max_sessions: usize,
     /// Sessions idle this long are closed.
@@ -89,7 +104,8 @@ pub struct NodeConfig {
 }
 
 impl NodeConfig {
-    /// The defaults of `lamina node --model MODEL`, with keys in memory and no mDNS.
+    /// The defaults of `lamina node --model MODEL`, with keys in memory and no mDNS. The
+    /// mesh is not chosen: set [`mesh`](Self::mesh) before starting.
     pub fn new(model: impl Into<PathBuf>) -> Self {
         Self {
             model: model.into(),
@@ -100,6 +116,7 @@ impl NodeConfig {
             p2p_listen: Vec::new(),
             bootstrap: Vec::new(),
             mdns: false,
+            mesh: MeshChoice::Unset,
             identity: IdentityStore::Ephemeral,
             max_sessions: 64,
             idle_timeout: Duration::from_secs(300),
@@ -117,14 +134,19 @@ impl NodeConfig {
     /// The configuration `lamina node` flags describe.
     pub fn from_args(args: &NodeArgs) -> Self {
         Self {
-            model: args.model.clone(),
+            model: args.model.clone().unwrap_or_default(),
             layers: args.layers.clone(),
             max_memory: args.max_memory,
             listen: args.listen,
             advertise_dataplane: args.advertise_dataplane.clone(),
             p2p_listen: args.p2p_listen.clone(),
             bootstrap: args.bootstrap.clone(),
-            mdns: !args.no_mdns,
+            mdns: args.mdns,
+            mesh: match (&args.member, args.open) {
+                (Some(f), _) => MeshChoice::Member(f.clone()),
+                (None, true) => MeshChoice::Open,
+                (None, false) => MeshChoice::Unset,
+            },
             identity: IdentityStore::Dir(args.data_dir.clone()),
             max_sessions: args.max_sessions,
             idle_timeout: Duration::from_secs(args.idle_timeout_secs),

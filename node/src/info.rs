@@ -2,7 +2,7 @@
 
 use std::net::SocketAddr;
 
-use lamina_protocol::{CertFingerprint, LayerRange, ModelId};
+use lamina_protocol::{LayerRange, ModelId};
 use libp2p::PeerId;
 use tokio::sync::watch;
 
@@ -12,8 +12,6 @@ pub struct NodeInfo {
     pub name: String,
     pub peer_id: PeerId,
     pub model_id: ModelId,
-    /// The data plane's certificate fingerprint (peers pin it).
-    pub fingerprint: CertFingerprint,
     /// The data plane's bound address.
     pub dataplane: SocketAddr,
     /// The HTTP API's bound address.

@@ -19,7 +19,10 @@
 //!   behind the cloneable [`mesh::MeshHandle`]; placement and routing over its snapshots.
 //! - [`session`]: a hop's session server: the per-stream loop and state machine, the
 //!   compute thread, the client to the next hop, signed failure reports.
-//! - [`dataplane`]: the QUIC endpoint, pinned certificates, framed streams.
+//! - [`dataplane`]: the QUIC endpoint, TLS bound to the libp2p identity (both ends prove
+//!   their peer id), framed streams.
+//! - [`trust`]: who may take part: the membership gate (pure) the mesh and the session
+//!   server share, and the files of a private mesh (authority key, member files).
 //! - [`client`]: joining a mesh from a Rust program; [`models`]: the local model cache;
 //!   [`ids`]: fresh ids and clocks.
 //! - [`cli`] and [`cmd`]: the command line, thin over the rest.
@@ -44,6 +47,7 @@ pub mod models;
 pub mod pipeline;
 pub mod routes;
 pub mod session;
+pub mod trust;
 
-pub use config::{LayersChoice, NodeConfig};
+pub use config::{LayersChoice, MeshChoice, NodeConfig};
 pub use daemon::{model_id_of, Node, NodeError, NodeHandle};

@@ -156,13 +156,11 @@ impl RouteSource for ChainFileRoutes {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use lamina_protocol::CertFingerprint;
 
     fn hop(layers: &str) -> ChainHop {
         ChainHop {
             layers: layers.parse().unwrap(),
             addr: "127.0.0.1:1".into(),
-            fingerprint: CertFingerprint::from_bytes([0; 32]),
             peer: PeerId::random(),
         }
     }

@@ -6,8 +6,12 @@
 //! body names the signer's peer id, so a record cannot be replayed under another identity,
 //! and a relay that forwards records (every node gossips the table it holds) cannot alter
 //! them. What the signature cannot vouch for (that the throughput is true, that the
-//! address answers) the receiver checks by using it: the data plane pins the announced
-//! certificate fingerprint, and the router measures RTT itself.
+//! address answers) the receiver checks by using it: a dialer of the data plane expects the
+//! announcing peer id in the TLS handshake (so an address copied from another peer's record
+//! reaches a handshake that fails), and the router measures RTT itself.
+//!
+//! In a private mesh the record also carries the signer's membership certificate, so a
+//! record relayed by a member from a non-member is still judged by the receiver's gate.
 //!
 //! Freshness is decided by the receiver's clock against `issued_at_ms`/`expires_at_ms`
 //! (milliseconds since the Unix epoch), with explicit bounds on how far in the future a
@@ -22,14 +26,15 @@ use bincode::{Decode, Encode};
 use libp2p_identity::{Keypair, PeerId, PublicKey};
 use serde::{Deserialize, Serialize};
 
-use crate::ids::{CertFingerprint, ModelId};
+use crate::ids::ModelId;
 use crate::layers::LayerRange;
+use crate::member::SignedMemberCert;
 
 /// Bumped when the body layout changes; receivers drop records of other versions.
-pub const ANNOUNCEMENT_VERSION: u16 = 1;
+pub const ANNOUNCEMENT_VERSION: u16 = 2;
 /// Signed bytes are `DOMAIN || body`, so an announcement signature is never valid as a
 /// signature over anything else the same key signs (libp2p's own handshakes included).
-const DOMAIN: &[u8] = b"lamina-announcement-v1:";
+const DOMAIN: &[u8] = b"lamina-announcement-v2:";
 /// The largest encoded body accepted (a record with a handful of addresses is ~300 bytes).
 pub const MAX_BODY_BYTES: usize = 4096;
 /// A record may claim to be issued at most this far in the receiver's future.
@@ -64,8 +69,6 @@ pub struct Announcement {
     pub state: NodeState,
     /// The data plane's UDP address, `host:port`.
     pub dataplane_addr: String,
-    /// blake3 of the data plane's certificate: dialers pin it.
-    pub cert: CertFingerprint,
     /// libp2p multiaddrs the node listens on (text), so peers can dial it.
     pub listen_addrs: Vec<String>,
     /// Its HTTP API base URL, if it serves one.
@@ -87,6 +90,9 @@ pub struct Announcement {
     /// When this incarnation of the node started: a restarted node (same identity, same
     /// certificate) is a new incarnation, so bans earned by the old one can be lifted.
     pub started_at_ms: u64,
+    /// The signer's membership certificate of a private mesh (`None` in an open mesh).
+    #[serde(default)]
+    pub member: Option<SignedMemberCert>,
 }
 
 /// An announcement with its signature, as it travels and as tables keep it.
@@ -257,7 +263,6 @@ mod tests {
             layers: Some(LayerRange::new(0, 10).unwrap()),
             state: NodeState::Serving,
             dataplane_addr: "127.0.0.1:4000".into(),
-            cert: CertFingerprint::from_bytes([9; 32]),
             listen_addrs: vec!["/ip4/127.0.0.1/udp/4001/quic-v1".into()],
             api: Some("http://127.0.0.1:8080".into()),
             tokens_per_sec: 150.0,
@@ -269,6 +274,7 @@ mod tests {
             expires_at_ms: now + 30_000,
             withdrawn: false,
             started_at_ms: 0,
+            member: None,
         }
     }
 

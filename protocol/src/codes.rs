@@ -142,6 +142,10 @@ pub enum ErrorCode {
     NextHopFailed,
     /// The node is shutting down; move the session elsewhere.
     ShuttingDown,
+    /// The dialer did not prove membership of the node's private mesh (no certificate, of
+    /// another mesh, expired, revoked, or for another peer id). A refusal: the node is
+    /// fine, and routes of a member never pick a node of another mesh.
+    NotAMember,
     /// A code this version does not know.
     Unknown(u16),
 }
@@ -156,7 +160,8 @@ impl ErrorCode {
             | ErrorCode::ShuttingDown
             | ErrorCode::LayerMismatch
             | ErrorCode::WrongModel
-            | ErrorCode::UnknownSession => CodeClass::Refusal,
+            | ErrorCode::UnknownSession
+            | ErrorCode::NotAMember => CodeClass::Refusal,
             ErrorCode::BadFrame
             | ErrorCode::FrameTooLarge
             | ErrorCode::UnsupportedVersion
@@ -173,7 +178,7 @@ impl ErrorCode {
     }
 
     /// Every known code, in wire order.
-    pub const KNOWN: [ErrorCode; 17] = [
+    pub const KNOWN: [ErrorCode; 18] = [
         ErrorCode::BadFrame,
         ErrorCode::FrameTooLarge,
         ErrorCode::UnsupportedVersion,
@@ -191,6 +196,7 @@ impl ErrorCode {
         ErrorCode::UnexpectedMessage,
         ErrorCode::NextHopFailed,
         ErrorCode::ShuttingDown,
+        ErrorCode::NotAMember,
     ];
 
     /// The wire value: 1-based position in [`KNOWN`](Self::KNOWN); 0 is never assigned.

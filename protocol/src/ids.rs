@@ -1,4 +1,4 @@
-//! Identifiers: [`ModelId`], [`CertFingerprint`], [`SessionId`] and [`TraceId`].
+//! Identifiers: [`ModelId`], [`MeshKey`], [`SessionId`] and [`TraceId`].
 //!
 //! All are fixed-size byte arrays, shown and parsed as lowercase hex (upper case is
 //! accepted when parsing). On the wire (bincode) they are their raw bytes with no length
@@ -124,12 +124,12 @@ hex_id!(
 );
 
 hex_id!(
-    /// The blake3 hash of a node's DER-encoded, self-signed TLS certificate. It rides in the
-    /// node's signed announcement and in [`HopAddr`](crate::HopAddr), and the dialer pins it,
-    /// which binds the QUIC data plane to the libp2p identity.
-    CertFingerprint,
+    /// The Ed25519 public key of a mesh's authority: a private mesh *is* this key. Member
+    /// certificates and revocations are signed by its private half, which only the
+    /// operator keeps; every node holds the public half to check them.
+    MeshKey,
     32,
-    "certificate fingerprint"
+    "mesh key"
 );
 
 hex_id!(
@@ -156,13 +156,6 @@ impl ModelId {
     /// The id of the model whose manifest serialises to `manifest_bytes`.
     pub fn of_manifest(manifest_bytes: &[u8]) -> Self {
         Self(*blake3::hash(manifest_bytes).as_bytes())
-    }
-}
-
-impl CertFingerprint {
-    /// The fingerprint of a DER-encoded certificate.
-    pub fn of_der(certificate_der: &[u8]) -> Self {
-        Self(*blake3::hash(certificate_der).as_bytes())
     }
 }
 
@@ -203,8 +196,8 @@ mod tests {
         ));
         let mut text = "0".repeat(63);
         text.push('g');
-        assert!("".parse::<CertFingerprint>().is_err());
-        assert!(text.parse::<CertFingerprint>().is_err());
+        assert!("".parse::<MeshKey>().is_err());
+        assert!(text.parse::<MeshKey>().is_err());
         // Multi-byte UTF-8 of the right byte length must not panic.
         let odd = "é".repeat(32);
         assert!(odd.parse::<ModelId>().is_err());
@@ -221,11 +214,11 @@ mod tests {
 
     #[test]
     fn serde_uses_hex_strings() {
-        let fp = CertFingerprint::of_der(b"cert");
+        let fp = MeshKey::from_bytes([7; 32]);
         let json = serde_json::to_string(&fp).unwrap();
         assert_eq!(json, format!("\"{fp}\""));
-        assert_eq!(serde_json::from_str::<CertFingerprint>(&json).unwrap(), fp);
-        assert!(serde_json::from_str::<CertFingerprint>("\"00\"").is_err());
+        assert_eq!(serde_json::from_str::<MeshKey>(&json).unwrap(), fp);
+        assert!(serde_json::from_str::<MeshKey>("\"00\"").is_err());
     }
 
     #[test]

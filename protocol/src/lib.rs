@@ -7,7 +7,7 @@
 //! those bytes is decided here, as a typed [`ProtocolError`], never as a panic.
 //!
 //! ## Modules
-//! * [`ids`] holds [`ModelId`], [`CertFingerprint`], [`SessionId`], [`TraceId`] (hex text, raw bytes on the wire).
+//! * [`ids`] holds [`ModelId`], [`MeshKey`], [`SessionId`], [`TraceId`] (hex text, raw bytes on the wire).
 //! * [`layers`] holds [`LayerRange`] (`"a..b"`).
 //! * [`tensor`] holds [`WireTensor`] and [`WireDType`]: activations and logits as raw LE bytes.
 //! * [`message`] holds [`Message`] and the structs it carries; [`ErrorCode`]; [`PROTOCOL_VERSION`].
@@ -20,6 +20,8 @@
 //!   of which hop failed and whose fault it is, attached to error replies (version 3).
 //! * [`announce`] holds [`Announcement`] and [`SignedAnnouncement`]: what a node says about
 //!   itself to the mesh, signed with its libp2p identity key.
+//! * [`member`] holds [`MemberCert`], [`Revocation`] and [`Signed`]: membership of a private
+//!   mesh, signed by the mesh authority's key.
 //!
 //! ## One generation on the wire
 //! The client (the entry peer) has planned a chain of hops `h0 .. hn` whose layer ranges
@@ -31,7 +33,7 @@
 //!    peers of different versions can always say so to each other.
 //! 2. **Open.** The client sends [`OpenSession`] to `h0`: session id, layers, `max_length`,
 //!    activation dtype, and `next_hops` = the rest of the chain (each hop's layers, address
-//!    and certificate fingerprint), the [`SamplingSettings`] and optionally the request's
+//!    and peer id, which the dialer expects in the TLS handshake), the [`SamplingSettings`] and optionally the request's
 //!    [`TraceId`] (which every hop puts in its logs). `h0` opens the same
 //!    session on `h1` with `next_hops[1..]` ([`OpenSession::for_next_hop`]), and so on; the
 //!    hop that runs the model's last layer uses the sampling settings. Each hop answers
@@ -78,6 +80,7 @@ pub mod error;
 pub mod frame;
 pub mod ids;
 pub mod layers;
+pub mod member;
 pub mod message;
 pub mod report;
 pub mod tensor;
@@ -90,8 +93,12 @@ pub use frame::{
     decode_frame, encode_frame, encode_frame_parts, encode_frame_with, FrameDecoder, FrameLimits,
     FrameParts, DEFAULT_MAX_FRAME_BYTES, MAX_HEADER_BYTES,
 };
-pub use ids::{CertFingerprint, ModelId, SessionId, TraceId};
+pub use ids::{MeshKey, ModelId, SessionId, TraceId};
 pub use layers::LayerRange;
+pub use member::{
+    AuthorityBody, MemberCert, MemberError, Revocation, Role, Signed, SignedMemberCert,
+    SignedRevocation,
+};
 pub use message::{
     check_version, Close, Closed, CodeClass, ErrorCode, ErrorMessage, Forward, ForwardInput, Hello,
     HelloAck, HopAddr, Message, MessageKind, OpenSession, Progress, SamplingSettings,

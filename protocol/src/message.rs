@@ -22,15 +22,16 @@ use serde::{Deserialize, Serialize};
 
 pub use crate::codes::{CodeClass, ErrorCode, MessageKind};
 use crate::error::ProtocolError;
-use crate::ids::{CertFingerprint, ModelId, SessionId, TraceId};
+use crate::ids::{ModelId, SessionId, TraceId};
 use crate::layers::LayerRange;
+use crate::member::SignedMemberCert;
 use crate::report::SignedReport;
 use crate::tensor::{WireDType, WireTensor};
 
 /// The version of this protocol. A `Hello` or `HelloAck` carrying another version is refused
 /// with [`ProtocolError::UnsupportedVersion`] (and an [`ErrorCode::UnsupportedVersion`]
 /// reply) before the rest of it is read.
-pub const PROTOCOL_VERSION: u32 = 3;
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// Bytes of an error message kept by [`ErrorMessage::new`]: enough for a useful sentence,
 /// small enough that an error reply never competes with real traffic.
@@ -141,16 +142,27 @@ pub struct Hello {
     pub model_id: ModelId,
     /// Human-readable name for logs (not an identity: the TLS certificate is).
     pub node_name: String,
+    /// The dialer's membership certificate of a private mesh (since version 4). The server
+    /// checks it against the peer id the TLS handshake proved, and refuses a stream without
+    /// a valid one with [`ErrorCode::NotAMember`].
+    pub member: Option<SignedMemberCert>,
 }
 
 impl Hello {
-    /// A `Hello` in this crate's [`PROTOCOL_VERSION`].
+    /// A `Hello` in this crate's [`PROTOCOL_VERSION`], without a membership certificate.
     pub fn new(model_id: ModelId, node_name: impl Into<String>) -> Self {
         Self {
             protocol_version: PROTOCOL_VERSION,
             model_id,
             node_name: node_name.into(),
+            member: None,
         }
+    }
+
+    /// This `Hello` carrying `member`.
+    pub fn with_member(mut self, member: Option<SignedMemberCert>) -> Self {
+        self.member = member;
+        self
     }
 }
 
@@ -274,11 +286,19 @@ pub struct HopAddr {
     pub layers: LayerRange,
     /// Its data-plane address (e.g. `"203.0.113.7:4433"`), as announced.
     pub addr: String,
-    /// The blake3 fingerprint of its TLS certificate, which the dialer pins.
-    pub cert: CertFingerprint,
-    /// Its libp2p peer id (multihash bytes): the hop before it checks that the failure
-    /// reports it relays from below are signed by a hop of this chain (since version 3).
+    /// Its libp2p peer id (multihash bytes). The hop before it expects this peer id in the
+    /// TLS handshake (since version 4; the certificate is signed by the peer's identity
+    /// key), and checks that the failure reports it relays from below are signed by a hop
+    /// of this chain (since version 3).
     pub peer_id: Vec<u8>,
+}
+
+impl HopAddr {
+    /// The hop's peer id; `None` if the bytes are not one (never after a decode, which
+    /// refuses such a hop).
+    pub fn peer(&self) -> Option<libp2p_identity::PeerId> {
+        libp2p_identity::PeerId::from_bytes(&self.peer_id).ok()
+    }
 }
 
 /// Bytes of a peer id in a [`HopAddr`] (a libp2p multihash of an ed25519 key is 38).
@@ -383,11 +403,14 @@ impl OpenSession {
         let mut end = self.layers.end;
         for (i, hop) in self.next_hops.iter().enumerate() {
             hop.layers.validate()?;
-            if hop.peer_id.is_empty() || hop.peer_id.len() > MAX_PEER_ID_BYTES {
+            if hop.peer_id.is_empty()
+                || hop.peer_id.len() > MAX_PEER_ID_BYTES
+                || hop.peer().is_none()
+            {
                 return Err(ProtocolError::invalid(
                     kind,
                     format!(
-                        "next_hops[{i}] has a peer id of {} bytes (1..={MAX_PEER_ID_BYTES})",
+                        "next_hops[{i}] has no valid peer id ({} bytes, 1..={MAX_PEER_ID_BYTES})",
                         hop.peer_id.len()
                     ),
                 ));
@@ -676,7 +699,7 @@ mod tests {
         assert!(check_version(PROTOCOL_VERSION).is_ok());
         assert_eq!(
             check_version(1),
-            Err(ProtocolError::UnsupportedVersion { peer: 1, ours: 3 })
+            Err(ProtocolError::UnsupportedVersion { peer: 1, ours: 4 })
         );
     }
 

@@ -207,7 +207,6 @@ pub fn restart(state: &Path, node_id: &str, lamina_exe: &Path) -> anyhow::Result
         api: info.api.map(|a| format!("http://{a}")),
         pid: child.id(),
         dataplane: info.listen,
-        fingerprint: info.fingerprint,
         peer_id: info.peer_id,
         p2p: info.p2p,
         ..n

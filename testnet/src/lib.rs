@@ -57,6 +57,9 @@ pub struct UpOptions {
     /// The API keys file every node requires (`--api-keys`); without it, nodes whose API
     /// is not on loopback (`netns`) serve it open (`--api-open`).
     pub api_keys: Option<PathBuf>,
+    /// An open mesh (`--open`); by default the testnet is a private mesh: `up` makes its
+    /// authority in `DIR/mesh` and admits every node before it starts.
+    pub open: bool,
 }
 
 /// How testnet nodes get their layers.
@@ -99,6 +102,7 @@ impl UpOptions {
             cancel: None,
             netns: false,
             api_keys: None,
+            open: false,
         }
     }
 }
@@ -118,9 +122,6 @@ pub struct NodeState {
     /// With link emulation: the node's own data-plane socket behind its relay.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dataplane_listen: Option<String>,
-    /// blake3 fingerprint of the node's certificate.
-    #[serde(default)]
-    pub fingerprint: String,
     #[serde(default)]
     pub data_dir: PathBuf,
     /// libp2p peer id.
@@ -145,6 +146,10 @@ pub struct TestnetState {
     /// The namespaces and bridge of `up --netns`, which `down` removes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub netns: Option<netns::NetnsState>,
+    /// The private mesh's folder (its authority key): admit more nodes with
+    /// `lamina mesh admit --mesh <this>`. `None`: an open mesh.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mesh: Option<PathBuf>,
 }
 
 impl TestnetState {
@@ -159,7 +164,6 @@ impl TestnetState {
 #[derive(Deserialize)]
 struct Ready {
     listen: String,
-    fingerprint: String,
     api: Option<String>,
     layers: String,
     #[serde(default)]
@@ -352,6 +356,50 @@ pub fn up_with_links(opts: &UpOptions) -> anyhow::Result<Testnet> {
             .as_ref()
             .map(|ns| ns.state.nodes[i].netns.clone())
     };
+    // A private mesh unless asked otherwise: the authority lives in DIR/mesh, each node is
+    // admitted (by the peer id of its data dir) before its first start.
+    let mesh_dir = if opts.open {
+        None
+    } else {
+        let m = dir.join("mesh");
+        if !m.join("mesh.key").exists() {
+            run_lamina(&opts.lamina_exe, &["mesh", "create", "--out"], &[&m])?;
+        }
+        Some(m)
+    };
+    let mut members: Vec<Option<PathBuf>> = Vec::new();
+    for i in 0..layers.len() {
+        let Some(m) = &mesh_dir else {
+            members.push(None);
+            break;
+        };
+        let data_dir = dir.join(format!("node-{i}"));
+        let peer = run_lamina(
+            &opts.lamina_exe,
+            &["node", "--print-peer-id", "--data-dir"],
+            &[&data_dir],
+        )?;
+        let file = data_dir.join("member.json");
+        let peer = peer.trim().to_string();
+        std::process::Command::new(&opts.lamina_exe)
+            .args(["mesh", "admit", "--peer", &peer, "--mesh"])
+            .arg(m)
+            .arg("--out")
+            .arg(&file)
+            .output()
+            .with_context(|| format!("cannot run {}", opts.lamina_exe.display()))
+            .and_then(|o| {
+                if o.status.success() {
+                    Ok(())
+                } else {
+                    Err(anyhow::anyhow!(
+                        "lamina mesh admit failed: {}",
+                        String::from_utf8_lossy(&o.stderr).trim()
+                    ))
+                }
+            })?;
+        members.push(Some(file));
+    }
     let mut started = Started(Vec::new());
     let mut links = opts.link.map(Links::new).transpose()?;
     let mut nodes = Vec::new();
@@ -401,9 +449,16 @@ pub fn up_with_links(opts: &UpOptions) -> anyhow::Result<Testnet> {
                 cmd.arg("--listen").arg(format!("{}:0", host_of(i)));
             }
         }
+        match members.get(i).cloned().flatten() {
+            Some(file) => {
+                cmd.arg("--member").arg(file);
+            }
+            None => {
+                cmd.arg("--open");
+            }
+        }
         cmd.arg("--api")
             .arg(format!("{}:0", host_of(i)))
-            .arg("--no-mdns")
             .arg("--data-dir")
             .arg(&data_dir)
             .arg("--ready-file")
@@ -504,7 +559,6 @@ pub fn up_with_links(opts: &UpOptions) -> anyhow::Result<Testnet> {
                     log: jlog,
                     dataplane: relay.clone().unwrap_or_else(|| info.listen.clone()),
                     dataplane_listen: relay.map(|_| info.listen),
-                    fingerprint: info.fingerprint,
                     data_dir: jdir,
                     peer_id: info.peer_id,
                     p2p: info.p2p,
@@ -520,6 +574,7 @@ pub fn up_with_links(opts: &UpOptions) -> anyhow::Result<Testnet> {
     let state = TestnetState {
         nodes,
         netns: namespaces.as_ref().map(|ns| ns.state.clone()),
+        mesh: mesh_dir.clone(),
     };
     write_atomic(&opts.state, &serde_json::to_vec_pretty(&state)?)?;
     // Up means usable: every node's view of the mesh covers the model.
@@ -737,4 +792,22 @@ fn tail(path: &Path) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(20)..].join("\n")
+}
+
+/// Runs `lamina <args> <paths>` to completion and returns its stdout; its stderr is the
+/// error when it fails.
+fn run_lamina(exe: &Path, args: &[&str], paths: &[&Path]) -> anyhow::Result<String> {
+    let out = Command::new(exe)
+        .args(args)
+        .args(paths)
+        .output()
+        .with_context(|| format!("cannot run {}", exe.display()))?;
+    if !out.status.success() {
+        bail!(
+            "`lamina {}` failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }

@@ -62,6 +62,7 @@ fn start_node(
             "127.0.0.1:0",
             "--threads",
             &threads.to_string(),
+            "--open",
             "--data-dir",
         ])
         .arg(dir)
@@ -81,7 +82,7 @@ fn start_node(
         .recv_timeout(Duration::from_secs(300))
         .context("node did not become ready")?;
     let ready: serde_json::Value = serde_json::from_str(&line).context("ready line")?;
-    let hop = serde_json::json!({"layers": ready["layers"], "addr": ready["listen"], "fingerprint": ready["fingerprint"], "peer_id": ready["peer_id"]});
+    let hop = serde_json::json!({"layers": ready["layers"], "addr": ready["listen"], "peer_id": ready["peer_id"]});
     Ok((node, hop))
 }
 

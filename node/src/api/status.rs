@@ -43,7 +43,6 @@ pub async fn status(State(st): State<Arc<ApiState>>) -> Json<Value> {
                     "peer_id": n.peer_id.to_string(),
                     "layers": n.layers_text(),
                     "listen": n.dataplane.to_string(),
-                    "fingerprint": n.fingerprint.to_string(),
                 }),
             );
         }
@@ -98,6 +97,7 @@ pub fn mesh_json(m: &MeshStatus) -> Value {
         "listen": m.listen.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
         "connected_peers": m.connected_peers,
         "rejected_announcements": m.rejected_announcements,
+        "refused_connections": m.refused_connections,
         "peers": peers,
         "coverage": m.coverage.iter().map(|l| json!({
             "servers": l.servers, "tokens_per_sec": l.tokens_per_sec,

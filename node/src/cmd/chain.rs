@@ -62,7 +62,13 @@ pub fn run(args: &GenerateArgs, chain_file: &Path) -> anyhow::Result<()> {
         let first = chain.first().map(|h| h.addr.clone()).unwrap_or_default();
         let family = resolve(&first).await.ok();
         let client = ChainClient {
-            dialer: Dialer::new(client_endpoint(family)?, FrameLimits::default()),
+            // A throwaway identity: nodes of an open mesh serve it; a private mesh's
+            // refuse it (NotAMember), as they refuse any peer without a certificate.
+            dialer: Dialer::new(
+                client_endpoint(family)?,
+                FrameLimits::default(),
+                libp2p::identity::Keypair::generate_ed25519(),
+            ),
             model_id,
             tokenizer: tokenizer.clone(),
             context_length: cfg.context_length,

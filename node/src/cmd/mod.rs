@@ -4,6 +4,7 @@ mod chain;
 mod demo;
 mod generate;
 mod keys;
+mod mesh;
 mod model;
 pub mod node;
 mod progress;
@@ -29,6 +30,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Testnet(cmd) => testnet::run(cmd),
         Command::Keys(cmd) => keys::run(cmd),
         Command::Demo(args) => demo::run(args),
+        Command::Mesh(cmd) => mesh::run(cmd),
         Command::Status { peer, format } => remote::status(&peer, format),
     }
 }

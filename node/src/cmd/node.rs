@@ -2,7 +2,7 @@
 //!
 //! When ready it prints one JSON line to stdout (and, with `--ready-file`, writes the same
 //! object to that file): `{"event":"ready","name","peer_id","p2p","layers","listen",
-//! "fingerprint","model_id","api"}`. Tests and the testnet read it to learn the bound ports.
+//! "model_id","api"}`. Tests and the testnet read it to learn the bound ports.
 //! SIGTERM or Ctrl-C stops it gracefully (drain, withdraw, finish).
 
 use std::io::Write;
@@ -14,7 +14,13 @@ use crate::config::NodeConfig;
 use crate::daemon::Node;
 
 pub fn run(args: NodeArgs) -> anyhow::Result<()> {
+    if args.print_peer_id {
+        let key = crate::mesh::load_or_create_identity(&args.data_dir)?;
+        println!("{}", key.public().to_peer_id());
+        return Ok(());
+    }
     let config = NodeConfig::from_args(&args);
+    let model = config.model.display().to_string();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -22,7 +28,7 @@ pub fn run(args: NodeArgs) -> anyhow::Result<()> {
     rt.block_on(async move {
         let node = Node::start(config)
             .await
-            .with_context(|| format!("cannot start a node on {}", args.model.display()))?;
+            .with_context(|| format!("cannot start a node on {model}"))?;
         let ready = node.ready_line();
         if let Some(path) = &args.ready_file {
             let tmp = path.with_extension("tmp");

@@ -49,6 +49,7 @@ pub fn run(cmd: TestnetCommand) -> anyhow::Result<()> {
             threads,
             detach,
             netns,
+            open,
             latency,
             jitter,
             loss,
@@ -79,6 +80,7 @@ pub fn run(cmd: TestnetCommand) -> anyhow::Result<()> {
             };
             opts.threads = threads;
             opts.netns = netns;
+            opts.open = open;
             if latency.is_some() || jitter.is_some() || loss.is_some() || bandwidth.is_some() {
                 let spec = lamina_testnet::relay::LinkSpec {
                     latency: latency.unwrap_or_default(),

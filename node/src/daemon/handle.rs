@@ -9,6 +9,7 @@ use libp2p::{Multiaddr, PeerId};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::dataplane::Dialer;
 pub use crate::info::NodeInfo;
 use crate::mesh::{MeshHandle, MeshStatus};
 use crate::session::SessionServer;
@@ -20,6 +21,7 @@ pub struct NodeHandle {
     mesh: MeshHandle,
     server: Option<Arc<SessionServer>>,
     endpoint: quinn::Endpoint,
+    dialer: Dialer,
     token: CancellationToken,
     tasks: TaskTracker,
     drain_timeout: Duration,
@@ -30,7 +32,7 @@ impl NodeHandle {
         info: NodeInfo,
         mesh: MeshHandle,
         server: Option<Arc<SessionServer>>,
-        endpoint: quinn::Endpoint,
+        dialer: Dialer,
         token: CancellationToken,
         tasks: TaskTracker,
         drain_timeout: Duration,
@@ -39,7 +41,8 @@ impl NodeHandle {
             info,
             mesh,
             server,
-            endpoint,
+            endpoint: dialer.endpoint().clone(),
+            dialer,
             token,
             tasks,
             drain_timeout,
@@ -78,6 +81,12 @@ impl NodeHandle {
         &self.mesh
     }
 
+    /// The node's data-plane dialer: its identity, and its membership certificate in a
+    /// private mesh (what a program generating through this node dials with).
+    pub fn dialer(&self) -> &Dialer {
+        &self.dialer
+    }
+
     /// The session server, when the node serves layers.
     pub fn server(&self) -> Option<&Arc<SessionServer>> {
         self.server.as_ref()
@@ -89,7 +98,7 @@ impl NodeHandle {
     }
 
     /// The line `lamina node` prints when ready: `{"event":"ready","name","peer_id","p2p",
-    /// "layers","listen","fingerprint","model_id","api"}`.
+    /// "layers","listen","model_id","api"}`.
     pub fn ready_line(&self) -> serde_json::Value {
         serde_json::json!({
             "event": "ready",
@@ -98,7 +107,6 @@ impl NodeHandle {
             "p2p": self.p2p_addrs().iter().map(|a| a.to_string()).collect::<Vec<_>>(),
             "layers": self.info.layers_text(),
             "listen": self.info.dataplane.to_string(),
-            "fingerprint": self.info.fingerprint.to_string(),
             "model_id": self.info.model_id.to_string(),
             "api": self.info.api.map(|a| a.to_string()),
         })

@@ -34,12 +34,14 @@ use tokio_util::task::TaskTracker;
 pub use handle::{NodeHandle, NodeInfo};
 pub use measure::load_and_measure;
 
+use crate::config::MeshChoice;
 use crate::config::{IdentityStore, LayersChoice, NodeConfig};
-use crate::dataplane::{server_endpoint, Dialer, Identity};
+use crate::dataplane::{server_endpoint, Dialer};
 use crate::mesh::{load_or_create_identity, MeshHandle, SwarmOptions};
 use crate::pipeline::ChainClient;
 use crate::routes::{ChainFileRoutes, RouteSource};
 use crate::session::{Reporter, ServerOptions, SessionServer};
+use crate::trust::{Gate, MemberFile, SharedGate};
 
 /// Why a node could not start.
 #[derive(Debug, thiserror::Error)]
@@ -63,6 +65,8 @@ pub enum NodeError {
     Server(#[from] crate::session::ServerError),
     #[error("choosing layers: {0}")]
     Placement(#[from] lamina_sharding::planner::PlanError),
+    #[error("membership: {0}")]
+    Trust(#[from] crate::trust::TrustError),
     #[error("cannot listen on {addr}: {source}")]
     Listen {
         addr: SocketAddr,
@@ -87,6 +91,13 @@ impl Node {
         if let Some(addr) = config.api {
             crate::api::access::check_exposure(addr, &config.api_access)?;
         }
+        if config.mesh == MeshChoice::Unset {
+            return Err(NodeError::Config(
+                "no mesh chosen: pass --member FILE for a private mesh (see `lamina mesh create` \
+                 and `lamina mesh admit`) or --open to let anyone who can reach this node join"
+                    .into(),
+            ));
+        }
         let path = config.model.display().to_string();
         let model_err = |source| NodeError::Model {
             path: path.clone(),
@@ -109,25 +120,24 @@ impl Node {
             None => cfg.n_layers,
         };
         let tokenizer = Arc::new(model.tokenizer().map_err(model_err)?);
-        let (identity, key) = match &config.identity {
-            IdentityStore::Dir(dir) => (
-                Identity::load_or_create(dir)?,
-                load_or_create_identity(dir)?,
-            ),
-            IdentityStore::Ephemeral => (Identity::generate()?, Keypair::generate_ed25519()),
+        let key = match &config.identity {
+            IdentityStore::Dir(dir) => load_or_create_identity(dir)?,
+            IdentityStore::Ephemeral => Keypair::generate_ed25519(),
         };
         let peer_id = key.public().to_peer_id();
+        let gate = SharedGate::new(gate_of(&config.mesh, &peer_id)?);
         let name = config.name.clone().unwrap_or_else(|| {
             let id = peer_id.to_string();
             format!("node-{}", &id[..12.min(id.len())])
         });
 
-        let endpoint = server_endpoint(config.listen, &identity)?;
+        let endpoint = server_endpoint(config.listen, &key)?;
         let listen = endpoint.local_addr().map_err(|source| NodeError::Listen {
             addr: config.listen,
             source,
         })?;
-        let dialer = Dialer::new(endpoint.clone(), config.limits);
+        let dialer = Dialer::new(endpoint.clone(), config.limits, key.clone())
+            .with_member(gate.read(|g| g.own_cert().cloned()));
         let api_listener = match config.api {
             Some(addr) => Some(
                 tokio::net::TcpListener::bind(addr)
@@ -155,7 +165,6 @@ impl Node {
                 .advertise_dataplane
                 .clone()
                 .unwrap_or_else(|| listen.to_string()),
-            cert: identity.fingerprint(),
             listen_addrs: vec![],
             api: api_addr.map(|a| format!("http://{a}")),
             tokens_per_sec: 0.0,
@@ -167,6 +176,7 @@ impl Node {
             expires_at_ms: 0,
             withdrawn: false,
             started_at_ms: crate::ids::now_ms(),
+            member: gate.read(|g| g.own_cert().cloned()),
         };
         let p2p_listen = if config.p2p_listen.is_empty() {
             default_p2p_listen(listen)
@@ -193,7 +203,13 @@ impl Node {
             }
             None => Arc::new(crate::api::access::Access::open()),
         };
-        let mesh = MeshHandle::start(key.clone(), &swarm, template, token.child_token())?;
+        let mesh = MeshHandle::start(
+            key.clone(),
+            &swarm,
+            template,
+            gate.clone(),
+            token.child_token(),
+        )?;
         mesh.wait_listening(Duration::from_secs(5)).await;
         mesh.update(|_| {}).await?;
 
@@ -228,6 +244,7 @@ impl Node {
                 idle_timeout: config.idle_timeout,
                 limits: config.limits,
                 faults: config.faults.clone(),
+                gate: gate.clone(),
             };
             let server =
                 SessionServer::new(shard, model_id, dialer.clone(), Reporter::new(key), opts)?;
@@ -246,7 +263,6 @@ impl Node {
             name: name.clone(),
             peer_id,
             model_id,
-            fingerprint: identity.fingerprint(),
             dataplane: listen,
             api: api_addr,
             layers: layers_rx,
@@ -320,11 +336,31 @@ impl Node {
             info,
             mesh,
             served.map(|(s, _)| s),
-            endpoint,
+            dialer,
             token,
             tasks,
             config.drain_timeout,
         ))
+    }
+}
+
+/// The gate of the mesh `choice` names, for the node `me`: its member file must hold a
+/// valid certificate for this very peer id (a copied file is refused here, with both ids).
+fn gate_of(choice: &MeshChoice, me: &libp2p::PeerId) -> Result<Gate, NodeError> {
+    match choice {
+        MeshChoice::Unset | MeshChoice::Open => Ok(Gate::Open),
+        MeshChoice::Member(path) => {
+            let f = MemberFile::load(path)?;
+            let now = crate::ids::now_ms() / 1000;
+            f.cert.verify(&f.mesh, me, now).map_err(|e| {
+                NodeError::Config(format!(
+                    "--member {}: {e} (this node is {me}; admit it with `lamina mesh admit --peer {me}`)",
+                    path.display()
+                ))
+            })?;
+            tracing::info!(mesh = %f.mesh, "joining a private mesh");
+            Ok(Gate::member(f.mesh, f.cert))
+        }
     }
 }
 

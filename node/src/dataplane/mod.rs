@@ -1,13 +1,16 @@
-//! The QUIC data plane: one quinn endpoint per node, self-signed certificates kept in the
-//! node's data directory, dialers that pin the peer's certificate by its blake3 fingerprint,
-//! and framed streams that move [`Message`]s through a [`FrameDecoder`].
+//! The QUIC data plane: one quinn endpoint per node, TLS bound to the libp2p identity
+//! ([`cert`]: certificates signed by the node's identity key), and framed streams that move
+//! [`Message`]s through a [`FrameDecoder`].
 //!
-//! * One connection per neighbour: [`Dialer`] keeps a pool keyed by (address, fingerprint).
+//! * One connection per neighbour: [`Dialer`] keeps a pool keyed by (address, peer id).
 //! * One bidirectional stream per session: [`Dialer::open_stream`] / the server's
 //!   `accept_bi` loop.
-//! * Servers do not authenticate clients at the TLS layer (entry clients are arbitrary);
-//!   dialers always authenticate servers: a certificate whose fingerprint differs from the
-//!   pinned one fails the handshake ([`cert::PinnedVerifier`]).
+//! * Both ends authenticate: the dialer presents its own identity's certificate and the
+//!   server learns its peer id ([`cert::peer_of`]); the dialer accepts only the peer id it
+//!   expects, so a handshake with anyone else fails.
+//!
+//! [`Message`]: lamina_protocol::Message
+//! [`FrameDecoder`]: lamina_protocol::FrameDecoder
 
 pub mod cert;
 pub mod framed;
@@ -17,14 +20,16 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use lamina_protocol::{CertFingerprint, FrameLimits};
+use lamina_protocol::{FrameLimits, SignedMemberCert};
+use libp2p::identity::Keypair;
+use libp2p::PeerId;
 
-pub use cert::Identity;
+pub use cert::{client_config, peer_of, server_config};
 pub use framed::{FramedRecv, FramedSend, RecvError};
 
-/// ALPN of the data plane, versioned with the protocol.
-pub const ALPN: &[u8] = b"lamina-dp/1";
-/// TLS server name every node's certificate carries (identity is the fingerprint, not it).
+/// ALPN of the data plane, versioned with the protocol (2: libp2p-signed certificates).
+pub const ALPN: &[u8] = b"lamina-dp/2";
+/// TLS server name a dialer sends (identity is the peer id in the certificate, not it).
 pub const SERVER_NAME: &str = "lamina";
 
 /// Errors of the data plane's transport layer.
@@ -46,11 +51,7 @@ pub enum DataPlaneError {
     Protocol(#[from] lamina_protocol::ProtocolError),
 }
 
-fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
-}
-
-fn transport() -> Arc<quinn::TransportConfig> {
+pub(crate) fn transport() -> Arc<quinn::TransportConfig> {
     let mut t = quinn::TransportConfig::default();
     t.max_concurrent_bidi_streams(1024u32.into());
     // A peer that dies without a word (kill -9, a cut link) must not leave a pooled
@@ -63,44 +64,10 @@ fn transport() -> Arc<quinn::TransportConfig> {
     Arc::new(t)
 }
 
-/// The quinn server configuration for `identity`.
-pub fn server_config(identity: &Identity) -> Result<quinn::ServerConfig, DataPlaneError> {
-    let mut tls = rustls::ServerConfig::builder_with_provider(provider())
-        .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_no_client_auth()
-        .with_single_cert(vec![identity.cert_der()], identity.key_der())?;
-    tls.alpn_protocols = vec![ALPN.to_vec()];
-    let quic = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
-        .map_err(|e| DataPlaneError::Cert(e.to_string()))?;
-    let mut cfg = quinn::ServerConfig::with_crypto(Arc::new(quic));
-    cfg.transport_config(transport());
-    Ok(cfg)
-}
-
-/// A quinn client configuration that accepts only a server whose certificate has the
-/// fingerprint `pin`.
-pub fn client_config(pin: CertFingerprint) -> Result<quinn::ClientConfig, DataPlaneError> {
-    let provider = provider();
-    let verifier = cert::PinnedVerifier::new(pin, provider.clone());
-    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])?
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(verifier))
-        .with_no_client_auth();
-    tls.alpn_protocols = vec![ALPN.to_vec()];
-    let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
-        .map_err(|e| DataPlaneError::Cert(e.to_string()))?;
-    let mut cfg = quinn::ClientConfig::new(Arc::new(quic));
-    cfg.transport_config(transport());
-    Ok(cfg)
-}
-
-/// A server endpoint (which can also dial) bound to `addr`. Must run inside a tokio runtime.
-pub fn server_endpoint(
-    addr: SocketAddr,
-    identity: &Identity,
-) -> Result<quinn::Endpoint, DataPlaneError> {
-    Ok(quinn::Endpoint::server(server_config(identity)?, addr)?)
+/// A server endpoint (which can also dial) bound to `addr`, for the node with identity
+/// `key`. Must run inside a tokio runtime.
+pub fn server_endpoint(addr: SocketAddr, key: &Keypair) -> Result<quinn::Endpoint, DataPlaneError> {
+    Ok(quinn::Endpoint::server(server_config(key)?, addr)?)
 }
 
 /// A dial-only endpoint on an ephemeral port of the unspecified address of `family_of`'s
@@ -125,22 +92,43 @@ pub async fn resolve(addr: &str) -> Result<SocketAddr, DataPlaneError> {
         .ok_or_else(|| DataPlaneError::Resolve(addr.to_owned()))
 }
 
-/// Dials peers with pinned certificates and keeps one connection per neighbour.
+/// Dials peers as this node's identity and keeps one connection per neighbour.
 #[derive(Clone)]
 pub struct Dialer {
     endpoint: quinn::Endpoint,
-    pool: Arc<Mutex<HashMap<(SocketAddr, CertFingerprint), quinn::Connection>>>,
+    pool: Arc<Mutex<HashMap<(SocketAddr, PeerId), quinn::Connection>>>,
     limits: FrameLimits,
+    key: Keypair,
+    member: Option<SignedMemberCert>,
 }
 
 impl Dialer {
-    /// A dialer that uses `endpoint` (a node's server endpoint, or a client endpoint).
-    pub fn new(endpoint: quinn::Endpoint, limits: FrameLimits) -> Self {
+    /// A dialer that uses `endpoint` (a node's server endpoint, or a client endpoint) and
+    /// proves the identity `key` to the servers it dials.
+    pub fn new(endpoint: quinn::Endpoint, limits: FrameLimits, key: Keypair) -> Self {
         Self {
             endpoint,
             pool: Arc::default(),
             limits,
+            key,
+            member: None,
         }
+    }
+
+    /// This dialer presenting `member` in every `Hello` it sends (a private mesh).
+    pub fn with_member(mut self, member: Option<SignedMemberCert>) -> Self {
+        self.member = member;
+        self
+    }
+
+    /// The membership certificate sessions opened through this dialer present.
+    pub fn member(&self) -> Option<&SignedMemberCert> {
+        self.member.as_ref()
+    }
+
+    /// The peer id this dialer proves.
+    pub fn peer_id(&self) -> PeerId {
+        self.key.public().to_peer_id()
     }
 
     /// The endpoint dials go out from.
@@ -148,25 +136,26 @@ impl Dialer {
         &self.endpoint
     }
 
-    /// The pooled connection to (`addr`, `pin`), dialing if there is none or it closed.
+    /// The pooled connection to (`addr`, `peer`), dialing if there is none or it closed.
+    /// The handshake fails unless the server proves `peer`.
     pub async fn connection(
         &self,
         addr: &str,
-        pin: CertFingerprint,
+        peer: PeerId,
     ) -> Result<quinn::Connection, DataPlaneError> {
         let sock = resolve(addr).await?;
-        let key = (sock, pin);
+        let key = (sock, peer);
         let pooled = self.lock_pool().get(&key).cloned();
         if let Some(c) = pooled {
             if c.close_reason().is_none() {
                 return Ok(c);
             }
         }
-        let span = tracing::debug_span!("dial", %addr, fingerprint = %pin);
+        let span = tracing::debug_span!("dial", %addr, %peer);
         let _g = span.enter();
         let connecting = self
             .endpoint
-            .connect_with(client_config(pin)?, sock, SERVER_NAME)
+            .connect_with(client_config(&self.key, peer)?, sock, SERVER_NAME)
             .map_err(|e| DataPlaneError::Connect {
                 addr: addr.to_owned(),
                 reason: e.to_string(),
@@ -180,20 +169,20 @@ impl Dialer {
         Ok(conn)
     }
 
-    /// Opens a new bidirectional stream (one session) to (`addr`, `pin`).
+    /// Opens a new bidirectional stream (one session) to (`addr`, `peer`).
     pub async fn open_stream(
         &self,
         addr: &str,
-        pin: CertFingerprint,
+        peer: PeerId,
     ) -> Result<(FramedSend, FramedRecv), DataPlaneError> {
-        let conn = self.connection(addr, pin).await?;
+        let conn = self.connection(addr, peer).await?;
         let (send, recv) = match conn.open_bi().await {
             Ok(s) => s,
             Err(_) => {
                 // The pooled connection died between the check and the open: dial once more.
                 let sock = resolve(addr).await?;
-                self.lock_pool().remove(&(sock, pin));
-                let conn = self.connection(addr, pin).await?;
+                self.lock_pool().remove(&(sock, peer));
+                let conn = self.connection(addr, peer).await?;
                 conn.open_bi()
                     .await
                     .map_err(|e| DataPlaneError::Stream(e.to_string()))?
@@ -205,11 +194,11 @@ impl Dialer {
         ))
     }
 
-    /// Forgets the pooled connection to (`addr`, `pin`): after a hop failed on it, the
+    /// Forgets the pooled connection to (`addr`, `peer`): after a hop failed on it, the
     /// next dial must not reuse a connection that only looks alive.
-    pub async fn evict(&self, addr: &str, pin: CertFingerprint) {
+    pub async fn evict(&self, addr: &str, peer: PeerId) {
         if let Ok(sock) = resolve(addr).await {
-            if let Some(c) = self.lock_pool().remove(&(sock, pin)) {
+            if let Some(c) = self.lock_pool().remove(&(sock, peer)) {
                 c.close(0u32.into(), b"evicted after a failure");
             }
         }
@@ -217,7 +206,7 @@ impl Dialer {
 
     fn lock_pool(
         &self,
-    ) -> std::sync::MutexGuard<'_, HashMap<(SocketAddr, CertFingerprint), quinn::Connection>> {
+    ) -> std::sync::MutexGuard<'_, HashMap<(SocketAddr, PeerId), quinn::Connection>> {
         // A poisoned pool only means a panic elsewhere; the map itself is still valid.
         self.pool.lock().unwrap_or_else(|p| p.into_inner())
     }

@@ -1,11 +1,11 @@
 //! The libp2p swarm lamina runs: QUIC and TCP + noise + yamux; mDNS on a LAN, Kademlia
 //! across networks, identify and ping, all under lamina's own protocol names (so a lamina
-//! mesh never mixes with IPFS's DHT); and the announcement exchange (request-response,
-//! CBOR, size-capped).
+//! mesh never mixes with IPFS's DHT); the membership exchange every connection starts
+//! with, and the announcement exchange (both request-response, CBOR, size-capped).
 
 use std::time::Duration;
 
-use lamina_protocol::SignedAnnouncement;
+use lamina_protocol::{SignedAnnouncement, SignedMemberCert, SignedRevocation};
 use libp2p::identity::Keypair;
 use libp2p::multiaddr::Protocol;
 use libp2p::request_response::{self, ProtocolSupport};
@@ -18,7 +18,10 @@ use super::MeshError;
 
 /// lamina's own protocol names, so a lamina mesh never mixes with IPFS's DHT.
 pub const KAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/lamina/kad/1.0.0");
-pub const ANNOUNCE_PROTOCOL: StreamProtocol = StreamProtocol::new("/lamina/announce/1.0.0");
+/// Version 2: records carry membership certificates and no certificate fingerprint.
+pub const ANNOUNCE_PROTOCOL: StreamProtocol = StreamProtocol::new("/lamina/announce/2.0.0");
+/// The membership exchange: each side's certificate and the revocations it knows.
+pub const MEMBER_PROTOCOL: StreamProtocol = StreamProtocol::new("/lamina/member/1.0.0");
 pub const IDENTIFY_PROTOCOL: &str = "/lamina/id/1.0.0";
 
 /// How often the table is exchanged with every connected peer.
@@ -38,6 +41,23 @@ pub const MAX_SYNC_BYTES: u64 = 1 << 20;
 /// Peers this node keeps connections to for gossip and RTTs.
 pub const MAX_PEERS: usize = 128;
 
+/// A peer that has not proved membership this long after connecting is disconnected.
+pub const ADMISSION_TIMEOUT: Duration = Duration::from_secs(5);
+/// Revocations in one membership message at most.
+pub const MAX_REVOCATIONS_PER_MESSAGE: usize = 1024;
+/// Bytes of one membership message (a certificate or revocation is ~150 bytes).
+pub const MAX_MEMBER_BYTES: u64 = 512 * 1024;
+
+/// One direction of the membership exchange: sent by both sides of every new connection
+/// (request and response), and again whenever a node learns a revocation.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MemberHello {
+    /// The sender's certificate (`None` in an open mesh).
+    pub cert: Option<SignedMemberCert>,
+    /// Revocations the sender knows, so they reach every member, late joiners included.
+    pub revocations: Vec<SignedRevocation>,
+}
+
 /// One direction of the table exchange.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Sync {
@@ -51,6 +71,7 @@ pub struct Behaviour {
     pub ping: ping::Behaviour,
     pub mdns: Toggle<mdns::tokio::Behaviour>,
     pub announce: request_response::cbor::Behaviour<Sync, Sync>,
+    pub member: request_response::cbor::Behaviour<MemberHello, MemberHello>,
 }
 
 /// What the swarm is built with.
@@ -98,7 +119,17 @@ pub fn build_swarm(
                 [(ANNOUNCE_PROTOCOL, ProtocolSupport::Full)],
                 request_response::Config::default().with_request_timeout(Duration::from_secs(5)),
             );
+            let member_codec =
+                request_response::cbor::codec::Codec::<MemberHello, MemberHello>::default()
+                    .set_request_size_maximum(MAX_MEMBER_BYTES)
+                    .set_response_size_maximum(MAX_MEMBER_BYTES);
+            let member = request_response::Behaviour::with_codec(
+                member_codec,
+                [(MEMBER_PROTOCOL, ProtocolSupport::Full)],
+                request_response::Config::default().with_request_timeout(ADMISSION_TIMEOUT),
+            );
             Ok(Behaviour {
+                member,
                 kad,
                 identify: identify::Behaviour::new(identify::Config::new(
                     IDENTIFY_PROTOCOL.into(),

@@ -8,12 +8,18 @@
 //! reaches the whole connected mesh in a few rounds without a DHT lookup per key, and a
 //! node that joins learns the whole table from its first neighbour in one round trip.
 //! Each record is verified on arrival ([`super::table`]), so relays cannot forge or alter.
+//!
+//! Before any of that, every connection passes the gate: both sides send a [`MemberHello`]
+//! (their certificate and the revocations they know) and judge the other's against the
+//! peer id the transport proved. Only admitted peers exchange records; a peer refused, or
+//! without proof after [`ADMISSION_TIMEOUT`], is disconnected. Revocations spread the same
+//! way: a node that learns one cuts the peer off and hands it to every admitted peer.
 
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use lamina_protocol::{Announcement, SignedAnnouncement};
+use lamina_protocol::{Announcement, MemberError, SignedAnnouncement, SignedRevocation};
 use libp2p::identity::Keypair;
 use libp2p::multiaddr::Protocol;
 use libp2p::request_response;
@@ -23,13 +29,14 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::behaviour::{
-    Behaviour, BehaviourEvent, Sync, KEEP_WITHDRAWN_MS, MAX_PEERS, MAX_SYNC_RECORDS,
-    REDIAL_BACKOFF, SYNC_INTERVAL,
+    Behaviour, BehaviourEvent, MemberHello, Sync, ADMISSION_TIMEOUT, KEEP_WITHDRAWN_MS, MAX_PEERS,
+    MAX_REVOCATIONS_PER_MESSAGE, MAX_SYNC_RECORDS, REDIAL_BACKOFF, SYNC_INTERVAL,
 };
 use super::state::{MeshSnapshot, MeshState};
 use super::table::Inserted;
 use super::{MeshError, RECORD_TTL, REFRESH_INTERVAL};
 use crate::ids::now_ms;
+use crate::trust::SharedGate;
 
 /// A change to this node's own record.
 pub type RecordEdit = Box<dyn FnOnce(&mut Announcement) + Send>;
@@ -43,6 +50,9 @@ pub enum Command {
     Withdraw(oneshot::Sender<Result<(), MeshError>>),
     /// A peer failed a generation: ban it for a while.
     Ban(PeerId),
+    /// A revocation signed by the mesh's authority: cut the peer off here and hand the
+    /// revocation to every admitted peer.
+    Revoke(SignedRevocation, oneshot::Sender<Result<(), MeshError>>),
 }
 
 /// Owns the swarm; runs until every handle is dropped.
@@ -59,6 +69,16 @@ pub struct EventLoop {
     dirty: bool,
     /// The table changed: the snapshot's records must be rebuilt.
     records_dirty: bool,
+    /// Who may take part.
+    gate: SharedGate,
+    /// Connected peers that proved membership: the only ones records go to or come from.
+    admitted: HashSet<PeerId>,
+    /// Connected peers that have not proved membership yet, and since when.
+    pending: HashMap<PeerId, Instant>,
+    /// Since when each connected peer is connected.
+    connected_at: HashMap<PeerId, Instant>,
+    /// This node learnt its own revocation: it stops dialing (every member refuses it).
+    revoked_self: bool,
 }
 
 impl EventLoop {
@@ -68,6 +88,7 @@ impl EventLoop {
         key: Keypair,
         commands: mpsc::Receiver<Command>,
         snapshots: watch::Sender<MeshSnapshot>,
+        gate: SharedGate,
     ) -> Self {
         let me = *swarm.local_peer_id();
         Self {
@@ -81,6 +102,11 @@ impl EventLoop {
             bootstrapped: false,
             dirty: true,
             records_dirty: true,
+            gate,
+            admitted: HashSet::new(),
+            pending: HashMap::new(),
+            connected_at: HashMap::new(),
+            revoked_self: false,
         }
     }
 
@@ -141,6 +167,23 @@ impl EventLoop {
                 }
                 let _ = done.send(r);
             }
+            Command::Revoke(r, done) => {
+                let res = match self.gate.write(|g| g.learn_revocation(&r)) {
+                    Ok(Some(peer)) => {
+                        self.cut_off(peer);
+                        self.forward_revocations(vec![r]);
+                        Ok(())
+                    }
+                    Ok(None) => {
+                        // Known already, or an open mesh: pass it on anyway (cheap, and
+                        // it may not have reached everyone).
+                        self.forward_revocations(vec![r]);
+                        Ok(())
+                    }
+                    Err(e) => Err(MeshError::Revocation(e)),
+                };
+                let _ = done.send(res);
+            }
             Command::Ban(peer) => {
                 let now = now_ms();
                 let ban = self.state.bans.fail(peer, now);
@@ -189,6 +232,18 @@ impl EventLoop {
             self.table_changed();
         }
         self.state.bans.prune(now);
+        let late: Vec<PeerId> = self
+            .pending
+            .iter()
+            .filter(|(_, t)| t.elapsed() >= ADMISSION_TIMEOUT)
+            .map(|(p, _)| *p)
+            .collect();
+        for p in late {
+            self.refuse(
+                p,
+                &format!("no membership proof within {ADMISSION_TIMEOUT:?}"),
+            );
+        }
         self.sync_all();
         self.dial_known();
     }
@@ -200,7 +255,7 @@ impl EventLoop {
 
     fn sync_all(&mut self) {
         let records = self.records();
-        let peers: Vec<PeerId> = self.swarm.connected_peers().copied().collect();
+        let peers: Vec<PeerId> = self.admitted.iter().copied().collect();
         for p in peers {
             self.swarm.behaviour_mut().announce.send_request(
                 &p,
@@ -216,8 +271,9 @@ impl EventLoop {
     fn merge(&mut self, from: PeerId, records: Vec<SignedAnnouncement>) {
         let now = now_ms();
         let mut changed = false;
+        let gate = self.gate.read(Clone::clone);
         for s in records.into_iter().take(MAX_SYNC_RECORDS) {
-            match self.state.table.insert(s, now) {
+            match self.state.table.insert_gated(s, now, &gate) {
                 Ok((_, Inserted::New | Inserted::Updated)) => changed = true,
                 Ok(_) => {}
                 Err(e) => {
@@ -240,6 +296,9 @@ impl EventLoop {
     /// Dials announced peers this node is not connected to, so that it can ping them
     /// (routing needs their RTT) and gossip with them directly.
     fn dial_known(&mut self) {
+        if self.revoked_self {
+            return;
+        }
         let targets: Vec<(PeerId, Vec<Multiaddr>)> = self
             .state
             .table
@@ -287,26 +346,45 @@ impl EventLoop {
             }
             SwarmEvent::ConnectionEstablished { peer_id, .. } => {
                 self.state.obs.unreachable.remove(&peer_id);
-                self.state.connected = self.swarm.connected_peers().count();
-                self.dirty = true;
                 if !self.bootstrapped {
                     self.bootstrapped = self.swarm.behaviour_mut().kad.bootstrap().is_ok();
                 }
-                let records = self.records();
-                self.swarm
-                    .behaviour_mut()
-                    .announce
-                    .send_request(&peer_id, Sync { records });
+                self.connected_at
+                    .entry(peer_id)
+                    .or_insert_with(Instant::now);
+                if self.admitted.contains(&peer_id) || self.pending.contains_key(&peer_id) {
+                    return;
+                }
+                if self.gate.read(|g| g.is_open()) {
+                    self.admit(peer_id);
+                } else {
+                    self.pending.insert(peer_id, Instant::now());
+                    let hello = self.member_hello(self.gate.read(|g| g.revocations()));
+                    self.swarm
+                        .behaviour_mut()
+                        .member
+                        .send_request(&peer_id, hello);
+                }
             }
             SwarmEvent::ConnectionClosed {
                 peer_id,
                 num_established: 0,
                 ..
             } => {
-                self.state.connected = self.swarm.connected_peers().count();
+                self.admitted.remove(&peer_id);
+                if self.pending.remove(&peer_id).is_some() {
+                    // It left (or its own gate refused this node) before proving anything.
+                    tracing::info!(peer = %peer_id, "gate: a peer left before it was admitted");
+                }
+                self.state.connected = self.admitted.len();
                 self.dirty = true;
-                // A redial tells a dead peer (refused, unreachable) from an idle close.
-                self.last_dial.remove(&peer_id);
+                // A redial tells a dead peer (refused, unreachable) from an idle close; a
+                // connection that lived only briefly (a gate refused it) waits for the
+                // redial backoff instead, or two nodes would reconnect in a tight loop.
+                let lived = self.connected_at.remove(&peer_id);
+                if lived.is_some_and(|t| t.elapsed() >= REDIAL_BACKOFF) {
+                    self.last_dial.remove(&peer_id);
+                }
                 self.dial_known();
             }
             SwarmEvent::OutgoingConnectionError {
@@ -322,8 +400,136 @@ impl EventLoop {
         }
     }
 
+    /// This node's side of the membership exchange, carrying `revocations`.
+    fn member_hello(&self, revocations: Vec<SignedRevocation>) -> MemberHello {
+        MemberHello {
+            cert: self.gate.read(|g| g.own_cert().cloned()),
+            revocations,
+        }
+    }
+
+    /// `peer` proved membership: records flow both ways from now on.
+    fn admit(&mut self, peer: PeerId) {
+        self.pending.remove(&peer);
+        if !self.admitted.insert(peer) {
+            return;
+        }
+        tracing::debug!(%peer, "gate: admitted");
+        self.state.connected = self.admitted.len();
+        self.dirty = true;
+        let records = self.records();
+        self.swarm
+            .behaviour_mut()
+            .announce
+            .send_request(&peer, Sync { records });
+    }
+
+    /// `peer` is no member: disconnect it, and say why at the gate.
+    fn refuse(&mut self, peer: PeerId, reason: &str) {
+        self.pending.remove(&peer);
+        self.admitted.remove(&peer);
+        self.state.connected = self.admitted.len();
+        self.state.refused_connections += 1;
+        self.dirty = true;
+        tracing::warn!(%peer, %reason, "gate: refused a peer");
+        // Out of Kademlia's table too, or its routing updates would redial it.
+        self.swarm.behaviour_mut().kad.remove_peer(&peer);
+        let _ = self.swarm.disconnect_peer_id(peer);
+    }
+
+    /// A revoked peer: out of the table, disconnected, refused from now on (the gate
+    /// knows the revocation).
+    fn cut_off(&mut self, peer: PeerId) {
+        if self.state.table.remove(&peer) {
+            self.table_changed();
+        }
+        self.state.obs.rtt.remove(&peer);
+        self.last_dial.remove(&peer);
+        self.refuse(peer, &MemberError::Revoked.to_string());
+    }
+
+    /// Hands `revocations` to every admitted peer.
+    fn forward_revocations(&mut self, revocations: Vec<SignedRevocation>) {
+        if revocations.is_empty() {
+            return;
+        }
+        let hello = self.member_hello(revocations);
+        let peers: Vec<PeerId> = self.admitted.iter().copied().collect();
+        for p in peers {
+            self.swarm
+                .behaviour_mut()
+                .member
+                .send_request(&p, hello.clone());
+        }
+    }
+
+    /// What a peer's [`MemberHello`] says: revocations first (they may concern anyone,
+    /// the sender included), then the sender's own certificate, if it is still pending.
+    fn on_member_hello(&mut self, peer: PeerId, hello: MemberHello) {
+        let mut new = Vec::new();
+        for r in hello
+            .revocations
+            .into_iter()
+            .take(MAX_REVOCATIONS_PER_MESSAGE)
+        {
+            match self.gate.write(|g| g.learn_revocation(&r)) {
+                Ok(Some(revoked)) if revoked == self.me => {
+                    tracing::error!(from = %peer, "this node's membership was revoked");
+                    self.revoked_self = true;
+                }
+                Ok(Some(revoked)) => {
+                    tracing::info!(peer = %revoked, from = %peer, "learnt a revocation");
+                    self.cut_off(revoked);
+                    new.push(r);
+                }
+                Ok(None) => {}
+                Err(e) => tracing::debug!(%peer, "ignored a revocation: {e}"),
+            }
+        }
+        self.forward_revocations(new);
+        // Only a pending peer is judged: an admitted one was already, and one neither
+        // pending nor admitted is being disconnected.
+        if !self.pending.contains_key(&peer) {
+            return;
+        }
+        let now = now_ms() / 1000;
+        match self.gate.read(|g| g.judge(&peer, hello.cert.as_ref(), now)) {
+            Ok(_) => self.admit(peer),
+            Err(reason) => self.refuse(peer, &reason.to_string()),
+        }
+    }
+
     fn on_behaviour_event(&mut self, ev: BehaviourEvent) {
         match ev {
+            BehaviourEvent::Member(request_response::Event::Message { peer, message, .. }) => {
+                match message {
+                    request_response::Message::Request {
+                        request, channel, ..
+                    } => {
+                        let reply = self.member_hello(self.gate.read(|g| g.revocations()));
+                        let _ = self
+                            .swarm
+                            .behaviour_mut()
+                            .member
+                            .send_response(channel, reply);
+                        self.on_member_hello(peer, request);
+                    }
+                    request_response::Message::Response { response, .. } => {
+                        self.on_member_hello(peer, response);
+                    }
+                }
+            }
+            BehaviourEvent::Member(request_response::Event::OutboundFailure {
+                peer,
+                error,
+                ..
+            }) => tracing::debug!(%peer, "membership exchange failed: {error}"),
+            BehaviourEvent::Announce(request_response::Event::Message { peer, .. })
+                if !self.admitted.contains(&peer) =>
+            {
+                // Not (yet) a member: nothing it sends is read, nothing is answered.
+                tracing::debug!(%peer, "ignored records of a peer not admitted");
+            }
             BehaviourEvent::Announce(request_response::Event::Message {
                 peer, message, ..
             }) => match message {

@@ -6,7 +6,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use lamina_protocol::{Announcement, ModelId};
+use lamina_protocol::{Announcement, ModelId, SignedRevocation};
 use lamina_sharding::planner::{format_ranges, MeshView, PlanError};
 use libp2p::identity::Keypair;
 use libp2p::{Multiaddr, PeerId};
@@ -22,6 +22,7 @@ use super::MeshError;
 use crate::ids::now_ms;
 use crate::pipeline::ChainHop;
 use crate::routes::{RouteError, RouteSource};
+use crate::trust::SharedGate;
 
 /// Commands queued for the event loop at most (updates, bans, a withdrawal: the node's own
 /// traffic, not peers').
@@ -42,12 +43,14 @@ pub struct MeshHandle {
 impl MeshHandle {
     /// Builds the swarm, starts its event loop on the current tokio runtime, and returns
     /// the handle. `template` is this node's record (its seq and times are set when it is
-    /// first signed, by [`update`](Self::update)). The loop stops (and the swarm with it)
-    /// when `stop` is cancelled or every handle is dropped.
+    /// first signed, by [`update`](Self::update)). `gate` judges every connection and
+    /// record (and learns the revocations the loop receives). The loop stops (and the
+    /// swarm with it) when `stop` is cancelled or every handle is dropped.
     pub fn start(
         key: Keypair,
         opts: &SwarmOptions,
         template: Announcement,
+        gate: SharedGate,
         stop: CancellationToken,
     ) -> Result<Self, MeshError> {
         let swarm = build_swarm(&key, opts)?;
@@ -56,7 +59,7 @@ impl MeshHandle {
         let state = MeshState::new(OwnRecord::new(template));
         let (snap_tx, snap_rx) = watch::channel(MeshSnapshot::default());
         let (cmd_tx, cmd_rx) = mpsc::channel(COMMAND_QUEUE);
-        tokio::spawn(EventLoop::new(swarm, state, key, cmd_rx, snap_tx).run(stop));
+        tokio::spawn(EventLoop::new(swarm, state, key, cmd_rx, snap_tx, gate).run(stop));
         Ok(Self {
             commands: cmd_tx,
             snapshots: snap_rx,
@@ -143,6 +146,17 @@ impl MeshHandle {
             .await
             .map_err(|_| MeshError::Stopped)?
             .map_err(|_| MeshError::Stopped)?
+    }
+
+    /// Applies a revocation signed by the mesh's authority: the peer leaves this node's
+    /// table and connections at once, and the revocation goes to every admitted peer.
+    pub async fn revoke(&self, r: SignedRevocation) -> Result<(), MeshError> {
+        let (tx, rx) = oneshot::channel();
+        self.commands
+            .send(Command::Revoke(r, tx))
+            .await
+            .map_err(|_| MeshError::Stopped)?;
+        rx.await.map_err(|_| MeshError::Stopped)?
     }
 
     /// Avoids `peer` for a while: it failed a generation (see [`super::bans`] for how

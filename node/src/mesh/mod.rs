@@ -11,12 +11,20 @@
 //! - [`table`]: verified announcements, newest per peer (pure);
 //! - [`plan`]: table -> the planners' view -> a chain of hops, or this node's range (pure);
 //! - [`bans`]: which peers failed generations and how long routes avoid them (pure);
-//! - [`identity`]: the persistent ed25519 identity.
+//! - [`identity`]: the persistent ed25519 identity;
+//! - [`handover`]: hands a revocation to one member (`lamina mesh revoke`).
+//!
+//! Every connection is gated ([`crate::trust::Gate`]): until a peer proved membership
+//! (the `/lamina/member/1.0.0` exchange, within [`behaviour::ADMISSION_TIMEOUT`]) it is
+//! pending: no record is sent to it or taken from it, and it is in no status. A peer
+//! refused, or silent past the timeout, is disconnected. Kademlia, identify and ping run
+//! below the gate (they carry addresses, not records).
 
 pub mod bans;
 pub mod behaviour;
 pub mod event_loop;
 pub mod handle;
+pub mod handover;
 pub mod identity;
 pub mod plan;
 pub mod state;
@@ -47,6 +55,10 @@ pub enum MeshError {
     Swarm(String),
     #[error("announcement: {0}")]
     Announce(#[from] lamina_protocol::AnnounceError),
+    #[error("record: {0}")]
+    Rejected(#[from] table::Rejected),
+    #[error("revocation: {0}")]
+    Revocation(#[from] lamina_protocol::MemberError),
     #[error("the mesh event loop has stopped")]
     Stopped,
 }

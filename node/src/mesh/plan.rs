@@ -125,7 +125,6 @@ pub fn route(view: &MeshView, live: &[(PeerId, &Announcement)]) -> Result<Planne
         hops.push(ChainHop {
             layers: h.layers,
             addr: a.dataplane_addr.clone(),
-            fingerprint: a.cert,
             peer: *peer,
         });
         peers.push(*peer);

@@ -69,6 +69,8 @@ pub struct MeshState {
     pub synced: bool,
     /// Records dropped for failing verification.
     pub rejected: u64,
+    /// Connections the gate refused (no valid membership, or none in time).
+    pub refused_connections: u64,
     /// Peers that failed generations, avoided for a while.
     pub bans: Bans,
     pub own: OwnRecord,
@@ -83,6 +85,7 @@ impl MeshState {
             listen_addrs: Vec::new(),
             synced: false,
             rejected: 0,
+            refused_connections: 0,
             bans: Bans::default(),
             own,
         }
@@ -103,6 +106,7 @@ impl MeshState {
             listen_addrs: self.listen_addrs.clone(),
             synced: self.synced,
             rejected: self.rejected,
+            refused_connections: self.refused_connections,
             bans: self.bans.clone(),
         }
     }
@@ -120,6 +124,8 @@ pub struct MeshSnapshot {
     pub listen_addrs: Vec<Multiaddr>,
     pub synced: bool,
     pub rejected: u64,
+    /// Connections the gate refused.
+    pub refused_connections: u64,
     pub bans: Bans,
 }
 

@@ -58,6 +58,8 @@ pub struct MeshStatus {
     pub listen: Vec<Multiaddr>,
     pub connected_peers: usize,
     pub rejected_announcements: u64,
+    /// Connections the membership gate refused.
+    pub refused_connections: u64,
     pub peers: Vec<PeerStatus>,
     pub coverage: Vec<LayerStatus>,
     pub uncovered: Vec<LayerRange>,
@@ -103,6 +105,7 @@ pub fn mesh_status(
         listen: snap.listen_addrs.clone(),
         connected_peers: snap.connected,
         rejected_announcements: snap.rejected,
+        refused_connections: snap.refused_connections,
         peers,
         coverage: coverage
             .layers()

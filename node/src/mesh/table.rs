@@ -10,8 +10,21 @@
 
 use std::collections::HashMap;
 
-use lamina_protocol::{AnnounceError, Announcement, ModelId, SignedAnnouncement};
+use lamina_protocol::{AnnounceError, Announcement, MemberError, ModelId, SignedAnnouncement};
 use libp2p::PeerId;
+
+use crate::trust::Gate;
+
+/// Why a record was not kept.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Rejected {
+    #[error(transparent)]
+    Announce(#[from] AnnounceError),
+    /// Its signer is not a member of this node's mesh (a member relayed a stranger's
+    /// record, or a revoked member's).
+    #[error("its signer is not a member: {0}")]
+    Gate(MemberError),
+}
 
 /// The most records one table holds: a peer flooding fresh identities cannot grow it
 /// without bound. A full table refuses new peers until records expire.
@@ -47,14 +60,28 @@ impl Table {
         Self::default()
     }
 
-    /// Verifies `signed` at `now_ms` and keeps it if it is the newest of its peer.
+    /// Verifies `signed` at `now_ms` and keeps it if it is the newest of its peer (an
+    /// open mesh's table: see [`insert_gated`](Self::insert_gated)).
     pub fn insert(
         &mut self,
         signed: SignedAnnouncement,
         now_ms: u64,
-    ) -> Result<(PeerId, Inserted), AnnounceError> {
+    ) -> Result<(PeerId, Inserted), Rejected> {
+        self.insert_gated(signed, now_ms, &Gate::Open)
+    }
+
+    /// Verifies `signed` at `now_ms`, lets `gate` judge its signer by the membership
+    /// certificate the record carries, and keeps it if it is the newest of its peer.
+    pub fn insert_gated(
+        &mut self,
+        signed: SignedAnnouncement,
+        now_ms: u64,
+        gate: &Gate,
+    ) -> Result<(PeerId, Inserted), Rejected> {
         let record = signed.verify(now_ms)?;
         let peer = record.peer().ok_or(AnnounceError::Field("peer_id"))?;
+        gate.judge(&peer, record.member.as_ref(), now_ms / 1000)
+            .map_err(Rejected::Gate)?;
         let outcome = match self.entries.get(&peer) {
             Some(old) if old.record.seq >= record.seq => return Ok((peer, Inserted::Stale)),
             Some(_) => Inserted::Updated,
@@ -81,6 +108,11 @@ impl Table {
             keep
         });
         gone
+    }
+
+    /// Forgets `peer`'s record (a revoked member); whether there was one.
+    pub fn remove(&mut self, peer: &PeerId) -> bool {
+        self.entries.remove(peer).is_some()
     }
 
     pub fn get(&self, peer: &PeerId) -> Option<&Entry> {
@@ -133,7 +165,7 @@ impl Table {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use lamina_protocol::{CertFingerprint, LayerRange, NodeState, ANNOUNCEMENT_VERSION};
+    use lamina_protocol::{LayerRange, NodeState, ANNOUNCEMENT_VERSION};
     use libp2p::identity::Keypair;
 
     pub fn record(key: &Keypair, seq: u64, now: u64, layers: Option<(u32, u32)>) -> Announcement {
@@ -145,7 +177,6 @@ pub(crate) mod tests {
             layers: layers.map(|(a, b)| LayerRange::new(a, b).unwrap()),
             state: NodeState::Serving,
             dataplane_addr: "127.0.0.1:1".into(),
-            cert: CertFingerprint::from_bytes([2; 32]),
             listen_addrs: vec![],
             api: None,
             tokens_per_sec: 100.0,
@@ -157,6 +188,7 @@ pub(crate) mod tests {
             expires_at_ms: now + 9_000,
             withdrawn: false,
             started_at_ms: 0,
+            member: None,
         }
     }
 

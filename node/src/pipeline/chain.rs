@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use lamina_protocol::{CertFingerprint, HopAddr, LayerRange};
+use lamina_protocol::{HopAddr, LayerRange};
 use libp2p::PeerId;
 use serde::{Deserialize, Serialize};
 
@@ -18,9 +18,8 @@ pub struct ChainHop {
     pub layers: LayerRange,
     /// Data-plane address, `host:port`.
     pub addr: String,
-    /// blake3 fingerprint of its certificate (hex).
-    pub fingerprint: CertFingerprint,
-    /// Its libp2p peer id: failure reports of this hop must be signed by it.
+    /// Its libp2p peer id: the data plane's handshake must prove it, and failure reports
+    /// of this hop must be signed by it.
     #[serde(rename = "peer_id", with = "peer_text")]
     pub peer: PeerId,
 }
@@ -39,7 +38,6 @@ impl ChainHop {
         HopAddr {
             layers: self.layers,
             addr: self.addr.clone(),
-            cert: self.fingerprint,
             peer_id: self.peer.to_bytes(),
         }
     }
@@ -75,7 +73,7 @@ mod peer_text {
     }
 }
 
-/// Reads a chain file: a JSON list of `{"layers", "addr", "fingerprint", "peer_id"}`.
+/// Reads a chain file: a JSON list of `{"layers", "addr", "peer_id"}`.
 pub fn read_chain_file(path: &Path) -> Result<Vec<ChainHop>, PipelineError> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| PipelineError::InvalidChain(format!("cannot read {}: {e}", path.display())))?;
@@ -112,7 +110,6 @@ mod tests {
         let hop = ChainHop {
             layers: LayerRange::new(0, 3).unwrap(),
             addr: "127.0.0.1:1".into(),
-            fingerprint: CertFingerprint::from_bytes([1; 32]),
             peer: PeerId::random(),
         };
         let json = serde_json::to_value(&hop).unwrap();

@@ -46,7 +46,7 @@ impl PipelineSession {
             |l: LinkFailure, detail: String| PipelineError::hop(Failure::FirstHop(l), detail);
         let (mut tx, rx) = tokio::time::timeout(
             opts.open_timeout,
-            dialer.open_stream(&first.addr, first.fingerprint),
+            dialer.open_stream(&first.addr, first.peer),
         )
         .await
         .map_err(|_| {
@@ -68,7 +68,10 @@ impl PipelineSession {
             trace_id: opts.trace_id,
         };
         for m in [
-            Message::Hello(Hello::new(model_id, opts.client_name.clone())),
+            Message::Hello(
+                Hello::new(model_id, opts.client_name.clone())
+                    .with_member(dialer.member().cloned()),
+            ),
             Message::OpenSession(open),
         ] {
             tx.send(&m)

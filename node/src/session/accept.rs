@@ -23,7 +23,13 @@ impl SessionServer {
     }
 
     async fn connection(self: Arc<Self>, conn: quinn::Connection) {
-        let span = tracing::info_span!("peer", peer = %conn.remote_address());
+        // The peer id its certificate proved (the TLS configuration requires one).
+        let peer = crate::dataplane::peer_of(&conn);
+        let span = tracing::info_span!(
+            "peer",
+            addr = %conn.remote_address(),
+            peer = %peer.map_or_else(|| "?".to_string(), |p| p.to_string())
+        );
         async move {
             tracing::debug!("connected");
             loop {
@@ -31,7 +37,8 @@ impl SessionServer {
                     Ok((send, recv)) => {
                         let tx = FramedSend::new(send, self.options().limits);
                         let rx = FramedRecv::new(recv, self.options().limits);
-                        let stream = super::stream::serve(self.clone(), Some(conn.clone()), tx, rx);
+                        let stream =
+                            super::stream::serve(self.clone(), Some(conn.clone()), peer, tx, rx);
                         tokio::spawn(stream.in_current_span());
                     }
                     Err(e) => {
@@ -46,10 +53,16 @@ impl SessionServer {
     }
 
     /// Serves one stream (one session) that arrived some other way than [`serve`]'s
-    /// endpoint (tests drive the server over their own streams).
+    /// endpoint (tests drive the server over their own streams) from `peer`, if known
+    /// (a private mesh's gate refuses a stream from no known peer).
     ///
     /// [`serve`]: Self::serve
-    pub async fn stream(self: Arc<Self>, tx: FramedSend, rx: FramedRecv) {
-        super::stream::serve(self, None, tx, rx).await
+    pub async fn stream(
+        self: Arc<Self>,
+        peer: Option<libp2p::PeerId>,
+        tx: FramedSend,
+        rx: FramedRecv,
+    ) {
+        super::stream::serve(self, None, peer, tx, rx).await
     }
 }

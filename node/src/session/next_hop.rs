@@ -90,7 +90,10 @@ impl NextHop {
                 .saturating_sub(t0.elapsed())
                 .max(Duration::from_millis(1))
         };
-        let (mut tx, rx) = tokio::time::timeout(left(), dialer.open_stream(&hop.addr, hop.cert))
+        let Some(peer) = hop.peer() else {
+            return Err(me.blame(hop, LinkFailure::Connect, "the hop has no valid peer id"));
+        };
+        let (mut tx, rx) = tokio::time::timeout(left(), dialer.open_stream(&hop.addr, peer))
             .await
             .map_err(|_| {
                 me.blame(
@@ -100,7 +103,9 @@ impl NextHop {
                 )
             })?
             .map_err(|e| me.blame(hop, LinkFailure::Connect, &e.to_string()))?;
-        let hello = Message::Hello(Hello::new(open.model_id, node_name.to_owned()));
+        let hello = Message::Hello(
+            Hello::new(open.model_id, node_name.to_owned()).with_member(dialer.member().cloned()),
+        );
         for m in [hello, Message::OpenSession(open)] {
             tx.send(&m)
                 .await

@@ -20,6 +20,7 @@ use super::faults::FaultPlan;
 use super::machine::HostInfo;
 use super::reporter::Reporter;
 use crate::dataplane::Dialer;
+use crate::trust::SharedGate;
 
 /// Limits and policies of a session server.
 #[derive(Clone, Debug)]
@@ -34,6 +35,9 @@ pub struct ServerOptions {
     pub limits: FrameLimits,
     /// Faults to inject (churn tests only; `None` in the daemon).
     pub faults: Option<Arc<FaultPlan>>,
+    /// Who may open sessions: judged at every `Hello` on the peer id the TLS handshake
+    /// proved (open by default).
+    pub gate: SharedGate,
 }
 
 impl Default for ServerOptions {
@@ -44,6 +48,7 @@ impl Default for ServerOptions {
             idle_timeout: Duration::from_secs(300),
             limits: FrameLimits::default(),
             faults: None,
+            gate: SharedGate::default(),
         }
     }
 }

@@ -20,6 +20,11 @@ use super::machine::{Role, StreamMachine};
 use super::next_hop::{NextHop, Upstream};
 use super::server::{Served, SessionServer};
 use crate::dataplane::{FramedRecv, FramedSend, RecvError};
+use libp2p::PeerId;
+
+/// How long a refused stream is still read (and what arrives dropped), so that the peer
+/// reads the refusal before its stream is stopped.
+const REFUSAL_LINGER: Duration = Duration::from_secs(2);
 
 /// The session a stream carries, once it is open.
 struct Live {
@@ -43,6 +48,10 @@ struct Stream {
     session: Option<SessionId>,
     /// The layers reports name: the session's, once asked for.
     layers: LayerRange,
+    /// The peer the data plane's handshake proved, which the gate judges at `Hello`.
+    peer: Option<PeerId>,
+    /// The gate refused the peer: the stream ends after the refusal is sent.
+    refused: bool,
 }
 
 /// Serves one stream (one session) until it ends, is closed or expires. `conn` is the
@@ -50,6 +59,7 @@ struct Stream {
 pub(super) async fn serve(
     server: Arc<SessionServer>,
     conn: Option<quinn::Connection>,
+    peer: Option<PeerId>,
     mut tx: FramedSend,
     mut rx: FramedRecv,
 ) {
@@ -68,6 +78,8 @@ pub(super) async fn serve(
         live: None,
         session: None,
         layers,
+        peer,
+        refused: false,
     };
     let idle = server.options().idle_timeout;
     async move {
@@ -130,7 +142,7 @@ pub(super) async fn serve(
                     break;
                 }
             }
-            if done {
+            if done || s.refused {
                 break;
             }
         }
@@ -140,6 +152,13 @@ pub(super) async fn serve(
             }
         }
         tx.finish();
+        if s.refused {
+            // Read (and drop) what the peer pipelined behind its `Hello` for a moment:
+            // dropping the stream at once would stop its sends, and it would see a broken
+            // stream (a link failure, blamed) instead of the refusal.
+            let drain = async { while let Ok(Some(_)) = rx.recv().await {} };
+            let _ = tokio::time::timeout(REFUSAL_LINGER, drain).await;
+        }
     }
     .instrument(span)
     .await
@@ -159,12 +178,43 @@ impl Stream {
             .own(self.session, self.layers, code, message)
     }
 
+    /// The gate's judgement of the peer at `Hello`, before anything else it asks for: the
+    /// state machine accepts nothing but `Hello` first, so a refused peer opens nothing.
+    fn admit(&mut self, h: &lamina_protocol::Hello) -> Result<(), ErrorMessage> {
+        let now = crate::ids::now_ms() / 1000;
+        let verdict = match &self.peer {
+            Some(p) => self
+                .server
+                .options()
+                .gate
+                .read(|g| g.judge(p, h.member.as_ref(), now).map(|_| ())),
+            None => self.server.options().gate.read(|g| {
+                if g.is_open() {
+                    Ok(())
+                } else {
+                    Err(lamina_protocol::MemberError::Missing)
+                }
+            }),
+        };
+        verdict.map_err(|reason| {
+            let peer = self
+                .peer
+                .map_or_else(|| "unknown".to_string(), |p| p.to_string());
+            tracing::warn!(%peer, %reason, "gate: refused a peer");
+            self.refused = true;
+            ErrorMessage::new(ErrorCode::NotAMember, format!("not a member: {reason}"))
+        })
+    }
+
     async fn handle(&mut self, msg: Message) -> Option<Message> {
         if let Some(id) = msg.session_id() {
             self.session.get_or_insert(id);
         }
         let reply = match msg {
-            Message::Hello(h) => self.machine.on_hello(&h).map(Message::HelloAck),
+            Message::Hello(h) => match self.admit(&h) {
+                Ok(()) => self.machine.on_hello(&h).map(Message::HelloAck),
+                Err(e) => Err(e),
+            },
             Message::OpenSession(o) => self.open(o).await,
             Message::Forward(f) => self.forward(f).await,
             Message::Close(c) => match self.machine.check_close(c.session_id) {
@@ -253,8 +303,8 @@ impl Stream {
                 match NextHop::open(server.dialer(), me, name, hop, next_open).await {
                     Ok(n) => Some(n),
                     Err(f) => {
-                        if f.broken {
-                            server.dialer().evict(&hop.addr, hop.cert).await;
+                        if let (true, Some(peer)) = (f.broken, hop.peer()) {
+                            server.dialer().evict(&hop.addr, peer).await;
                         }
                         return Err(f.reply);
                     }
@@ -340,7 +390,9 @@ impl Stream {
                         if let Some(mut next) = l.next.take() {
                             if failure.broken {
                                 let hop = next.hop().clone();
-                                self.server.dialer().evict(&hop.addr, hop.cert).await;
+                                if let Some(peer) = hop.peer() {
+                                    self.server.dialer().evict(&hop.addr, peer).await;
+                                }
                             } else {
                                 next.abandon(false).await;
                             }

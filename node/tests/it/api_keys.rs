@@ -69,7 +69,7 @@ impl ApiNode {
                 "--threads",
                 "1",
             ])
-            .args(["--no-mdns", "--api", "127.0.0.1:0"])
+            .args(["--open", "--api", "127.0.0.1:0"])
             .arg("--api-chain")
             .arg(&chain_file)
             .arg("--data-dir")
@@ -541,7 +541,7 @@ fn a_non_loopback_api_without_keys_refuses_to_start_unless_open() {
         m,
         "--layers",
         "0..5",
-        "--no-mdns",
+        "--open",
         "--data-dir",
         d,
         "--api",

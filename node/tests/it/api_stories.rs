@@ -347,9 +347,10 @@ fn completions_whole_and_streamed_equal_single_process_and_errors_are_openai_sha
     let st = get(api, "/status").json();
     assert_eq!(st["coverage"], json!([1, 1, 1, 1, 0]), "{st}");
 
-    // Pipeline failure: the first hop's certificate does not match; 502 before streaming.
+    // Pipeline failure: the first hop is not the peer the chain names (its handshake
+    // proves another peer id); 502 before streaming.
     let mut bad = net.chain.clone();
-    bad[0].fingerprint = net.chain[1].fingerprint;
+    bad[0].peer = net.chain[1].peer;
     net.write_chain(&bad);
     for stream in [false, true] {
         let r = post(

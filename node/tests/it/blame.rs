@@ -199,6 +199,7 @@ fn opts(max_sessions: usize) -> ServerOptions {
         idle_timeout: Duration::from_secs(30),
         limits: FrameLimits::default(),
         faults: None,
+        gate: Default::default(),
     }
 }
 

@@ -47,6 +47,8 @@ fn up(model: &std::path::Path, layers: &[&str], extra: &[&str]) -> Net {
     opts.threads = Some(1);
     opts.ready_timeout = Duration::from_secs(60);
     opts.extra_args = extra.iter().map(|s| s.to_string()).collect();
+    // Open: the stalling and garbage peers of these tests must be able to join.
+    opts.open = true;
     let st = lamina_testnet::up(&opts).expect("testnet up");
     Net(state, st, dir)
 }
@@ -231,7 +233,7 @@ struct Evil {
 }
 
 fn start_evil(bootstrap: &str, model_id: &str, garbage: bool) -> Evil {
-    use lamina_node::dataplane::{server_endpoint, Identity};
+    use lamina_node::dataplane::server_endpoint;
     use lamina_node::mesh::behaviour::SwarmOptions;
     use lamina_node::mesh::MeshHandle;
     use lamina_protocol::{Announcement, LayerRange, NodeState};
@@ -244,8 +246,8 @@ fn start_evil(bootstrap: &str, model_id: &str, garbage: bool) -> Evil {
     let model_id: lamina_protocol::ModelId = model_id.parse().unwrap();
     let bootstrap: libp2p::Multiaddr = bootstrap.parse().unwrap();
     let mesh = rt.block_on(async move {
-        let ident = Identity::generate().unwrap();
-        let ep = server_endpoint("127.0.0.1:0".parse().unwrap(), &ident).unwrap();
+        let key = Keypair::generate_ed25519();
+        let ep = server_endpoint("127.0.0.1:0".parse().unwrap(), &key).unwrap();
         let dp = ep.local_addr().unwrap();
         tokio::spawn(async move {
             while let Some(inc) = ep.accept().await {
@@ -265,7 +267,6 @@ fn start_evil(bootstrap: &str, model_id: &str, garbage: bool) -> Evil {
                 });
             }
         });
-        let key = Keypair::generate_ed25519();
         let template = Announcement {
             version: lamina_protocol::ANNOUNCEMENT_VERSION,
             peer_id: key.public().to_peer_id().to_bytes(),
@@ -274,7 +275,6 @@ fn start_evil(bootstrap: &str, model_id: &str, garbage: bool) -> Evil {
             layers: Some(LayerRange::new(15, 30).unwrap()),
             state: NodeState::Serving,
             dataplane_addr: dp.to_string(),
-            cert: ident.fingerprint(),
             listen_addrs: vec![],
             api: None,
             // Far faster than any honest node: the router prefers it.
@@ -287,6 +287,7 @@ fn start_evil(bootstrap: &str, model_id: &str, garbage: bool) -> Evil {
             expires_at_ms: 0,
             withdrawn: false,
             started_at_ms: lamina_node::ids::now_ms(),
+            member: None,
         };
         let opts = SwarmOptions {
             listen: vec!["/ip4/127.0.0.1/udp/0/quic-v1".parse().unwrap()],
@@ -294,7 +295,7 @@ fn start_evil(bootstrap: &str, model_id: &str, garbage: bool) -> Evil {
             mdns: false,
         };
         let stop = tokio_util::sync::CancellationToken::new();
-        let mesh = MeshHandle::start(key, &opts, template, stop).unwrap();
+        let mesh = MeshHandle::start(key, &opts, template, Default::default(), stop).unwrap();
         mesh.wait_listening(Duration::from_secs(5)).await;
         mesh.update(|_| {}).await.unwrap();
         mesh

@@ -82,6 +82,7 @@ impl Mesh {
                     idle_timeout: Duration::from_secs(30),
                     limits: FrameLimits::default(),
                     faults: None,
+                    gate: Default::default(),
                 };
                 let layers = LayerRange::new(start, end).expect("range");
                 spawn_hop(&model, model_id, layers, opts)

@@ -1,19 +1,19 @@
 //! Acceptance 3 and 4 of the data-plane issue, against in-process session servers on a
 //! synthetic model: every kind of bad input gets a typed error reply or a closed stream, the
-//! server keeps serving its other sessions, and a pinned fingerprint that does not match
-//! the server's certificate is refused.
+//! server keeps serving its other sessions, and a server that cannot prove the peer id the
+//! dialer expects is refused at the handshake.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::common::hops::{client_dialer, spawn_hop, tiny_model};
-use lamina_node::dataplane::{Dialer, FramedRecv, FramedSend, Identity, RecvError};
+use lamina_node::dataplane::{Dialer, FramedRecv, FramedSend, RecvError};
 use lamina_node::pipeline::{ChainHop, PipelineOptions, PipelineSession};
 use lamina_node::session::{ServerOptions, SessionServer};
 use lamina_protocol::{
-    encode_frame, CertFingerprint, ErrorCode, Forward, ForwardInput, FrameLimits, Hello,
-    LayerRange, Message, ModelId, OpenSession, SamplingSettings, SessionId, WireDType, WireTensor,
+    encode_frame, ErrorCode, Forward, ForwardInput, FrameLimits, Hello, LayerRange, Message,
+    ModelId, OpenSession, SamplingSettings, SessionId, WireDType, WireTensor,
 };
 use lamina_sharding::source::ModelFile;
 
@@ -22,7 +22,7 @@ const DIM: u32 = 64;
 
 struct Hop {
     addr: SocketAddr,
-    fingerprint: CertFingerprint,
+    peer: libp2p::PeerId,
     server: Arc<SessionServer>,
     chain: ChainHop,
 }
@@ -38,7 +38,7 @@ fn start_hop(model: &ModelFile, id: ModelId, start: u32, end: u32, opts: ServerO
     let t = spawn_hop(model, id, LayerRange::new(start, end).unwrap(), opts);
     Hop {
         addr: t.hop.addr.parse().expect("addr"),
-        fingerprint: t.hop.fingerprint,
+        peer: t.hop.peer,
         server: t.server,
         chain: t.hop,
     }
@@ -51,6 +51,7 @@ fn opts() -> ServerOptions {
         idle_timeout: Duration::from_secs(30),
         limits: FrameLimits::with_max_frame_bytes(LIMIT),
         faults: None,
+        gate: Default::default(),
     }
 }
 
@@ -59,7 +60,7 @@ fn client() -> Dialer {
 }
 
 async fn stream(d: &Dialer, hop: &Hop) -> (FramedSend, FramedRecv) {
-    d.open_stream(&hop.addr.to_string(), hop.fingerprint)
+    d.open_stream(&hop.addr.to_string(), hop.peer)
         .await
         .expect("open stream")
 }
@@ -324,7 +325,7 @@ fn session_limit_and_idle_timeout() {
 }
 
 #[test]
-fn a_peer_with_another_certificate_is_refused() {
+fn a_server_that_is_not_the_expected_peer_is_refused() {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -335,16 +336,15 @@ fn a_peer_with_another_certificate_is_refused() {
             let (model, id) = tiny_model();
             let hop = start_hop(&model, id, 0, 4, opts());
             let d = client();
-            let wrong = Identity::generate().unwrap().fingerprint();
-            assert_ne!(wrong, hop.fingerprint);
+            let wrong = libp2p::identity::Keypair::generate_ed25519()
+                .public()
+                .to_peer_id();
+            assert_ne!(wrong, hop.peer);
             let r = d.open_stream(&hop.addr.to_string(), wrong).await;
-            assert!(
-                r.is_err(),
-                "a mismatched fingerprint must fail the handshake"
-            );
-            // Through the pipeline client too, and the right pin still works afterwards.
+            assert!(r.is_err(), "another peer id must fail the handshake");
+            // Through the pipeline client too, and the right peer still works afterwards.
             let mut bad = hop.chain_hop();
-            bad.fingerprint = wrong;
+            bad.peer = wrong;
             let o = PipelineOptions::default();
             assert!(PipelineSession::open(&d, &[bad], id, &o).await.is_err());
             still_serving(&d, &[hop.chain_hop()], id).await;
@@ -358,12 +358,13 @@ fn a_peer_with_another_certificate_is_refused() {
 fn identity_is_kept_in_the_data_dir() {
     let dir = std::env::temp_dir().join(format!("lamina-identity-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    let a = Identity::load_or_create(&dir).unwrap();
-    let b = Identity::load_or_create(&dir).unwrap();
-    assert_eq!(a.fingerprint(), b.fingerprint());
+    let load = lamina_node::mesh::load_or_create_identity;
+    let a = load(&dir).unwrap();
+    let b = load(&dir).unwrap();
+    assert_eq!(a.public().to_peer_id(), b.public().to_peer_id());
     // A corrupt key is a clear error, not a panic.
-    std::fs::write(dir.join("dataplane-key.der"), b"garbage").unwrap();
-    let e = Identity::load_or_create(&dir).unwrap_err();
-    assert!(e.to_string().contains("unusable"), "{e}");
+    std::fs::write(dir.join("p2p.key"), b"garbage").unwrap();
+    let e = load(&dir).unwrap_err();
+    assert!(e.to_string().contains("p2p.key"), "{e}");
     let _ = std::fs::remove_dir_all(&dir);
 }

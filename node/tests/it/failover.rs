@@ -137,6 +137,8 @@ fn a_hop_killed_mid_generation_changes_nothing_the_client_sees() {
     opts.placement = Placement::Fixed(ranges.iter().map(|s| s.to_string()).collect());
     opts.threads = Some(1);
     opts.ready_timeout = Duration::from_secs(60);
+    // Open: replacements join the testnet as plain `lamina node` processes.
+    opts.open = true;
     let st = lamina_testnet::up(&opts).expect("testnet up");
     let pids: Vec<u32> = st.nodes.iter().map(|n| n.pid).collect();
     let _down = Down(state, pids);
@@ -214,7 +216,7 @@ fn a_hop_killed_mid_generation_changes_nothing_the_client_sees() {
             .args([
                 "--layers",
                 &layers,
-                "--no-mdns",
+                "--open",
                 "--threads",
                 "1",
                 "--bootstrap",

@@ -9,7 +9,8 @@
 //!   `nodes` (whole `Node`s in one process: mesh, placement, API);
 //! - processes, where the process is the point: `cli`, `mesh` (kill -9, restart),
 //!   `churn`, `failover`, `api_*` and `openai_python` (the daemon's HTTP API as users run
-//!   it), `testnet_*`, `model_pull`.
+//!   it), `testnet_*`, `model_pull`, `trust` (private meshes: strangers refused, revocation,
+//!   the data plane's peer-id handshake, the README's commands).
 
 mod common;
 
@@ -30,3 +31,4 @@ mod pipeline_stories;
 mod progress;
 mod testnet_control;
 mod testnet_updown;
+mod trust;

@@ -50,6 +50,8 @@ fn up(model: &std::path::Path, placement: Placement, extra: &[&str]) -> (Net, Du
     opts.threads = Some(1);
     opts.ready_timeout = Duration::from_secs(60);
     opts.extra_args = extra.iter().map(|s| s.to_string()).collect();
+    // Open: these tests join more nodes to the testnet.
+    opts.open = true;
     let t = Instant::now();
     let st = lamina_testnet::up(&opts).expect("testnet up");
     (
@@ -153,7 +155,7 @@ fn start_node(model: &std::path::Path, layers: &str, bootstrap: &str, dir: &Temp
         .args([
             "--layers",
             layers,
-            "--no-mdns",
+            "--open",
             "--threads",
             "1",
             "--bootstrap",
@@ -268,7 +270,7 @@ fn forged_and_expired_announcements_are_ignored() {
     use lamina_node::ids::now_ms;
     use lamina_node::mesh::behaviour::{build_swarm, BehaviourEvent, SwarmOptions, Sync};
     use lamina_node::mesh::MeshHandle;
-    use lamina_protocol::{Announcement, CertFingerprint, LayerRange, ModelId, NodeState};
+    use lamina_protocol::{Announcement, LayerRange, ModelId, NodeState};
     use libp2p::identity::Keypair;
     use libp2p::request_response;
     use libp2p::swarm::SwarmEvent;
@@ -288,7 +290,6 @@ fn forged_and_expired_announcements_are_ignored() {
             layers: layers.map(|(a, b)| LayerRange::new(a, b).unwrap()),
             state: NodeState::Serving,
             dataplane_addr: "127.0.0.1:9".into(),
-            cert: CertFingerprint::from_bytes([1; 32]),
             listen_addrs: vec![],
             api: None,
             tokens_per_sec: 100.0,
@@ -300,6 +301,7 @@ fn forged_and_expired_announcements_are_ignored() {
             expires_at_ms: now + 9_000,
             withdrawn: false,
             started_at_ms: 0,
+            member: None,
         };
         let opts = SwarmOptions {
             listen: vec!["/ip4/127.0.0.1/udp/0/quic-v1".parse().unwrap()],
@@ -312,6 +314,7 @@ fn forged_and_expired_announcements_are_ignored() {
             honest_key.clone(),
             &opts,
             record(&honest_key, None, 0),
+            Default::default(),
             stop,
         )
         .unwrap();

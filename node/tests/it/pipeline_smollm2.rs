@@ -37,7 +37,11 @@ fn smollm2_three_nodes_equal_single_process() {
     let rt = runtime();
     rt.block_on(async {
         tokio::time::timeout(Duration::from_secs(600), async {
-            let dialer = Dialer::new(client_endpoint(None).unwrap(), FrameLimits::default());
+            let dialer = Dialer::new(
+                client_endpoint(None).unwrap(),
+                FrameLimits::default(),
+                libp2p::identity::Keypair::generate_ed25519(),
+            );
             for (name, prompt, _) in &prompts {
                 let (want, want_logits) = local_greedy(&local, prompt, TOKENS);
                 let (got, logits) = run_remote(
@@ -122,7 +126,11 @@ fn smollm2_node_peak_rss_is_file_plus_kv_plus_64_mib() {
     let rt = runtime();
     let tokens = rt.block_on(async {
         tokio::time::timeout(Duration::from_secs(600), async {
-            let dialer = Dialer::new(client_endpoint(None).unwrap(), FrameLimits::default());
+            let dialer = Dialer::new(
+                client_endpoint(None).unwrap(),
+                FrameLimits::default(),
+                libp2p::identity::Keypair::generate_ed25519(),
+            );
             run_remote(
                 &dialer,
                 &chain,

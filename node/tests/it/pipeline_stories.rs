@@ -28,7 +28,11 @@ fn three_nodes_generate_reference_tokens_f32_bit_exact_and_f16() {
     let rt = runtime();
     rt.block_on(async {
         tokio::time::timeout(Duration::from_secs(180), async {
-            let dialer = Dialer::new(client_endpoint(None).unwrap(), FrameLimits::default());
+            let dialer = Dialer::new(
+                client_endpoint(None).unwrap(),
+                FrameLimits::default(),
+                libp2p::identity::Keypair::generate_ed25519(),
+            );
             for (name, prompt, want) in &prompts {
                 let (local_tokens, local_logits) = local_greedy(&local, prompt, want.len());
                 assert_eq!(&local_tokens, want, "local run of {name:?}");
@@ -82,7 +86,11 @@ fn eight_concurrent_generations_equal_alone() {
     let rt = runtime();
     rt.block_on(async {
         tokio::time::timeout(Duration::from_secs(180), async {
-            let dialer = Dialer::new(client_endpoint(None).unwrap(), FrameLimits::default());
+            let dialer = Dialer::new(
+                client_endpoint(None).unwrap(),
+                FrameLimits::default(),
+                libp2p::identity::Keypair::generate_ed25519(),
+            );
             // Alone, one after another.
             let mut alone = Vec::new();
             for i in 0..8 {

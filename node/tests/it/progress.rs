@@ -100,6 +100,7 @@ fn start_real(model: &ModelFile, id: ModelId) -> ChainHop {
         idle_timeout: Duration::from_secs(30),
         limits: limits(),
         faults: None,
+        gate: Default::default(),
     };
     spawn_hop(model, id, LayerRange::new(0, 2).unwrap(), opts).hop
 }

@@ -447,8 +447,7 @@ fn invalid_messages_are_refused_both_ways() {
         next_hops: vec![HopAddr {
             layers: LayerRange::new(4, 8).unwrap(),
             addr: "127.0.0.1:4433".into(),
-            cert: CertFingerprint([3; 32]),
-            peer_id: vec![7; 38],
+            peer_id: peer_bytes([7; 32]),
         }],
         trace_id: None,
     };
@@ -502,8 +501,7 @@ fn open_session_walks_down_the_chain() {
     let hop = |start, end, port: u16| HopAddr {
         layers: LayerRange::new(start, end).unwrap(),
         addr: format!("127.0.0.1:{port}"),
-        cert: CertFingerprint([port as u8; 32]),
-        peer_id: vec![port as u8; 38],
+        peer_id: peer_bytes([port as u8; 32]),
     };
     let first = OpenSession {
         session_id: SessionId(SID),
@@ -691,7 +689,6 @@ fn next_hops_must_name_their_peer() {
     let hop = HopAddr {
         layers: LayerRange::new(4, 8).unwrap(),
         addr: "127.0.0.1:4433".into(),
-        cert: CertFingerprint([3; 32]),
         peer_id: vec![],
     };
     let open = OpenSession {
@@ -709,7 +706,11 @@ fn next_hops_must_name_their_peer() {
         encode_frame(&Message::OpenSession(open.clone())),
         Err(ProtocolError::InvalidMessage { .. })
     ));
-    let mut long = open;
+    let mut long = open.clone();
     long.next_hops[0].peer_id = vec![1; MAX_PEER_ID_BYTES + 1];
     assert!(encode_frame(&Message::OpenSession(long)).is_err());
+    // Bytes of a plausible length that are no peer id.
+    let mut garbage = open;
+    garbage.next_hops[0].peer_id = vec![7; 38];
+    assert!(encode_frame(&Message::OpenSession(garbage)).is_err());
 }

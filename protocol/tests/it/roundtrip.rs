@@ -105,13 +105,13 @@ proptest! {
 
     /// Ids and layer ranges round-trip through their text forms.
     #[test]
-    fn text_forms_round_trip(m in model_id(), s in session_id(), c in cert(), l in layer_range()) {
+    fn text_forms_round_trip(m in model_id(), s in session_id(), c in mesh_key(), l in layer_range()) {
         prop_assert_eq!(m.to_string().parse::<ModelId>().unwrap(), m);
         prop_assert_eq!(s.to_string().parse::<SessionId>().unwrap(), s);
-        prop_assert_eq!(c.to_string().parse::<CertFingerprint>().unwrap(), c);
+        prop_assert_eq!(c.to_string().parse::<MeshKey>().unwrap(), c);
         prop_assert_eq!(l.to_string().parse::<LayerRange>().unwrap(), l);
         let json = serde_json::to_string(&(m, s, c, l)).unwrap();
-        let back: (ModelId, SessionId, CertFingerprint, LayerRange) = serde_json::from_str(&json).unwrap();
+        let back: (ModelId, SessionId, MeshKey, LayerRange) = serde_json::from_str(&json).unwrap();
         prop_assert_eq!(back, (m, s, c, l));
     }
 }

@@ -188,7 +188,6 @@ fn a_session_may_run_part_of_the_loaded_range() {
     head.next_hops = vec![lamina_protocol::HopAddr {
         layers: LayerRange::new(2, 4).unwrap(),
         addr: "127.0.0.1:1".into(),
-        cert: lamina_protocol::CertFingerprint::from_bytes([0; 32]),
         peer_id: vec![1; 38],
     }];
     assert_eq!(m.check_open(&head, true), Ok(Role::Forward));

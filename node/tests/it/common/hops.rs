@@ -5,9 +5,7 @@
 use std::sync::Arc;
 
 use candle_core::Device;
-use lamina_node::dataplane::{
-    client_endpoint, server_endpoint, Dialer, FramedRecv, FramedSend, Identity,
-};
+use lamina_node::dataplane::{client_endpoint, server_endpoint, Dialer, FramedRecv, FramedSend};
 use lamina_node::pipeline::ChainHop;
 use lamina_node::session::faults::FaultPlan;
 use lamina_node::session::{Reporter, ServerOptions, SessionServer};
@@ -52,14 +50,12 @@ pub fn spawn_hop(
 
 /// Serves an already loaded shard (see [`spawn_hop`]).
 pub fn spawn_shard(shard: Arc<Shard>, id: ModelId, mut opts: ServerOptions) -> TestHop {
-    let identity = Identity::generate().expect("identity");
-    let endpoint =
-        server_endpoint("127.0.0.1:0".parse().expect("addr"), &identity).expect("endpoint");
+    let key = Keypair::generate_ed25519();
+    let endpoint = server_endpoint("127.0.0.1:0".parse().expect("addr"), &key).expect("endpoint");
     let addr = endpoint.local_addr().expect("local addr");
     let faults = Arc::new(FaultPlan::new());
     opts.faults = Some(faults.clone());
-    let key = Keypair::generate_ed25519();
-    let dialer = Dialer::new(endpoint.clone(), opts.limits);
+    let dialer = Dialer::new(endpoint.clone(), opts.limits, key.clone());
     let layers = shard.range();
     let server =
         SessionServer::new(shard, id, dialer, Reporter::new(key.clone()), opts).expect("server");
@@ -68,7 +64,6 @@ pub fn spawn_shard(shard: Arc<Shard>, id: ModelId, mut opts: ServerOptions) -> T
         hop: ChainHop {
             layers,
             addr: addr.to_string(),
-            fingerprint: identity.fingerprint(),
             peer: key.public().to_peer_id(),
         },
         server,
@@ -78,9 +73,13 @@ pub fn spawn_shard(shard: Arc<Shard>, id: ModelId, mut opts: ServerOptions) -> T
     }
 }
 
-/// A dial-only client (inside a tokio runtime).
+/// A dial-only client with a fresh identity (inside a tokio runtime).
 pub fn client_dialer(limits: FrameLimits) -> Dialer {
-    Dialer::new(client_endpoint(None).expect("client endpoint"), limits)
+    Dialer::new(
+        client_endpoint(None).expect("client endpoint"),
+        limits,
+        Keypair::generate_ed25519(),
+    )
 }
 
 /// A fake hop for `layers`: a real QUIC endpoint with its own identity (and libp2p key,
@@ -91,9 +90,8 @@ where
     F: Fn(FramedSend, FramedRecv) -> Fut + Send + Sync + Clone + 'static,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
-    let identity = Identity::generate().expect("identity");
-    let endpoint =
-        server_endpoint("127.0.0.1:0".parse().expect("addr"), &identity).expect("endpoint");
+    let key = Keypair::generate_ed25519();
+    let endpoint = server_endpoint("127.0.0.1:0".parse().expect("addr"), &key).expect("endpoint");
     let addr = endpoint.local_addr().expect("addr");
     tokio::spawn(async move {
         while let Some(inc) = endpoint.accept().await {
@@ -109,11 +107,9 @@ where
             });
         }
     });
-    let key = Keypair::generate_ed25519();
     let hop = ChainHop {
         layers,
         addr: addr.to_string(),
-        fingerprint: identity.fingerprint(),
         peer: key.public().to_peer_id(),
     };
     (hop, key)

@@ -122,7 +122,7 @@ impl NodeProc {
                 "--threads",
                 "1",
                 // Tests run side by side on one machine: no LAN discovery between them.
-                "--no-mdns",
+                "--open",
             ])
             .arg("--data-dir")
             .arg(dir.path())
@@ -160,11 +160,6 @@ impl NodeProc {
                 .parse()
                 .expect("range"),
             addr: self.ready["listen"].as_str().expect("listen").to_owned(),
-            fingerprint: self.ready["fingerprint"]
-                .as_str()
-                .expect("fingerprint")
-                .parse()
-                .expect("fingerprint hex"),
             peer: self.ready["peer_id"]
                 .as_str()
                 .expect("peer_id")

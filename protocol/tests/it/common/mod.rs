@@ -13,8 +13,54 @@ pub fn model_id() -> impl Strategy<Value = ModelId> {
     any::<[u8; 32]>().prop_map(ModelId)
 }
 
-pub fn cert() -> impl Strategy<Value = CertFingerprint> {
-    any::<[u8; 32]>().prop_map(CertFingerprint)
+pub fn mesh_key() -> impl Strategy<Value = MeshKey> {
+    any::<[u8; 32]>().prop_map(MeshKey)
+}
+
+/// The bytes of a valid peer id: the identity multihash of an ed25519 public key (in
+/// libp2p's protobuf encoding), as ed25519 peer ids are.
+pub fn peer_bytes(key: [u8; 32]) -> Vec<u8> {
+    let mut v = vec![0x00, 0x24, 0x08, 0x01, 0x12, 0x20];
+    v.extend_from_slice(&key);
+    v
+}
+
+pub fn peer_id_bytes() -> impl Strategy<Value = Vec<u8>> {
+    any::<[u8; 32]>().prop_map(peer_bytes)
+}
+
+/// A signed membership certificate with arbitrary bytes within the bounds (the frame
+/// layer only checks sizes; the node's gate verifies signatures).
+pub fn signed_member() -> impl Strategy<Value = SignedMemberCert> {
+    (
+        vec(
+            any::<u8>(),
+            0..=lamina_protocol::member::MAX_MEMBER_BODY_BYTES,
+        ),
+        vec(any::<u8>(), 64..=64),
+    )
+        .prop_map(|(body, sig)| {
+            let bytes = bincode_pair(&body, &sig);
+            SignedMemberCert::from_bytes(&bytes).expect("within bounds")
+        })
+}
+
+/// bincode (standard config) of `(body, sig)`: varint lengths, then the bytes.
+fn bincode_pair(body: &[u8], sig: &[u8]) -> Vec<u8> {
+    fn varint(out: &mut Vec<u8>, n: usize) {
+        if n < 251 {
+            out.push(n as u8);
+        } else {
+            out.push(251);
+            out.extend_from_slice(&(n as u16).to_le_bytes());
+        }
+    }
+    let mut v = Vec::new();
+    varint(&mut v, body.len());
+    v.extend_from_slice(body);
+    varint(&mut v, sig.len());
+    v.extend_from_slice(sig);
+    v
 }
 
 pub fn dtype() -> impl Strategy<Value = WireDType> {
@@ -84,7 +130,8 @@ pub fn sampling() -> impl Strategy<Value = SamplingSettings> {
 }
 
 pub fn hello() -> impl Strategy<Value = Hello> {
-    (model_id(), name()).prop_map(|(m, n)| Hello::new(m, n))
+    (model_id(), name(), proptest::option::of(signed_member()))
+        .prop_map(|(m, n, member)| Hello::new(m, n).with_member(member))
 }
 
 pub fn hello_ack() -> impl Strategy<Value = HelloAck> {
@@ -123,15 +170,7 @@ pub fn open_session() -> impl Strategy<Value = OpenSession> {
         layer_range(),
         1u32..100_000,
         dtype(),
-        vec(
-            (
-                1u32..20,
-                "[a-z0-9.:]{1,30}",
-                cert(),
-                vec(any::<u8>(), 1..=MAX_PEER_ID_BYTES),
-            ),
-            0..4,
-        ),
+        vec((1u32..20, "[a-z0-9.:]{1,30}", peer_id_bytes()), 0..4),
         proptest::option::of(sampling()),
         any::<bool>(),
         proptest::option::of(any::<[u8; 16]>().prop_map(TraceId)),
@@ -141,14 +180,13 @@ pub fn open_session() -> impl Strategy<Value = OpenSession> {
                 let mut end = layers.end;
                 let next_hops: Vec<HopAddr> = hops
                     .into_iter()
-                    .map(|(len, addr, cert, peer_id)| {
+                    .map(|(len, addr, peer_id)| {
                         let hop = HopAddr {
                             layers: LayerRange {
                                 start: end,
                                 end: end + len,
                             },
                             addr,
-                            cert,
                             peer_id,
                         };
                         end += len;
