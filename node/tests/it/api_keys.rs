@@ -93,8 +93,7 @@ impl ApiNode {
         let ready: Value =
             serde_json::from_str(&line).unwrap_or_else(|e| panic!("ready line {line:?}: {e}"));
         let hop = json!([{
-            "layers": ready["layers"], "addr": ready["listen"],
-            "fingerprint": ready["fingerprint"], "peer_id": ready["peer_id"],
+            "layers": ready["layers"], "addr": ready["listen"], "peer_id": ready["peer_id"],
         }]);
         std::fs::write(&chain_file, hop.to_string()).expect("write the chain file");
         let api = ready["api"].as_str().expect("api address").to_owned();

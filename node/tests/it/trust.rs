@@ -216,7 +216,6 @@ fn up_private(model: &Path, dir: &TempDir) -> Net {
 /// within 10 s.
 #[test]
 fn a_private_testnet_refuses_strangers_and_cuts_off_a_revoked_member() {
-    let _serial = crate::common::serial();
     let Some(model) = model_path(STORIES) else {
         return;
     };
@@ -565,7 +564,6 @@ fn the_mesh_key_is_private() {
 /// The README's private-mesh commands, run as written (with the model path filled in).
 #[test]
 fn the_readme_private_mesh_commands_work() {
-    let _serial = crate::common::serial();
     let Some(model) = model_path(STORIES) else {
         return;
     };
