@@ -105,6 +105,11 @@ pub struct NodeArgs {
     /// Generations the HTTP API runs at once; more are answered 429.
     #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=4096))]
     pub api_max_concurrent: u64,
+    /// As the entry of the API's requests, run the model's embedding, final norm, head and
+    /// sampling here, so the hops see hidden states only (never token ids or text); the
+    /// tokens are the same as without it.
+    #[arg(long)]
+    pub private_ends: bool,
     /// Also write the ready line (JSON) to this file.
     #[arg(long)]
     pub ready_file: Option<PathBuf>,

@@ -77,6 +77,8 @@ pub struct NodeConfig {
     pub api_chain: Option<PathBuf>,
     /// Generations the HTTP API runs at once; more are answered 429.
     pub api_max_concurrent: usize,
+    /// The API's generations run the model's ends here (`--private-ends`).
+    pub private_ends: bool,
     /// Name in logs and handshakes (default: from the peer id).
     pub name: Option<String>,
     /// How long a stopping node waits for its sessions to finish.
@@ -104,6 +106,7 @@ impl NodeConfig {
             api: None,
             api_chain: None,
             api_max_concurrent: 16,
+            private_ends: false,
             name: None,
             drain_timeout: Duration::from_secs(30),
             faults: None,
@@ -128,6 +131,7 @@ impl NodeConfig {
             api: args.api,
             api_chain: args.api_chain.clone(),
             api_max_concurrent: usize::try_from(args.api_max_concurrent).unwrap_or(1),
+            private_ends: args.private_ends,
             name: args.name.clone(),
             drain_timeout: Duration::from_secs(30),
             faults: None,

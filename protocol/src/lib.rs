@@ -93,10 +93,10 @@ pub use frame::{
 pub use ids::{CertFingerprint, ModelId, SessionId, TraceId};
 pub use layers::LayerRange;
 pub use message::{
-    check_version, Close, Closed, CodeClass, ErrorCode, ErrorMessage, Forward, ForwardInput, Hello,
-    HelloAck, HopAddr, Message, MessageKind, OpenSession, Progress, SamplingSettings,
-    SessionOpened, StepOutput, StepResult, MAX_ERROR_MESSAGE_BYTES, MAX_PEER_ID_BYTES,
-    PROGRESS_INTERVAL_MS, PROTOCOL_VERSION,
+    check_version, Close, Closed, CodeClass, EndsAt, ErrorCode, ErrorMessage, Forward,
+    ForwardInput, Hello, HelloAck, HopAddr, Message, MessageKind, OpenSession, Progress,
+    SamplingSettings, SessionOpened, StepOutput, StepResult, MAX_ERROR_MESSAGE_BYTES,
+    MAX_PEER_ID_BYTES, PROGRESS_INTERVAL_MS, PROTOCOL_VERSION,
 };
 pub use report::{
     FailureReport, Fault, LinkFailure, ReportError, SignedReport, MAX_REPORT_BODY_BYTES,
