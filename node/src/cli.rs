@@ -186,6 +186,11 @@ pub struct NodeArgs {
     pub api_max_concurrent: u64,
     #[command(flatten)]
     pub api_access: ApiAccessArgs,
+    /// As the entry of the API's requests, run the model's embedding, final norm, head and
+    /// sampling here, so the hops see hidden states only (never token ids or text); the
+    /// tokens are the same as without it.
+    #[arg(long)]
+    pub private_ends: bool,
     /// Also write the ready line (JSON) to this file.
     #[arg(long)]
     pub ready_file: Option<PathBuf>,

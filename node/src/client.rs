@@ -105,6 +105,7 @@ impl MeshClient {
                 model_id: node.info().model_id,
                 tokenizer,
                 context_length: cfg.context_length,
+                ends: None,
             };
             Ok::<_, anyhow::Error>((node, client))
         })?;

@@ -95,6 +95,8 @@ pub struct NodeConfig {
     pub api_max_concurrent: usize,
     /// API keys, quotas, usage and audit of the HTTP API.
     pub api_access: AccessOptions,
+    /// The API's generations run the model's ends here (`--private-ends`).
+    pub private_ends: bool,
     /// Name in logs and handshakes (default: from the peer id).
     pub name: Option<String>,
     /// How long a stopping node waits for its sessions to finish.
@@ -125,6 +127,7 @@ impl NodeConfig {
             api_chain: None,
             api_max_concurrent: 16,
             api_access: AccessOptions::default(),
+            private_ends: false,
             name: None,
             drain_timeout: Duration::from_secs(30),
             faults: None,
@@ -155,6 +158,7 @@ impl NodeConfig {
             api_chain: args.api_chain.clone(),
             api_max_concurrent: usize::try_from(args.api_max_concurrent).unwrap_or(1),
             api_access: access_options(&args.api_access, &args.data_dir),
+            private_ends: args.private_ends,
             name: args.name.clone(),
             drain_timeout: Duration::from_secs(30),
             faults: None,

@@ -100,10 +100,10 @@ pub use member::{
     SignedRevocation,
 };
 pub use message::{
-    check_version, Close, Closed, CodeClass, ErrorCode, ErrorMessage, Forward, ForwardInput, Hello,
-    HelloAck, HopAddr, Message, MessageKind, OpenSession, Progress, SamplingSettings,
-    SessionOpened, StepOutput, StepResult, MAX_ERROR_MESSAGE_BYTES, MAX_PEER_ID_BYTES,
-    PROGRESS_INTERVAL_MS, PROTOCOL_VERSION,
+    check_version, Close, Closed, CodeClass, EndsAt, ErrorCode, ErrorMessage, Forward,
+    ForwardInput, Hello, HelloAck, HopAddr, Message, MessageKind, OpenSession, Progress,
+    SamplingSettings, SessionOpened, StepOutput, StepResult, MAX_ERROR_MESSAGE_BYTES,
+    MAX_PEER_ID_BYTES, PROGRESS_INTERVAL_MS, PROTOCOL_VERSION,
 };
 pub use report::{
     FailureReport, Fault, LinkFailure, ReportError, SignedReport, MAX_REPORT_BODY_BYTES,

@@ -338,9 +338,31 @@ pub struct OpenSession {
     pub return_logits: bool,
     /// The rest of the chain, in order; layer ranges must be contiguous from `layers.end`.
     pub next_hops: Vec<HopAddr>,
+    /// Who runs the model's ends (embedding, final norm and head): the hops (default), or
+    /// the entry, which then sends hidden states to the first hop and gets hidden states
+    /// back from the last, so no hop sees a token id or a logit.
+    pub ends: EndsAt,
     /// The request this session serves, for logs; travels down the chain unchanged.
     pub trace_id: Option<TraceId>,
 }
+
+/// Who runs the model's embedding and head in a session.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum EndsAt {
+    /// The first hop embeds token ids, the last hop runs the head and samples.
+    #[default]
+    Hops,
+    /// The entry embeds and samples: the first hop takes f32 hidden states (even where
+    /// its range starts at layer 0), and the last hop returns the hidden states of the
+    /// step's last row in f32, so the entry's head sees exactly what the last hop's would
+    /// have. `sampling` must be `None` then.
+    Entry,
+}
+
+/// `return_logits` and `ends` share one byte on the wire (bit 0 and bit 1): the byte where
+/// version 3 put the `return_logits` bool, which decodes as before when only bit 0 is set.
+const FLAG_RETURN_LOGITS: u8 = 1;
+const FLAG_ENDS_AT_ENTRY: u8 = 2;
 
 impl Encode for OpenSession {
     fn encode<E: Encoder>(&self, e: &mut E) -> Result<(), EncodeError> {
@@ -350,7 +372,14 @@ impl Encode for OpenSession {
         self.max_length.encode(e)?;
         self.activation_dtype.encode(e)?;
         self.sampling.encode(e)?;
-        self.return_logits.encode(e)?;
+        let mut flags = 0u8;
+        if self.return_logits {
+            flags |= FLAG_RETURN_LOGITS;
+        }
+        if self.ends == EndsAt::Entry {
+            flags |= FLAG_ENDS_AT_ENTRY;
+        }
+        flags.encode(e)?;
         self.next_hops.encode(e)?;
         // An optional tail rather than an `Option` (which would add a byte even when unset).
         if let Some(t) = &self.trace_id {
@@ -364,15 +393,32 @@ impl Encode for OpenSession {
 /// known from the header length, which the frame decoder has and this trait does not.
 impl<Context> Decode<Context> for OpenSession {
     fn decode<D: Decoder<Context = Context>>(d: &mut D) -> Result<Self, DecodeError> {
+        let session_id = Decode::decode(d)?;
+        let model_id = Decode::decode(d)?;
+        let layers = Decode::decode(d)?;
+        let max_length = Decode::decode(d)?;
+        let activation_dtype = Decode::decode(d)?;
+        let sampling = Decode::decode(d)?;
+        let flags: u8 = Decode::decode(d)?;
+        if flags & !(FLAG_RETURN_LOGITS | FLAG_ENDS_AT_ENTRY) != 0 {
+            return Err(DecodeError::OtherString(format!(
+                "unknown OpenSession flags {flags:#04x}"
+            )));
+        }
         Ok(Self {
-            session_id: Decode::decode(d)?,
-            model_id: Decode::decode(d)?,
-            layers: Decode::decode(d)?,
-            max_length: Decode::decode(d)?,
-            activation_dtype: Decode::decode(d)?,
-            sampling: Decode::decode(d)?,
-            return_logits: Decode::decode(d)?,
+            session_id,
+            model_id,
+            layers,
+            max_length,
+            activation_dtype,
+            sampling,
+            return_logits: flags & FLAG_RETURN_LOGITS != 0,
             next_hops: Decode::decode(d)?,
+            ends: if flags & FLAG_ENDS_AT_ENTRY != 0 {
+                EndsAt::Entry
+            } else {
+                EndsAt::Hops
+            },
             trace_id: None,
         })
     }
@@ -425,6 +471,12 @@ impl OpenSession {
                 ));
             }
             end = hop.layers.end;
+        }
+        if self.ends == EndsAt::Entry && (self.sampling.is_some() || self.return_logits) {
+            return Err(ProtocolError::invalid(
+                kind,
+                "sampling settings or return_logits in a session whose entry runs the ends",
+            ));
         }
         if let Some(s) = &self.sampling {
             s.validate()?;

@@ -72,6 +72,7 @@ pub fn run(args: &GenerateArgs, chain_file: &Path) -> anyhow::Result<()> {
             model_id,
             tokenizer: tokenizer.clone(),
             context_length: cfg.context_length,
+            ends: None,
         };
         let opts = GenerateOptions {
             activation_dtype: args.activation_dtype,

@@ -272,6 +272,13 @@ impl Node {
                 .chat_template(&tokenizer)
                 .map_err(model_err)?
                 .unwrap_or_else(lamina_sharding::chat::ChatTemplate::chatml);
+            let ends = if config.private_ends {
+                let e = lamina_sharding::executor::Ends::load(&model, &candle_core::Device::Cpu)
+                    .map_err(model_err)?;
+                Some(crate::pipeline::EntryEnds::new(e))
+            } else {
+                None
+            };
             let (routes, status): (Arc<dyn RouteSource>, crate::api::StatusSource) =
                 match &config.api_chain {
                     Some(f) => {
@@ -290,6 +297,7 @@ impl Node {
                     model_id,
                     tokenizer: tokenizer.clone(),
                     context_length: cfg.context_length,
+                    ends,
                 },
                 routes,
                 status,

@@ -30,6 +30,8 @@ pub struct ChainClient {
     pub model_id: ModelId,
     pub tokenizer: Arc<Tokenizer>,
     pub context_length: usize,
+    /// The model's ends, when this entry runs them itself (`--private-ends`).
+    pub ends: Option<super::EntryEnds>,
 }
 
 /// How one generation runs.
@@ -121,7 +123,9 @@ impl ChainClient {
                 route: vec![],
             });
         };
-        let remote_samples = req.sampling.repetition_penalty == 1.0;
+        // The last hop samples unless the penalty needs the prompt or this side runs the
+        // head itself.
+        let remote_samples = req.sampling.repetition_penalty == 1.0 && self.ends.is_none();
         let len = session_length(req, self.context_length)?;
         let popts = PipelineOptions {
             max_length: u32::try_from(len).unwrap_or(u32::MAX),
@@ -133,6 +137,7 @@ impl ChainClient {
             },
             return_logits: !remote_samples,
             trace_id: Some(trace_id),
+            ends: self.ends.clone(),
             ..PipelineOptions::default()
         };
         let chain = routes.route(&HashSet::new())?;

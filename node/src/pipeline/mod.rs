@@ -4,6 +4,7 @@
 //! - [`recv`]: waiting for a hop's answer (progress-aware), checking failure reports;
 //! - [`session`]: one session through a chain ([`PipelineSession`]);
 //! - [`deadline`]: per-step deadlines from what the chain has shown it can do (pure);
+//! - [`ends`]: the model's embedding and head run by the entry (`--private-ends`);
 //! - [`failover`]: a session that survives hop failures by re-planning and replaying;
 //! - [`generate`]: the async driver of a whole generation ([`ChainClient::generate`]),
 //!   over sharding's pure generation machine.
@@ -13,6 +14,7 @@
 
 pub mod chain;
 pub mod deadline;
+pub mod ends;
 pub mod failover;
 pub mod generate;
 pub mod recv;
@@ -23,6 +25,7 @@ use std::time::Duration;
 use lamina_protocol::{SamplingSettings, TraceId, WireDType};
 
 pub use chain::{check_chain, read_chain_file, ChainHop};
+pub use ends::EntryEnds;
 pub use failover::{FailoverPolicy, FailoverSession};
 pub use generate::{ChainClient, GenerateOptions, Observer};
 pub use session::PipelineSession;
@@ -94,6 +97,9 @@ pub struct PipelineOptions {
     pub step_timeout: Duration,
     /// The request this session serves, told to every hop for its logs.
     pub trace_id: Option<TraceId>,
+    /// The model's ends, when this side runs them: the hops then get and give hidden
+    /// states only, `sampling` and `return_logits` stay here (every reply has logits).
+    pub ends: Option<EntryEnds>,
 }
 
 impl Default for PipelineOptions {
@@ -107,6 +113,7 @@ impl Default for PipelineOptions {
             open_timeout: Duration::from_secs(15),
             step_timeout: Duration::from_secs(300),
             trace_id: None,
+            ends: None,
         }
     }
 }

@@ -6,11 +6,12 @@
 use std::time::Duration;
 
 use lamina_protocol::{
-    Close, Forward, ForwardInput, Hello, LinkFailure, Message, ModelId, OpenSession, SessionId,
-    StepOutput,
+    Close, EndsAt, Forward, ForwardInput, Hello, LinkFailure, Message, ModelId, OpenSession,
+    SessionId, StepOutput,
 };
 use libp2p::PeerId;
 
+use super::ends::EntryEnds;
 use super::recv::{progress_cap, recv_answer, verified_report, RecvFailure};
 use super::{ChainHop, PipelineError, PipelineOptions, StepReply};
 use crate::dataplane::{Dialer, FramedRecv, FramedSend};
@@ -27,6 +28,8 @@ pub struct PipelineSession {
     position: u32,
     timeout: Duration,
     closed: bool,
+    /// Set when this side runs the model's ends (the hops see hidden states only).
+    ends: Option<EntryEnds>,
 }
 
 impl PipelineSession {
@@ -62,9 +65,14 @@ impl PipelineSession {
             layers: first.layers,
             max_length: opts.max_length,
             activation_dtype: opts.activation_dtype,
-            sampling: Some(opts.sampling),
-            return_logits: opts.return_logits,
+            sampling: opts.ends.is_none().then_some(opts.sampling),
+            return_logits: opts.ends.is_none() && opts.return_logits,
             next_hops: rest.iter().map(ChainHop::wire).collect(),
+            ends: if opts.ends.is_some() {
+                EndsAt::Entry
+            } else {
+                EndsAt::Hops
+            },
             trace_id: opts.trace_id,
         };
         for m in [
@@ -87,6 +95,7 @@ impl PipelineSession {
             position: 0,
             timeout: opts.open_timeout,
             closed: false,
+            ends: opts.ends.clone(),
         };
         match s.recv().await? {
             Message::HelloAck(_) => {}
@@ -117,16 +126,20 @@ impl PipelineSession {
         self.timeout = t;
     }
 
-    fn forward(&mut self, tokens: &[u32]) -> Forward {
+    async fn forward(&mut self, tokens: &[u32]) -> Result<Forward, PipelineError> {
+        let input = match &self.ends {
+            None => ForwardInput::Tokens(tokens.to_vec()),
+            Some(ends) => ends.input(tokens).await?,
+        };
         let f = Forward {
             session_id: self.session_id,
             step: self.step,
             start_pos: self.position,
-            input: ForwardInput::Tokens(tokens.to_vec()),
+            input,
         };
         self.step += 1;
         self.position = self.position.saturating_add(f.rows());
-        f
+        Ok(f)
     }
 
     async fn send(&mut self, m: &Message) -> Result<(), PipelineError> {
@@ -141,38 +154,43 @@ impl PipelineSession {
     pub async fn replay(&mut self, steps: &[Vec<u32>]) -> Result<Vec<StepReply>, PipelineError> {
         let first_step = self.step;
         for tokens in steps {
-            let f = self.forward(tokens);
+            let f = self.forward(tokens).await?;
             self.send(&Message::Forward(f)).await?;
         }
         let mut out = Vec::with_capacity(steps.len());
         for i in 0..steps.len() as u64 {
             let m = self.recv().await?;
-            out.push(self.step_reply(first_step + i, m)?);
+            out.push(self.step_reply(first_step + i, m).await?);
         }
         Ok(out)
     }
 
     /// Runs `tokens` (the prompt, then one token per decode step) through the chain.
     pub async fn step(&mut self, tokens: &[u32]) -> Result<StepReply, PipelineError> {
-        let f = self.forward(tokens);
+        let f = self.forward(tokens).await?;
         let step = f.step;
         self.send(&Message::Forward(f)).await?;
         let m = self.recv().await?;
-        self.step_reply(step, m)
+        self.step_reply(step, m).await
     }
 
-    fn step_reply(&self, step: u64, m: Message) -> Result<StepReply, PipelineError> {
+    async fn step_reply(&self, step: u64, m: Message) -> Result<StepReply, PipelineError> {
         match m {
             Message::StepResult(r) if r.step == step && r.session_id == self.session_id => {
-                match r.output {
-                    StepOutput::Token { id, logits } => Ok(StepReply {
+                match (r.output, &self.ends) {
+                    (StepOutput::Hidden(h), Some(ends)) => ends.reply(h).await,
+                    (StepOutput::Token { .. }, Some(_)) => Err(PipelineError::hop(
+                        Failure::BadAnswer,
+                        "the chain returned a token where this side runs the head".into(),
+                    )),
+                    (StepOutput::Token { id, logits }, None) => Ok(StepReply {
                         token: id,
                         logits: logits
                             .map(|l| l.to_f32())
                             .transpose()
                             .map_err(|e| PipelineError::hop(Failure::BadAnswer, e.to_string()))?,
                     }),
-                    StepOutput::Hidden(_) => Err(PipelineError::hop(
+                    (StepOutput::Hidden(_), None) => Err(PipelineError::hop(
                         Failure::BadAnswer,
                         "the chain returned hidden states, not a token".into(),
                     )),

@@ -132,6 +132,16 @@ pub fn run_step(
             .map_err(internal)
     };
     match (out, role) {
+        (ShardOutput::Hidden(h), Role::ReturnLast) => {
+            // The entry's head needs the last row only, and exactly: f32, whatever the
+            // session's activation type.
+            let last = h.narrow(0, rows.saturating_sub(1), 1).map_err(internal)?;
+            let v = flat(last)?;
+            let shape = [1, u32::try_from(dim).map_err(internal)?];
+            Ok(StepOut::Hidden(
+                WireTensor::from_f32(&shape, &v, WireDType::F32).map_err(internal)?,
+            ))
+        }
         (ShardOutput::Hidden(h), _) => {
             let v = flat(h)?;
             let shape = [

@@ -7,11 +7,11 @@
 //! no listening socket (it may sit behind NAT), each session is exactly one stream per
 //! neighbour, and a failed hop is reported by the hop before it.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
-use lamina_protocol::{FrameLimits, ModelId};
+use lamina_protocol::{ForwardInput, FrameLimits, ModelId};
 use lamina_sharding::executor::Shard;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
@@ -97,7 +97,37 @@ pub struct SessionServer {
     dialer: Dialer,
     reporter: Reporter,
     compute: ComputeQueue,
+    inputs: InputCounts,
     opts: ServerOptions,
+}
+
+/// What kind of input this server's sessions were fed, counted per step: a hop fed token
+/// ids learns the text (the first hop of a default session); one fed hidden states only
+/// does not (every hop of a session whose entry runs the ends).
+#[derive(Debug, Default)]
+pub struct InputCounts {
+    tokens: AtomicU64,
+    hidden: AtomicU64,
+}
+
+impl InputCounts {
+    pub(crate) fn count(&self, input: &ForwardInput) {
+        let c = match input {
+            ForwardInput::Tokens(_) => &self.tokens,
+            ForwardInput::Hidden(_) => &self.hidden,
+        };
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Steps whose input was token ids.
+    pub fn tokens(&self) -> u64 {
+        self.tokens.load(Ordering::Relaxed)
+    }
+
+    /// Steps whose input was hidden states.
+    pub fn hidden(&self) -> u64 {
+        self.hidden.load(Ordering::Relaxed)
+    }
 }
 
 impl SessionServer {
@@ -120,8 +150,14 @@ impl SessionServer {
             dialer,
             reporter,
             compute,
+            inputs: InputCounts::default(),
             opts,
         }))
+    }
+
+    /// The kinds of input its sessions were fed.
+    pub fn inputs(&self) -> &InputCounts {
+        &self.inputs
     }
 
     /// What this server hosts now.

@@ -7,8 +7,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use lamina_protocol::{
-    Closed, ErrorCode, ErrorMessage, Forward, ForwardInput, LayerRange, Message, OpenSession,
-    Progress, SessionId, SessionOpened, StepOutput, StepResult, WireDType, PROGRESS_INTERVAL_MS,
+    Closed, EndsAt, ErrorCode, ErrorMessage, Forward, ForwardInput, LayerRange, Message,
+    OpenSession, Progress, SessionId, SessionOpened, StepOutput, StepResult, WireDType,
+    PROGRESS_INTERVAL_MS,
 };
 use lamina_sharding::executor::Shard;
 use lamina_sharding::sampling::Sampler;
@@ -282,6 +283,12 @@ impl Stream {
                     .map_err(|e| self.own(ErrorCode::LayerMismatch, e.to_string()))?,
             )
         };
+        // The entry runs the ends: this hop takes and gives hidden states only.
+        let shard = if o.ends == EndsAt::Entry && (shard.has_embedding() || shard.has_head()) {
+            Arc::new(shard.without_ends())
+        } else {
+            shard
+        };
         let cache = shard
             .new_cache(o.max_length as usize)
             .map_err(|e| self.own(ErrorCode::ContextOverflow, e.to_string()))?;
@@ -333,6 +340,7 @@ impl Stream {
 
     async fn forward(&mut self, f: Forward) -> Result<Message, ErrorMessage> {
         let rows = self.machine.check_forward(&f)?;
+        self.server.inputs().count(&f.input);
         let lost = || ErrorMessage::new(ErrorCode::Internal, "session state lost");
         let role = self.machine.session().map(|s| s.role).ok_or_else(lost)?;
         let l = self.live.as_mut().ok_or_else(lost)?;

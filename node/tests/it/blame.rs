@@ -212,6 +212,7 @@ async fn a_hop_that_names_another_peer_in_its_error_gets_itself_blamed() {
         model_id: id,
         tokenizer: tokenizer.clone(),
         context_length: model.config().expect("config").context_length,
+        ends: None,
     };
     let honest: Vec<Vec<TestHop>> = RANGES
         .iter()
@@ -274,6 +275,7 @@ async fn refusals_ban_no_one() {
         model_id: id,
         tokenizer: std::sync::Arc::new(model.tokenizer().expect("tokenizer")),
         context_length: model.config().expect("config").context_length,
+        ends: None,
     };
     let spawn = |r: usize, max: usize| {
         let (a, b) = RANGES[r];

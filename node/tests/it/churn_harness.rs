@@ -95,6 +95,7 @@ impl Mesh {
                 model_id,
                 tokenizer,
                 context_length: cfg.context_length,
+                ends: None,
             },
         }
     }

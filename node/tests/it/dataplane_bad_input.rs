@@ -91,6 +91,7 @@ fn open_msg(id: ModelId, session: u128, layers: LayerRange) -> Message {
         sampling: Some(SamplingSettings::greedy()),
         return_logits: false,
         next_hops: vec![],
+        ends: lamina_protocol::EndsAt::Hops,
         trace_id: None,
     })
 }

@@ -28,6 +28,7 @@ mod model_pull;
 mod openai_python;
 mod pipeline_smollm2;
 mod pipeline_stories;
+mod private_ends;
 mod progress;
 mod testnet_control;
 mod testnet_updown;

@@ -449,6 +449,7 @@ fn invalid_messages_are_refused_both_ways() {
             addr: "127.0.0.1:4433".into(),
             peer_id: peer_bytes([7; 32]),
         }],
+        ends: EndsAt::Hops,
         trace_id: None,
     };
     assert!(encode_frame(&Message::OpenSession(ok.clone())).is_ok());
@@ -465,12 +466,16 @@ fn invalid_messages_are_refused_both_ways() {
     bad_range.layers = LayerRange { start: 4, end: 4 };
     let mut zero_len = ok.clone();
     zero_len.max_length = 0;
+    let mut ends_with_sampling = ok.clone();
+    ends_with_sampling.ends = EndsAt::Entry;
+    ends_with_sampling.sampling = Some(SamplingSettings::greedy());
     for bad in [
         gap,
         logits_without_sampling,
         bad_sampling,
         bad_range,
         zero_len,
+        ends_with_sampling,
     ] {
         let err = encode_frame(&Message::OpenSession(bad.clone())).unwrap_err();
         assert_eq!(err.code(), ErrorCode::InvalidMessage, "{err:?}");
@@ -512,6 +517,7 @@ fn open_session_walks_down_the_chain() {
         sampling: Some(SamplingSettings::greedy()),
         return_logits: true,
         next_hops: vec![hop(4, 10, 1), hop(10, 22, 2)],
+        ends: EndsAt::Hops,
         trace_id: Some(TraceId([9; 16])),
     };
     let (addr1, second) = first.for_next_hop().unwrap();
@@ -566,6 +572,23 @@ fn open_session_trace_id_is_an_optional_exact_tail() {
     assert_eq!(
         decode_frame(&frame, &FrameLimits::default()).unwrap(),
         Message::OpenSession(traced)
+    );
+
+    // The flags byte: bit 1 says the entry runs the ends; unknown bits are refused.
+    let mut entry = untraced.clone();
+    entry.ends = EndsAt::Entry;
+    let frame = encode_frame(&Message::OpenSession(entry.clone())).unwrap();
+    assert_eq!(
+        decode_frame(&frame, &FrameLimits::default()).unwrap(),
+        Message::OpenSession(entry)
+    );
+    let mut h = header.clone();
+    let flags_at = h.len() - 2; // the flags byte, then the empty next_hops' length
+    assert_eq!(h[flags_at], 0);
+    h[flags_at] = 4;
+    assert!(
+        decode_frame(&raw_frame(3, &h, &[]), &FrameLimits::default()).is_err(),
+        "unknown OpenSession flags are refused"
     );
 
     for tail in [&[0xab; 3][..], &[0xab; 17][..]] {
@@ -700,6 +723,7 @@ fn next_hops_must_name_their_peer() {
         sampling: None,
         return_logits: false,
         next_hops: vec![hop],
+        ends: EndsAt::Hops,
         trace_id: None,
     };
     assert!(matches!(

@@ -28,10 +28,13 @@
 //! - `linear`: a weight on lamina's kernels or candle's `QMatMul`, and the shard's
 //!   `KernelPlan` of which.
 //! - `head`: the final norm and output head, hidden states to logits.
+//! - `ends`: [`Ends`], the embedding and the head without any layer, for an entry that
+//!   keeps token ids and logits to itself.
 
 mod attention;
 mod block;
 mod embedding;
+mod ends;
 mod head;
 mod linear;
 mod norm;
@@ -39,5 +42,6 @@ mod rope;
 mod shard;
 mod step;
 
+pub use ends::Ends;
 pub use shard::Shard;
 pub use step::{logits_row, LogitRows, SeqStep, ShardInput, ShardOutput};

@@ -54,13 +54,7 @@ impl Shard {
             None
         };
 
-        let mut linear = Vec::with_capacity(range.indices().len() * 7 + 1);
-        for l in range.indices() {
-            linear.extend(Block::linear_weights(&cfg, l));
-        }
-        if is_last {
-            linear.push(Head::linear_weight(&cfg));
-        }
+        let linear = Self::linear_weights_of(&cfg, range.indices(), is_last);
         let plan = KernelPlan::for_shard(model, &linear, *KernelConfig::global());
 
         let blocks = range
@@ -111,6 +105,45 @@ impl Shard {
             rope: self.rope.clone(),
             max_positions: self.max_positions,
         })
+    }
+
+    /// `(name, n, k)` of every linear weight of `layers` (and of the head when `head`):
+    /// what a shard's [`KernelPlan`] is chosen from.
+    pub(super) fn linear_weights_of(
+        cfg: &ModelConfig,
+        layers: std::ops::Range<usize>,
+        head: bool,
+    ) -> Vec<(String, usize, usize)> {
+        let mut linear = Vec::with_capacity(layers.len() * 7 + 1);
+        for l in layers {
+            linear.extend(Block::linear_weights(cfg, l));
+        }
+        if head {
+            linear.push(Head::linear_weight(cfg));
+        }
+        linear
+    }
+
+    /// This shard without the embedding and the head, sharing its weights: for a hop
+    /// whose entry runs the model's ends itself ([`super::Ends`]), so the hop takes and
+    /// gives hidden states even where its range starts at layer 0 or ends at the last.
+    pub fn without_ends(&self) -> Shard {
+        Shard {
+            embedding: None,
+            head: None,
+            ..self.clone()
+        }
+    }
+
+    /// Whether this shard embeds token ids (its range starts at layer 0 and it kept the
+    /// embedding).
+    pub fn has_embedding(&self) -> bool {
+        self.embedding.is_some()
+    }
+
+    /// Whether this shard turns its output into logits.
+    pub fn has_head(&self) -> bool {
+        self.head.is_some()
     }
 
     pub fn config(&self) -> &ModelConfig {

@@ -7,7 +7,7 @@
 //! the state unchanged, so the stream (and the session) can go on.
 
 use lamina_protocol::{
-    ErrorCode, ErrorMessage, Forward, ForwardInput, Hello, HelloAck, LayerRange, ModelId,
+    EndsAt, ErrorCode, ErrorMessage, Forward, ForwardInput, Hello, HelloAck, LayerRange, ModelId,
     OpenSession, SessionId,
 };
 
@@ -49,6 +49,10 @@ pub enum Role {
     Sample { return_logits: bool },
     /// Returns its hidden states upstream (a client running the rest itself).
     ReturnHidden,
+    /// Runs the model's last layer for an entry that runs the head itself
+    /// ([`EndsAt::Entry`]): returns the step's last row of hidden states, in f32, so the
+    /// entry's head sees exactly what this hop's own would have.
+    ReturnLast,
 }
 
 /// The state of an open session on this stream.
@@ -61,6 +65,9 @@ pub struct OpenState {
     /// Positions held by the KV cache (= the next `start_pos`).
     pub position: u32,
     pub role: Role,
+    /// Whether this hop embeds the session's token ids: it runs layer 0 and the entry
+    /// does not run the ends itself. Else its input is hidden states.
+    pub embeds: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -185,6 +192,7 @@ impl StreamMachine {
         }
         let is_last = o.layers.end == self.host.n_layers;
         let role = match (is_last, o.next_hops.is_empty(), o.sampling) {
+            (true, true, None) if o.ends == EndsAt::Entry => Role::ReturnLast,
             (true, true, Some(_)) => Role::Sample {
                 return_logits: o.return_logits,
             },
@@ -223,6 +231,7 @@ impl StreamMachine {
             next_step: 0,
             position: 0,
             role,
+            embeds: self.host.is_first() && o.ends == EndsAt::Hops,
         });
     }
 
@@ -273,7 +282,7 @@ impl StreamMachine {
                 ),
             ));
         }
-        match (&f.input, self.host.is_first()) {
+        match (&f.input, s.embeds) {
             (ForwardInput::Tokens(t), true) => {
                 if let Some(bad) = t.iter().find(|&&id| id >= self.host.vocab_size) {
                     return Err(err(
@@ -297,7 +306,7 @@ impl StreamMachine {
             (ForwardInput::Hidden(_), true) => {
                 return Err(err(
                     ErrorCode::BadTensor,
-                    "the first hop takes token ids, not hidden states",
+                    "this hop embeds the session's token ids; it takes no hidden states",
                 ))
             }
             (ForwardInput::Hidden(h), false) => {

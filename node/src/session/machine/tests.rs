@@ -1,5 +1,5 @@
 use super::*;
-use lamina_protocol::{SamplingSettings, WireDType, WireTensor};
+use lamina_protocol::{EndsAt, SamplingSettings, WireDType, WireTensor};
 
 fn host(start: u32, end: u32) -> HostInfo {
     HostInfo {
@@ -23,6 +23,7 @@ fn open(start: u32, end: u32) -> OpenSession {
         sampling: Some(SamplingSettings::greedy()),
         return_logits: false,
         next_hops: vec![],
+        ends: EndsAt::Hops,
         trace_id: None,
     }
 }
@@ -193,4 +194,39 @@ fn a_session_may_run_part_of_the_loaded_range() {
     assert_eq!(m.check_open(&head, true), Ok(Role::Forward));
     m.opened(&head, Role::Forward);
     assert_eq!(m.host().layers, LayerRange::new(0, 2).unwrap());
+}
+
+#[test]
+fn a_session_whose_entry_runs_the_ends_takes_and_gives_hidden_states() {
+    // A whole-model hop: it would embed and sample; with the ends at the entry it does
+    // neither.
+    let mut m = StreamMachine::new(host(0, 5));
+    assert!(m
+        .on_hello(&Hello::new(ModelId::from_bytes([7; 32]), "c"))
+        .is_ok());
+    let mut o = open(0, 5);
+    o.sampling = None;
+    o.ends = EndsAt::Entry;
+    let role = m.check_open(&o, true).unwrap();
+    assert_eq!(role, Role::ReturnLast);
+    m.opened(&o, role);
+    assert_eq!(
+        m.check_forward(&fwd(0, 0, ForwardInput::Tokens(vec![1])))
+            .unwrap_err()
+            .code,
+        ErrorCode::BadTensor,
+        "token ids are refused"
+    );
+    assert_eq!(m.check_forward(&fwd(0, 0, hidden(3, 4))).unwrap(), 3);
+    // Without the ends, the last hop still needs sampling settings.
+    let mut m = StreamMachine::new(host(0, 5));
+    assert!(m
+        .on_hello(&Hello::new(ModelId::from_bytes([7; 32]), "c"))
+        .is_ok());
+    let mut o = open(0, 5);
+    o.sampling = None;
+    assert_eq!(
+        m.check_open(&o, true).unwrap_err().code,
+        ErrorCode::InvalidMessage
+    );
 }

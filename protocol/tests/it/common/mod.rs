@@ -200,6 +200,12 @@ pub fn open_session() -> impl Strategy<Value = OpenSession> {
                     max_length,
                     activation_dtype: dt,
                     return_logits: sampling.is_some() && logits,
+                    // Without sampling the same coin picks who runs the ends.
+                    ends: if sampling.is_none() && logits {
+                        EndsAt::Entry
+                    } else {
+                        EndsAt::Hops
+                    },
                     sampling,
                     next_hops,
                     trace_id,
