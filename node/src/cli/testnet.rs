@@ -1,0 +1,150 @@
+//! `lamina demo` and `lamina testnet`: local meshes of node processes.
+
+use clap::Args;
+use clap::{Subcommand, ValueEnum};
+use std::path::PathBuf;
+
+use super::parse::{parse_node_count, parse_threads};
+use super::OutputFormat;
+
+#[derive(Args, Debug)]
+pub struct DemoArgs {
+    /// The model (default: SmolLM2-135M-Instruct, pulled into the model cache if missing).
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// Nodes in the mesh.
+    #[arg(long, default_value_t = 3, value_parser = parse_node_count)]
+    pub nodes: usize,
+    /// The prompt (a chat message for models with a chat template).
+    #[arg(default_value = "Write a haiku about a lighthouse.")]
+    pub prompt: String,
+    /// Tokens to generate.
+    #[arg(long, default_value_t = 64)]
+    pub max_tokens: usize,
+    /// Stop the mesh after answering instead of serving until Ctrl-C.
+    #[arg(long)]
+    pub exit: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TestnetCommand {
+    /// Start N nodes on loopback, layers split evenly, write the state file, and keep
+    /// them running until Ctrl-C (or `down`); `--detach` returns once they serve.
+    Up {
+        /// Number of nodes.
+        #[arg(long, default_value_t = 3)]
+        nodes: usize,
+        /// The model file every node serves a part of, or the name of a synthetic preset
+        /// (`tiny`, `tinyllama-1.1b`, ...: `lamina model synth --help`), written once as
+        /// Q8_0 (seed 0) into the testnet folder.
+        #[arg(long)]
+        model: PathBuf,
+        /// The state file to write (JSON).
+        #[arg(long)]
+        state: PathBuf,
+        /// Every layer on K nodes: the nodes form K groups, each splitting the model
+        /// evenly (so any one node may die with every layer still served).
+        #[arg(long, conflicts_with_all = ["layers_per_node", "placement"])]
+        redundancy: Option<usize>,
+        /// N consecutive layers per node, the chunks assigned round-robin.
+        #[arg(long, conflicts_with_all = ["redundancy", "placement"])]
+        layers_per_node: Option<usize>,
+        /// Folder for data dirs and logs (default: STATE.d).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// `even`: layers split evenly by `--layers`; `auto`: every node places itself
+        /// within a memory budget of about 1/N of the model.
+        #[arg(long, value_enum, default_value_t = PlacementArg::Even)]
+        placement: PlacementArg,
+        /// Compute threads of every node.
+        #[arg(long, value_parser = parse_threads)]
+        threads: Option<usize>,
+        /// Return once the model is covered and leave the nodes running (stop them with
+        /// `lamina testnet down --state FILE`) instead of staying up until Ctrl-C.
+        #[arg(long, conflicts_with_all = ["latency", "jitter", "loss", "bandwidth"])]
+        detach: bool,
+        /// Run every node in a network namespace of its own, joined by veth pairs to a
+        /// bridge (root only; addresses in 10.213.0.0/16, nothing leaves the machine), so
+        /// `lamina testnet partition` can cut links. Not with link emulation.
+        #[arg(long, conflicts_with_all = ["latency", "jitter", "loss", "bandwidth"])]
+        netns: bool,
+        /// An open mesh. By default the testnet is a private mesh: its authority key in
+        /// DIR/mesh (named in the state file), every node admitted before it starts.
+        #[arg(long)]
+        open: bool,
+        /// Link emulation: one-way delay added on every data-plane link, e.g. 20ms. Any
+        /// link flag keeps `up` running (it owns the relays) until Ctrl-C stops the nodes.
+        #[arg(long, value_parser = lamina_testnet::relay::parse_duration)]
+        latency: Option<std::time::Duration>,
+        /// Link emulation: delay jitter (uniform ±), e.g. 2ms; never reorders datagrams.
+        #[arg(long, value_parser = lamina_testnet::relay::parse_duration)]
+        jitter: Option<std::time::Duration>,
+        /// Link emulation: datagram loss, e.g. 0.1%.
+        #[arg(long, value_parser = lamina_testnet::relay::parse_loss)]
+        loss: Option<f64>,
+        /// Link emulation: bandwidth per link direction, e.g. 100mbit, 1gbit, 500kbit.
+        #[arg(long, value_parser = lamina_testnet::relay::parse_bandwidth)]
+        bandwidth: Option<u64>,
+        /// Every node requires keys of this file (`lamina keys add`) on its API.
+        #[arg(long, value_name = "FILE")]
+        api_keys: Option<PathBuf>,
+    },
+    /// Stop the nodes of a testnet (and remove its namespaces).
+    Down {
+        /// The state file `up` wrote.
+        #[arg(long)]
+        state: PathBuf,
+    },
+    /// Kill one node of a testnet (SIGKILL by default: a crash).
+    Kill {
+        /// The node's id, e.g. node-1.
+        node: String,
+        /// The state file `up` wrote.
+        #[arg(long)]
+        state: PathBuf,
+        /// KILL (at once) or TERM (withdraw and drain first).
+        #[arg(long, default_value = "KILL")]
+        signal: lamina_testnet::Signal,
+    },
+    /// Start a dead node of a testnet again: same data dir (same peer id), layers and
+    /// model, bootstrapping through a live node.
+    Restart {
+        /// The node's id, e.g. node-1.
+        node: String,
+        /// The state file `up` wrote.
+        #[arg(long)]
+        state: PathBuf,
+    },
+    /// Cut the links between some nodes of a `--netns` testnet (until `heal`).
+    Partition {
+        /// The nodes on one side, e.g. node-0,node-1.
+        #[arg(value_delimiter = ',', required = true)]
+        side: Vec<String>,
+        /// The nodes on the other side (default: every node not in SIDE).
+        #[arg(long, value_delimiter = ',')]
+        from: Vec<String>,
+        /// The state file `up` wrote.
+        #[arg(long)]
+        state: PathBuf,
+    },
+    /// Restore every link `partition` cut.
+    Heal {
+        /// The state file `up` wrote.
+        #[arg(long)]
+        state: PathBuf,
+    },
+    /// Which nodes of a testnet are alive, their layers and APIs, and the coverage.
+    Status {
+        /// The state file `up` wrote.
+        #[arg(long)]
+        state: PathBuf,
+        #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+        format: OutputFormat,
+    },
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum PlacementArg {
+    Even,
+    Auto,
+}
