@@ -23,6 +23,11 @@ struct PeerLabels {
     peer: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct InputLabels {
+    input: &'static str,
+}
+
 /// Counters, gauges and histograms of one node.
 pub struct Metrics {
     registry: Registry,
@@ -38,6 +43,7 @@ pub struct Metrics {
     /// The peers with an RTT gauge, so departed ones can be dropped.
     rtt_peers: std::sync::Mutex<std::collections::HashSet<String>>,
     sessions_active: Gauge,
+    session_inputs: Family<InputLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -112,6 +118,14 @@ impl Metrics {
             "Sessions this node's session server holds",
             sessions_active.clone(),
         );
+        // What this node's hops were fed: token ids tell a hop the text, hidden states do
+        // not (an entry with `--private-ends` feeds only those).
+        let session_inputs = Family::<InputLabels, Gauge>::default();
+        registry.register(
+            "lamina_session_steps_by_input",
+            "Steps this node's session server ran since start, by the kind of input it was fed",
+            session_inputs.clone(),
+        );
         Self {
             registry,
             http_requests,
@@ -125,6 +139,7 @@ impl Metrics {
             hop_rtt,
             rtt_peers: std::sync::Mutex::default(),
             sessions_active,
+            session_inputs,
         }
     }
 
@@ -219,6 +234,15 @@ impl Metrics {
         self.sessions_active.set(n);
     }
 
+    /// The session server's steps by input (token ids, hidden states), set by its owner.
+    pub fn set_session_inputs(&self, tokens: u64, hidden: u64) {
+        for (input, n) in [("tokens", tokens), ("hidden", hidden)] {
+            self.session_inputs
+                .get_or_create(&InputLabels { input })
+                .set(i64::try_from(n).unwrap_or(i64::MAX));
+        }
+    }
+
     /// Everything in the Prometheus text exposition format.
     pub fn encode(&self) -> String {
         let mut out = String::new();
@@ -253,6 +277,7 @@ mod tests {
         m.observe_step(0.001);
         m.set_hop_rtt("peer-a", 0.25);
         m.set_sessions_active(2);
+        m.set_session_inputs(3, 9);
         let g = m.active_request();
         let text = m.encode();
         drop(g);
@@ -265,6 +290,8 @@ mod tests {
             "lamina_step_seconds_count 1",
             "lamina_hop_rtt_seconds{peer=\"peer-a\"} 0.25",
             "lamina_sessions_active 2",
+            "lamina_session_steps_by_input{input=\"tokens\"} 3",
+            "lamina_session_steps_by_input{input=\"hidden\"} 9",
         ] {
             assert!(text.lines().any(|l| l == line), "{line:?} in\n{text}");
         }

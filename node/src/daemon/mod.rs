@@ -403,6 +403,9 @@ async fn follow(
         }
         let active = server.as_ref().map_or(0, |s| s.active_sessions());
         metrics.set_sessions_active(i64::try_from(active).unwrap_or(i64::MAX));
+        if let Some(s) = &server {
+            metrics.set_session_inputs(s.inputs().tokens(), s.inputs().hidden());
+        }
         let snap = mesh.snapshot();
         metrics.retain_hop_rtts(|peer| snap.obs.rtt.keys().any(|p| p.to_string() == peer));
         for (peer, rtt) in &snap.obs.rtt {

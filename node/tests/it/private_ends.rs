@@ -144,3 +144,49 @@ async fn private_ends_equal_default_on_smollm2_and_hops_see_no_token_ids() {
     .await
     .expect("finished in time");
 }
+
+/// The daemon's flag: a `lamina node --private-ends` entry of a three-node chain answers
+/// the single-process text, and its own hop (layer 0, the one that would see the text) is
+/// fed hidden states only, as its `/metrics` says.
+#[test]
+fn a_private_ends_node_answers_as_one_process_and_its_first_hop_sees_no_token_ids() {
+    use crate::common::api::{get, post, reference_run, ApiChain};
+    use serde_json::json;
+
+    let Some(path) = model_path(STORIES) else {
+        return;
+    };
+    let model = ModelFile::open(&path).expect("model");
+    let tok = model.tokenizer().expect("tokenizer");
+    let prompt = "Once upon a time, there was a little girl";
+    let ids = tok
+        .encode(prompt, tok.add_bos_default(), false)
+        .expect("encode");
+    let want = reference_run(&model, ids, 16, vec![]);
+    let net = ApiChain::start(&path, &["0..2", "2..4", "4..5"], &["--private-ends"]);
+    let body = json!({"prompt": prompt, "max_tokens": 16, "temperature": 0,
+        "activation_dtype": "f32"});
+    let r = post(&net.api, "/v1/completions", &body);
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["choices"][0]["text"], want.text.as_str());
+    // The metrics follow the server once a second.
+    let line = |input: &str| format!("lamina_session_steps_by_input{{input=\"{input}\"}}");
+    let value = |text: &str, input: &str| -> Option<u64> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(&line(input)))
+            .and_then(|v| v.trim().parse().ok())
+    };
+    let t = std::time::Instant::now();
+    loop {
+        let m = get(&net.api, "/metrics").body;
+        if value(&m, "hidden").unwrap_or(0) >= 16 {
+            assert_eq!(value(&m, "tokens"), Some(0), "{m}");
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "the first hop's steps never showed in /metrics:\n{m}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
