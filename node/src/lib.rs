@@ -18,7 +18,7 @@
 //! - [`mesh`]: the libp2p event loop that alone owns the swarm and the announcement table,
 //!   behind the cloneable [`mesh::MeshHandle`]; placement and routing over its snapshots.
 //! - [`session`]: a hop's session server: the per-stream loop and state machine, the
-//!   compute thread, the client to the next hop, signed failure reports.
+//!   compute queue, the client to the next hop, signed failure reports.
 //! - [`dataplane`]: the QUIC endpoint, TLS bound to the libp2p identity (both ends prove
 //!   their peer id), framed streams.
 //! - [`trust`]: who may take part: the membership gate (pure) the mesh and the session

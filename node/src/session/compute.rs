@@ -1,17 +1,22 @@
-//! A hop's compute: one thread per node that runs steps in the order they arrive, handed
+//! A hop's compute: a few threads per node that run steps in the order they arrive, handed
 //! over from the async session tasks and answered through a oneshot.
 //!
-//! Why one FIFO thread and not `spawn_blocking` per step: the kernels already spread one
-//! step over every core (their own pool), so two steps at once only fight over the cores
-//! and finish late together; sixteen prefills at once all finish late. In order, each
-//! finishes as early as it can, the async workers never block, and this queue is where
-//! continuous batching (several sessions' rows in one forward) plugs in.
+//! Why a FIFO queue and not `spawn_blocking` per step: the kernels already spread one
+//! step over their pool's threads, so more steps at once than the cores can hold only
+//! fight over the cores and finish late together; sixteen prefills at once all finish
+//! late. In order, each finishes as early as it can, the async workers never block, and
+//! this queue is where continuous batching (several sessions' rows in one forward) plugs
+//! in. The queue has as many workers as kernel pools fit in the cores
+//! ([`workers_for`]): one when the kernels use every core, more when they use fewer (a
+//! node started with `--threads 1` on a 2-core machine steps two sessions at once, as
+//! it did before this queue; with one worker its concurrent clients got half the
+//! throughput).
 //!
 //! What runs here is the model: the shard's forward, the sampler on the last hop, and the
 //! conversions between wire tensors and candle's.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc, Mutex, PoisonError};
 
 use candle_core::{DType, Device, Tensor};
 use lamina_protocol::{ForwardInput, WireDType, WireTensor};
@@ -33,23 +38,40 @@ pub enum ComputeError {
     Panicked(String),
 }
 
-/// The node's compute thread. Cloning shares it; it stops when the last clone is dropped.
+/// Workers of a compute queue: how many steps, each running on a kernel pool of
+/// `kernel_threads` threads, fit in `cores` at once (at least one, at most eight).
+pub fn workers_for(cores: usize, kernel_threads: usize) -> usize {
+    (cores / kernel_threads.max(1)).clamp(1, 8)
+}
+
+/// The node's compute threads. Cloning shares them; they stop when the last clone is
+/// dropped.
 #[derive(Clone)]
 pub struct ComputeQueue {
     tx: mpsc::Sender<Job>,
 }
 
 impl ComputeQueue {
-    /// Starts the thread, named `name` (for profilers and panics).
-    pub fn start(name: &str) -> std::io::Result<Self> {
+    /// Starts `workers` threads (at least one) named `name-i` (for profilers and
+    /// panics), taking jobs in arrival order.
+    pub fn start(name: &str, workers: usize) -> std::io::Result<Self> {
         let (tx, rx) = mpsc::channel::<Job>();
-        std::thread::Builder::new()
-            .name(name.to_owned())
-            .spawn(move || {
-                while let Ok(job) = rx.recv() {
-                    job();
-                }
-            })?;
+        let rx = Arc::new(Mutex::new(rx));
+        for i in 0..workers.max(1) {
+            let rx = rx.clone();
+            std::thread::Builder::new()
+                .name(format!("{name}-{i}"))
+                .spawn(move || loop {
+                    // The lock is held only while waiting for the next job, not while it
+                    // runs; a poisoned lock (a panic while waiting cannot happen) is
+                    // taken over.
+                    let job = rx.lock().unwrap_or_else(PoisonError::into_inner).recv();
+                    match job {
+                        Ok(job) => job(),
+                        Err(_) => return,
+                    }
+                })?;
+        }
         Ok(Self { tx })
     }
 
@@ -178,7 +200,7 @@ mod tests {
 
     #[tokio::test]
     async fn jobs_run_in_order_and_a_panic_is_only_its_own_error() {
-        let q = ComputeQueue::start("test-compute").unwrap();
+        let q = ComputeQueue::start("test-compute", 1).unwrap();
         let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let mut waits = Vec::new();
         for i in 0..8 {
@@ -192,5 +214,28 @@ mod tests {
         let e = q.run(|| -> u32 { panic!("boom") }).await.unwrap_err();
         assert_eq!(e, ComputeError::Panicked("boom".into()));
         assert_eq!(q.run(|| 7).await.unwrap(), 7, "the thread goes on");
+    }
+
+    #[tokio::test]
+    async fn several_workers_run_jobs_side_by_side() {
+        let q = ComputeQueue::start("test-compute", 2).unwrap();
+        // Two jobs that each wait for the other: they finish only if they run at once.
+        let barrier = std::sync::Arc::new(std::sync::Barrier::new(2));
+        let (a, b) = (barrier.clone(), barrier);
+        let (x, y) = tokio::join!(
+            q.run(move || a.wait().is_leader()),
+            q.run(move || b.wait().is_leader())
+        );
+        assert_ne!(x.unwrap(), y.unwrap(), "exactly one leader");
+    }
+
+    #[test]
+    fn workers_fill_the_cores_with_kernel_pools() {
+        assert_eq!(workers_for(2, 2), 1);
+        assert_eq!(workers_for(2, 1), 2);
+        assert_eq!(workers_for(8, 3), 2);
+        assert_eq!(workers_for(1, 4), 1);
+        assert_eq!(workers_for(64, 1), 8);
+        assert_eq!(workers_for(4, 0), 4);
     }
 }

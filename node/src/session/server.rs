@@ -141,7 +141,12 @@ impl SessionServer {
         opts: ServerOptions,
     ) -> Result<Arc<Self>, ServerError> {
         let served = Served::new(shard, model_id, &opts.node_name);
-        let compute = ComputeQueue::start(&format!("{}-compute", opts.node_name))?;
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let kernel_threads = lamina_sharding::kernels::pool::global().threads();
+        let compute = ComputeQueue::start(
+            &format!("{}-compute", opts.node_name),
+            super::compute::workers_for(cores, kernel_threads),
+        )?;
         Ok(Arc::new(Self {
             served: RwLock::new(Arc::new(served)),
             draining: AtomicBool::new(false),
