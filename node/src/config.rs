@@ -7,11 +7,12 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use lamina_protocol::{FrameLimits, LayerRange};
+use lamina_protocol::LayerRange;
 use libp2p::Multiaddr;
 
 use crate::api::access::AccessOptions;
 use crate::cli::NodeArgs;
+use crate::limits::Limits;
 use crate::session::faults::FaultPlan;
 
 /// Which layers a node serves.
@@ -83,10 +84,9 @@ pub struct NodeConfig {
     /// The mesh the node joins (open, or private by member file).
     pub mesh: MeshChoice,
     pub identity: IdentityStore,
-    pub max_sessions: usize,
-    /// Sessions idle this long are closed.
-    pub idle_timeout: Duration,
-    pub limits: FrameLimits,
+    /// Every bound on what peers and clients can make the node spend (sessions, KV
+    /// budget, rows per step, deadlines, connections, HTTP).
+    pub limits: Limits,
     /// Serve the OpenAI-compatible HTTP API here.
     pub api: Option<SocketAddr>,
     /// Route API requests through this fixed chain file instead of the mesh.
@@ -120,9 +120,7 @@ impl NodeConfig {
             mdns: false,
             mesh: MeshChoice::Unset,
             identity: IdentityStore::Ephemeral,
-            max_sessions: 64,
-            idle_timeout: Duration::from_secs(300),
-            limits: FrameLimits::default(),
+            limits: Limits::default(),
             api: None,
             api_chain: None,
             api_max_concurrent: 16,
@@ -151,9 +149,7 @@ impl NodeConfig {
                 (None, false) => MeshChoice::Unset,
             },
             identity: IdentityStore::Dir(args.data_dir.clone()),
-            max_sessions: args.max_sessions,
-            idle_timeout: Duration::from_secs(args.idle_timeout_secs),
-            limits: FrameLimits::default(),
+            limits: limits_of(&args.limits),
             api: args.api,
             api_chain: args.api_chain.clone(),
             api_max_concurrent: usize::try_from(args.api_max_concurrent).unwrap_or(1),
@@ -164,6 +160,20 @@ impl NodeConfig {
             faults: None,
         }
     }
+}
+
+/// The limits `lamina node`'s flags describe (the defaults for the rest).
+fn limits_of(a: &crate::cli::LimitArgs) -> Limits {
+    let mut l = Limits {
+        max_sessions: a.max_sessions,
+        idle_timeout: Duration::from_secs(a.idle_timeout_secs),
+        ..Limits::default()
+    };
+    l.peers.kv_budget_bytes = a.kv_budget;
+    l.peers.max_step_rows = a.max_step_rows;
+    l.peers.max_connections = a.max_connections;
+    l.http.max_connections = a.http_max_connections;
+    l
 }
 
 /// The day's usage counts of the API keys, in the data dir.

@@ -23,6 +23,8 @@
 //!   their peer id), framed streams.
 //! - [`trust`]: who may take part: the membership gate (pure) the mesh and the session
 //!   server share, and the files of a private mesh (authority key, member files).
+//! - [`limits`]: every bound on what a peer or a client can make the node spend, with
+//!   its default, and the refusal counters.
 //! - [`client`]: joining a mesh from a Rust program; [`models`]: the local model cache;
 //!   [`ids`]: fresh ids and clocks.
 //! - [`cli`] and [`cmd`]: the command line, thin over the rest.
@@ -42,6 +44,7 @@ pub mod dataplane;
 pub mod failure;
 pub mod ids;
 pub mod info;
+pub mod limits;
 pub mod mesh;
 pub mod models;
 pub mod pipeline;

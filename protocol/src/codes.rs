@@ -146,6 +146,10 @@ pub enum ErrorCode {
     /// another mesh, expired, revoked, or for another peer id). A refusal: the node is
     /// fine, and routes of a member never pick a node of another mesh.
     NotAMember,
+    /// The request is over one of the hop's explicit limits (rows in one step, time to
+    /// open the session): the sender's doing, since the limits are the protocol's defaults
+    /// unless an operator lowered them.
+    OverLimit,
     /// A code this version does not know.
     Unknown(u16),
 }
@@ -170,7 +174,8 @@ impl ErrorCode {
             | ErrorCode::InvalidMessage
             | ErrorCode::StepOutOfOrder
             | ErrorCode::SessionExists
-            | ErrorCode::UnexpectedMessage => CodeClass::Request,
+            | ErrorCode::UnexpectedMessage
+            | ErrorCode::OverLimit => CodeClass::Request,
             ErrorCode::Internal | ErrorCode::NextHopFailed | ErrorCode::Unknown(_) => {
                 CodeClass::Failure
             }
@@ -178,7 +183,7 @@ impl ErrorCode {
     }
 
     /// Every known code, in wire order.
-    pub const KNOWN: [ErrorCode; 18] = [
+    pub const KNOWN: [ErrorCode; 19] = [
         ErrorCode::BadFrame,
         ErrorCode::FrameTooLarge,
         ErrorCode::UnsupportedVersion,
@@ -197,6 +202,7 @@ impl ErrorCode {
         ErrorCode::NextHopFailed,
         ErrorCode::ShuttingDown,
         ErrorCode::NotAMember,
+        ErrorCode::OverLimit,
     ];
 
     /// The wire value: 1-based position in [`KNOWN`](Self::KNOWN); 0 is never assigned.

@@ -676,6 +676,12 @@ impl FrameDecoder {
         &self.limits
     }
 
+    /// Enforces `limits` from the next check on: a stream's frames may grow once its
+    /// session is open (before, only small control frames are needed).
+    pub fn set_limits(&mut self, limits: FrameLimits) {
+        self.limits = limits;
+    }
+
     /// Appends received bytes. Only real bytes grow the buffer; nothing is reserved from a
     /// length the peer announced.
     pub fn push(&mut self, bytes: &[u8]) {

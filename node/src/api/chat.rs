@@ -12,7 +12,7 @@ use lamina_sharding::generate::GenerateRequest;
 
 use super::auth::Caller;
 use super::errors::{parse_value, ApiError, ApiJson};
-use super::generation::{blocking, fit_context, serve, Job};
+use super::generation::{admit, blocking, fit_context, serve, Job};
 use super::openai::{ChatFields, CommonParams, Kind};
 use super::{ApiState, RequestId};
 
@@ -31,6 +31,7 @@ pub async fn chat_completions(
     let messages = fields.messages()?;
     st.check_model(settings.model.as_deref())?;
     caller.set_model(&st.model_name);
+    let permit = admit(&st)?;
     // A template that refuses the conversation (e.g. roles that do not alternate) is the
     // request's fault.
     let st2 = st.clone();
@@ -59,6 +60,7 @@ pub async fn chat_completions(
         include_usage: settings.include_usage,
         received,
         caller,
+        permit,
     };
     serve(&st, job).await
 }

@@ -10,7 +10,7 @@ use lamina_sharding::generate::GenerateRequest;
 
 use super::auth::Caller;
 use super::errors::{parse_value, ApiError, ApiJson};
-use super::generation::{blocking, fit_context, serve, Job};
+use super::generation::{admit, blocking, fit_context, serve, Job};
 use super::openai::{CommonParams, CompletionFields, Kind};
 use super::{ApiState, RequestId};
 
@@ -32,6 +32,7 @@ pub async fn completions(
     let prompt = fields.prompt()?;
     st.check_model(settings.model.as_deref())?;
     caller.set_model(&st.model_name);
+    let permit = admit(&st)?;
     let tok = st.client.tokenizer.clone();
     let prompt_ids = blocking(move || tok.encode(&prompt, tok.add_bos_default(), false))
         .await?
@@ -57,6 +58,7 @@ pub async fn completions(
         include_usage: settings.include_usage,
         received,
         caller,
+        permit,
     };
     serve(&st, job).await
 }

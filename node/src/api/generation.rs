@@ -43,6 +43,20 @@ pub struct Job {
     /// Whose request it is: the generation's tokens are counted against the key, and its
     /// outcome goes into the audit line, when it ends (a stream ends after the handler).
     pub caller: Caller,
+    /// Its generation slot, taken by [`admit`] before the prompt was tokenized; held by
+    /// the generation's task until it ends.
+    pub permit: Arc<tokio::sync::OwnedSemaphorePermit>,
+}
+
+/// Takes a generation slot, or answers 429. Handlers call it before any CPU work on the
+/// request (tokenizing, rendering the template): a node at its limit refuses at once
+/// instead of tokenizing prompts it will not run.
+pub fn admit(st: &ApiState) -> Result<Arc<tokio::sync::OwnedSemaphorePermit>, ApiError> {
+    st.slots
+        .clone()
+        .try_acquire_owned()
+        .map(Arc::new)
+        .map_err(|_| ApiError::too_many_requests(st.limits.max_concurrent_requests))
 }
 
 /// What the generation tells the HTTP side: the first step's arrival, each step's time
@@ -73,13 +87,9 @@ impl crate::pipeline::Observer for Reporter {
     }
 }
 
-/// Admits and starts `job`; the receiver yields its events.
+/// Starts `job` (admitted: it holds its slot); the receiver yields its events.
 fn start(st: &Arc<ApiState>, job: &Job) -> Result<mpsc::Receiver<Event>, ApiError> {
-    let permit = st
-        .slots
-        .clone()
-        .try_acquire_owned()
-        .map_err(|_| ApiError::too_many_requests(st.limits.max_concurrent_requests))?;
+    let permit = job.permit.clone();
     let metrics = st.metrics.clone();
     let active = metrics.active_request();
     metrics.add_prompt_tokens(job.req.prompt_ids.len() as u64);

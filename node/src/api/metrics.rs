@@ -28,6 +28,16 @@ struct InputLabels {
     input: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BoundLabels {
+    bound: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KvLabels {
+    state: &'static str,
+}
+
 /// Counters, gauges and histograms of one node.
 pub struct Metrics {
     registry: Registry,
@@ -44,6 +54,11 @@ pub struct Metrics {
     rtt_peers: std::sync::Mutex<std::collections::HashSet<String>>,
     sessions_active: Gauge,
     session_inputs: Family<InputLabels, Gauge>,
+    /// The node's refusal counters (shared with the session server and the HTTP
+    /// layer), copied into `refused` at every scrape.
+    refusals: crate::limits::Refusals,
+    refused: Family<BoundLabels, Gauge>,
+    kv_bytes: Family<KvLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -126,6 +141,18 @@ impl Metrics {
             "Steps this node's session server ran since start, by the kind of input it was fed",
             session_inputs.clone(),
         );
+        let refused = Family::<BoundLabels, Gauge>::default();
+        registry.register(
+            "lamina_refused",
+            "Requests, streams and connections refused since start, by the bound that refused",
+            refused.clone(),
+        );
+        let kv_bytes = Family::<KvLabels, Gauge>::default();
+        registry.register(
+            "lamina_kv_budget_bytes",
+            "The session server's KV budget: bytes reserved by open sessions, and the total",
+            kv_bytes.clone(),
+        );
         Self {
             registry,
             http_requests,
@@ -140,6 +167,9 @@ impl Metrics {
             rtt_peers: std::sync::Mutex::default(),
             sessions_active,
             session_inputs,
+            refusals: crate::limits::Refusals::default(),
+            refused,
+            kv_bytes,
         }
     }
 
@@ -243,8 +273,29 @@ impl Metrics {
         }
     }
 
+    /// The node's refusal counters: whoever refuses something counts it here.
+    pub fn refusals(&self) -> &crate::limits::Refusals {
+        &self.refusals
+    }
+
+    /// The session server's KV budget: bytes held by open sessions, and the total.
+    pub fn set_kv_budget(&self, used: u64, total: u64) {
+        for (state, n) in [("used", used), ("total", total)] {
+            self.kv_bytes
+                .get_or_create(&KvLabels { state })
+                .set(i64::try_from(n).unwrap_or(i64::MAX));
+        }
+    }
+
     /// Everything in the Prometheus text exposition format.
     pub fn encode(&self) -> String {
+        for (bound, n) in self.refusals.snapshot() {
+            self.refused
+                .get_or_create(&BoundLabels {
+                    bound: bound.label(),
+                })
+                .set(i64::try_from(n).unwrap_or(i64::MAX));
+        }
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = encode(&mut out, &self.registry);

@@ -22,6 +22,7 @@ pub mod keys;
 pub mod metrics;
 pub mod openai;
 pub mod quota;
+pub mod server;
 mod status;
 pub mod stream;
 
@@ -57,6 +58,8 @@ pub struct ApiLimits {
     /// The longest prompt (the model's context length: the prompt needs room for at least
     /// one generated token).
     pub max_prompt_tokens: usize,
+    /// Connections, header and body deadlines, body size.
+    pub http: crate::limits::HttpBounds,
 }
 
 /// Where `/status` learns about the routes.
@@ -166,10 +169,17 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/v1/completions", post(completions::completions))
         .route("/v1/chat/completions", post(chat::chat_completions))
         .route("/v1/usage", get(auth::usage))
+        // Layers run outside in, last added first: the key is checked before the body is
+        // read (bounded), so a stranger without one cannot make the node buffer anything.
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            server::bounded_body,
+        ))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::authorize,
-        ));
+        ))
+        .layer(axum::extract::DefaultBodyLimit::disable());
     Router::new()
         .merge(v1)
         .route("/status", get(status::status))

@@ -38,7 +38,7 @@ pub enum Command {
     #[command(subcommand)]
     Model(ModelCommand),
     /// Serve a layer range of a model on the QUIC data plane.
-    Node(NodeArgs),
+    Node(Box<NodeArgs>),
     /// Start or stop a local testnet of node processes.
     #[command(subcommand)]
     Testnet(TestnetCommand),
@@ -71,7 +71,7 @@ mod testnet;
 pub use generate::{GenerateArgs, ModelCommand};
 pub use keys::KeysCommand;
 pub use mesh::MeshCommand;
-pub use node::{ApiAccessArgs, NodeArgs};
+pub use node::{ApiAccessArgs, LimitArgs, NodeArgs};
 pub use parse::{parse_bytes, parse_duration};
 pub use testnet::{DemoArgs, PlacementArg, TestnetCommand};
 

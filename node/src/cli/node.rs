@@ -3,7 +3,9 @@
 use clap::Args;
 use std::path::PathBuf;
 
-use super::parse::{parse_bytes, parse_layers_choice, parse_max_sessions, parse_threads};
+use super::parse::{
+    parse_bytes, parse_count, parse_layers_choice, parse_max_sessions, parse_threads,
+};
 use super::LayersChoice;
 
 #[derive(Args, Debug)]
@@ -49,12 +51,8 @@ pub struct NodeArgs {
     /// Where the node keeps its keys (p2p identity, data-plane certificate).
     #[arg(long, default_value = ".lamina")]
     pub data_dir: PathBuf,
-    /// Sessions served at once.
-    #[arg(long, default_value_t = 64, value_parser = parse_max_sessions)]
-    pub max_sessions: usize,
-    /// Close sessions idle this many seconds.
-    #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..=86400))]
-    pub idle_timeout_secs: u64,
+    #[command(flatten)]
+    pub limits: LimitArgs,
     /// Serve the OpenAI-compatible HTTP API (/v1/completions, /v1/chat/completions,
     /// /v1/models, /status, /metrics) on this address.
     #[arg(long)]
@@ -103,4 +101,30 @@ pub struct ApiAccessArgs {
     /// Also write prompt and completion text into the audit log.
     #[arg(long, requires = "audit_log")]
     pub audit_content: bool,
+}
+
+/// The bounds operators tune (the rest: `lamina_node::limits`, documented defaults).
+#[derive(Debug, Clone, clap::Args)]
+pub struct LimitArgs {
+    /// Sessions served at once.
+    #[arg(long, default_value_t = 64, value_parser = parse_max_sessions)]
+    pub max_sessions: usize,
+    /// Close sessions idle this many seconds.
+    #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..=86400))]
+    pub idle_timeout_secs: u64,
+    /// KV cache all open sessions may reserve together (e.g. 4GiB, 512MiB); a session
+    /// that does not fit is refused as busy and opened elsewhere.
+    #[arg(long, default_value = "4GiB", value_parser = parse_bytes)]
+    pub kv_budget: u64,
+    /// Rows one step may carry, from 512 (entries split longer prefills into chunks of
+    /// 512, so no node may take fewer) up.
+    #[arg(long, default_value_t = crate::limits::DEFAULT_MAX_STEP_ROWS,
+          value_parser = clap::value_parser!(u32).range(512..=65536))]
+    pub max_step_rows: u32,
+    /// Data-plane connections at once, from all peers.
+    #[arg(long, default_value_t = 256, value_parser = parse_count)]
+    pub max_connections: usize,
+    /// HTTP API connections at once.
+    #[arg(long, default_value_t = 256, value_parser = parse_count)]
+    pub http_max_connections: usize,
 }

@@ -86,6 +86,14 @@ pub(crate) fn parse_max_sessions(s: &str) -> Result<usize, String> {
     }
 }
 
+/// Connection caps from 1 to 65536.
+pub(crate) fn parse_count(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if (1..=65536).contains(&n) => Ok(n),
+        _ => Err(format!("`{s}` is not a count from 1 to 65536")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -26,7 +26,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Generate(args) => generate::run(args),
         Command::Model(cmd) => model::run(cmd),
-        Command::Node(args) => node::run(args),
+        Command::Node(args) => node::run(*args),
         Command::Testnet(cmd) => testnet::run(cmd),
         Command::Keys(cmd) => keys::run(cmd),
         Command::Demo(args) => demo::run(args),

@@ -36,7 +36,7 @@ pub use measure::load_and_measure;
 
 use crate::config::MeshChoice;
 use crate::config::{IdentityStore, LayersChoice, NodeConfig};
-use crate::dataplane::{server_endpoint, Dialer};
+use crate::dataplane::{server_endpoint_with, Dialer};
 use crate::mesh::{load_or_create_identity, MeshHandle, SwarmOptions};
 use crate::pipeline::ChainClient;
 use crate::routes::{ChainFileRoutes, RouteSource};
@@ -131,12 +131,13 @@ impl Node {
             format!("node-{}", &id[..12.min(id.len())])
         });
 
-        let endpoint = server_endpoint(config.listen, &key)?;
+        let endpoint = server_endpoint_with(config.listen, &key, &config.limits.peers)?;
         let listen = endpoint.local_addr().map_err(|source| NodeError::Listen {
             addr: config.listen,
             source,
         })?;
-        let dialer = Dialer::new(endpoint.clone(), config.limits, key.clone())
+        let dialer = Dialer::new(endpoint.clone(), config.limits.frame, key.clone())
+            .with_bounds(config.limits.peers)
             .with_member(gate.read(|g| g.own_cert().cloned()));
         let api_listener = match config.api {
             Some(addr) => Some(
@@ -168,7 +169,7 @@ impl Node {
             listen_addrs: vec![],
             api: api_addr.map(|a| format!("http://{a}")),
             tokens_per_sec: 0.0,
-            free_slots: u32::try_from(config.max_sessions).unwrap_or(u32::MAX),
+            free_slots: u32::try_from(config.limits.max_sessions).unwrap_or(u32::MAX),
             max_memory: config.max_memory.unwrap_or(0),
             lamina_version: env!("CARGO_PKG_VERSION").into(),
             seq: 0,
@@ -227,6 +228,7 @@ impl Node {
                 Some(placement::choose_initial(&mesh, span, wait).await?)
             }
         };
+        let metrics = Arc::new(crate::api::Metrics::new());
         let (layers_tx, layers_rx) = watch::channel(range);
         let mut served = None;
         if let Some(r) = range {
@@ -240,9 +242,11 @@ impl Node {
                 .map_err(model_err)?;
             let opts = ServerOptions {
                 node_name: name.clone(),
-                max_sessions: config.max_sessions,
-                idle_timeout: config.idle_timeout,
-                limits: config.limits,
+                max_sessions: config.limits.max_sessions,
+                idle_timeout: config.limits.idle_timeout,
+                limits: config.limits.frame,
+                peers: config.limits.peers,
+                refusals: metrics.refusals().clone(),
                 faults: config.faults.clone(),
                 gate: gate.clone(),
             };
@@ -258,7 +262,6 @@ impl Node {
             served = Some((server, tps));
         }
 
-        let metrics = Arc::new(crate::api::Metrics::new());
         let info = NodeInfo {
             name: name.clone(),
             peer_id,
@@ -308,26 +311,26 @@ impl Node {
                 limits: crate::api::ApiLimits {
                     max_concurrent_requests: config.api_max_concurrent,
                     max_prompt_tokens: cfg.context_length,
+                    http: config.limits.http,
                 },
                 node: Some(info.clone()),
                 access,
             }));
             let app = crate::api::router(state);
-            let stop = token.clone();
-            tasks.spawn(async move {
-                let served = axum::serve(listener, app)
-                    .with_graceful_shutdown(async move { stop.cancelled().await })
-                    .await;
-                if let Err(e) = served {
-                    tracing::error!("HTTP API stopped: {e}");
-                }
-            });
+            let (bounds, refusals) = (config.limits.http, metrics.refusals().clone());
+            tasks.spawn(crate::api::server::serve(
+                listener,
+                app,
+                bounds,
+                refusals,
+                token.clone(),
+            ));
         }
         tasks.spawn(follow(
             mesh.clone(),
             served.as_ref().map(|(s, _)| s.clone()),
             metrics,
-            config.max_sessions,
+            config.limits.max_sessions,
             token.clone(),
         ));
         if let (Some((server, tps)), true) = (&served, auto) {
@@ -405,6 +408,7 @@ async fn follow(
         metrics.set_sessions_active(i64::try_from(active).unwrap_or(i64::MAX));
         if let Some(s) = &server {
             metrics.set_session_inputs(s.inputs().tokens(), s.inputs().hidden());
+            metrics.set_kv_budget(s.kv_budget().used(), s.kv_budget().total());
         }
         let snap = mesh.snapshot();
         metrics.retain_hop_rtts(|peer| snap.obs.rtt.keys().any(|p| p.to_string() == peer));

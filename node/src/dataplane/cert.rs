@@ -15,16 +15,29 @@ use libp2p::PeerId;
 use rustls::pki_types::CertificateDer;
 
 use super::{transport, DataPlaneError, ALPN};
+use crate::limits::PeerBounds;
 
-/// The quinn server configuration of a node with identity `key`.
+/// The quinn server configuration of a node with identity `key`, with the default
+/// [`PeerBounds`].
 pub fn server_config(key: &Keypair) -> Result<quinn::ServerConfig, DataPlaneError> {
+    server_config_with(key, &PeerBounds::default())
+}
+
+/// The quinn server configuration of a node with identity `key` that keeps `bounds`:
+/// streams per connection (QUIC flow control: a peer cannot open more) and incoming
+/// connections waiting for their handshake (quinn refuses more before any cryptography).
+pub fn server_config_with(
+    key: &Keypair,
+    bounds: &PeerBounds,
+) -> Result<quinn::ServerConfig, DataPlaneError> {
     let mut tls =
         libp2p_tls::make_server_config(key).map_err(|e| DataPlaneError::Cert(e.to_string()))?;
     tls.alpn_protocols = vec![ALPN.to_vec()];
     let quic = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
         .map_err(|e| DataPlaneError::Cert(e.to_string()))?;
     let mut cfg = quinn::ServerConfig::with_crypto(Arc::new(quic));
-    cfg.transport_config(transport());
+    cfg.transport_config(transport(bounds.max_streams_per_connection));
+    cfg.max_incoming(bounds.max_handshakes.max(1));
     Ok(cfg)
 }
 
@@ -40,7 +53,8 @@ pub fn client_config(
     let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
         .map_err(|e| DataPlaneError::Cert(e.to_string()))?;
     let mut cfg = quinn::ClientConfig::new(Arc::new(quic));
-    cfg.transport_config(transport());
+    // A dialer's peers open no streams towards it.
+    cfg.transport_config(transport(0));
     Ok(cfg)
 }
 

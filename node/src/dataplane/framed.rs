@@ -2,6 +2,8 @@
 //! concatenation) and read through a [`FrameDecoder`], which enforces the size limits
 //! before buffering.
 
+use std::time::Duration;
+
 use lamina_protocol::{encode_frame_parts, FrameDecoder, FrameLimits, Message, ProtocolError};
 
 use super::DataPlaneError;
@@ -22,22 +24,42 @@ pub enum RecvError {
 pub struct FramedSend {
     inner: quinn::SendStream,
     limits: FrameLimits,
+    /// How long one send may wait for the peer's flow control.
+    within: Duration,
 }
 
 impl FramedSend {
-    /// Wraps a quinn send stream.
+    /// Wraps a quinn send stream; each send must be taken by the peer within
+    /// [`PeerBounds::send_within`](crate::limits::PeerBounds::send_within)'s default.
     pub fn new(inner: quinn::SendStream, limits: FrameLimits) -> Self {
-        Self { inner, limits }
+        let within = crate::limits::PeerBounds::default().send_within;
+        Self {
+            inner,
+            limits,
+            within,
+        }
     }
 
-    /// Encodes and writes one message.
+    /// This stream with sends bounded by `within` instead.
+    pub fn with_send_within(mut self, within: Duration) -> Self {
+        self.within = within;
+        self
+    }
+
+    /// Encodes and writes one message. Fails with [`DataPlaneError::SendTimeout`] when
+    /// the peer does not take it in time: a peer that stops reading (its receive window
+    /// full) must not hold this task and the session's slot forever.
     pub async fn send(&mut self, msg: &Message) -> Result<(), DataPlaneError> {
         let parts = encode_frame_parts(msg, &self.limits)?;
         let mut chunks = parts.into_chunks();
-        self.inner
-            .write_all_chunks(&mut chunks)
-            .await
-            .map_err(|e| DataPlaneError::Stream(e.to_string()))
+        match tokio::time::timeout(self.within, self.inner.write_all_chunks(&mut chunks)).await {
+            Ok(r) => r.map_err(|e| DataPlaneError::Stream(e.to_string())),
+            Err(_) => {
+                // The frame is half written: nothing more can be sent on this stream.
+                let _ = self.inner.reset(0u32.into());
+                Err(DataPlaneError::SendTimeout(self.within))
+            }
+        }
     }
 
     /// Writes raw bytes (tests of malformed input).
@@ -70,6 +92,11 @@ impl FramedRecv {
             decoder: FrameDecoder::new(limits),
             ended: false,
         }
+    }
+
+    /// Enforces `limits` from the next frame on (see [`FrameDecoder::set_limits`]).
+    pub fn set_limits(&mut self, limits: FrameLimits) {
+        self.decoder.set_limits(limits);
     }
 
     /// The next message; `Ok(None)` at a clean end of stream.

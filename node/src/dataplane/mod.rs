@@ -24,7 +24,9 @@ use lamina_protocol::{FrameLimits, SignedMemberCert};
 use libp2p::identity::Keypair;
 use libp2p::PeerId;
 
-pub use cert::{client_config, peer_of, server_config};
+use crate::limits::PeerBounds;
+
+pub use cert::{client_config, peer_of, server_config, server_config_with};
 pub use framed::{FramedRecv, FramedSend, RecvError};
 
 /// ALPN of the data plane, versioned with the protocol (2: libp2p-signed certificates).
@@ -47,13 +49,22 @@ pub enum DataPlaneError {
     Connect { addr: String, reason: String },
     #[error("stream: {0}")]
     Stream(String),
+    /// The peer did not take a frame within the send deadline.
+    #[error("the peer took no frame for {0:?}")]
+    SendTimeout(Duration),
+    /// Dialing or opening a stream took longer than the deadline.
+    #[error("connect to {addr}: no connection within {within:?}")]
+    ConnectTimeout { addr: String, within: Duration },
     #[error("protocol: {0}")]
     Protocol(#[from] lamina_protocol::ProtocolError),
 }
 
-pub(crate) fn transport() -> Arc<quinn::TransportConfig> {
+/// The transport of every data-plane connection; the peer may open `streams` streams at
+/// once (sessions: one each).
+pub(crate) fn transport(streams: u32) -> Arc<quinn::TransportConfig> {
     let mut t = quinn::TransportConfig::default();
-    t.max_concurrent_bidi_streams(1024u32.into());
+    t.max_concurrent_bidi_streams(streams.into());
+    t.max_concurrent_uni_streams(0u32.into());
     // A peer that dies without a word (kill -9, a cut link) must not leave a pooled
     // connection that looks alive for a minute: keep-alives every 2 s, dead after 10 s of
     // silence. A live peer answers keep-alives even while it computes a long prefill.
@@ -65,9 +76,21 @@ pub(crate) fn transport() -> Arc<quinn::TransportConfig> {
 }
 
 /// A server endpoint (which can also dial) bound to `addr`, for the node with identity
-/// `key`. Must run inside a tokio runtime.
+/// `key`, with the default bounds. Must run inside a tokio runtime.
 pub fn server_endpoint(addr: SocketAddr, key: &Keypair) -> Result<quinn::Endpoint, DataPlaneError> {
-    Ok(quinn::Endpoint::server(server_config(key)?, addr)?)
+    server_endpoint_with(addr, key, &PeerBounds::default())
+}
+
+/// [`server_endpoint`] keeping `bounds`.
+pub fn server_endpoint_with(
+    addr: SocketAddr,
+    key: &Keypair,
+    bounds: &PeerBounds,
+) -> Result<quinn::Endpoint, DataPlaneError> {
+    Ok(quinn::Endpoint::server(
+        server_config_with(key, bounds)?,
+        addr,
+    )?)
 }
 
 /// A dial-only endpoint on an ephemeral port of the unspecified address of `family_of`'s
@@ -98,6 +121,8 @@ pub struct Dialer {
     endpoint: quinn::Endpoint,
     pool: Arc<Mutex<HashMap<(SocketAddr, PeerId), quinn::Connection>>>,
     limits: FrameLimits,
+    /// Deadlines of dials, stream opens and sends.
+    bounds: PeerBounds,
     key: Keypair,
     member: Option<SignedMemberCert>,
 }
@@ -110,9 +135,16 @@ impl Dialer {
             endpoint,
             pool: Arc::default(),
             limits,
+            bounds: PeerBounds::default(),
             key,
             member: None,
         }
+    }
+
+    /// This dialer keeping `bounds`' deadlines (dial, stream open, every send).
+    pub fn with_bounds(mut self, bounds: PeerBounds) -> Self {
+        self.bounds = bounds;
+        self
     }
 
     /// This dialer presenting `member` in every `Hello` it sends (a private mesh).
@@ -161,35 +193,51 @@ impl Dialer {
                 reason: e.to_string(),
             })?;
         drop(_g);
-        let conn = connecting.await.map_err(|e| DataPlaneError::Connect {
-            addr: addr.to_owned(),
-            reason: e.to_string(),
-        })?;
+        let within = self.bounds.connect_within;
+        let conn = tokio::time::timeout(within, connecting)
+            .await
+            .map_err(|_| DataPlaneError::ConnectTimeout {
+                addr: addr.to_owned(),
+                within,
+            })?
+            .map_err(|e| DataPlaneError::Connect {
+                addr: addr.to_owned(),
+                reason: e.to_string(),
+            })?;
         self.lock_pool().insert(key, conn.clone());
         Ok(conn)
     }
 
-    /// Opens a new bidirectional stream (one session) to (`addr`, `peer`).
+    /// Opens a new bidirectional stream (one session) to (`addr`, `peer`), the dial and
+    /// the open each within [`PeerBounds::connect_within`] (an open waits while the peer
+    /// allows no more streams on the connection).
     pub async fn open_stream(
         &self,
         addr: &str,
         peer: PeerId,
     ) -> Result<(FramedSend, FramedRecv), DataPlaneError> {
+        let within = self.bounds.connect_within;
+        let timed_out = || DataPlaneError::ConnectTimeout {
+            addr: addr.to_owned(),
+            within,
+        };
         let conn = self.connection(addr, peer).await?;
-        let (send, recv) = match conn.open_bi().await {
-            Ok(s) => s,
-            Err(_) => {
+        let (send, recv) = match tokio::time::timeout(within, conn.open_bi()).await {
+            Err(_) => return Err(timed_out()),
+            Ok(Ok(s)) => s,
+            Ok(Err(_)) => {
                 // The pooled connection died between the check and the open: dial once more.
                 let sock = resolve(addr).await?;
                 self.lock_pool().remove(&(sock, peer));
                 let conn = self.connection(addr, peer).await?;
-                conn.open_bi()
+                tokio::time::timeout(within, conn.open_bi())
                     .await
+                    .map_err(|_| timed_out())?
                     .map_err(|e| DataPlaneError::Stream(e.to_string()))?
             }
         };
         Ok((
-            FramedSend::new(send, self.limits),
+            FramedSend::new(send, self.limits).with_send_within(self.bounds.send_within),
             FramedRecv::new(recv, self.limits),
         ))
     }

@@ -17,6 +17,19 @@ use super::{ChainHop, PipelineError, PipelineOptions, StepReply};
 use crate::dataplane::{Dialer, FramedRecv, FramedSend};
 use crate::failure::Failure;
 
+/// Rows of one `Forward` the entry sends: a longer prompt is split into chunks of this
+/// many (every node accepts them: `--max-step-rows` cannot go below it).
+pub const STEP_CHUNK_ROWS: usize = crate::limits::DEFAULT_MAX_STEP_ROWS as usize;
+
+/// `tokens` in chunks of at most [`STEP_CHUNK_ROWS`]; one empty chunk for no tokens (the
+/// hop then refuses the empty step with a typed error, as before chunking).
+fn step_chunks(tokens: &[u32]) -> Vec<&[u32]> {
+    if tokens.is_empty() {
+        return vec![tokens];
+    }
+    tokens.chunks(STEP_CHUNK_ROWS).collect()
+}
+
 /// One open session through a chain.
 pub struct PipelineSession {
     session_id: SessionId,
@@ -150,28 +163,51 @@ impl PipelineSession {
     }
 
     /// Runs several steps back to back: all are sent before the first answer is read,
-    /// so a failover's replay costs one pipeline fill, not one round trip per step.
+    /// so a failover's replay costs one pipeline fill, not one round trip per step. Each
+    /// step is split into chunks as [`step`](Self::step) splits it, so a replay feeds
+    /// the hops exactly the inputs the lost chain had.
     pub async fn replay(&mut self, steps: &[Vec<u32>]) -> Result<Vec<StepReply>, PipelineError> {
-        let first_step = self.step;
+        let mut sent = Vec::with_capacity(steps.len());
         for tokens in steps {
-            let f = self.forward(tokens).await?;
-            self.send(&Message::Forward(f)).await?;
+            sent.push(self.send_chunks(tokens).await?);
         }
         let mut out = Vec::with_capacity(steps.len());
-        for i in 0..steps.len() as u64 {
-            let m = self.recv().await?;
-            out.push(self.step_reply(first_step + i, m).await?);
+        for (first, n) in sent {
+            out.push(self.answers(first, n).await?);
         }
         Ok(out)
     }
 
-    /// Runs `tokens` (the prompt, then one token per decode step) through the chain.
+    /// Runs `tokens` (the prompt, then one token per decode step) through the chain. A
+    /// prompt longer than a step may be ([`STEP_CHUNK_ROWS`]) goes as several `Forward`s
+    /// sent back to back, so the hops work on its chunks as a pipeline (hop 2 on chunk 1
+    /// while hop 1 runs chunk 2); the answer is the last chunk's.
     pub async fn step(&mut self, tokens: &[u32]) -> Result<StepReply, PipelineError> {
-        let f = self.forward(tokens).await?;
-        let step = f.step;
-        self.send(&Message::Forward(f)).await?;
-        let m = self.recv().await?;
-        self.step_reply(step, m).await
+        let (first, n) = self.send_chunks(tokens).await?;
+        self.answers(first, n).await
+    }
+
+    /// Sends `tokens` as `Forward`s of at most [`STEP_CHUNK_ROWS`] rows each (one, empty,
+    /// for no tokens); the first step number and how many were sent.
+    async fn send_chunks(&mut self, tokens: &[u32]) -> Result<(u64, u64), PipelineError> {
+        let first = self.step;
+        let mut n = 0;
+        for part in step_chunks(tokens) {
+            let f = self.forward(part).await?;
+            self.send(&Message::Forward(f)).await?;
+            n += 1;
+        }
+        Ok((first, n))
+    }
+
+    /// The answers to steps `first..first + n`; the last one's reply.
+    async fn answers(&mut self, first: u64, n: u64) -> Result<StepReply, PipelineError> {
+        let mut last = None;
+        for i in 0..n {
+            let m = self.recv().await?;
+            last = Some(self.step_reply(first + i, m).await?);
+        }
+        last.ok_or_else(|| PipelineError::InvalidChain("a step of no chunks".into()))
     }
 
     async fn step_reply(&self, step: u64, m: Message) -> Result<StepReply, PipelineError> {
@@ -256,5 +292,23 @@ impl Drop for PipelineSession {
             // Ending the stream makes the first hop free the session down the chain.
             self.tx.finish();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prompts_split_into_chunks_that_fit_a_step() {
+        let t: Vec<u32> = (0..1100).collect();
+        let c = step_chunks(&t);
+        assert_eq!(
+            c.iter().map(|c| c.len()).collect::<Vec<_>>(),
+            [STEP_CHUNK_ROWS, STEP_CHUNK_ROWS, 1100 - 2 * STEP_CHUNK_ROWS]
+        );
+        assert_eq!(c.concat(), t);
+        assert_eq!(step_chunks(&t[..3]).len(), 1);
+        assert_eq!(step_chunks(&[]), vec![&[] as &[u32]]);
     }
 }

@@ -7,16 +7,33 @@ use tracing::Instrument;
 
 use super::server::SessionServer;
 use crate::dataplane::{FramedRecv, FramedSend};
+use crate::limits::{Bound, ConnRefused};
+
+/// The QUIC application close code of a connection refused for a limit (the reason text
+/// says which).
+pub const CLOSE_OVER_LIMIT: u32 = 0x4c4d; // "LM"
 
 impl SessionServer {
-    /// Accepts connections on `endpoint` until it is closed.
+    /// Accepts connections on `endpoint` until it is closed. Each connection is counted
+    /// against the handshakes in flight first (before any cryptography is done for it),
+    /// then, once its peer id is proved, against the connection limits in all and per
+    /// peer.
     pub async fn serve(self: Arc<Self>, endpoint: quinn::Endpoint) {
         while let Some(incoming) = endpoint.accept().await {
+            let Ok(permit) = self.handshakes().clone().try_acquire_owned() else {
+                self.refusals().count(Bound::Handshakes);
+                incoming.refuse();
+                continue;
+            };
             let server = self.clone();
             tokio::spawn(async move {
-                match incoming.await {
-                    Ok(conn) => server.connection(conn).await,
-                    Err(e) => tracing::debug!("incoming connection failed: {e}"),
+                let within = server.options().peers.connect_within;
+                let conn = tokio::time::timeout(within, async { incoming.await }).await;
+                drop(permit);
+                match conn {
+                    Ok(Ok(conn)) => server.connection(conn).await,
+                    Ok(Err(e)) => tracing::debug!("incoming connection failed: {e}"),
+                    Err(_) => tracing::debug!("incoming handshake took over {within:?}"),
                 }
             });
         }
@@ -25,6 +42,19 @@ impl SessionServer {
     async fn connection(self: Arc<Self>, conn: quinn::Connection) {
         // The peer id its certificate proved (the TLS configuration requires one).
         let peer = crate::dataplane::peer_of(&conn);
+        let _counted = match self.connections().admit(peer) {
+            Ok(g) => g,
+            Err(refused) => {
+                let bound = match refused {
+                    ConnRefused::Total(_) => Bound::Connections,
+                    ConnRefused::PerPeer(_) => Bound::PeerConnections,
+                };
+                self.refusals().count(bound);
+                tracing::debug!(peer = ?peer, "refused a connection: {refused}");
+                conn.close(CLOSE_OVER_LIMIT.into(), refused.to_string().as_bytes());
+                return;
+            }
+        };
         let span = tracing::info_span!(
             "peer",
             addr = %conn.remote_address(),
@@ -35,8 +65,10 @@ impl SessionServer {
             loop {
                 match conn.accept_bi().await {
                     Ok((send, recv)) => {
-                        let tx = FramedSend::new(send, self.options().limits);
-                        let rx = FramedRecv::new(recv, self.options().limits);
+                        let (limits, bounds) = (self.options().limits, self.options().peers);
+                        let tx = FramedSend::new(send, limits).with_send_within(bounds.send_within);
+                        // Until its session is open a stream carries control frames only.
+                        let rx = FramedRecv::new(recv, bounds.pre_open_frame(limits));
                         let stream =
                             super::stream::serve(self.clone(), Some(conn.clone()), peer, tx, rx);
                         tokio::spawn(stream.in_current_span());

@@ -20,6 +20,7 @@ use super::faults::FaultPlan;
 use super::machine::HostInfo;
 use super::reporter::Reporter;
 use crate::dataplane::Dialer;
+use crate::limits::{Connections, KvBudget, PeerBounds, Refusals};
 use crate::trust::SharedGate;
 
 /// Limits and policies of a session server.
@@ -31,8 +32,13 @@ pub struct ServerOptions {
     pub max_sessions: usize,
     /// A stream silent this long is closed (its session freed, an unasked `Closed` sent).
     pub idle_timeout: Duration,
-    /// Frame limits of every stream.
+    /// Frame limits of every stream (once its session is open).
     pub limits: FrameLimits,
+    /// What one peer can make the server spend: KV budget, rows per step, deadlines,
+    /// connections.
+    pub peers: PeerBounds,
+    /// Where refusals are counted (the node's metrics share it).
+    pub refusals: Refusals,
     /// Faults to inject (churn tests only; `None` in the daemon).
     pub faults: Option<Arc<FaultPlan>>,
     /// Who may open sessions: judged at every `Hello` on the peer id the TLS handshake
@@ -47,6 +53,8 @@ impl Default for ServerOptions {
             max_sessions: 64,
             idle_timeout: Duration::from_secs(300),
             limits: FrameLimits::default(),
+            peers: PeerBounds::default(),
+            refusals: Refusals::default(),
             faults: None,
             gate: SharedGate::default(),
         }
@@ -71,7 +79,8 @@ pub struct Served {
 }
 
 impl Served {
-    fn new(shard: Arc<Shard>, model_id: ModelId, node_name: &str) -> Self {
+    fn new(shard: Arc<Shard>, model_id: ModelId, opts: &ServerOptions) -> Self {
+        let node_name = &opts.node_name;
         let cfg = shard.config();
         let u = |v: usize| u32::try_from(v).unwrap_or(u32::MAX);
         let host = HostInfo {
@@ -82,6 +91,7 @@ impl Served {
             hidden_dim: u(cfg.dim),
             vocab_size: u(cfg.vocab_size),
             context_length: u(cfg.context_length),
+            max_step_rows: opts.peers.max_step_rows,
         };
         Self { shard, host }
     }
@@ -98,6 +108,12 @@ pub struct SessionServer {
     reporter: Reporter,
     compute: ComputeQueue,
     inputs: InputCounts,
+    /// KV bytes the open sessions reserved, against [`PeerBounds::kv_budget_bytes`].
+    kv: KvBudget,
+    /// Data-plane connections held, in all and per peer.
+    conns: Connections,
+    /// QUIC handshakes in flight.
+    handshakes: Arc<Semaphore>,
     opts: ServerOptions,
 }
 
@@ -140,7 +156,7 @@ impl SessionServer {
         reporter: Reporter,
         opts: ServerOptions,
     ) -> Result<Arc<Self>, ServerError> {
-        let served = Served::new(shard, model_id, &opts.node_name);
+        let served = Served::new(shard, model_id, &opts);
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let kernel_threads = lamina_sharding::kernels::pool::global().threads();
         let compute = ComputeQueue::start(
@@ -156,6 +172,12 @@ impl SessionServer {
             reporter,
             compute,
             inputs: InputCounts::default(),
+            kv: KvBudget::new(opts.peers.kv_budget_bytes),
+            conns: Connections::new(
+                opts.peers.max_connections,
+                opts.peers.max_connections_per_peer,
+            ),
+            handshakes: Arc::new(Semaphore::new(opts.peers.max_handshakes.max(1))),
             opts,
         }))
     }
@@ -180,7 +202,7 @@ impl SessionServer {
 
     /// Serves `shard` to sessions opened from now on; open sessions keep the old one.
     pub fn replace(&self, shard: Arc<Shard>) {
-        let served = Arc::new(Served::new(shard, self.model_id, &self.opts.node_name));
+        let served = Arc::new(Served::new(shard, self.model_id, &self.opts));
         *self.served.write().unwrap_or_else(PoisonError::into_inner) = served;
     }
 
@@ -218,6 +240,25 @@ impl SessionServer {
 
     pub fn options(&self) -> &ServerOptions {
         &self.opts
+    }
+
+    /// Refusals by bound, for `/metrics`.
+    pub fn refusals(&self) -> &Refusals {
+        &self.opts.refusals
+    }
+
+    /// The KV budget and what open sessions hold of it.
+    pub fn kv_budget(&self) -> &KvBudget {
+        &self.kv
+    }
+
+    /// Connections held, in all and per peer.
+    pub fn connections(&self) -> &Connections {
+        &self.conns
+    }
+
+    pub(super) fn handshakes(&self) -> &Arc<Semaphore> {
+        &self.handshakes
     }
 
     pub(super) fn reporter(&self) -> &Reporter {

@@ -21,6 +21,7 @@ use super::machine::{Role, StreamMachine};
 use super::next_hop::{NextHop, Upstream};
 use super::server::{Served, SessionServer};
 use crate::dataplane::{FramedRecv, FramedSend, RecvError};
+use crate::limits::{kv_bytes, Bound, KvReservation};
 use libp2p::PeerId;
 
 /// How long a refused stream is still read (and what arrives dropped), so that the peer
@@ -37,6 +38,8 @@ struct Live {
     next: Option<NextHop>,
     dtype: WireDType,
     _permit: OwnedSemaphorePermit,
+    /// The session's share of the node's KV budget.
+    _kv: KvReservation,
 }
 
 /// The state of one stream.
@@ -83,16 +86,31 @@ pub(super) async fn serve(
         refused: false,
     };
     let idle = server.options().idle_timeout;
+    let open_within = server.options().peers.open_within;
+    let open_limits = server.options().limits;
+    // Until the session opens, the stream has `open_within` in all; after, each accepted
+    // request buys `idle` more. Refused requests buy nothing, so a peer cannot hold a
+    // slot by sending garbage.
+    let mut deadline = tokio::time::Instant::now() + open_within.min(idle);
+    let mut widened = false;
     async move {
         loop {
-            let msg = match tokio::time::timeout(idle, rx.recv()).await {
+            let msg = match tokio::time::timeout_at(deadline, rx.recv()).await {
                 Err(_) => {
-                    tracing::info!("idle timeout");
                     if let Some(l) = &s.live {
+                        tracing::info!("idle timeout");
                         let closed = Message::Closed(Closed {
                             session_id: l.session_id,
                         });
                         let _ = tx.send(&closed).await;
+                    } else if !s.machine.is_closed() {
+                        tracing::info!("no session opened within {open_within:?}");
+                        s.server.refusals().count(Bound::OpenDeadline);
+                        let e = s.own(
+                            ErrorCode::OverLimit,
+                            format!("no session opened within {open_within:?}"),
+                        );
+                        let _ = tx.send(&Message::Error(e)).await;
                     }
                     break;
                 }
@@ -104,6 +122,9 @@ pub(super) async fn serve(
                 }
                 Ok(Err(RecvError::Protocol(e))) => {
                     tracing::debug!("bad frame: {e}");
+                    if e.code() == ErrorCode::FrameTooLarge {
+                        s.server.refusals().count(Bound::FrameSize);
+                    }
                     let reply = s.sign(ErrorMessage::from(&e));
                     let _ = tx.send(&Message::Error(reply)).await;
                     if e.is_fatal() {
@@ -137,8 +158,22 @@ pub(super) async fn serve(
                 None => work.await,
             };
             let done = s.machine.is_closed();
+            let accepted = matches!(&reply, Some(m) if !matches!(m, Message::Error(_)));
+            if s.live.is_some() {
+                if !widened {
+                    // Open: the session's frames (a prefill chunk's activations) may come.
+                    rx.set_limits(open_limits);
+                    widened = true;
+                }
+                if accepted {
+                    deadline = tokio::time::Instant::now() + idle;
+                }
+            }
             if let Some(reply) = reply {
                 if let Err(e) = tx.send(&reply).await {
+                    if matches!(e, crate::dataplane::DataPlaneError::SendTimeout(_)) {
+                        s.server.refusals().count(Bound::SendDeadline);
+                    }
                     tracing::debug!("cannot reply: {e}");
                     break;
                 }
@@ -266,6 +301,7 @@ impl Stream {
         let permit = server.try_slot();
         let role = self.machine.check_open(&o, permit.is_some())?;
         let Some(permit) = permit else {
+            server.refusals().count(Bound::Sessions);
             return Err(self.own(ErrorCode::SessionLimit, "no free session slot"));
         };
         let span = tracing::Span::current();
@@ -288,6 +324,24 @@ impl Stream {
             Arc::new(shard.without_ends())
         } else {
             shard
+        };
+        let cfg = shard.config();
+        let want = kv_bytes(
+            shard.range().len() as usize,
+            cfg.kv_floats_per_position(),
+            o.max_length,
+        );
+        let Some(kv) = server.kv_budget().reserve(want) else {
+            server.refusals().count(Bound::KvBudget);
+            let b = server.kv_budget();
+            return Err(self.own(
+                ErrorCode::Busy,
+                format!(
+                    "the KV budget is taken: {want} bytes asked, {} of {} held",
+                    b.used(),
+                    b.total()
+                ),
+            ));
         };
         let cache = shard
             .new_cache(o.max_length as usize)
@@ -331,6 +385,7 @@ impl Stream {
             next,
             dtype: o.activation_dtype,
             _permit: permit,
+            _kv: kv,
         });
         tracing::info!(max_length = o.max_length, dtype = %o.activation_dtype, ?role, "opened");
         Ok(Message::SessionOpened(SessionOpened {
@@ -339,7 +394,11 @@ impl Stream {
     }
 
     async fn forward(&mut self, f: Forward) -> Result<Message, ErrorMessage> {
-        let rows = self.machine.check_forward(&f)?;
+        let rows = self.machine.check_forward(&f).inspect_err(|e| {
+            if e.code == ErrorCode::OverLimit {
+                self.server.refusals().count(Bound::StepRows);
+            }
+        })?;
         self.server.inputs().count(&f.input);
         let lost = || ErrorMessage::new(ErrorCode::Internal, "session state lost");
         let role = self.machine.session().map(|s| s.role).ok_or_else(lost)?;

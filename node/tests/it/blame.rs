@@ -200,6 +200,7 @@ fn opts(max_sessions: usize) -> ServerOptions {
         limits: FrameLimits::default(),
         faults: None,
         gate: Default::default(),
+        ..ServerOptions::default()
     }
 }
 

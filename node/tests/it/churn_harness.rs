@@ -83,6 +83,7 @@ impl Mesh {
                     limits: FrameLimits::default(),
                     faults: None,
                     gate: Default::default(),
+                    ..ServerOptions::default()
                 };
                 let layers = LayerRange::new(start, end).expect("range");
                 spawn_hop(&model, model_id, layers, opts)

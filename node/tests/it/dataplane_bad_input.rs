@@ -52,6 +52,7 @@ fn opts() -> ServerOptions {
         limits: FrameLimits::with_max_frame_bytes(LIMIT),
         faults: None,
         gate: Default::default(),
+        ..ServerOptions::default()
     }
 }
 

@@ -101,6 +101,7 @@ fn start_real(model: &ModelFile, id: ModelId) -> ChainHop {
         limits: limits(),
         faults: None,
         gate: Default::default(),
+        ..ServerOptions::default()
     };
     spawn_hop(model, id, LayerRange::new(0, 2).unwrap(), opts).hop
 }

@@ -26,6 +26,9 @@ pub struct HostInfo {
     pub vocab_size: u32,
     /// Most positions a session may ask for.
     pub context_length: u32,
+    /// Most rows one `Forward` may carry ([`crate::limits::PeerBounds::max_step_rows`]):
+    /// attention's scratch grows with rows times context.
+    pub max_step_rows: u32,
 }
 
 impl HostInfo {
@@ -279,6 +282,15 @@ impl StreamMachine {
                 format!(
                     "{} + {rows} positions exceed the session's max_length {}",
                     s.position, s.max_length
+                ),
+            ));
+        }
+        if rows > self.host.max_step_rows {
+            return Err(err(
+                ErrorCode::OverLimit,
+                format!(
+                    "{rows} rows in one step; this hop takes at most {} (split the prefill)",
+                    self.host.max_step_rows
                 ),
             ));
         }

@@ -10,6 +10,7 @@ fn host(start: u32, end: u32) -> HostInfo {
         hidden_dim: 4,
         vocab_size: 10,
         context_length: 16,
+        max_step_rows: 6,
     }
 }
 
@@ -126,6 +127,12 @@ fn refusals_have_codes_and_leave_state() {
         m.check_forward(&fwd(0, 0, hidden(9, 4))).unwrap_err().code,
         ErrorCode::ContextOverflow
     );
+    assert_eq!(
+        m.check_forward(&fwd(0, 0, hidden(7, 4))).unwrap_err().code,
+        ErrorCode::OverLimit,
+        "7 rows fit the context but not one step of at most 6"
+    );
+    assert!(m.check_forward(&fwd(0, 0, hidden(6, 4))).is_ok());
     let mut other = fwd(0, 0, hidden(1, 4));
     other.session_id = SessionId::from(2u128);
     assert_eq!(

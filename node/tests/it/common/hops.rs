@@ -5,7 +5,9 @@
 use std::sync::Arc;
 
 use candle_core::Device;
-use lamina_node::dataplane::{client_endpoint, server_endpoint, Dialer, FramedRecv, FramedSend};
+use lamina_node::dataplane::{
+    client_endpoint, server_endpoint, server_endpoint_with, Dialer, FramedRecv, FramedSend,
+};
 use lamina_node::pipeline::ChainHop;
 use lamina_node::session::faults::FaultPlan;
 use lamina_node::session::{Reporter, ServerOptions, SessionServer};
@@ -51,11 +53,12 @@ pub fn spawn_hop(
 /// Serves an already loaded shard (see [`spawn_hop`]).
 pub fn spawn_shard(shard: Arc<Shard>, id: ModelId, mut opts: ServerOptions) -> TestHop {
     let key = Keypair::generate_ed25519();
-    let endpoint = server_endpoint("127.0.0.1:0".parse().expect("addr"), &key).expect("endpoint");
+    let endpoint = server_endpoint_with("127.0.0.1:0".parse().expect("addr"), &key, &opts.peers)
+        .expect("endpoint");
     let addr = endpoint.local_addr().expect("local addr");
     let faults = Arc::new(FaultPlan::new());
     opts.faults = Some(faults.clone());
-    let dialer = Dialer::new(endpoint.clone(), opts.limits, key.clone());
+    let dialer = Dialer::new(endpoint.clone(), opts.limits, key.clone()).with_bounds(opts.peers);
     let layers = shard.range();
     let server =
         SessionServer::new(shard, id, dialer, Reporter::new(key.clone()), opts).expect("server");
