@@ -172,7 +172,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
         // Layers run outside in, last added first: the key is checked before the body is
         // read (bounded), so a stranger without one cannot make the node buffer anything.
         .route_layer(axum::middleware::from_fn_with_state(
-            state.clone(),
+            (state.limits.http, state.metrics.refusals().clone()),
             server::bounded_body,
         ))
         .route_layer(axum::middleware::from_fn_with_state(

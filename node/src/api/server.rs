@@ -15,7 +15,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-use super::{ApiError, ApiState};
+use super::ApiError;
 use crate::limits::{Bound, HttpBounds, Refusals};
 
 /// Serves `app` on `listener` until `stop`, then lets open connections finish their
@@ -81,14 +81,19 @@ pub async fn serve(
 /// Reads the whole request body within [`HttpBounds::body_within`] and
 /// [`HttpBounds::max_body_bytes`] before any handler sees it: a client that trickles its
 /// body (or sends an endless one) is answered 408 / 413 instead of holding a task.
-pub async fn bounded_body(State(st): State<Arc<ApiState>>, req: Request, next: Next) -> Response {
-    let bounds = st.limits.http;
+///
+/// Its state is the bounds and the counters only, so any router can use it.
+pub async fn bounded_body(
+    State((bounds, refusals)): State<(HttpBounds, Refusals)>,
+    req: Request,
+    next: Next,
+) -> Response {
     let (parts, body) = req.into_parts();
     let read = axum::body::to_bytes(body, bounds.max_body_bytes);
     let bytes = match tokio::time::timeout(bounds.body_within, read).await {
         Ok(Ok(b)) => b,
         Ok(Err(_)) => {
-            st.metrics.refusals().count(Bound::HttpBody);
+            refusals.count(Bound::HttpBody);
             return ApiError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "invalid_request_error",
@@ -100,7 +105,7 @@ pub async fn bounded_body(State(st): State<Arc<ApiState>>, req: Request, next: N
             .into_response();
         }
         Err(_) => {
-            st.metrics.refusals().count(Bound::HttpDeadline);
+            refusals.count(Bound::HttpDeadline);
             return ApiError::new(
                 StatusCode::REQUEST_TIMEOUT,
                 "invalid_request_error",

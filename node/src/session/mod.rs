@@ -18,5 +18,6 @@ pub mod reporter;
 pub mod server;
 mod stream;
 
+pub use accept::CLOSE_OVER_LIMIT;
 pub use reporter::Reporter;
 pub use server::{Served, ServerError, ServerOptions, SessionServer};

@@ -17,24 +17,30 @@ use lamina_protocol::{
 };
 use lamina_sharding::source::ModelFile;
 
-const LIMIT: u32 = 1 << 20;
-const DIM: u32 = 64;
+pub(crate) const LIMIT: u32 = 1 << 20;
+pub(crate) const DIM: u32 = 64;
 
-struct Hop {
-    addr: SocketAddr,
-    peer: libp2p::PeerId,
-    server: Arc<SessionServer>,
+pub(crate) struct Hop {
+    pub(crate) addr: SocketAddr,
+    pub(crate) peer: libp2p::PeerId,
+    pub(crate) server: Arc<SessionServer>,
     chain: ChainHop,
 }
 
 impl Hop {
-    fn chain_hop(&self) -> ChainHop {
+    pub(crate) fn chain_hop(&self) -> ChainHop {
         self.chain.clone()
     }
 }
 
 /// Starts a session server for `start..end` of the tiny model (4 layers, dim 64).
-fn start_hop(model: &ModelFile, id: ModelId, start: u32, end: u32, opts: ServerOptions) -> Hop {
+pub(crate) fn start_hop(
+    model: &ModelFile,
+    id: ModelId,
+    start: u32,
+    end: u32,
+    opts: ServerOptions,
+) -> Hop {
     let t = spawn_hop(model, id, LayerRange::new(start, end).unwrap(), opts);
     Hop {
         addr: t.hop.addr.parse().expect("addr"),
@@ -44,7 +50,7 @@ fn start_hop(model: &ModelFile, id: ModelId, start: u32, end: u32, opts: ServerO
     }
 }
 
-fn opts() -> ServerOptions {
+pub(crate) fn opts() -> ServerOptions {
     ServerOptions {
         node_name: "test".into(),
         max_sessions: 8,
@@ -56,17 +62,17 @@ fn opts() -> ServerOptions {
     }
 }
 
-fn client() -> Dialer {
+pub(crate) fn client() -> Dialer {
     client_dialer(FrameLimits::with_max_frame_bytes(LIMIT))
 }
 
-async fn stream(d: &Dialer, hop: &Hop) -> (FramedSend, FramedRecv) {
+pub(crate) async fn stream(d: &Dialer, hop: &Hop) -> (FramedSend, FramedRecv) {
     d.open_stream(&hop.addr.to_string(), hop.peer)
         .await
         .expect("open stream")
 }
 
-async fn recv(rx: &mut FramedRecv) -> Option<Message> {
+pub(crate) async fn recv(rx: &mut FramedRecv) -> Option<Message> {
     match tokio::time::timeout(Duration::from_secs(10), rx.recv()).await {
         Ok(Ok(m)) => m,
         Ok(Err(RecvError::Stream(_))) => None,
@@ -75,14 +81,14 @@ async fn recv(rx: &mut FramedRecv) -> Option<Message> {
     }
 }
 
-async fn expect_error(rx: &mut FramedRecv, code: ErrorCode) {
+pub(crate) async fn expect_error(rx: &mut FramedRecv, code: ErrorCode) {
     match recv(rx).await {
         Some(Message::Error(e)) => assert_eq!(e.code, code, "error {e:?}"),
         other => panic!("expected an {code} error, got {other:?}"),
     }
 }
 
-fn open_msg(id: ModelId, session: u128, layers: LayerRange) -> Message {
+pub(crate) fn open_msg(id: ModelId, session: u128, layers: LayerRange) -> Message {
     Message::OpenSession(OpenSession {
         session_id: SessionId::from(session),
         model_id: id,
@@ -97,7 +103,7 @@ fn open_msg(id: ModelId, session: u128, layers: LayerRange) -> Message {
     })
 }
 
-fn hidden_forward(session: u128, step: u64, pos: u32, width: u32) -> Message {
+pub(crate) fn hidden_forward(session: u128, step: u64, pos: u32, width: u32) -> Message {
     let v = vec![0.25f32; width as usize];
     Message::Forward(Forward {
         session_id: SessionId::from(session),
@@ -108,7 +114,7 @@ fn hidden_forward(session: u128, step: u64, pos: u32, width: u32) -> Message {
 }
 
 /// A full session through both hops still works.
-async fn still_serving(d: &Dialer, chain: &[ChainHop], id: ModelId) {
+pub(crate) async fn still_serving(d: &Dialer, chain: &[ChainHop], id: ModelId) {
     let o = PipelineOptions {
         max_length: 8,
         ..PipelineOptions::default()

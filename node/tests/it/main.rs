@@ -23,6 +23,7 @@ mod churn_harness;
 mod cli;
 mod dataplane_bad_input;
 mod failover;
+mod limits;
 mod mesh;
 mod model_pull;
 mod openai_python;

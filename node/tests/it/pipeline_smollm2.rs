@@ -167,3 +167,49 @@ fn smollm2_node_peak_rss_is_file_plus_kv_plus_64_mib() {
         mib(limit)
     );
 }
+
+/// Issue 16's chunked prefill: a prompt of 1100 tokens (three 512-row steps: 512, 512,
+/// 76) through three nodes with f32 activations answers, and gives the single-process
+/// tokens. The hops never see a step over their row limit; the entry's chunks are sent
+/// back to back, so the hops work on them as a pipeline.
+#[test]
+fn smollm2_a_prompt_longer_than_a_step_goes_in_chunks_and_gives_the_single_process_tokens() {
+    let (Some(path), Some(prompts)) = (model_path(SMOLLM), reference_prompts(SMOLLM)) else {
+        return;
+    };
+    let model = ModelFile::open(&path).expect("model");
+    let model_id = model_id_of(&model).expect("model id");
+    let local = LocalChain::load(&model, &[LayerRange::new(0, 30).unwrap()], &Device::Cpu)
+        .expect("local chain");
+    drop(model);
+    let prompt: Vec<u32> = prompts
+        .iter()
+        .flat_map(|(_, p, _)| p.iter().copied())
+        .cycle()
+        .take(1100)
+        .collect();
+    const N: usize = 4;
+    let (want, want_logits) = local_greedy(&local, &prompt, N);
+    let (_nodes, chain) = start_chain(&path, &["0..10", "10..20", "20..30"]);
+    let rt = runtime();
+    rt.block_on(async {
+        tokio::time::timeout(Duration::from_secs(600), async {
+            let dialer = Dialer::new(
+                client_endpoint(None).unwrap(),
+                FrameLimits::default(),
+                libp2p::identity::Keypair::generate_ed25519(),
+            );
+            let (got, logits) =
+                run_remote(&dialer, &chain, model_id, &prompt, N, WireDType::F32, true).await;
+            assert_eq!(got, want, "tokens of the chunked prefill");
+            let same = logits
+                .iter()
+                .zip(&want_logits)
+                .filter(|(a, b)| bits(a) == bits(b))
+                .count();
+            eprintln!("chunked prefill: {same} of {N} steps' f32 logits bit-identical");
+        })
+        .await
+        .expect("test finished in time");
+    });
+}
