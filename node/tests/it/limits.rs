@@ -285,6 +285,59 @@ fn connections_beyond_the_per_peer_limit_are_closed_with_a_typed_code() {
 }
 
 #[test]
+fn connections_beyond_the_node_limit_are_closed_and_streams_per_connection_are_capped() {
+    runtime().block_on(async {
+        tokio::time::timeout(Duration::from_secs(60), async {
+            let (model, id) = tiny_model();
+            let mut o = opts();
+            o.peers.max_connections = 1;
+            o.peers.max_streams_per_connection = 2;
+            let hop = start_hop(&model, id, 0, 4, o);
+            let bounds = lamina_node::limits::PeerBounds {
+                connect_within: Duration::from_millis(500),
+                ..Default::default()
+            };
+            let d1 = client().with_bounds(bounds);
+            let (_a, mut ra) = open_session(&d1, &hop, id, 1).await;
+            assert!(matches!(
+                recv(&mut ra).await,
+                Some(Message::SessionOpened(_))
+            ));
+            let (_b, mut rb) = open_session(&d1, &hop, id, 2).await;
+            assert!(matches!(
+                recv(&mut rb).await,
+                Some(Message::SessionOpened(_))
+            ));
+            // A third stream on the connection waits for credit the server never gives:
+            // the dialer's deadline ends the wait with a typed error.
+            match d1.open_stream(&hop.addr.to_string(), hop.peer).await {
+                Err(DataPlaneError::ConnectTimeout { .. }) => {}
+                Err(e) => panic!("expected ConnectTimeout, got {e}"),
+                Ok(_) => panic!("a third stream opened on a connection allowed two"),
+            }
+            // Another peer's connection is over the node's limit of one.
+            let d2 = client();
+            let conn = d2
+                .connection(&hop.addr.to_string(), hop.peer)
+                .await
+                .expect("the handshake itself succeeds");
+            let reason = tokio::time::timeout(Duration::from_secs(10), conn.closed())
+                .await
+                .expect("closed by the server");
+            assert!(
+                matches!(&reason, quinn::ConnectionError::ApplicationClosed(c)
+                    if c.error_code == lamina_node::session::CLOSE_OVER_LIMIT.into()),
+                "{reason:?}"
+            );
+            assert_eq!(hop.server.refusals().get(Bound::Connections), 1);
+            assert_eq!(hop.server.connections().counts(), (1, 1));
+        })
+        .await
+        .expect("test finished in time");
+    });
+}
+
+#[test]
 fn a_peer_that_stops_reading_does_not_hold_a_send() {
     runtime().block_on(async {
         tokio::time::timeout(Duration::from_secs(60), async {
