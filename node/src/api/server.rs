@@ -2,8 +2,6 @@
 //! keep: connections at once, a deadline on each request's headers (slowloris), and a
 //! deadline and size cap on each body ([`bounded_body`]).
 
-use std::sync::Arc;
-
 use axum::extract::{Request, State};
 use axum::http::StatusCode;
 use axum::middleware::Next;
@@ -12,15 +10,15 @@ use axum::Router;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use super::ApiError;
-use crate::limits::{Bound, HttpBounds, Refusals};
+use crate::limits::{Bound, ConnRefused, Connections, HttpBounds, Refusals};
 
 /// Serves `app` on `listener` until `stop`, then lets open connections finish their
-/// requests. A connection over [`HttpBounds::max_connections`] is closed at accept
-/// (counted as a refusal): answering it would take the very resources the cap protects.
+/// requests. A connection over [`HttpBounds::max_connections`] (in all, or from its IP
+/// address) is closed at accept (counted as a refusal): answering it would take the very
+/// resources the cap protects.
 pub async fn serve(
     listener: TcpListener,
     app: Router,
@@ -28,7 +26,8 @@ pub async fn serve(
     refusals: Refusals,
     stop: CancellationToken,
 ) {
-    let slots = Arc::new(Semaphore::new(bounds.max_connections.max(1)));
+    let held: Connections<std::net::IpAddr> =
+        Connections::new(bounds.max_connections, bounds.max_connections_per_ip);
     let mut conns = tokio::task::JoinSet::new();
     loop {
         let (stream, addr) = tokio::select! {
@@ -43,11 +42,17 @@ pub async fn serve(
                 }
             },
         };
-        let Ok(permit) = slots.clone().try_acquire_owned() else {
-            refusals.count(Bound::HttpConnections);
-            tracing::debug!(%addr, "refused an HTTP connection: at the cap");
-            drop(stream);
-            continue;
+        let permit = match held.admit(addr.ip()) {
+            Ok(p) => p,
+            Err(refused) => {
+                refusals.count(match refused {
+                    ConnRefused::Total(_) => Bound::HttpConnections,
+                    ConnRefused::PerPeer(_) => Bound::HttpIpConnections,
+                });
+                tracing::debug!(%addr, "refused an HTTP connection: {refused}");
+                drop(stream);
+                continue;
+            }
         };
         while conns.try_join_next().is_some() {}
         let svc = TowerToHyperService::new(app.clone());

@@ -1,7 +1,9 @@
-//! Data-plane connections counted in all and per peer: the accept loop takes a
-//! [`ConnGuard`] for each connection it keeps, and the count drops with the guard.
+//! Connections counted in all and per peer (a data-plane peer id, an HTTP client's IP
+//! address): the accept loop takes a [`ConnGuard`] for each connection it keeps, and the
+//! count drops with the guard.
 
 use std::collections::HashMap;
+use std::hash::Hash;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use libp2p::PeerId;
@@ -15,45 +17,58 @@ pub enum ConnRefused {
     PerPeer(usize),
 }
 
-/// The connections a node holds, by peer.
-#[derive(Clone, Debug)]
-pub struct Connections {
-    inner: Arc<Mutex<Counts>>,
+/// The connections a node holds, by peer (`K`: a data-plane peer id, `None` for one that
+/// proved none; an HTTP client's IP address).
+#[derive(Debug)]
+pub struct Connections<K = Option<PeerId>> {
+    inner: Arc<Mutex<Counts<K>>>,
     max_total: usize,
     max_per_peer: usize,
 }
 
-#[derive(Debug, Default)]
-struct Counts {
+impl<K> Clone for Connections<K> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            max_total: self.max_total,
+            max_per_peer: self.max_per_peer,
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Counts<K> {
     total: usize,
     /// Only peers with at least one connection: a departed peer leaves no entry.
-    by_peer: HashMap<Option<PeerId>, usize>,
+    by_peer: HashMap<K, usize>,
 }
 
 /// One counted connection; uncounted when dropped.
 #[derive(Debug)]
-pub struct ConnGuard {
-    inner: Arc<Mutex<Counts>>,
-    peer: Option<PeerId>,
+pub struct ConnGuard<K: Hash + Eq = Option<PeerId>> {
+    inner: Arc<Mutex<Counts<K>>>,
+    peer: K,
 }
 
-impl Connections {
+impl<K: Hash + Eq + Clone> Connections<K> {
     pub fn new(max_total: usize, max_per_peer: usize) -> Self {
         Self {
-            inner: Arc::default(),
+            inner: Arc::new(Mutex::new(Counts {
+                total: 0,
+                by_peer: HashMap::new(),
+            })),
             max_total,
             max_per_peer,
         }
     }
 
-    /// Counts a connection from `peer` (`None`: a peer that proved no id) if both
-    /// limits allow it.
-    pub fn admit(&self, peer: Option<PeerId>) -> Result<ConnGuard, ConnRefused> {
+    /// Counts a connection from `peer` if both limits allow it.
+    pub fn admit(&self, peer: K) -> Result<ConnGuard<K>, ConnRefused> {
         let mut c = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
         if c.total >= self.max_total {
             return Err(ConnRefused::Total(self.max_total));
         }
-        let n = c.by_peer.entry(peer).or_insert(0);
+        let n = c.by_peer.entry(peer.clone()).or_insert(0);
         if *n >= self.max_per_peer {
             return Err(ConnRefused::PerPeer(self.max_per_peer));
         }
@@ -72,7 +87,7 @@ impl Connections {
     }
 }
 
-impl Drop for ConnGuard {
+impl<K: Hash + Eq> Drop for ConnGuard<K> {
     fn drop(&mut self) {
         let mut c = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
         c.total = c.total.saturating_sub(1);

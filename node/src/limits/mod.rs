@@ -119,6 +119,9 @@ impl Default for PeerBounds {
 pub struct HttpBounds {
     /// Connections at once (default 256); more are closed at accept.
     pub max_connections: usize,
+    /// Connections at once from one IP address (default 32), so that one client cannot
+    /// take every connection slot from the others.
+    pub max_connections_per_ip: usize,
     /// A request's headers must arrive this soon after the connection or the previous
     /// request (default 10 s; slowloris).
     pub header_within: Duration,
@@ -132,6 +135,7 @@ impl Default for HttpBounds {
     fn default() -> Self {
         Self {
             max_connections: 256,
+            max_connections_per_ip: 32,
             header_within: Duration::from_secs(10),
             body_within: Duration::from_secs(30),
             max_body_bytes: 4 << 20,

@@ -27,6 +27,8 @@ pub enum Bound {
     Handshakes,
     /// An HTTP connection over the cap.
     HttpConnections,
+    /// An HTTP connection over the cap of its IP address.
+    HttpIpConnections,
     /// An HTTP request whose headers or body came too slowly.
     HttpDeadline,
     /// An HTTP request body over the size limit.
@@ -35,7 +37,7 @@ pub enum Bound {
 
 impl Bound {
     /// Every bound, in the order [`Refusals::snapshot`] lists them.
-    pub const ALL: [Bound; 12] = [
+    pub const ALL: [Bound; 13] = [
         Bound::Sessions,
         Bound::KvBudget,
         Bound::StepRows,
@@ -46,6 +48,7 @@ impl Bound {
         Bound::PeerConnections,
         Bound::Handshakes,
         Bound::HttpConnections,
+        Bound::HttpIpConnections,
         Bound::HttpDeadline,
         Bound::HttpBody,
     ];
@@ -63,6 +66,7 @@ impl Bound {
             Bound::PeerConnections => "peer_connections",
             Bound::Handshakes => "handshakes",
             Bound::HttpConnections => "http_connections",
+            Bound::HttpIpConnections => "http_ip_connections",
             Bound::HttpDeadline => "http_deadline",
             Bound::HttpBody => "http_body",
         }
@@ -76,7 +80,7 @@ impl Bound {
 /// Refusal counters, shared (cloning shares them).
 #[derive(Clone, Debug, Default)]
 pub struct Refusals {
-    counts: Arc<[AtomicU64; 12]>,
+    counts: Arc<[AtomicU64; 13]>,
 }
 
 impl Refusals {

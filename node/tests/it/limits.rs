@@ -429,7 +429,8 @@ fn http_bounds_hold_headers_bodies_and_connections() {
     runtime().block_on(async {
         tokio::time::timeout(Duration::from_secs(60), async {
             let bounds = HttpBounds {
-                max_connections: 2,
+                max_connections: 3,
+                max_connections_per_ip: 2,
                 header_within: Duration::from_millis(300),
                 body_within: Duration::from_millis(300),
                 max_body_bytes: 1024,
@@ -469,7 +470,8 @@ fn http_bounds_hold_headers_bodies_and_connections() {
             assert!(h.refusals.get(Bound::HttpDeadline) >= 2, "header and body");
             assert_eq!(h.refusals.get(Bound::HttpBody), 1);
 
-            // Two idle connections take both slots; the third is closed unanswered.
+            // Two idle connections from 127.0.0.1 take its share; its third is closed
+            // unanswered, while another address is still served.
             let hold: Vec<_> = (0..2)
                 .map(|_| std::net::TcpStream::connect(addr).unwrap())
                 .collect();
@@ -478,6 +480,16 @@ fn http_bounds_hold_headers_bodies_and_connections() {
                 exchange(addr, b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
             });
             assert_eq!(third.await.unwrap(), "", "closed without an answer");
+            assert_eq!(h.refusals.get(Bound::HttpIpConnections), 1);
+            let other = from_address([127, 0, 0, 2], addr).await;
+            assert!(other.starts_with("HTTP/1.1 200"), "{other}");
+            // Held from .2 as well, the node is at its cap of three: .3 is refused too.
+            let sock = tokio::net::TcpSocket::new_v4().unwrap();
+            sock.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+            let _held2 = sock.connect(addr).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let refused = from_address([127, 0, 0, 3], addr).await;
+            assert_eq!(refused, "", "closed without an answer");
             assert_eq!(h.refusals.get(Bound::HttpConnections), 1);
             drop(hold);
             // The held connections time out on their headers and free their slots.
@@ -491,4 +503,18 @@ fn http_bounds_hold_headers_bodies_and_connections() {
         .await
         .expect("test finished in time");
     });
+}
+
+/// `GET /` from the loopback address `ip`; what came back before the server closed.
+async fn from_address(ip: [u8; 4], addr: std::net::SocketAddr) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.bind((ip, 0).into()).unwrap();
+    let mut s = sock.connect(addr).await.unwrap();
+    let _ = s
+        .write_all(b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+        .await;
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
 }
