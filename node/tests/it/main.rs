@@ -24,6 +24,7 @@ mod cli;
 mod dataplane_bad_input;
 mod failover;
 mod mesh;
+mod mesh_bounds;
 mod model_pull;
 mod openai_python;
 mod pipeline_smollm2;
