@@ -56,6 +56,7 @@ pub struct Metrics {
 struct MeshMetrics {
     gossip_refused: Family<ReasonLabels, Counter>,
     gossip_verified: Counter,
+    gossip_received: Counter,
     p2p_refused: Family<ReasonLabels, Counter>,
     measured_tps: Family<PeerLabels, Gauge<f64, AtomicU64>>,
     demoted: Family<PeerLabels, Gauge>,
@@ -68,6 +69,7 @@ impl MeshMetrics {
         let m = Self {
             gossip_refused: Family::default(),
             gossip_verified: Counter::default(),
+            gossip_received: Counter::default(),
             p2p_refused: Family::default(),
             measured_tps: Family::default(),
             demoted: Family::default(),
@@ -82,6 +84,11 @@ impl MeshMetrics {
             "lamina_gossip_verified",
             "Gossiped records verified (each distinct record once)",
             m.gossip_verified.clone(),
+        );
+        registry.register(
+            "lamina_gossip_received",
+            "Gossiped records received (every copy from every peer; most cost a hash only)",
+            m.gossip_received.clone(),
         );
         registry.register(
             "lamina_p2p_connections_refused",
@@ -306,6 +313,7 @@ impl Metrics {
             raise_to(&mm.p2p_refused.get_or_create(&ReasonLabels { reason }), *n);
         }
         raise_to(&mm.gossip_verified, snap.gossip_verified);
+        raise_to(&mm.gossip_received, snap.gossip_received);
         let rtts: std::collections::HashSet<String> =
             snap.obs.rtt.keys().map(ToString::to_string).collect();
         self.retain_hop_rtts(|peer| rtts.contains(peer));

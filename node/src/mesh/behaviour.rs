@@ -94,6 +94,8 @@ pub fn connection_limits(limits: &MeshLimits) -> connection_limits::ConnectionLi
     connection_limits::ConnectionLimits::default()
         .with_max_established_incoming(Some(limits.max_inbound))
         .with_max_pending_incoming(Some(limits.max_pending_inbound))
+        .with_max_established_outgoing(Some(limits.max_outbound))
+        .with_max_pending_outgoing(Some(limits.max_pending_outbound))
         .with_max_established_per_peer(Some(limits.max_per_peer))
 }
 

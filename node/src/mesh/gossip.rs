@@ -47,6 +47,9 @@ pub enum Refusal {
     /// Its signer is not a member of this node's mesh.
     #[error("its signer is not a member: {0}")]
     Gate(MemberError),
+    /// A new peer while the table holds [`super::table::MAX_RECORDS`] records.
+    #[error("the table is full")]
+    TableFull,
 }
 
 impl Refusal {
@@ -56,6 +59,7 @@ impl Refusal {
             Refusal::RateLimited => "rate",
             Refusal::SyncRateLimited => "sync_rate",
             Refusal::Gate(_) => "gate",
+            Refusal::TableFull => "table_full",
             Refusal::Invalid(e) => match e {
                 AnnounceError::BadSignature | AnnounceError::BadKey(_) => "signature",
                 AnnounceError::WrongSigner { .. } => "signer",
@@ -155,6 +159,8 @@ pub struct Intake {
     cache: VerifiedCache,
     verify: HashMap<PeerId, TokenBucket>,
     sync: HashMap<PeerId, TokenBucket>,
+    /// Records screened (every copy from every peer), for figures.
+    pub received: u64,
     /// Records verified (cache misses that passed), for tests and figures.
     pub verified: u64,
     pub refused: RefusalCounts,
@@ -167,6 +173,7 @@ impl Intake {
             cache: VerifiedCache::new(limits.verified_cache),
             verify: HashMap::new(),
             sync: HashMap::new(),
+            received: 0,
             verified: 0,
             refused: RefusalCounts::new(),
         }
@@ -196,6 +203,7 @@ impl Intake {
         signed: &SignedAnnouncement,
         now_ms: u64,
     ) -> Result<Announcement, Refusal> {
+        self.received += 1;
         let hash = record_hash(signed);
         if let Some(a) = self.cache.get(&hash) {
             if !a.withdrawn && now_ms >= a.expires_at_ms {

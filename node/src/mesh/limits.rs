@@ -31,6 +31,12 @@ pub struct MeshLimits {
     pub max_inbound: u32,
     /// Inbound connections still in their handshake. Default 32.
     pub max_pending_inbound: u32,
+    /// Established outbound connections in total. Default 256: this node dials the peers
+    /// it gossips with ([`super::behaviour::MAX_PEERS`]) and the ones Kademlia and mDNS
+    /// name, which a peer's answers could otherwise make unbounded.
+    pub max_outbound: u32,
+    /// Outbound connections still dialing. Default 64.
+    pub max_pending_outbound: u32,
     /// Established connections with one peer, both directions. Default 4 (a QUIC and a
     /// TCP connection each way while two nodes dial each other at once).
     pub max_per_peer: u32,
@@ -50,6 +56,8 @@ impl Default for MeshLimits {
             sync_burst: 8.0,
             max_inbound: 256,
             max_pending_inbound: 32,
+            max_outbound: 256,
+            max_pending_outbound: 64,
             max_per_peer: 4,
             departed_grace: Duration::from_secs(30),
         }

@@ -127,6 +127,7 @@ impl MeshState {
             speeds: self.speeds.clone(),
             gossip_refused: self.intake.refused.clone(),
             gossip_verified: self.intake.verified,
+            gossip_received: self.intake.received,
             connections_refused: self.connections_refused.clone(),
         }
     }
@@ -153,6 +154,8 @@ pub struct MeshSnapshot {
     pub gossip_refused: RefusalCounts,
     /// Gossiped records verified (each distinct record once).
     pub gossip_verified: u64,
+    /// Gossiped records received (every copy from every peer).
+    pub gossip_received: u64,
     /// libp2p connections refused for exceeding a limit, by the limit.
     pub connections_refused: RefusalCounts,
 }

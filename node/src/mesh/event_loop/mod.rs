@@ -349,8 +349,10 @@ impl EventLoop {
             return Err(intake.count(Refusal::Invalid(AnnounceError::Field("peer_id"))));
         };
         let outcome = self.state.table.would_take(&peer, record.seq);
-        if !matches!(outcome, Inserted::New | Inserted::Updated) {
-            return Ok(outcome);
+        match outcome {
+            Inserted::New | Inserted::Updated => {}
+            Inserted::Full => return Err(intake.count(Refusal::TableFull)),
+            Inserted::Stale => return Ok(outcome),
         }
         if let Err(e) = self
             .gate
@@ -643,6 +645,8 @@ fn limit_reason(e: &libp2p::connection_limits::Exceeded) -> &'static str {
     match e.to_string() {
         t if t.contains("pending incoming") => "pending_inbound",
         t if t.contains("established incoming") => "inbound",
+        t if t.contains("pending outgoing") => "pending_outbound",
+        t if t.contains("established outgoing") => "outbound",
         t if t.contains("per peer") => "per_peer",
         _ => "other",
     }
