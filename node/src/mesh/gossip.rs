@@ -11,9 +11,11 @@
 //! honest relays at their own budgets. Sync requests have a budget of their own, since each
 //! answer carries the whole table.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
-use lamina_protocol::{AnnounceError, Announcement, MemberError, SignedAnnouncement};
+use lamina_protocol::{
+    AnnounceError, Announcement, MemberError, SignedAnnouncement, SignedRevocation,
+};
 use libp2p::PeerId;
 
 use super::limits::MeshLimits;
@@ -31,6 +33,15 @@ pub fn record_hash(s: &SignedAnnouncement) -> RecordHash {
     *h.finalize().as_bytes()
 }
 
+/// The identity of a signed revocation: blake3 of its encoding.
+pub fn revocation_hash(r: &SignedRevocation) -> RecordHash {
+    *blake3::hash(&r.to_bytes()).as_bytes()
+}
+
+/// Revocations remembered as handled, at most: twice what a gate keeps
+/// ([`crate::trust::gate::MAX_REVOCATIONS`]); past it the memory starts over.
+const MAX_SEEN_REVOCATIONS: usize = 2 * crate::trust::gate::MAX_REVOCATIONS;
+
 /// Why a gossiped record (or a sync request) was not taken. Each has a metric label.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Refusal {
@@ -47,6 +58,9 @@ pub enum Refusal {
     /// Its signer is not a member of this node's mesh.
     #[error("its signer is not a member: {0}")]
     Gate(MemberError),
+    /// The sender spent its budget of revocation checks (or of membership messages).
+    #[error("the sender is over its revocation budget")]
+    RevocationRateLimited,
     /// A new peer while the table holds [`super::table::MAX_RECORDS`] records.
     #[error("the table is full")]
     TableFull,
@@ -60,6 +74,7 @@ impl Refusal {
             Refusal::SyncRateLimited => "sync_rate",
             Refusal::Gate(_) => "gate",
             Refusal::TableFull => "table_full",
+            Refusal::RevocationRateLimited => "revocation_rate",
             Refusal::Invalid(e) => match e {
                 AnnounceError::BadSignature | AnnounceError::BadKey(_) => "signature",
                 AnnounceError::WrongSigner { .. } => "signer",
@@ -159,6 +174,11 @@ pub struct Intake {
     cache: VerifiedCache,
     verify: HashMap<PeerId, TokenBucket>,
     sync: HashMap<PeerId, TokenBucket>,
+    /// Membership messages and revocation checks, per peer.
+    member: HashMap<PeerId, TokenBucket>,
+    revoke: HashMap<PeerId, TokenBucket>,
+    /// Revocations already handled (learnt, or known), by hash: not checked again.
+    revocations_seen: HashSet<RecordHash>,
     /// Records screened (every copy from every peer), for figures.
     pub received: u64,
     /// Records verified (cache misses that passed), for tests and figures.
@@ -173,6 +193,9 @@ impl Intake {
             cache: VerifiedCache::new(limits.verified_cache),
             verify: HashMap::new(),
             sync: HashMap::new(),
+            member: HashMap::new(),
+            revoke: HashMap::new(),
+            revocations_seen: HashSet::new(),
             received: 0,
             verified: 0,
             refused: RefusalCounts::new(),
@@ -191,6 +214,58 @@ impl Intake {
         } else {
             Err(self.count(Refusal::SyncRateLimited))
         }
+    }
+
+    /// Whether `from`'s membership message may be read and answered at `now_ms` (each
+    /// answer carries every revocation this node knows).
+    pub fn admit_member(&mut self, from: PeerId, now_ms: u64) -> Result<(), Refusal> {
+        let (rate, burst) = (self.limits.member_per_sec, self.limits.member_burst);
+        let b = self
+            .member
+            .entry(from)
+            .or_insert_with(|| TokenBucket::full(burst, now_ms));
+        if b.take(now_ms, rate, burst) {
+            Ok(())
+        } else {
+            Err(self.count(Refusal::RevocationRateLimited))
+        }
+    }
+
+    /// Whether revocation `r` from `from` needs checking: `Ok(None)` when it was handled
+    /// before (a hash, no signature check), `Ok(Some(hash))` when it is new and within
+    /// `from`'s budget (pass the hash to [`revocation_handled`](Self::revocation_handled)
+    /// once checked).
+    pub fn screen_revocation(
+        &mut self,
+        from: PeerId,
+        r: &SignedRevocation,
+        now_ms: u64,
+    ) -> Result<Option<RecordHash>, Refusal> {
+        let hash = revocation_hash(r);
+        if self.revocations_seen.contains(&hash) {
+            return Ok(None);
+        }
+        let (rate, burst) = (
+            self.limits.revocations_per_sec,
+            self.limits.revocations_burst,
+        );
+        let b = self
+            .revoke
+            .entry(from)
+            .or_insert_with(|| TokenBucket::full(burst, now_ms));
+        if b.take(now_ms, rate, burst) {
+            Ok(Some(hash))
+        } else {
+            Err(self.count(Refusal::RevocationRateLimited))
+        }
+    }
+
+    /// Remembers a revocation as handled (a valid one, learnt or already known).
+    pub fn revocation_handled(&mut self, hash: RecordHash) {
+        if self.revocations_seen.len() >= MAX_SEEN_REVOCATIONS {
+            self.revocations_seen.clear();
+        }
+        self.revocations_seen.insert(hash);
     }
 
     /// The record `signed` carries, verified at `now_ms`: from the cache when it was
@@ -242,16 +317,18 @@ impl Intake {
     pub fn retain_peers(&mut self, keep: impl Fn(&PeerId) -> bool) {
         self.verify.retain(|p, _| keep(p));
         self.sync.retain(|p, _| keep(p));
-    }
-
-    /// Peers with a budget.
-    pub fn peers(&self) -> usize {
-        self.peer_ids().count()
+        self.member.retain(|p, _| keep(p));
+        self.revoke.retain(|p, _| keep(p));
     }
 
     /// The peers with a budget (some may appear twice).
     pub fn peer_ids(&self) -> impl Iterator<Item = PeerId> + '_ {
-        self.verify.keys().chain(self.sync.keys()).copied()
+        self.verify
+            .keys()
+            .chain(self.sync.keys())
+            .chain(self.member.keys())
+            .chain(self.revoke.keys())
+            .copied()
     }
 
     pub fn cached(&self) -> usize {
@@ -359,6 +436,43 @@ mod tests {
         assert_eq!(i.admit_sync(p, 10), Err(Refusal::SyncRateLimited));
         assert!(i.admit_sync(p, 1010).is_ok());
         assert_eq!(i.refused.get("sync_rate"), Some(&1));
+    }
+
+    #[test]
+    fn a_revocation_is_checked_once_and_new_ones_are_budgeted() {
+        use lamina_protocol::{MeshKey, Revocation};
+        let k = libp2p::identity::ed25519::Keypair::generate();
+        let mesh = MeshKey::from_bytes(k.public().to_bytes());
+        let rev = || {
+            let r = Revocation {
+                mesh,
+                peer: PeerId::random().to_bytes(),
+                issued_unix: 1,
+            };
+            SignedRevocation::sign(&r, &k).unwrap()
+        };
+        let mut i = Intake::new(MeshLimits {
+            revocations_per_sec: 0.0,
+            revocations_burst: 2.0,
+            member_per_sec: 0.0,
+            member_burst: 1.0,
+            ..MeshLimits::default()
+        });
+        let from = PeerId::random();
+        let known = rev();
+        let h = i.screen_revocation(from, &known, 0).unwrap().unwrap();
+        i.revocation_handled(h);
+        for _ in 0..10 {
+            assert_eq!(i.screen_revocation(from, &known, 0), Ok(None));
+        }
+        assert!(i.screen_revocation(from, &rev(), 0).unwrap().is_some());
+        assert_eq!(
+            i.screen_revocation(from, &rev(), 0),
+            Err(Refusal::RevocationRateLimited)
+        );
+        assert!(i.admit_member(from, 0).is_ok());
+        assert!(i.admit_member(from, 0).is_err());
+        assert_eq!(i.refused.get("revocation_rate"), Some(&2));
     }
 
     #[test]

@@ -26,6 +26,17 @@ pub struct MeshLimits {
     pub sync_per_sec: f64,
     /// Sync requests one peer may send at once. Default 8.
     pub sync_burst: f64,
+    /// Membership messages per second one peer is answered (each answer carries every
+    /// revocation known). Default 2: one per connection, plus forwarded revocations.
+    pub member_per_sec: f64,
+    /// Membership messages one peer may send at once. Default 16.
+    pub member_burst: f64,
+    /// Revocations not seen before whose signature one peer can make this node check
+    /// per second. Default 16 (revocations are rare; known ones cost a hash).
+    pub revocations_per_sec: f64,
+    /// Revocation checks one peer may spend at once. Default 1024, one full message
+    /// ([`super::behaviour::MAX_REVOCATIONS_PER_MESSAGE`]).
+    pub revocations_burst: f64,
     /// Established inbound libp2p connections in total. Default 256 (twice the peers this
     /// node dials itself, [`super::behaviour::MAX_PEERS`]).
     pub max_inbound: u32,
@@ -54,6 +65,10 @@ impl Default for MeshLimits {
             verified_cache: 8192,
             sync_per_sec: 4.0,
             sync_burst: 8.0,
+            member_per_sec: 2.0,
+            member_burst: 16.0,
+            revocations_per_sec: 16.0,
+            revocations_burst: 1024.0,
             max_inbound: 256,
             max_pending_inbound: 32,
             max_outbound: 256,

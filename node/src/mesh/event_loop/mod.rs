@@ -536,6 +536,13 @@ impl EventLoop {
                     request_response::Message::Request {
                         request, channel, ..
                     } => {
+                        if let Err(e) = self.state.intake.admit_member(peer, now_ms()) {
+                            // Neither read nor answered: each answer carries every
+                            // revocation, and each message may carry a thousand.
+                            tracing::debug!(%peer, "membership message: {e}");
+                            self.dirty = true;
+                            return;
+                        }
                         let reply = self.member_hello(self.gate.read(|g| g.revocations()));
                         let _ = self
                             .swarm
