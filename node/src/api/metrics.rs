@@ -24,6 +24,11 @@ struct PeerLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct InputLabels {
     input: &'static str,
 }
@@ -59,6 +64,69 @@ pub struct Metrics {
     refusals: crate::limits::Refusals,
     refused: Family<BoundLabels, Gauge>,
     kv_bytes: Family<KvLabels, Gauge>,
+    mesh: MeshMetrics,
+}
+
+/// The mesh's figures, from its snapshots ([`Metrics::set_mesh`]).
+struct MeshMetrics {
+    gossip_refused: Family<ReasonLabels, Counter>,
+    gossip_verified: Counter,
+    gossip_received: Counter,
+    p2p_refused: Family<ReasonLabels, Counter>,
+    measured_tps: Family<PeerLabels, Gauge<f64, AtomicU64>>,
+    demoted: Family<PeerLabels, Gauge>,
+    /// The peers with a measured-speed gauge, so departed ones can be dropped.
+    measured_peers: std::sync::Mutex<std::collections::HashSet<String>>,
+}
+
+impl MeshMetrics {
+    fn register(registry: &mut Registry) -> Self {
+        let m = Self {
+            gossip_refused: Family::default(),
+            gossip_verified: Counter::default(),
+            gossip_received: Counter::default(),
+            p2p_refused: Family::default(),
+            measured_tps: Family::default(),
+            demoted: Family::default(),
+            measured_peers: std::sync::Mutex::default(),
+        };
+        registry.register(
+            "lamina_gossip_refused",
+            "Gossiped records and sync requests refused, by reason",
+            m.gossip_refused.clone(),
+        );
+        registry.register(
+            "lamina_gossip_verified",
+            "Gossiped records verified (each distinct record once)",
+            m.gossip_verified.clone(),
+        );
+        registry.register(
+            "lamina_gossip_received",
+            "Gossiped records received (every copy from every peer; most cost a hash only)",
+            m.gossip_received.clone(),
+        );
+        registry.register(
+            "lamina_p2p_connections_refused",
+            "libp2p connections refused for exceeding a limit, by limit",
+            m.p2p_refused.clone(),
+        );
+        registry.register(
+            "lamina_peer_measured_tokens_per_sec",
+            "A hop's speed as this node measured it (probes)",
+            m.measured_tps.clone(),
+        );
+        registry.register(
+            "lamina_peer_demoted",
+            "1 when a hop measured far below its announced speed (its claim is ignored)",
+            m.demoted.clone(),
+        );
+        m
+    }
+}
+
+/// Raises `c` to `total` (a counter mirrored from a running total elsewhere).
+fn raise_to(c: &Counter, total: u64) {
+    c.inc_by(total.saturating_sub(c.get()));
 }
 
 impl Default for Metrics {
@@ -153,6 +221,7 @@ impl Metrics {
             "The session server's KV budget: bytes reserved by open sessions, and the total",
             kv_bytes.clone(),
         );
+        let mesh = MeshMetrics::register(&mut registry);
         Self {
             registry,
             http_requests,
@@ -170,6 +239,7 @@ impl Metrics {
             refusals: crate::limits::Refusals::default(),
             refused,
             kv_bytes,
+            mesh,
         }
     }
 
@@ -257,6 +327,56 @@ impl Metrics {
             }
             k
         });
+    }
+
+    /// Follows the mesh: refusals, verifications, RTTs and measured speeds of the peers it
+    /// knows. A peer the mesh forgot (departed) loses its labels here.
+    pub fn set_mesh(&self, snap: &crate::mesh::MeshSnapshot) {
+        let mm = &self.mesh;
+        for (reason, n) in &snap.gossip_refused {
+            raise_to(
+                &mm.gossip_refused.get_or_create(&ReasonLabels { reason }),
+                *n,
+            );
+        }
+        for (reason, n) in &snap.connections_refused {
+            raise_to(&mm.p2p_refused.get_or_create(&ReasonLabels { reason }), *n);
+        }
+        raise_to(&mm.gossip_verified, snap.gossip_verified);
+        raise_to(&mm.gossip_received, snap.gossip_received);
+        let rtts: std::collections::HashSet<String> =
+            snap.obs.rtt.keys().map(ToString::to_string).collect();
+        self.retain_hop_rtts(|peer| rtts.contains(peer));
+        for (peer, rtt) in &snap.obs.rtt {
+            self.set_hop_rtt(&peer.to_string(), rtt.as_secs_f64());
+        }
+        let measured: Vec<(String, f64, bool)> = snap
+            .speeds
+            .peers()
+            .filter_map(|p| {
+                let m = snap.speeds.get(&p)?;
+                Some((p.to_string(), m.tokens_per_sec, m.demoted))
+            })
+            .collect();
+        let mut peers = mm
+            .measured_peers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        peers.retain(|p| {
+            let keep = measured.iter().any(|(q, _, _)| q == p);
+            if !keep {
+                let l = PeerLabels { peer: p.clone() };
+                mm.measured_tps.remove(&l);
+                mm.demoted.remove(&l);
+            }
+            keep
+        });
+        for (peer, tps, demoted) in measured {
+            let l = PeerLabels { peer: peer.clone() };
+            mm.measured_tps.get_or_create(&l).set(tps);
+            mm.demoted.get_or_create(&l).set(i64::from(demoted));
+            peers.insert(peer);
+        }
     }
 
     /// The session server's count, set by whoever owns it.

@@ -282,6 +282,15 @@ impl Node {
             } else {
                 None
             };
+            if config.api_chain.is_none() {
+                // This node plans routes: it measures their candidates.
+                tasks.spawn(crate::mesh::probe::run(
+                    mesh.clone(),
+                    dialer.clone(),
+                    crate::mesh::probe::ProbeOptions::new(cfg.dim),
+                    token.child_token(),
+                ));
+            }
             let (routes, status): (Arc<dyn RouteSource>, crate::api::StatusSource) =
                 match &config.api_chain {
                     Some(f) => {
@@ -410,11 +419,7 @@ async fn follow(
             metrics.set_session_inputs(s.inputs().tokens(), s.inputs().hidden());
             metrics.set_kv_budget(s.kv_budget().used(), s.kv_budget().total());
         }
-        let snap = mesh.snapshot();
-        metrics.retain_hop_rtts(|peer| snap.obs.rtt.keys().any(|p| p.to_string() == peer));
-        for (peer, rtt) in &snap.obs.rtt {
-            metrics.set_hop_rtt(&peer.to_string(), rtt.as_secs_f64());
-        }
+        metrics.set_mesh(&mesh.snapshot());
         let free = max_sessions.saturating_sub(active);
         if free != announced {
             announced = free;

@@ -12,6 +12,13 @@
 //! after the ban): a restarted node did not fail anyone yet. Its failure count is kept
 //! (and decays as usual), so a node in a crash loop is not welcomed back at full trust
 //! on every restart.
+//!
+//! Only the peer's own signed record can say it restarted: bans are keyed by [`PeerId`],
+//! and the caller takes `started_at` from the newest verified record of that very peer
+//! ([`super::state::MeshSnapshot::started_at`]), which the table keys by its signer.
+//! Since a hostile peer can sign a fresh `started_at` whenever it likes, a restart
+//! forgives only while few failures are remembered ([`BanPolicy::restart_forgives`]):
+//! past that, a ban runs its full term whatever the peer announces.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -27,6 +34,10 @@ pub struct BanPolicy {
     pub cap: Duration,
     /// Each period this long without a failure forgets one.
     pub quiet: Duration,
+    /// A restart lifts a ban early only while the peer's remembered failures are at most
+    /// this many: an honest node restarts after a crash or two, a peer that keeps failing
+    /// and keeps "restarting" serves its bans.
+    pub restart_forgives: u32,
 }
 
 impl Default for BanPolicy {
@@ -35,6 +46,7 @@ impl Default for BanPolicy {
             base: Duration::from_secs(5),
             cap: Duration::from_secs(300),
             quiet: Duration::from_secs(120),
+            restart_forgives: 3,
         }
     }
 }
@@ -116,7 +128,8 @@ impl Bans {
         started_at_ms: Option<u64>,
     ) -> Option<Duration> {
         let e = self.entries.get(peer)?;
-        let restarted = started_at_ms.is_some_and(|s| s > e.last_ms);
+        let forgivable = e.failures_at(now_ms, self.policy.quiet) <= self.policy.restart_forgives;
+        let restarted = forgivable && started_at_ms.is_some_and(|s| s > e.last_ms);
         (e.until_ms > now_ms && !restarted).then(|| Duration::from_millis(e.until_ms - now_ms))
     }
 
@@ -253,5 +266,38 @@ mod tests {
         // Failing again soon after the restart: the second failure's ban.
         assert_eq!(b.fail(peer(1), t + 2 * S), Duration::from_secs(10));
         assert_eq!(b.active(t + 3 * S, started), sorted(vec![peer(1), peer(2)]));
+    }
+
+    #[test]
+    fn only_the_banned_peers_own_restart_lifts_its_ban() {
+        let mut b = Bans::default();
+        let t = 1_000_000;
+        b.fail(peer(1), t);
+        // Another peer restarting says nothing about peer 1.
+        let others_restart = |c: &PeerId| (*c == peer(2)).then_some(t + S);
+        assert_eq!(b.active(t + 2 * S, others_restart), vec![peer(1)]);
+        // Peer 1's own incarnation from before the failure does not lift it either.
+        assert_eq!(b.active(t + 2 * S, |_| Some(t - 1)), vec![peer(1)]);
+        assert_eq!(b.active(t + 2 * S, |_| Some(t + S)), vec![]);
+    }
+
+    #[test]
+    fn a_peer_that_keeps_restarting_serves_its_bans() {
+        let mut b = Bans::default();
+        let t = 1_000_000;
+        // It signs a fresh incarnation after every failure.
+        let restarts = |c: &PeerId| (*c == peer(1)).then_some(u64::MAX);
+        for i in 0..3 {
+            b.fail(peer(1), t + i * S);
+            assert_eq!(
+                b.active(t + i * S, restarts),
+                vec![],
+                "failure {i} forgiven"
+            );
+        }
+        let ban = b.fail(peer(1), t + 3 * S);
+        assert_eq!(ban, Duration::from_secs(40));
+        assert_eq!(b.active(t + 4 * S, restarts), vec![peer(1)]);
+        assert!(b.remaining(&peer(1), t + 4 * S, Some(u64::MAX)).is_some());
     }
 }

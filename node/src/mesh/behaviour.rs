@@ -11,9 +11,13 @@ use libp2p::multiaddr::Protocol;
 use libp2p::request_response::{self, ProtocolSupport};
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::swarm::NetworkBehaviour;
-use libp2p::{identify, kad, mdns, noise, ping, tcp, yamux, Multiaddr, PeerId, StreamProtocol};
+use libp2p::{
+    connection_limits, identify, kad, mdns, noise, ping, tcp, yamux, Multiaddr, PeerId,
+    StreamProtocol,
+};
 use serde::{Deserialize, Serialize};
 
+use super::limits::MeshLimits;
 use super::MeshError;
 
 /// lamina's own protocol names, so a lamina mesh never mixes with IPFS's DHT.
@@ -66,6 +70,9 @@ pub struct Sync {
 
 #[derive(NetworkBehaviour)]
 pub struct Behaviour {
+    /// First, so a connection over [`MeshLimits`] is denied before any other behaviour
+    /// sets up state for it.
+    pub limits: connection_limits::Behaviour,
     pub kad: kad::Behaviour<kad::store::MemoryStore>,
     pub identify: identify::Behaviour,
     pub ping: ping::Behaviour,
@@ -82,10 +89,30 @@ pub struct SwarmOptions {
     pub mdns: bool,
 }
 
+/// libp2p's connection limits from [`MeshLimits`].
+pub fn connection_limits(limits: &MeshLimits) -> connection_limits::ConnectionLimits {
+    connection_limits::ConnectionLimits::default()
+        .with_max_established_incoming(Some(limits.max_inbound))
+        .with_max_pending_incoming(Some(limits.max_pending_inbound))
+        .with_max_established_outgoing(Some(limits.max_outbound))
+        .with_max_pending_outgoing(Some(limits.max_pending_outbound))
+        .with_max_established_per_peer(Some(limits.max_per_peer))
+}
+
+/// The swarm of `key` under the default [`MeshLimits`].
 pub fn build_swarm(
     key: &Keypair,
     opts: &SwarmOptions,
 ) -> Result<libp2p::Swarm<Behaviour>, MeshError> {
+    build_swarm_with(key, opts, &MeshLimits::default())
+}
+
+pub fn build_swarm_with(
+    key: &Keypair,
+    opts: &SwarmOptions,
+    limits: &MeshLimits,
+) -> Result<libp2p::Swarm<Behaviour>, MeshError> {
+    let conn_limits = connection_limits(limits);
     let swarm_err = |e: &dyn std::fmt::Display| MeshError::Swarm(e.to_string());
     let mdns_on = opts.mdns;
     let mut swarm = libp2p::SwarmBuilder::with_existing_identity(key.clone())
@@ -129,6 +156,7 @@ pub fn build_swarm(
                 request_response::Config::default().with_request_timeout(ADMISSION_TIMEOUT),
             );
             Ok(Behaviour {
+                limits: connection_limits::Behaviour::new(conn_limits),
                 member,
                 kad,
                 identify: identify::Behaviour::new(identify::Config::new(

@@ -13,8 +13,9 @@ use libp2p::{Multiaddr, PeerId};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
-use super::behaviour::{build_swarm, SwarmOptions};
+use super::behaviour::{build_swarm_with, SwarmOptions};
 use super::event_loop::{Command, EventLoop};
+use super::limits::MeshLimits;
 use super::plan::{self, PlannedRoute};
 use super::state::{MeshSnapshot, MeshState, OwnRecord};
 use super::status::{mesh_status, MeshStatus, RouteSummary};
@@ -53,13 +54,26 @@ impl MeshHandle {
         gate: SharedGate,
         stop: CancellationToken,
     ) -> Result<Self, MeshError> {
-        let swarm = build_swarm(&key, opts)?;
+        Self::start_with(key, opts, template, gate, stop, MeshLimits::default())
+    }
+
+    /// As [`start`](Self::start), under `limits`.
+    pub fn start_with(
+        key: Keypair,
+        opts: &SwarmOptions,
+        template: Announcement,
+        gate: SharedGate,
+        stop: CancellationToken,
+        limits: MeshLimits,
+    ) -> Result<Self, MeshError> {
+        let swarm = build_swarm_with(&key, opts, &limits)?;
         let me = key.public().to_peer_id();
         let (model_id, n_layers) = (template.model_id, template.n_layers as usize);
-        let state = MeshState::new(OwnRecord::new(template));
+        let state = MeshState::with_limits(OwnRecord::new(template), limits);
         let (snap_tx, snap_rx) = watch::channel(MeshSnapshot::default());
         let (cmd_tx, cmd_rx) = mpsc::channel(COMMAND_QUEUE);
-        tokio::spawn(EventLoop::new(swarm, state, key, cmd_rx, snap_tx, gate).run(stop));
+        let event_loop = EventLoop::new(swarm, state, key, cmd_rx, snap_tx, gate, limits);
+        tokio::spawn(event_loop.run(stop));
         Ok(Self {
             commands: cmd_tx,
             snapshots: snap_rx,
@@ -168,6 +182,41 @@ impl MeshHandle {
         }
     }
 
+    /// Records a measurement of `peer`'s speed (tokens/s through its announced range, as
+    /// [`super::probe`] takes it): routing uses it from the next snapshot on.
+    pub fn record_speed(&self, peer: PeerId, tokens_per_sec: f64) {
+        if let Err(e) = self
+            .commands
+            .try_send(Command::Measured(peer, tokens_per_sec))
+        {
+            tracing::warn!(%peer, "cannot record a measurement: {e}");
+        }
+    }
+
+    /// The peers a route could use now (serving this model's layers, reachable, not
+    /// banned, with a free slot, not this node): the ones worth measuring.
+    pub fn route_candidates(&self) -> Vec<(PeerId, Announcement)> {
+        let snap = self.snapshot();
+        let now = now_ms();
+        let banned: HashSet<PeerId> = snap
+            .bans
+            .banned(now, |p| snap.started_at(p))
+            .into_iter()
+            .collect();
+        snap.live(&self.model_id, now)
+            .into_iter()
+            .filter(|(p, a)| {
+                *p != self.me
+                    && a.layers.is_some()
+                    && a.free_slots > 0
+                    && a.state == lamina_protocol::NodeState::Serving
+                    && !banned.contains(p)
+                    && !snap.obs.unreachable.contains(p)
+            })
+            .map(|(p, a)| (p, a.clone()))
+            .collect()
+    }
+
     /// The live records of this node's model, cloned (sorted by peer id).
     pub fn live(&self) -> Vec<(PeerId, Announcement)> {
         let snap = self.snapshots.borrow();
@@ -223,6 +272,7 @@ impl MeshHandle {
             self.n_layers,
             now,
             &snap.obs,
+            &snap.speeds,
             &self.me,
         );
         plan::route(&view, &live)

@@ -11,6 +11,11 @@
 //! - [`table`]: verified announcements, newest per peer (pure);
 //! - [`plan`]: table -> the planners' view -> a chain of hops, or this node's range (pure);
 //! - [`bans`]: which peers failed generations and how long routes avoid them (pure);
+//! - [`gossip`]: what a gossiped record costs, bounded: verified once by hash, a budget
+//!   of verifications and of sync requests per sending peer (pure);
+//! - [`limits`]: [`MeshLimits`], every bound of the mesh side with its default;
+//! - [`speed`]: the speed book: measured speed over announced, demotion of liars (pure);
+//! - [`probe`]: the task that measures route candidates with probe sessions;
 //! - [`identity`]: the persistent ed25519 identity;
 //! - [`handover`]: hands a revocation to one member (`lamina mesh revoke`).
 //!
@@ -23,10 +28,14 @@
 pub mod bans;
 pub mod behaviour;
 pub mod event_loop;
+pub mod gossip;
 pub mod handle;
 pub mod handover;
 pub mod identity;
+pub mod limits;
 pub mod plan;
+pub mod probe;
+pub mod speed;
 pub mod state;
 pub mod status;
 pub mod table;
@@ -36,6 +45,7 @@ use std::time::Duration;
 pub use behaviour::SwarmOptions;
 pub use handle::MeshHandle;
 pub use identity::load_or_create_identity;
+pub use limits::MeshLimits;
 pub use state::MeshSnapshot;
 pub use status::{MeshStatus, PeerStatus, RouteSummary};
 
@@ -61,4 +71,7 @@ pub enum MeshError {
     Revocation(#[from] lamina_protocol::MemberError),
     #[error("the mesh event loop has stopped")]
     Stopped,
+    /// A probe session failed (see [`probe`]); it records nothing.
+    #[error("probe: {0}")]
+    Probe(String),
 }

@@ -12,6 +12,7 @@ use lamina_sharding::planner::{
 };
 use libp2p::PeerId;
 
+use super::speed::SpeedBook;
 use crate::pipeline::ChainHop;
 
 /// What the planners need to know about each peer besides its record.
@@ -63,14 +64,16 @@ pub fn placement_view(
     MeshView::new(&model.to_string(), n_layers, now_ms, records)
 }
 
-/// The view routing works on: serving, reachable nodes, with their RTTs. `me` (if it
-/// serves layers) costs no RTT.
+/// The view routing works on: serving, reachable nodes, with their RTTs, each at the
+/// speed the speed book believes of it (its measurement where this node measured it,
+/// its announced figure, a prior, otherwise). `me` (if it serves layers) costs no RTT.
 pub fn routing_view(
     live: &[(PeerId, &Announcement)],
     model: &ModelId,
     n_layers: usize,
     now_ms: u64,
     obs: &Observations,
+    speeds: &SpeedBook,
     me: &PeerId,
 ) -> MeshView {
     let records = live
@@ -82,7 +85,8 @@ pub fn routing_view(
             } else {
                 obs.rtt.get(p).copied()
             };
-            server_record(p, a, rtt, f64::from(a.tokens_per_sec))
+            let tps = speeds.effective(p, f64::from(a.tokens_per_sec), now_ms);
+            server_record(p, a, rtt, tps)
         });
     MeshView::new(&model.to_string(), n_layers, now_ms, records)
 }
@@ -234,14 +238,50 @@ mod tests {
         let model = a.model_id;
         let live = vec![(ks[0].0, &a), (ks[1].0, &b), (ks[2].0, &c)];
         let obs = Observations::default();
-        let view = routing_view(&live, &model, 30, 1, &obs, &ks[0].0);
+        let view = routing_view(&live, &model, 30, 1, &obs, &SpeedBook::default(), &ks[0].0);
         let r = route(&view, &live).unwrap();
         assert_eq!(r.peers, vec![ks[0].0, ks[1].0]);
         assert_eq!(r.hops[0].addr, "127.0.0.1:1000");
         let mut obs = Observations::default();
         obs.unreachable.insert(ks[1].0);
-        let view = routing_view(&live, &model, 30, 1, &obs, &ks[0].0);
+        let view = routing_view(&live, &model, 30, 1, &obs, &SpeedBook::default(), &ks[0].0);
         let e = route(&view, &live).unwrap_err();
         assert!(e.to_string().contains("15..30"), "{e}");
+    }
+
+    /// An inflated claim wins routes until the hop is measured; then it is ranked as an
+    /// honest hop announcing its measured speed would be.
+    #[test]
+    fn routes_follow_measured_speed_not_claims() {
+        let ks = keys(2);
+        let honest = record(&ks[0].1, 1, 0, Some((0, 30)));
+        let mut liar = record(&ks[1].1, 1, 0, Some((0, 30)));
+        liar.tokens_per_sec = 100.0 * honest.tokens_per_sec;
+        let model = honest.model_id;
+        let live = vec![(ks[0].0, &honest), (ks[1].0, &liar)];
+        let obs = Observations::default();
+        let me = PeerId::random();
+        let mut speeds = SpeedBook::default();
+        let plan = |speeds: &SpeedBook| {
+            let view = routing_view(&live, &model, 30, 1, &obs, speeds, &me);
+            route(&view, &live).unwrap().peers
+        };
+        assert_eq!(plan(&speeds), vec![ks[1].0], "the claim is the prior");
+        // Measured at half the honest hop's (announced, unmeasured) speed: demoted, and
+        // routed as a hop announcing that speed would be.
+        let measured = f64::from(honest.tokens_per_sec) / 2.0;
+        let m = speeds
+            .record(ks[1].0, measured, f64::from(liar.tokens_per_sec), 1)
+            .unwrap();
+        assert!(m.demoted);
+        assert_eq!(plan(&speeds), vec![ks[0].0]);
+        let mut as_honest = liar.clone();
+        as_honest.tokens_per_sec = measured as f32;
+        let live2 = vec![(ks[0].0, &honest), (ks[1].0, &as_honest)];
+        let view = routing_view(&live2, &model, 30, 1, &obs, &SpeedBook::default(), &me);
+        assert_eq!(route(&view, &live2).unwrap().peers, vec![ks[0].0]);
+        // Measured faster than the honest hop: it gets the route on its measurement.
+        speeds.record(ks[1].0, 4.0 * measured, f64::from(liar.tokens_per_sec), 2);
+        assert_eq!(plan(&speeds), vec![ks[1].0]);
     }
 }

@@ -18,7 +18,14 @@ pub struct PeerStatus {
     pub is_self: bool,
     pub layers: Option<LayerRange>,
     pub state: NodeState,
+    /// What the peer announces (a prior only, see [`super::speed`]).
     pub tokens_per_sec: f32,
+    /// What this node measured of it, if it did.
+    pub measured_tokens_per_sec: Option<f64>,
+    /// What routing takes its speed to be now.
+    pub routed_tokens_per_sec: f64,
+    /// Measured far below its claim: ranked by measurement only from then on.
+    pub demoted: bool,
     pub free_slots: u32,
     pub dataplane: String,
     pub api: Option<String>,
@@ -77,7 +84,15 @@ pub fn mesh_status(
     last_route: Option<RouteSummary>,
 ) -> MeshStatus {
     let live = snap.live(&model_id, now_ms);
-    let view = plan::routing_view(&live, &model_id, n_layers, now_ms, &snap.obs, &me);
+    let view = plan::routing_view(
+        &live,
+        &model_id,
+        n_layers,
+        now_ms,
+        &snap.obs,
+        &snap.speeds,
+        &me,
+    );
     let coverage = Coverage::of(&view);
     let peers = live
         .iter()
@@ -87,6 +102,11 @@ pub fn mesh_status(
             layers: a.layers,
             state: a.state,
             tokens_per_sec: a.tokens_per_sec,
+            measured_tokens_per_sec: snap.speeds.get(p).map(|m| m.tokens_per_sec),
+            routed_tokens_per_sec: snap
+                .speeds
+                .effective(p, f64::from(a.tokens_per_sec), now_ms),
+            demoted: snap.speeds.get(p).is_some_and(|m| m.demoted),
             free_slots: a.free_slots,
             dataplane: a.dataplane_addr.clone(),
             api: a.api.clone(),

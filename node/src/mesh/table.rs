@@ -82,14 +82,39 @@ impl Table {
         let peer = record.peer().ok_or(AnnounceError::Field("peer_id"))?;
         gate.judge(&peer, record.member.as_ref(), now_ms / 1000)
             .map_err(Rejected::Gate)?;
-        let outcome = match self.entries.get(&peer) {
-            Some(old) if old.record.seq >= record.seq => return Ok((peer, Inserted::Stale)),
+        Ok((peer, self.insert_verified(peer, record, signed)))
+    }
+
+    /// What [`insert_verified`](Self::insert_verified) would do with a record of `peer`
+    /// numbered `seq`, without doing it: the gossip intake judges a signer only for a
+    /// record the table would take.
+    pub fn would_take(&self, peer: &PeerId, seq: u64) -> Inserted {
+        match self.entries.get(peer) {
+            Some(old) if old.record.seq >= seq => Inserted::Stale,
             Some(_) => Inserted::Updated,
-            None if self.entries.len() >= MAX_RECORDS => return Ok((peer, Inserted::Full)),
+            None if self.entries.len() >= MAX_RECORDS => Inserted::Full,
             None => Inserted::New,
-        };
-        self.entries.insert(peer, Entry { record, signed });
-        Ok((peer, outcome))
+        }
+    }
+
+    /// Keeps `record` (verified by the caller, signed by `peer`, in `signed`) if it is
+    /// the newest of its peer.
+    pub fn insert_verified(
+        &mut self,
+        peer: PeerId,
+        record: Announcement,
+        signed: SignedAnnouncement,
+    ) -> Inserted {
+        let outcome = self.would_take(&peer, record.seq);
+        if matches!(outcome, Inserted::New | Inserted::Updated) {
+            self.entries.insert(peer, Entry { record, signed });
+        }
+        outcome
+    }
+
+    /// Whether `peer` has a record (live, expired-not-yet-swept, or withdrawn).
+    pub fn contains(&self, peer: &PeerId) -> bool {
+        self.entries.contains_key(peer)
     }
 
     /// Drops records that expired at `now_ms`, withdrawals included once they are older

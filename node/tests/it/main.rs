@@ -25,6 +25,7 @@ mod dataplane_bad_input;
 mod failover;
 mod limits;
 mod mesh;
+mod mesh_bounds;
 mod model_pull;
 mod openai_python;
 mod pipeline_smollm2;

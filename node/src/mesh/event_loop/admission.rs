@@ -70,14 +70,30 @@ impl EventLoop {
 
     /// What a peer's [`MemberHello`] says: revocations first (they may concern anyone,
     /// the sender included), then the sender's own certificate, if it is still pending.
+    /// A revocation handled before costs a hash; a new one a signature check (under the
+    /// gate's lock, one at a time) on the sender's budget.
     pub(super) fn on_member_hello(&mut self, peer: PeerId, hello: MemberHello) {
         let mut new = Vec::new();
+        let now = now_ms();
+        let mut over_budget = 0usize;
         for r in hello
             .revocations
             .into_iter()
             .take(MAX_REVOCATIONS_PER_MESSAGE)
         {
-            match self.gate.write(|g| g.learn_revocation(&r)) {
+            let hash = match self.state.intake.screen_revocation(peer, &r, now) {
+                Ok(Some(hash)) => hash,
+                Ok(None) => continue,
+                Err(_) => {
+                    over_budget += 1;
+                    continue;
+                }
+            };
+            let learnt = self.gate.write(|g| g.learn_revocation(&r));
+            if learnt.is_ok() {
+                self.state.intake.revocation_handled(hash);
+            }
+            match learnt {
                 Ok(Some(revoked)) if revoked == self.me => {
                     tracing::error!(from = %peer, "this node's membership was revoked");
                     self.revoked_self = true;
@@ -91,13 +107,17 @@ impl EventLoop {
                 Err(e) => tracing::debug!(%peer, "ignored a revocation: {e}"),
             }
         }
+        if over_budget > 0 {
+            tracing::debug!(%peer, revocations = over_budget, "over the sender's revocation budget");
+            self.dirty = true;
+        }
         self.forward_revocations(new);
         // Only a pending peer is judged: an admitted one was already, and one neither
         // pending nor admitted is being disconnected.
         if !self.pending.contains_key(&peer) {
             return;
         }
-        let now = now_ms() / 1000;
+        let now = now / 1000;
         match self.gate.read(|g| g.judge(&peer, hello.cert.as_ref(), now)) {
             Ok(_) => self.admit(peer),
             Err(reason) => self.refuse(peer, &reason.to_string()),

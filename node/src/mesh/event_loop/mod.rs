@@ -19,11 +19,13 @@ use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use lamina_protocol::{Announcement, MemberError, SignedAnnouncement, SignedRevocation};
+use lamina_protocol::{
+    AnnounceError, Announcement, MemberError, SignedAnnouncement, SignedRevocation,
+};
 use libp2p::identity::Keypair;
 use libp2p::multiaddr::Protocol;
 use libp2p::request_response;
-use libp2p::swarm::SwarmEvent;
+use libp2p::swarm::{DialError, ListenError, SwarmEvent};
 use libp2p::{identify, kad, mdns, ping, Multiaddr, PeerId};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
@@ -32,6 +34,8 @@ use super::behaviour::{
     Behaviour, BehaviourEvent, MemberHello, Sync, ADMISSION_TIMEOUT, KEEP_WITHDRAWN_MS, MAX_PEERS,
     MAX_REVOCATIONS_PER_MESSAGE, MAX_SYNC_RECORDS, REDIAL_BACKOFF, SYNC_INTERVAL,
 };
+use super::gossip::Refusal;
+use super::limits::MeshLimits;
 use super::state::{MeshSnapshot, MeshState};
 use super::table::Inserted;
 use super::{MeshError, RECORD_TTL, REFRESH_INTERVAL};
@@ -52,6 +56,8 @@ pub enum Command {
     Withdraw(oneshot::Sender<Result<(), MeshError>>),
     /// A peer failed a generation: ban it for a while.
     Ban(PeerId),
+    /// This node measured a peer's speed (tokens/s through its announced range).
+    Measured(PeerId, f64),
     /// A revocation signed by the mesh's authority: cut the peer off here and hand the
     /// revocation to every admitted peer.
     Revoke(SignedRevocation, oneshot::Sender<Result<(), MeshError>>),
@@ -81,6 +87,11 @@ pub struct EventLoop {
     connected_at: HashMap<PeerId, Instant>,
     /// This node learnt its own revocation: it stops dialing (every member refuses it).
     revoked_self: bool,
+    limits: MeshLimits,
+    /// Peers with per-peer state (RTT, reachability, dial times, gossip budgets) that are
+    /// neither connected nor in the table, and since when: dropped after
+    /// [`MeshLimits::departed_grace`].
+    departed: HashMap<PeerId, Instant>,
 }
 
 impl EventLoop {
@@ -91,6 +102,7 @@ impl EventLoop {
         commands: mpsc::Receiver<Command>,
         snapshots: watch::Sender<MeshSnapshot>,
         gate: SharedGate,
+        limits: MeshLimits,
     ) -> Self {
         let me = *swarm.local_peer_id();
         Self {
@@ -109,6 +121,8 @@ impl EventLoop {
             pending: HashMap::new(),
             connected_at: HashMap::new(),
             revoked_self: false,
+            limits,
+            departed: HashMap::new(),
         }
     }
 
@@ -186,6 +200,26 @@ impl EventLoop {
                 };
                 let _ = done.send(res);
             }
+            Command::Measured(peer, tps) => {
+                let now = now_ms();
+                // Judged against what the peer claims now, from its own record.
+                let claimed = self
+                    .state
+                    .table
+                    .get(&peer)
+                    .map(|e| f64::from(e.record.tokens_per_sec));
+                if let Some(claimed) = claimed {
+                    let was = self.state.speeds.get(&peer).is_some_and(|m| m.demoted);
+                    let m = self.state.speeds.record(peer, tps, claimed, now);
+                    if let Some(m) = m.filter(|m| m.demoted && !was) {
+                        tracing::info!(
+                            %peer, claimed, measured = m.tokens_per_sec,
+                            "a hop measured far below its claim: ranked by measurement only"
+                        );
+                    }
+                    self.dirty = true;
+                }
+            }
             Command::Ban(peer) => {
                 let now = now_ms();
                 let ban = self.state.bans.fail(peer, now);
@@ -234,6 +268,7 @@ impl EventLoop {
             self.table_changed();
         }
         self.state.bans.prune(now);
+        self.prune_departed();
         let late: Vec<PeerId> = self
             .pending
             .iter()
@@ -268,31 +303,102 @@ impl EventLoop {
         }
     }
 
-    /// Verifies and keeps what a peer sent; a forged or expired record is dropped and
+    /// Takes what a peer sent, through the gossip intake ([`super::gossip`]): a record
+    /// seen before costs a hash, a new one a verification on the sender's budget; the
+    /// gate judges only records the table would take. A refused record is counted and
     /// logged, never fatal for the rest of the batch.
     fn merge(&mut self, from: PeerId, records: Vec<SignedAnnouncement>) {
         let now = now_ms();
         let mut changed = false;
-        let gate = self.gate.read(Clone::clone);
+        let mut over_budget = 0usize;
         for s in records.into_iter().take(MAX_SYNC_RECORDS) {
-            match self.state.table.insert_gated(s, now, &gate) {
-                Ok((_, Inserted::New | Inserted::Updated)) => changed = true,
+            match self.take_record(from, s, now) {
+                Ok(Inserted::New | Inserted::Updated) => changed = true,
                 Ok(_) => {}
+                Err(Refusal::RateLimited) => over_budget += 1,
                 Err(e) => {
                     self.state.rejected += 1;
-                    self.dirty = true;
-                    tracing::debug!(%from, "dropped an announcement: {e}");
+                    tracing::debug!(%from, reason = e.reason(), "dropped an announcement: {e}");
                 }
             }
         }
-        if !self.state.synced {
-            self.state.synced = true;
-            self.dirty = true;
+        if over_budget > 0 {
+            tracing::debug!(%from, records = over_budget, "gossip: over the sender's budget");
         }
+        // Refusal counts are in the snapshot.
+        self.dirty = true;
+        self.state.synced = true;
         if changed {
             self.table_changed();
             self.dial_known();
         }
+    }
+
+    /// One record of `from`'s batch: screened, judged by the gate when the table would
+    /// take it, kept. The gate's lock is held for one certificate check at a time, and
+    /// only for records newer than the table's (a few per peer per refresh).
+    fn take_record(
+        &mut self,
+        from: PeerId,
+        signed: SignedAnnouncement,
+        now: u64,
+    ) -> Result<Inserted, Refusal> {
+        let intake = &mut self.state.intake;
+        let record = intake.screen(from, &signed, now)?;
+        let Some(peer) = record.peer() else {
+            return Err(intake.count(Refusal::Invalid(AnnounceError::Field("peer_id"))));
+        };
+        let outcome = self.state.table.would_take(&peer, record.seq);
+        match outcome {
+            Inserted::New | Inserted::Updated => {}
+            Inserted::Full => return Err(intake.count(Refusal::TableFull)),
+            Inserted::Stale => return Ok(outcome),
+        }
+        if let Err(e) = self
+            .gate
+            .read(|g| g.judge(&peer, record.member.as_ref(), now / 1000))
+        {
+            return Err(intake.count(Refusal::Gate(e)));
+        }
+        Ok(self.state.table.insert_verified(peer, record, signed))
+    }
+
+    /// Forgets the per-peer state of peers that are neither connected nor in the table
+    /// since [`MeshLimits::departed_grace`]: RTTs, reachability, dial times, gossip budgets
+    /// (and with the RTTs, their metric labels). Bounded: it visits the peers those maps
+    /// hold, which connections and the table bound.
+    fn prune_departed(&mut self) {
+        let mut known: HashSet<PeerId> = self.state.obs.rtt.keys().copied().collect();
+        known.extend(self.state.obs.unreachable.iter().copied());
+        known.extend(self.last_dial.keys().copied());
+        known.extend(self.state.intake.peer_ids());
+        known.extend(self.state.speeds.peers());
+        let here = |p: &PeerId| self.swarm.is_connected(p) || self.state.table.contains(p);
+        let present: HashSet<PeerId> = known.iter().copied().filter(|p| here(p)).collect();
+        self.departed
+            .retain(|p, _| known.contains(p) && !present.contains(p));
+        let grace = self.limits.departed_grace;
+        let mut gone = Vec::new();
+        for p in known.difference(&present) {
+            let since = *self.departed.entry(*p).or_insert_with(Instant::now);
+            if since.elapsed() >= grace {
+                gone.push(*p);
+            }
+        }
+        if gone.is_empty() {
+            return;
+        }
+        for p in &gone {
+            self.departed.remove(p);
+            self.state.obs.rtt.remove(p);
+            self.state.obs.unreachable.remove(p);
+            self.last_dial.remove(p);
+            self.state.speeds.forget(p);
+        }
+        let gone_set: HashSet<PeerId> = gone.iter().copied().collect();
+        self.state.intake.retain_peers(|p| !gone_set.contains(p));
+        tracing::debug!(peers = gone.len(), "forgot departed peers");
+        self.dirty = true;
     }
 
     /// Dials announced peers this node is not connected to, so that it can ping them
@@ -389,6 +495,16 @@ impl EventLoop {
                 }
                 self.dial_known();
             }
+            SwarmEvent::IncomingConnectionError {
+                error: ListenError::Denied { cause },
+                send_back_addr,
+                ..
+            } => self.connection_denied(&cause, &send_back_addr.to_string()),
+            SwarmEvent::OutgoingConnectionError {
+                error: DialError::Denied { cause },
+                peer_id,
+                ..
+            } => self.connection_denied(&cause, &format!("{peer_id:?}")),
             SwarmEvent::OutgoingConnectionError {
                 peer_id: Some(peer),
                 error,
@@ -402,6 +518,17 @@ impl EventLoop {
         }
     }
 
+    /// A connection over [`MeshLimits`]: counted by the limit it hit.
+    fn connection_denied(&mut self, cause: &libp2p::swarm::ConnectionDenied, who: &str) {
+        let reason = match cause.downcast_ref::<libp2p::connection_limits::Exceeded>() {
+            Some(e) => limit_reason(e),
+            None => "other",
+        };
+        tracing::debug!(%who, reason, "p2p: refused a connection: {cause}");
+        *self.state.connections_refused.entry(reason).or_insert(0) += 1;
+        self.dirty = true;
+    }
+
     fn on_behaviour_event(&mut self, ev: BehaviourEvent) {
         match ev {
             BehaviourEvent::Member(request_response::Event::Message { peer, message, .. }) => {
@@ -409,6 +536,13 @@ impl EventLoop {
                     request_response::Message::Request {
                         request, channel, ..
                     } => {
+                        if let Err(e) = self.state.intake.admit_member(peer, now_ms()) {
+                            // Neither read nor answered: each answer carries every
+                            // revocation, and each message may carry a thousand.
+                            tracing::debug!(%peer, "membership message: {e}");
+                            self.dirty = true;
+                            return;
+                        }
                         let reply = self.member_hello(self.gate.read(|g| g.revocations()));
                         let _ = self
                             .swarm
@@ -439,8 +573,18 @@ impl EventLoop {
                 request_response::Message::Request {
                     request, channel, ..
                 } => {
-                    self.merge(peer, request.records);
-                    let records = self.records();
+                    let records = match self.state.intake.admit_sync(peer, now_ms()) {
+                        Ok(()) => {
+                            self.merge(peer, request.records);
+                            self.records()
+                        }
+                        Err(e) => {
+                            // Neither read nor answered with the table.
+                            tracing::debug!(%peer, "gossip: {e}");
+                            self.dirty = true;
+                            Vec::new()
+                        }
+                    };
                     let _ = self
                         .swarm
                         .behaviour_mut()
@@ -456,6 +600,9 @@ impl EventLoop {
                 error,
                 ..
             }) => tracing::debug!(%peer, "sync failed: {error}"),
+            BehaviourEvent::Ping(ping::Event { peer, .. }) if !self.admitted.contains(&peer) => {
+                // Not (yet) a member: its RTT is of no use to routing, and kept nowhere.
+            }
             BehaviourEvent::Ping(ping::Event { peer, result, .. }) => {
                 self.dirty = true;
                 match result {
@@ -496,5 +643,18 @@ impl EventLoop {
             }
             _ => {}
         }
+    }
+}
+
+/// The `reason` label of a connection refused for exceeding a limit.
+fn limit_reason(e: &libp2p::connection_limits::Exceeded) -> &'static str {
+    // `Kind` is not public API to match on; its text is (and fixed per kind).
+    match e.to_string() {
+        t if t.contains("pending incoming") => "pending_inbound",
+        t if t.contains("established incoming") => "inbound",
+        t if t.contains("pending outgoing") => "pending_outbound",
+        t if t.contains("established outgoing") => "outbound",
+        t if t.contains("per peer") => "per_peer",
+        _ => "other",
     }
 }
