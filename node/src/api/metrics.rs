@@ -28,6 +28,11 @@ struct InputLabels {
     input: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabels {
+    result: &'static str,
+}
+
 /// Counters, gauges and histograms of one node.
 pub struct Metrics {
     registry: Registry,
@@ -44,6 +49,8 @@ pub struct Metrics {
     rtt_peers: std::sync::Mutex<std::collections::HashSet<String>>,
     sessions_active: Gauge,
     session_inputs: Family<InputLabels, Gauge>,
+    /// Spot-checked steps by result, mirrored from `pipeline::verify::COUNTS`.
+    verify_steps: Family<ResultLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -126,6 +133,12 @@ impl Metrics {
             "Steps this node's session server ran since start, by the kind of input it was fed",
             session_inputs.clone(),
         );
+        let verify_steps = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "lamina_verify_steps",
+            "Steps this entry spot-checked on other servers, by result",
+            verify_steps.clone(),
+        );
         Self {
             registry,
             http_requests,
@@ -140,6 +153,7 @@ impl Metrics {
             rtt_peers: std::sync::Mutex::default(),
             sessions_active,
             session_inputs,
+            verify_steps,
         }
     }
 
@@ -245,6 +259,10 @@ impl Metrics {
 
     /// Everything in the Prometheus text exposition format.
     pub fn encode(&self) -> String {
+        for (result, n) in crate::pipeline::verify::COUNTS.snapshot() {
+            let c = self.verify_steps.get_or_create(&ResultLabels { result });
+            c.inc_by(n.saturating_sub(c.get()));
+        }
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = encode(&mut out, &self.registry);

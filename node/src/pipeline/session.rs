@@ -6,14 +6,14 @@
 use std::time::Duration;
 
 use lamina_protocol::{
-    Close, EndsAt, Forward, ForwardInput, Hello, LinkFailure, Message, ModelId, OpenSession,
-    SessionId, StepOutput,
+    digest_input, Close, Digest, EndsAt, Forward, ForwardInput, Hello, LinkFailure, Message,
+    ModelId, OpenSession, SessionId, StepOutput, StepProduct,
 };
 use libp2p::PeerId;
 
 use super::ends::EntryEnds;
 use super::recv::{progress_cap, recv_answer, verified_report, RecvFailure};
-use super::{ChainHop, PipelineError, PipelineOptions, StepReply};
+use super::{ChainHop, PipelineError, PipelineOptions, StepProof, StepReply};
 use crate::dataplane::{Dialer, FramedRecv, FramedSend};
 use crate::failure::Failure;
 
@@ -153,14 +153,16 @@ impl PipelineSession {
     /// so a failover's replay costs one pipeline fill, not one round trip per step.
     pub async fn replay(&mut self, steps: &[Vec<u32>]) -> Result<Vec<StepReply>, PipelineError> {
         let first_step = self.step;
+        let mut sent = Vec::with_capacity(steps.len());
         for tokens in steps {
             let f = self.forward(tokens).await?;
+            sent.push(digest_input(&f.input));
             self.send(&Message::Forward(f)).await?;
         }
         let mut out = Vec::with_capacity(steps.len());
-        for i in 0..steps.len() as u64 {
+        for (i, sent) in (0..).zip(sent) {
             let m = self.recv().await?;
-            out.push(self.step_reply(first_step + i, m).await?);
+            out.push(self.step_reply(first_step + i, m, sent).await?);
         }
         Ok(out)
     }
@@ -169,15 +171,28 @@ impl PipelineSession {
     pub async fn step(&mut self, tokens: &[u32]) -> Result<StepReply, PipelineError> {
         let f = self.forward(tokens).await?;
         let step = f.step;
+        let sent = digest_input(&f.input);
         self.send(&Message::Forward(f)).await?;
         let m = self.recv().await?;
-        self.step_reply(step, m).await
+        self.step_reply(step, m, sent).await
     }
 
-    async fn step_reply(&self, step: u64, m: Message) -> Result<StepReply, PipelineError> {
+    async fn step_reply(
+        &self,
+        step: u64,
+        m: Message,
+        sent: Digest,
+    ) -> Result<StepReply, PipelineError> {
         match m {
             Message::StepResult(r) if r.step == step && r.session_id == self.session_id => {
-                match (r.output, &self.ends) {
+                let proof = StepProof {
+                    session: self.session_id,
+                    step,
+                    answered: Some(StepProduct::of(&r.output)),
+                    records: r.evidence,
+                    sent,
+                };
+                let reply = match (r.output, &self.ends) {
                     (StepOutput::Hidden(h), Some(ends)) => ends.reply(h).await,
                     (StepOutput::Token { .. }, Some(_)) => Err(PipelineError::hop(
                         Failure::BadAnswer,
@@ -189,12 +204,14 @@ impl PipelineSession {
                             .map(|l| l.to_f32())
                             .transpose()
                             .map_err(|e| PipelineError::hop(Failure::BadAnswer, e.to_string()))?,
+                        proof: StepProof::default(),
                     }),
                     (StepOutput::Hidden(_), None) => Err(PipelineError::hop(
                         Failure::BadAnswer,
                         "the chain returned hidden states, not a token".into(),
                     )),
-                }
+                };
+                reply.map(|r| StepReply { proof, ..r })
             }
             m => Err(self.unexpected("Forward", m)),
         }
