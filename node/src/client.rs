@@ -106,6 +106,7 @@ impl MeshClient {
                 tokenizer,
                 context_length: cfg.context_length,
                 ends: None,
+                verify: Default::default(),
             };
             Ok::<_, anyhow::Error>((node, client))
         })?;

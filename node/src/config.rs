@@ -13,7 +13,7 @@ use libp2p::Multiaddr;
 use crate::api::access::AccessOptions;
 use crate::cli::NodeArgs;
 use crate::limits::Limits;
-use crate::session::faults::FaultPlan;
+use crate::session::faults::{Adversary, FaultPlan};
 
 /// Which layers a node serves.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -103,6 +103,11 @@ pub struct NodeConfig {
     pub drain_timeout: Duration,
     /// Faults the session server injects (churn tests only).
     pub faults: Option<Arc<FaultPlan>>,
+    /// A standing misbehaviour for drills (`--adversary`, hidden; never in production).
+    pub adversary: Option<Adversary>,
+    /// The fraction of the API's steps the entry re-runs on other servers to check them
+    /// (`--verify-rate`; 0 by default, 0.05 in testnets). See `pipeline::verify`.
+    pub verify_rate: f64,
 }
 
 impl NodeConfig {
@@ -129,6 +134,8 @@ impl NodeConfig {
             name: None,
             drain_timeout: Duration::from_secs(30),
             faults: None,
+            adversary: None,
+            verify_rate: 0.0,
         }
     }
 
@@ -158,6 +165,8 @@ impl NodeConfig {
             name: args.name.clone(),
             drain_timeout: Duration::from_secs(30),
             faults: None,
+            adversary: args.adversary,
+            verify_rate: args.verify_rate,
         }
     }
 }

@@ -58,6 +58,19 @@ pub enum Failure {
     /// The chain answered a token outside the vocabulary, or another answer no honest
     /// chain gives, and which hop changed it cannot be told.
     BadAnswer,
+    /// A hop's own signed step record (checked by the entry) shows it misbehaved: the
+    /// peer is named by its signature, not by anyone's say-so.
+    Proven { peer: PeerId, misdeed: Misdeed },
+}
+
+/// What a hop's signed step record proves it did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Misdeed {
+    /// As the last hop, it drew a token outside the vocabulary.
+    TokenOutOfRange,
+    /// Its signed output for an input differs from what other servers of the same layers
+    /// computed for that input and history (spot-check verification, bit-exact in f32).
+    WrongOutput,
 }
 
 /// What the entry does about a [`Failure`].
@@ -100,6 +113,9 @@ pub fn judge(chain: &[Hop], failure: &Failure) -> Verdict {
         Failure::FirstHop(_) => Verdict::ban(first.peer),
         Failure::Deadline => Verdict::Unattributed,
         Failure::BadAnswer => Verdict::avoid(chain.iter().map(|h| h.peer).collect()),
+        // The entry verified the peer's own signature over what it did: it needs no
+        // chain position (a spot check's culprit may be on another chain).
+        Failure::Proven { peer, .. } => Verdict::ban(*peer),
         Failure::Reply { code, report: None } => match code.class() {
             CodeClass::Refusal => Verdict::avoid(vec![first.peer]),
             CodeClass::Request => Verdict::Fatal,
@@ -144,6 +160,14 @@ impl fmt::Display for Failure {
             Failure::FirstHop(l) => write!(f, "the first hop's link failed ({l:?})"),
             Failure::Deadline => f.write_str("no answer within the deadline"),
             Failure::BadAnswer => f.write_str("the chain gave an answer no honest chain gives"),
+            Failure::Proven { peer, misdeed } => match misdeed {
+                Misdeed::TokenOutOfRange => {
+                    write!(f, "hop {peer} signed a token outside the vocabulary")
+                }
+                Misdeed::WrongOutput => {
+                    write!(f, "hop {peer} signed an output other servers contradict")
+                }
+            },
             Failure::Reply { code, report: None } => {
                 write!(f, "the first hop answered {code} (no failure report)")
             }
@@ -310,5 +334,23 @@ mod tests {
             judge(&c, &Failure::BadAnswer),
             Verdict::avoid(c.iter().map(|h| h.peer).collect())
         );
+    }
+
+    #[test]
+    fn a_proven_misdeed_bans_exactly_its_signer() {
+        let c = chain(3);
+        for misdeed in [Misdeed::TokenOutOfRange, Misdeed::WrongOutput] {
+            let f = Failure::Proven {
+                peer: c[2].peer,
+                misdeed,
+            };
+            assert_eq!(judge(&c, &f), Verdict::ban(c[2].peer));
+        }
+        let stranger = PeerId::random();
+        let f = Failure::Proven {
+            peer: stranger,
+            misdeed: Misdeed::WrongOutput,
+        };
+        assert_eq!(judge(&c, &f), Verdict::ban(stranger));
     }
 }

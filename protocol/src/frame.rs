@@ -43,6 +43,7 @@ use bincode::{BorrowDecode, Decode, Encode};
 use bytes::{Buf, Bytes, BytesMut};
 
 use crate::error::ProtocolError;
+use crate::evidence::SignedStepRecord;
 use crate::ids::{SessionId, TraceId};
 use crate::message::{
     check_version, Close, Closed, ErrorMessage, Forward, ForwardInput, Hello, HelloAck, Message,
@@ -350,6 +351,13 @@ pub fn encode_frame_parts(
                     output,
                 },
             )
+            .and_then(|mut h| {
+                // The evidence is an optional tail (absent when empty).
+                if !m.evidence.is_empty() {
+                    h.extend(encode_header(kind, &m.evidence)?);
+                }
+                Ok(h)
+            })
         }
     }?;
 
@@ -513,7 +521,12 @@ fn decode_body(body: Bytes, limits: &FrameLimits) -> Result<Message, ProtocolErr
             })
         }
         MessageKind::StepResult => {
-            let head = decode_header::<StepResultHead>(kind, header)?;
+            let (head, used) = decode_header_prefix_len::<StepResultHead>(kind, header)?;
+            // Anything after the head is the step evidence, exactly.
+            let evidence = match header.get(used..).filter(|t| !t.is_empty()) {
+                Some(tail) => decode_header::<Vec<SignedStepRecord>>(kind, tail)?,
+                None => Vec::new(),
+            };
             let output = match head.output {
                 StepOutputWire::Token { id, logits } => StepOutput::Token {
                     id,
@@ -525,6 +538,7 @@ fn decode_body(body: Bytes, limits: &FrameLimits) -> Result<Message, ProtocolErr
                 session_id: head.session_id,
                 step: head.step,
                 output,
+                evidence,
             })
         }
     };

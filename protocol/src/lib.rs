@@ -77,6 +77,7 @@ pub mod announce;
 pub mod codes;
 pub mod dtype;
 pub mod error;
+pub mod evidence;
 pub mod frame;
 pub mod ids;
 pub mod layers;
@@ -89,6 +90,10 @@ pub use announce::{
     AnnounceError, Announcement, NodeState, SignedAnnouncement, ANNOUNCEMENT_VERSION,
 };
 pub use error::{ProtocolError, Result};
+pub use evidence::{
+    check_chain, digest_input, digest_tensor, Digest, EvidenceError, ExpectedHop, HopEvidence,
+    SignedStepRecord, StepProduct, StepRecord, MAX_EVIDENCE_RECORDS,
+};
 pub use frame::{
     decode_frame, encode_frame, encode_frame_parts, encode_frame_with, FrameDecoder, FrameLimits,
     FrameParts, DEFAULT_MAX_FRAME_BYTES, MAX_HEADER_BYTES,

@@ -22,6 +22,7 @@ use serde::{Deserialize, Serialize};
 
 pub use crate::codes::{CodeClass, ErrorCode, MessageKind};
 use crate::error::ProtocolError;
+use crate::evidence::{SignedStepRecord, MAX_EVIDENCE_RECORDS};
 use crate::ids::{ModelId, SessionId, TraceId};
 use crate::layers::LayerRange;
 use crate::member::SignedMemberCert;
@@ -31,7 +32,7 @@ use crate::tensor::{WireDType, WireTensor};
 /// The version of this protocol. A `Hello` or `HelloAck` carrying another version is refused
 /// with [`ProtocolError::UnsupportedVersion`] (and an [`ErrorCode::UnsupportedVersion`]
 /// reply) before the rest of it is read.
-pub const PROTOCOL_VERSION: u32 = 4;
+pub const PROTOCOL_VERSION: u32 = 5;
 
 /// Bytes of an error message kept by [`ErrorMessage::new`]: enough for a useful sentence,
 /// small enough that an error reply never competes with real traffic.
@@ -600,10 +601,27 @@ pub struct StepResult {
     pub step: u64,
     /// A token or hidden states.
     pub output: StepOutput,
+    /// The signed records of the hops that produced it, last hop first (since version 5;
+    /// see [`crate::evidence`]). On the wire an optional tail of the header, absent when
+    /// empty.
+    pub evidence: Vec<SignedStepRecord>,
 }
 
 impl StepResult {
     fn validate(&self) -> Result<(), ProtocolError> {
+        if self.evidence.len() > MAX_EVIDENCE_RECORDS {
+            return Err(ProtocolError::invalid(
+                MessageKind::StepResult,
+                format!(
+                    "{} step records exceed {MAX_EVIDENCE_RECORDS}",
+                    self.evidence.len()
+                ),
+            ));
+        }
+        for r in &self.evidence {
+            r.check_bounds()
+                .map_err(|e| ProtocolError::invalid(MessageKind::StepResult, e.to_string()))?;
+        }
         match &self.output {
             StepOutput::Token { logits: None, .. } => Ok(()),
             StepOutput::Token {
@@ -751,7 +769,7 @@ mod tests {
         assert!(check_version(PROTOCOL_VERSION).is_ok());
         assert_eq!(
             check_version(1),
-            Err(ProtocolError::UnsupportedVersion { peer: 1, ours: 4 })
+            Err(ProtocolError::UnsupportedVersion { peer: 1, ours: 5 })
         );
     }
 

@@ -60,6 +60,30 @@ pub struct UpOptions {
     /// An open mesh (`--open`); by default the testnet is a private mesh: `up` makes its
     /// authority in `DIR/mesh` and admits every node before it starts.
     pub open: bool,
+    /// `--verify-rate` of every node (spot checks of the steps its API runs); testnets
+    /// check [`DEFAULT_VERIFY_RATE`] of them by default, a daemon none.
+    pub verify_rate: f64,
+    /// Nodes started as adversaries for drills: (node index, `--adversary` mode).
+    pub adversaries: Vec<(usize, String)>,
+}
+
+/// The `--verify-rate` of testnet nodes unless told otherwise.
+pub const DEFAULT_VERIFY_RATE: f64 = 0.05;
+
+/// Parses `node-I=MODE` (a `--adversary` of `lamina testnet up`) into (I, MODE); the mode
+/// itself is checked by the node.
+pub fn parse_adversary(s: &str) -> Result<(usize, String), String> {
+    let (node, mode) = s
+        .split_once('=')
+        .ok_or_else(|| format!("`{s}` is not NODE=MODE (e.g. node-2=corrupt)"))?;
+    let i = node
+        .strip_prefix("node-")
+        .and_then(|i| i.parse::<usize>().ok())
+        .ok_or_else(|| format!("`{node}` is not a node id like node-2"))?;
+    if mode.is_empty() {
+        return Err(format!("`{s}` names no mode"));
+    }
+    Ok((i, mode.to_string()))
 }
 
 /// How testnet nodes get their layers.
@@ -103,6 +127,8 @@ impl UpOptions {
             netns: false,
             api_keys: None,
             open: false,
+            verify_rate: DEFAULT_VERIFY_RATE,
+            adversaries: Vec::new(),
         }
     }
 }
@@ -478,6 +504,10 @@ pub fn up_with_links(opts: &UpOptions) -> anyhow::Result<Testnet> {
         }
         if let Some(t) = opts.threads {
             cmd.arg("--threads").arg(t.to_string());
+        }
+        cmd.arg("--verify-rate").arg(opts.verify_rate.to_string());
+        for (_, mode) in opts.adversaries.iter().filter(|(n, _)| *n == i) {
+            cmd.arg("--adversary").arg(mode);
         }
         if let Some(b) = bootstrap {
             cmd.arg("--bootstrap").arg(b);

@@ -43,6 +43,11 @@ struct KvLabels {
     state: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabels {
+    result: &'static str,
+}
+
 /// Counters, gauges and histograms of one node.
 pub struct Metrics {
     registry: Registry,
@@ -65,6 +70,8 @@ pub struct Metrics {
     refused: Family<BoundLabels, Gauge>,
     kv_bytes: Family<KvLabels, Gauge>,
     mesh: MeshMetrics,
+    /// Spot-checked steps by result, mirrored from `pipeline::verify::COUNTS`.
+    verify_steps: Family<ResultLabels, Counter>,
 }
 
 /// The mesh's figures, from its snapshots ([`Metrics::set_mesh`]).
@@ -222,6 +229,12 @@ impl Metrics {
             kv_bytes.clone(),
         );
         let mesh = MeshMetrics::register(&mut registry);
+        let verify_steps = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "lamina_verify_steps",
+            "Steps this entry spot-checked on other servers, by result",
+            verify_steps.clone(),
+        );
         Self {
             registry,
             http_requests,
@@ -240,6 +253,7 @@ impl Metrics {
             refused,
             kv_bytes,
             mesh,
+            verify_steps,
         }
     }
 
@@ -415,6 +429,10 @@ impl Metrics {
                     bound: bound.label(),
                 })
                 .set(i64::try_from(n).unwrap_or(i64::MAX));
+        }
+        for (result, n) in crate::pipeline::verify::COUNTS.snapshot() {
+            let c = self.verify_steps.get_or_create(&ResultLabels { result });
+            c.inc_by(n.saturating_sub(c.get()));
         }
         let mut out = String::new();
         // Writing into a String cannot fail.

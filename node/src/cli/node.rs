@@ -80,6 +80,24 @@ pub struct NodeArgs {
     /// Compute threads (default: the physical cores).
     #[arg(long, value_parser = parse_threads)]
     pub threads: Option<usize>,
+    /// The fraction of its API's generation steps this entry re-runs on other servers of
+    /// the same layers, banning a hop whose output differs (0 = off; 0..=1).
+    #[arg(long, default_value_t = 0.0, value_parser = parse_fraction)]
+    pub verify_rate: f64,
+    /// DRILLS ONLY: misbehave on purpose (corrupt[:fraction], huge-token[:fraction], stall,
+    /// inflate, flood), so a testnet can watch its defences work. Hidden from --help.
+    #[arg(long, hide = true, value_name = "MODE")]
+    pub adversary: Option<crate::session::faults::Adversary>,
+}
+
+/// A number in `0..=1`.
+fn parse_fraction(s: &str) -> Result<f64, String> {
+    let f: f64 = s.parse().map_err(|_| format!("`{s}` is not a number"))?;
+    if (0.0..=1.0).contains(&f) {
+        Ok(f)
+    } else {
+        Err(format!("{f} is outside 0..=1"))
+    }
 }
 
 /// Who may use a node's HTTP API, and what it records.

@@ -88,6 +88,13 @@ pub enum TestnetCommand {
         /// Every node requires keys of this file (`lamina keys add`) on its API.
         #[arg(long, value_name = "FILE")]
         api_keys: Option<PathBuf>,
+        /// The fraction of steps every node's API spot-checks on other servers.
+        #[arg(long, default_value_t = lamina_testnet::DEFAULT_VERIFY_RATE)]
+        verify_rate: f64,
+        /// DRILLS ONLY: start a node as an adversary, e.g. node-2=corrupt (modes:
+        /// corrupt[:fraction], huge-token[:fraction], stall, inflate, flood). Repeatable.
+        #[arg(long, value_name = "NODE=MODE", value_parser = lamina_testnet::parse_adversary)]
+        adversary: Vec<(usize, String)>,
     },
     /// Stop the nodes of a testnet (and remove its namespaces).
     Down {

@@ -73,6 +73,7 @@ pub fn run(args: &GenerateArgs, chain_file: &Path) -> anyhow::Result<()> {
             tokenizer: tokenizer.clone(),
             context_length: cfg.context_length,
             ends: None,
+            verify: Default::default(),
         };
         let opts = GenerateOptions {
             activation_dtype: args.activation_dtype,

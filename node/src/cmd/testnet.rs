@@ -55,6 +55,8 @@ pub fn run(cmd: TestnetCommand) -> anyhow::Result<()> {
             loss,
             bandwidth,
             api_keys,
+            verify_rate,
+            adversary,
         } => {
             let exe = std::env::current_exe()?;
             let dir = dir.unwrap_or_else(|| {
@@ -79,6 +81,14 @@ pub fn run(cmd: TestnetCommand) -> anyhow::Result<()> {
                 (_, _, crate::cli::PlacementArg::Auto) => lamina_testnet::Placement::Auto,
             };
             opts.threads = threads;
+            if !(0.0..=1.0).contains(&verify_rate) {
+                anyhow::bail!("--verify-rate {verify_rate} is outside 0..=1");
+            }
+            opts.verify_rate = verify_rate;
+            if let Some((i, _)) = adversary.iter().find(|(i, _)| *i >= nodes) {
+                anyhow::bail!("--adversary node-{i}: the testnet has {nodes} nodes");
+            }
+            opts.adversaries = adversary;
             opts.netns = netns;
             opts.open = open;
             if latency.is_some() || jitter.is_some() || loss.is_some() || bandwidth.is_some() {

@@ -40,6 +40,7 @@ use crate::dataplane::{server_endpoint_with, Dialer};
 use crate::mesh::{load_or_create_identity, MeshHandle, SwarmOptions};
 use crate::pipeline::ChainClient;
 use crate::routes::{ChainFileRoutes, RouteSource};
+use crate::session::faults::{Adversary, FaultPlan};
 use crate::session::{Reporter, ServerOptions, SessionServer};
 use crate::trust::{Gate, MemberFile, SharedGate};
 
@@ -229,6 +230,16 @@ impl Node {
             }
         };
         let metrics = Arc::new(crate::api::Metrics::new());
+        // A drill's adversary (hidden `--adversary`), seeded by the peer id so a rerun of
+        // the same testnet misbehaves on the same steps.
+        let faults = config.faults.clone().or_else(|| {
+            config.adversary.map(|a| {
+                let h = blake3::hash(&peer_id.to_bytes());
+                let mut seed = [0u8; 8];
+                seed.copy_from_slice(&h.as_bytes()[..8]);
+                Arc::new(FaultPlan::adversary(a, u64::from_le_bytes(seed)))
+            })
+        });
         let (layers_tx, layers_rx) = watch::channel(range);
         let mut served = None;
         if let Some(r) = range {
@@ -247,15 +258,16 @@ impl Node {
                 limits: config.limits.frame,
                 peers: config.limits.peers,
                 refusals: metrics.refusals().clone(),
-                faults: config.faults.clone(),
+                faults: faults.clone(),
                 gate: gate.clone(),
             };
             let server =
                 SessionServer::new(shard, model_id, dialer.clone(), Reporter::new(key), opts)?;
             tasks.spawn(server.clone().serve(endpoint.clone()));
+            let announced = FaultPlan::announced_tps(faults.as_deref(), tps);
             mesh.update(move |a| {
                 a.state = NodeState::Serving;
-                a.tokens_per_sec = tps as f32;
+                a.tokens_per_sec = announced;
             })
             .await?;
             tracing::info!(layers = %r, tokens_per_sec = tps, "serving");
@@ -310,6 +322,15 @@ impl Node {
                     tokenizer: tokenizer.clone(),
                     context_length: cfg.context_length,
                     ends,
+                    verify: crate::pipeline::VerifyPolicy {
+                        rate: config.verify_rate,
+                        // Drawn at start: hops must not know which steps get checked.
+                        seed: u64::from_le_bytes(
+                            crate::ids::new_session_id().as_bytes()[..8]
+                                .try_into()
+                                .unwrap_or([0; 8]),
+                        ),
+                    },
                 },
                 routes,
                 status,
@@ -342,6 +363,9 @@ impl Node {
             config.limits.max_sessions,
             token.clone(),
         ));
+        if config.adversary == Some(Adversary::Flood) {
+            tasks.spawn(flood_drill(mesh.clone(), dialer.clone(), token.clone()));
+        }
         if let (Some((server, tps)), true) = (&served, auto) {
             tasks.spawn(placement::rebalance_loop(
                 mesh.clone(),
@@ -399,6 +423,20 @@ fn default_p2p_listen(dataplane: SocketAddr) -> Vec<Multiaddr> {
 
 /// What follows the node while it runs: the free session slots in its record (updated
 /// when they change), and the gauges of sessions and RTTs.
+/// The `flood` drill: once the mesh is known, floods every other live peer (bounded; see
+/// [`crate::session::faults::flood`]).
+async fn flood_drill(mesh: MeshHandle, dialer: Dialer, stop: CancellationToken) {
+    mesh.wait_synced(Duration::from_secs(10)).await;
+    let me = mesh.peer_id();
+    let targets = mesh
+        .live()
+        .into_iter()
+        .filter(|(p, _)| *p != me)
+        .map(|(p, a)| (a.dataplane_addr, p))
+        .collect();
+    crate::session::faults::flood(dialer, targets, stop).await;
+}
+
 async fn follow(
     mesh: MeshHandle,
     server: Option<Arc<SessionServer>>,

@@ -88,10 +88,14 @@ pub async fn rebalance_loop(
         match load_and_measure(model.clone(), target).await {
             Ok((shard, new_tps)) => {
                 server.replace(shard);
+                let claim = crate::session::faults::FaultPlan::announced_tps(
+                    server.options().faults.as_deref(),
+                    new_tps,
+                );
                 let announced = mesh
                     .update(move |a| {
                         a.layers = Some(target);
-                        a.tokens_per_sec = new_tps as f32;
+                        a.tokens_per_sec = claim;
                     })
                     .await;
                 if let Err(e) = announced {

@@ -68,6 +68,7 @@ impl EntryEnds {
         Ok(StepReply {
             token,
             logits: Some(logits),
+            proof: Default::default(),
         })
     }
 }

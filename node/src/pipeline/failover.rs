@@ -18,11 +18,13 @@ use std::time::{Duration, Instant};
 use libp2p::PeerId;
 
 use super::deadline::{StepDeadline, HOP_FLOOR};
+use super::verify::{Context as VerifyContext, Outcome, Verifier};
 use super::{
     open_timeout, ChainClient, ChainHop, PipelineError, PipelineOptions, PipelineSession, StepReply,
 };
-use crate::failure::{judge, Failure, Hop, Verdict};
+use crate::failure::{judge, Failure, Hop, Misdeed, Verdict};
 use crate::routes::{RouteError, RouteSource};
+use lamina_protocol::{check_chain, ExpectedHop, HopEvidence, LinkFailure, StepProduct};
 
 /// How hard to try.
 #[derive(Clone, Debug)]
@@ -86,6 +88,9 @@ pub struct FailoverSession<'a> {
     session: Option<PipelineSession>,
     /// Inputs of the confirmed steps, in order, and the token each drew.
     history: Vec<(Vec<u32>, u32)>,
+    /// The chain's checked step records of each confirmed step (spot checks compare them).
+    accounts: Vec<Vec<HopEvidence>>,
+    verifier: Verifier,
     exclude: HashSet<PeerId>,
     deadline: StepDeadline,
     vocab_size: usize,
@@ -101,6 +106,7 @@ impl<'a> FailoverSession<'a> {
         chain: Vec<ChainHop>,
         policy: FailoverPolicy,
     ) -> Self {
+        let verifier = Verifier::new(client.verify, opts.trace_id);
         Self {
             client,
             routes,
@@ -109,6 +115,8 @@ impl<'a> FailoverSession<'a> {
             chain,
             session: None,
             history: Vec::new(),
+            accounts: Vec::new(),
+            verifier,
             exclude: HashSet::new(),
             deadline: StepDeadline::default(),
             vocab_size: client.tokenizer.vocab_size(),
@@ -140,12 +148,13 @@ impl<'a> FailoverSession<'a> {
         let mut attempt = 0;
         loop {
             match self.attempt(tokens).await {
-                Ok(r) => {
+                Ok((r, account)) => {
                     if let Some(t) = failed_at {
                         self.recoveries.push(t.elapsed());
                     }
                     self.history.push((tokens.to_vec(), r.token));
-                    return Ok(r);
+                    self.accounts.push(account);
+                    return Ok(self.spot_check(r).await);
                 }
                 Err(e) => {
                     failed_at.get_or_insert_with(Instant::now);
@@ -178,9 +187,66 @@ impl<'a> FailoverSession<'a> {
         Ok(())
     }
 
+    /// With the verifier's sampled probability, checks the step just confirmed (and the
+    /// unchecked ones before it) on other servers (see [`super::verify`]); when the chain
+    /// is caught, the culprit is banned, the majority's answers replace the chain's, and
+    /// the session is dropped so the next step runs on a chain without the culprit.
+    async fn spot_check(&mut self, r: StepReply) -> StepReply {
+        if !self.verifier.sample() {
+            return r;
+        }
+        let inputs: Vec<Vec<u32>> = self.history.iter().map(|(i, _)| i.clone()).collect();
+        let cx = VerifyContext {
+            client: self.client,
+            routes: self.routes,
+            opts: &self.opts,
+            chain: &self.chain,
+            inputs: &inputs,
+            accounts: &self.accounts,
+            exclude: &self.exclude,
+        };
+        match self.verifier.check(cx).await {
+            Outcome::Keep => r,
+            Outcome::PrimaryWrong {
+                from,
+                honest,
+                ban,
+                avoid,
+            } => {
+                let hops: Vec<Hop> = self.chain.iter().map(ChainHop::hop).collect();
+                if let Some(peer) = ban {
+                    let f = Failure::Proven {
+                        peer,
+                        misdeed: Misdeed::WrongOutput,
+                    };
+                    tracing::warn!(verdict = ?judge(&hops, &f), "{f}; failing over");
+                    self.routes.report_failure(peer);
+                    self.exclude.insert(peer);
+                }
+                self.exclude.extend(avoid);
+                for (i, h) in honest.iter().enumerate() {
+                    if let Some(entry) = self.history.get_mut(from + i) {
+                        entry.1 = h.token;
+                    }
+                }
+                // The next step re-plans and replays on a chain without the culprit.
+                self.session = None;
+                self.verifier.reset();
+                match self.replan().await {
+                    Ok(c) => self.chain = c,
+                    Err(e) => tracing::warn!("verify: no chain without the culprit yet: {e}"),
+                }
+                honest.last().cloned().unwrap_or(r)
+            }
+        }
+    }
+
     /// One try at a step: on a fresh chain, the open and the replay of the confirmed
     /// steps first.
-    async fn attempt(&mut self, tokens: &[u32]) -> Result<StepReply, PipelineError> {
+    async fn attempt(
+        &mut self,
+        tokens: &[u32],
+    ) -> Result<(StepReply, Vec<HopEvidence>), PipelineError> {
         if self.session.is_none() {
             self.open().await?;
             self.replay().await?;
@@ -196,23 +262,53 @@ impl<'a> FailoverSession<'a> {
         s.set_timeout(timeout);
         let t = Instant::now();
         let r = s.step(tokens).await?;
-        self.check(&r)?;
+        let evidence = self.check(&r)?;
         self.deadline.observe(tokens.len(), t.elapsed());
-        Ok(r)
+        Ok((r, evidence))
     }
 
-    /// A token outside the vocabulary is an answer no honest chain gives.
-    fn check(&self, r: &StepReply) -> Result<(), PipelineError> {
+    /// Checks an answer: its step records must chain up from what this side sent to what
+    /// it got (else the first hop relayed a broken chain: see `lamina_protocol::evidence`),
+    /// and a token outside the vocabulary is blamed on the last hop, whose signed record
+    /// says it drew it. Returns the checked records, in chain order.
+    fn check(&self, r: &StepReply) -> Result<Vec<HopEvidence>, PipelineError> {
+        let evidence = match r.proof.answered {
+            Some(answered) => {
+                let below: Vec<ExpectedHop> = self
+                    .chain
+                    .iter()
+                    .map(|h| ExpectedHop {
+                        peer: h.peer,
+                        layers: h.layers,
+                    })
+                    .collect();
+                let p = &r.proof;
+                check_chain(&p.records, &below, p.session, p.step, p.sent, answered).map_err(
+                    |e| {
+                        PipelineError::hop(
+                            Failure::FirstHop(LinkFailure::BadReply),
+                            format!("step records that do not hold: {e}"),
+                        )
+                    },
+                )?
+            }
+            None => Vec::new(),
+        };
         if r.token as usize >= self.vocab_size {
-            return Err(PipelineError::hop(
-                Failure::BadAnswer,
-                format!(
-                    "the chain drew token {}, outside the vocabulary of {}",
-                    r.token, self.vocab_size
-                ),
-            ));
+            let detail = format!(
+                "the chain drew token {}, outside the vocabulary of {}",
+                r.token, self.vocab_size
+            );
+            let failure = match evidence.last() {
+                Some(last) if last.output == StepProduct::Token(r.token) => Failure::Proven {
+                    peer: last.peer,
+                    misdeed: Misdeed::TokenOutOfRange,
+                },
+                _ => Failure::BadAnswer,
+            };
+            return Err(PipelineError::hop(failure, detail));
         }
-        Ok(())
+        Ok(evidence)
     }
 
     /// Replays the confirmed steps on the fresh session, checking each drawn token.
@@ -229,7 +325,9 @@ impl<'a> FailoverSession<'a> {
         s.set_timeout(self.deadline.next_for(widest));
         let inputs: Vec<Vec<u32>> = self.history.iter().map(|(i, _)| i.clone()).collect();
         let replies = s.replay(&inputs).await?;
+        let mut accounts = Vec::with_capacity(replies.len());
         for (i, (r, (_, drawn))) in replies.iter().zip(&self.history).enumerate() {
+            accounts.push(self.check(r)?);
             if r.token != *drawn {
                 return Err(PipelineError::ReplayMismatch {
                     step: i,
@@ -238,6 +336,7 @@ impl<'a> FailoverSession<'a> {
                 });
             }
         }
+        self.accounts = accounts;
         Ok(())
     }
 

@@ -32,6 +32,8 @@ pub struct ChainClient {
     pub context_length: usize,
     /// The model's ends, when this entry runs them itself (`--private-ends`).
     pub ends: Option<super::EntryEnds>,
+    /// How many of the steps to spot-check on other servers (`--verify-rate`).
+    pub verify: super::VerifyPolicy,
 }
 
 /// How one generation runs.

@@ -6,6 +6,7 @@
 //! - [`deadline`]: per-step deadlines from what the chain has shown it can do (pure);
 //! - [`ends`]: the model's embedding and head run by the entry (`--private-ends`);
 //! - [`failover`]: a session that survives hop failures by re-planning and replaying;
+//! - [`verify`]: spot checks of a random fraction of steps on other servers;
 //! - [`generate`]: the async driver of a whole generation ([`ChainClient::generate`]),
 //!   over sharding's pure generation machine.
 //!
@@ -19,16 +20,20 @@ pub mod failover;
 pub mod generate;
 pub mod recv;
 pub mod session;
+pub mod verify;
 
 use std::time::Duration;
 
-use lamina_protocol::{SamplingSettings, TraceId, WireDType};
+use lamina_protocol::{
+    Digest, SamplingSettings, SessionId, SignedStepRecord, StepProduct, TraceId, WireDType,
+};
 
 pub use chain::{check_chain, read_chain_file, ChainHop};
 pub use ends::EntryEnds;
 pub use failover::{FailoverPolicy, FailoverSession};
 pub use generate::{ChainClient, GenerateOptions, Observer};
 pub use session::PipelineSession;
+pub use verify::VerifyPolicy;
 
 use crate::failure::Failure;
 
@@ -124,6 +129,36 @@ pub struct StepReply {
     pub token: u32,
     /// The last position's logits, when asked for.
     pub logits: Option<Vec<f32>>,
+    /// What the chain signed about the step, for the entry to check.
+    pub proof: StepProof,
+}
+
+/// The step records of one answer (see `lamina_protocol::evidence`), unchecked, with
+/// what they must agree with: the input the entry sent and the answer it got.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StepProof {
+    /// The session and step the answer is for.
+    pub session: SessionId,
+    pub step: u64,
+    /// As they arrived: last hop first.
+    pub records: Vec<SignedStepRecord>,
+    /// Digest of the input this side sent.
+    pub sent: Digest,
+    /// The answer, as records state it (`None`: no answer to check, e.g. a test reply).
+    pub answered: Option<StepProduct>,
+}
+
+impl Default for StepProof {
+    /// Nothing to check (a reply the entry made itself).
+    fn default() -> Self {
+        Self {
+            session: SessionId::from(0u128),
+            step: 0,
+            records: Vec::new(),
+            sent: [0; 32],
+            answered: None,
+        }
+    }
 }
 
 /// Per hop of the rest of a chain, the least time a hop gives its next hop to open a

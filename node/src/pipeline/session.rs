@@ -6,14 +6,14 @@
 use std::time::Duration;
 
 use lamina_protocol::{
-    Close, EndsAt, Forward, ForwardInput, Hello, LinkFailure, Message, ModelId, OpenSession,
-    SessionId, StepOutput,
+    digest_input, Close, Digest, EndsAt, Forward, ForwardInput, Hello, LinkFailure, Message,
+    ModelId, OpenSession, SessionId, StepOutput, StepProduct,
 };
 use libp2p::PeerId;
 
 use super::ends::EntryEnds;
 use super::recv::{progress_cap, recv_answer, verified_report, RecvFailure};
-use super::{ChainHop, PipelineError, PipelineOptions, StepReply};
+use super::{ChainHop, PipelineError, PipelineOptions, StepProof, StepReply};
 use crate::dataplane::{Dialer, FramedRecv, FramedSend};
 use crate::failure::Failure;
 
@@ -172,8 +172,8 @@ impl PipelineSession {
             sent.push(self.send_chunks(tokens).await?);
         }
         let mut out = Vec::with_capacity(steps.len());
-        for (first, n) in sent {
-            out.push(self.answers(first, n).await?);
+        for chunks in sent {
+            out.push(self.answers(chunks).await?);
         }
         Ok(out)
     }
@@ -183,37 +183,49 @@ impl PipelineSession {
     /// sent back to back, so the hops work on its chunks as a pipeline (hop 2 on chunk 1
     /// while hop 1 runs chunk 2); the answer is the last chunk's.
     pub async fn step(&mut self, tokens: &[u32]) -> Result<StepReply, PipelineError> {
-        let (first, n) = self.send_chunks(tokens).await?;
-        self.answers(first, n).await
+        let chunks = self.send_chunks(tokens).await?;
+        self.answers(chunks).await
     }
 
     /// Sends `tokens` as `Forward`s of at most [`STEP_CHUNK_ROWS`] rows each (one, empty,
-    /// for no tokens); the first step number and how many were sent.
-    async fn send_chunks(&mut self, tokens: &[u32]) -> Result<(u64, u64), PipelineError> {
-        let first = self.step;
-        let mut n = 0;
+    /// for no tokens); each one's step number and the digest of its input (what the first
+    /// hop's signed record must name).
+    async fn send_chunks(&mut self, tokens: &[u32]) -> Result<Vec<(u64, Digest)>, PipelineError> {
+        let mut sent = Vec::new();
         for part in step_chunks(tokens) {
             let f = self.forward(part).await?;
+            sent.push((f.step, digest_input(&f.input)));
             self.send(&Message::Forward(f)).await?;
-            n += 1;
         }
-        Ok((first, n))
+        Ok(sent)
     }
 
-    /// The answers to steps `first..first + n`; the last one's reply.
-    async fn answers(&mut self, first: u64, n: u64) -> Result<StepReply, PipelineError> {
+    /// The answers to the chunks `sent`, each checked; the last one's reply.
+    async fn answers(&mut self, sent: Vec<(u64, Digest)>) -> Result<StepReply, PipelineError> {
         let mut last = None;
-        for i in 0..n {
+        for (step, digest) in sent {
             let m = self.recv().await?;
-            last = Some(self.step_reply(first + i, m).await?);
+            last = Some(self.step_reply(step, m, digest).await?);
         }
         last.ok_or_else(|| PipelineError::InvalidChain("a step of no chunks".into()))
     }
 
-    async fn step_reply(&self, step: u64, m: Message) -> Result<StepReply, PipelineError> {
+    async fn step_reply(
+        &self,
+        step: u64,
+        m: Message,
+        sent: Digest,
+    ) -> Result<StepReply, PipelineError> {
         match m {
             Message::StepResult(r) if r.step == step && r.session_id == self.session_id => {
-                match (r.output, &self.ends) {
+                let proof = StepProof {
+                    session: self.session_id,
+                    step,
+                    answered: Some(StepProduct::of(&r.output)),
+                    records: r.evidence,
+                    sent,
+                };
+                let reply = match (r.output, &self.ends) {
                     (StepOutput::Hidden(h), Some(ends)) => ends.reply(h).await,
                     (StepOutput::Token { .. }, Some(_)) => Err(PipelineError::hop(
                         Failure::BadAnswer,
@@ -225,12 +237,14 @@ impl PipelineSession {
                             .map(|l| l.to_f32())
                             .transpose()
                             .map_err(|e| PipelineError::hop(Failure::BadAnswer, e.to_string()))?,
+                        proof: StepProof::default(),
                     }),
                     (StepOutput::Hidden(_), None) => Err(PipelineError::hop(
                         Failure::BadAnswer,
                         "the chain returned hidden states, not a token".into(),
                     )),
-                }
+                };
+                reply.map(|r| StepReply { proof, ..r })
             }
             m => Err(self.unexpected("Forward", m)),
         }

@@ -9,8 +9,8 @@
 use std::time::Duration;
 
 use lamina_protocol::{
-    Close, ErrorMessage, Forward, Hello, HopAddr, LayerRange, LinkFailure, Message, OpenSession,
-    SessionId,
+    check_chain, Close, Digest, ErrorMessage, ExpectedHop, Forward, Hello, HopAddr, LayerRange,
+    LinkFailure, Message, OpenSession, SessionId, StepProduct,
 };
 use libp2p::PeerId;
 
@@ -61,6 +61,8 @@ pub struct NextHop {
     hop: HopAddr,
     /// The peers below this hop, whose reports it relays.
     below: Vec<PeerId>,
+    /// The chain below, whose step records it checks before it relays a result.
+    below_hops: Vec<ExpectedHop>,
     me: Upstream,
     tx: FramedSend,
     rx: FramedRecv,
@@ -76,10 +78,16 @@ impl NextHop {
         hop: &HopAddr,
         open: OpenSession,
     ) -> Result<Self, NextHopFailure> {
-        let below: Vec<PeerId> = std::iter::once(&hop.peer_id)
-            .chain(open.next_hops.iter().map(|h| &h.peer_id))
-            .filter_map(|b| PeerId::from_bytes(b).ok())
+        let below_hops: Vec<ExpectedHop> = std::iter::once(hop)
+            .chain(open.next_hops.iter())
+            .filter_map(|h| {
+                Some(ExpectedHop {
+                    peer: h.peer()?,
+                    layers: h.layers,
+                })
+            })
             .collect();
+        let below: Vec<PeerId> = below_hops.iter().map(|h| h.peer).collect();
         let depth = u32::try_from(open.next_hops.len())
             .unwrap_or(u32::MAX)
             .saturating_add(1);
@@ -116,6 +124,7 @@ impl NextHop {
             depth,
             hop: hop.clone(),
             below,
+            below_hops,
             me,
             tx,
             rx,
@@ -163,8 +172,14 @@ impl NextHop {
 
     /// Sends step `f` down and waits for its answer, within a deadline from what the next
     /// hop has shown it needs (tighter than every deadline above: see
-    /// [`downstream_deadline`]) and `cap` in all.
-    pub async fn forward(&mut self, f: Forward, cap: Duration) -> Result<Message, NextHopFailure> {
+    /// [`downstream_deadline`]) and `cap` in all. `sent` is the digest of `f`'s input: the
+    /// step records of the answer must chain up from it (else the next hop is blamed).
+    pub async fn forward(
+        &mut self,
+        f: Forward,
+        sent: Digest,
+        cap: Duration,
+    ) -> Result<Message, NextHopFailure> {
         let (rows, session_id, step) = (f.rows(), f.session_id, f.step);
         let silence = downstream_deadline(self.slowest, rows, self.depth).min(cap);
         let t0 = std::time::Instant::now();
@@ -178,6 +193,18 @@ impl NextHop {
                 if rows == 1 {
                     let took = t0.elapsed();
                     self.slowest = Some(self.slowest.map_or(took, |s| s.max(took)));
+                }
+                let answered = StepProduct::of(&r.output);
+                if let Err(e) = check_chain(
+                    &r.evidence,
+                    &self.below_hops,
+                    session_id,
+                    step,
+                    sent,
+                    answered,
+                ) {
+                    let what = format!("answered with step records that do not hold: {e}");
+                    return Err(self.me.blame(&self.hop, LinkFailure::BadReply, &what));
                 }
                 Ok(Message::StepResult(r))
             }

@@ -3,7 +3,8 @@
 //! hop's), so the entry can blame on typed facts that no relaying hop can forge.
 
 use lamina_protocol::{
-    ErrorCode, ErrorMessage, FailureReport, Fault, LayerRange, LinkFailure, SessionId,
+    Digest, ErrorCode, ErrorMessage, FailureReport, Fault, LayerRange, LinkFailure, Message,
+    SessionId, StepProduct, StepRecord,
 };
 use libp2p::identity::Keypair;
 use libp2p::PeerId;
@@ -92,5 +93,34 @@ impl Reporter {
             Fault::NextHop(link),
             message,
         )
+    }
+
+    /// `m` (a `StepResult` of step `step`) with this hop's signed record appended: it took
+    /// the input of digest `input` and gave `output` (see `lamina_protocol::evidence`).
+    /// Other messages pass unchanged; a record that cannot be signed is left out (the hop
+    /// above then blames this one, as it should: an unsigned step proves nothing).
+    pub fn seal(
+        &self,
+        m: Message,
+        layers: LayerRange,
+        input: Digest,
+        output: StepProduct,
+    ) -> Message {
+        let Message::StepResult(mut r) = m else {
+            return m;
+        };
+        let record = StepRecord {
+            signer: self.peer.to_bytes(),
+            session_id: r.session_id,
+            step: r.step,
+            layers,
+            input,
+            output,
+        };
+        match record.sign(&self.key) {
+            Ok(signed) => r.evidence.push(signed),
+            Err(e) => tracing::warn!("cannot sign a step record: {e}"),
+        }
+        Message::StepResult(r)
     }
 }

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use lamina_protocol::{
     Closed, EndsAt, ErrorCode, ErrorMessage, Forward, ForwardInput, LayerRange, Message,
-    OpenSession, Progress, SessionId, SessionOpened, StepOutput, StepResult, WireDType,
-    PROGRESS_INTERVAL_MS,
+    OpenSession, Progress, SessionId, SessionOpened, StepOutput, StepProduct, StepResult,
+    WireDType, PROGRESS_INTERVAL_MS,
 };
 use lamina_sharding::executor::Shard;
 use lamina_sharding::sampling::Sampler;
@@ -409,6 +409,7 @@ impl Stream {
             start_pos,
             input,
         } = f;
+        let input_digest = lamina_protocol::digest_input(&input);
         let span = tracing::debug_span!("step", step, rows);
         let compute = l.compute.take().ok_or_else(|| {
             ErrorMessage::new(
@@ -430,16 +431,20 @@ impl Stream {
             .map_err(|e| ErrorMessage::new(ErrorCode::Internal, e.to_string()))?;
         let (compute, out) = ran;
         l.compute = Some(compute);
-        let out = out.map_err(|e| match e {
+        let mut out = out.map_err(|e| match e {
             StepError::BadInput(m) => ErrorMessage::new(ErrorCode::BadTensor, m),
             StepError::Internal(m) => ErrorMessage::new(ErrorCode::Internal, m),
         })?;
+        if let Some(plan) = &self.server.options().faults {
+            plan.tamper(&mut out, self.served.host.vocab_size);
+        }
         self.machine.forwarded(step, rows);
         let output = match (out, role) {
             (StepOut::Hidden(h), Role::Forward) => {
                 let next = l.next.as_mut().ok_or_else(|| {
                     ErrorMessage::new(ErrorCode::NextHopFailed, "the next hop is gone")
                 })?;
+                let sent = lamina_protocol::digest_tensor(&h);
                 let f = Forward {
                     session_id,
                     step,
@@ -447,8 +452,13 @@ impl Stream {
                     input: ForwardInput::Hidden(h),
                 };
                 let cap = self.server.options().idle_timeout;
-                return match next.forward(f, cap).instrument(span).await {
-                    Ok(m) => Ok(m),
+                return match next.forward(f, sent, cap).instrument(span).await {
+                    Ok(m) => Ok(self.server.reporter().seal(
+                        m,
+                        self.layers,
+                        input_digest,
+                        StepProduct::Hidden(sent),
+                    )),
                     Err(failure) => {
                         // The session downstream is out of step with this hop now: later
                         // steps fail fast. A connection that failed is evicted, so the
@@ -471,11 +481,17 @@ impl Stream {
             (StepOut::Hidden(h), _) => StepOutput::Hidden(h),
             (StepOut::Token { id, logits }, _) => StepOutput::Token { id, logits },
         };
-        Ok(Message::StepResult(StepResult {
+        let made = StepProduct::of(&output);
+        let result = Message::StepResult(StepResult {
             session_id,
             step,
             output,
-        }))
+            evidence: Vec::new(),
+        });
+        Ok(self
+            .server
+            .reporter()
+            .seal(result, self.layers, input_digest, made))
     }
 }
 

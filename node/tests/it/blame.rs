@@ -214,6 +214,7 @@ async fn a_hop_that_names_another_peer_in_its_error_gets_itself_blamed() {
         tokenizer: tokenizer.clone(),
         context_length: model.config().expect("config").context_length,
         ends: None,
+        verify: Default::default(),
     };
     let honest: Vec<Vec<TestHop>> = RANGES
         .iter()
@@ -277,6 +278,7 @@ async fn refusals_ban_no_one() {
         tokenizer: std::sync::Arc::new(model.tokenizer().expect("tokenizer")),
         context_length: model.config().expect("config").context_length,
         ends: None,
+        verify: Default::default(),
     };
     let spawn = |r: usize, max: usize| {
         let (a, b) = RANGES[r];

@@ -97,6 +97,7 @@ impl Mesh {
                 tokenizer,
                 context_length: cfg.context_length,
                 ends: None,
+                verify: Default::default(),
             },
         }
     }

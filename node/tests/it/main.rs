@@ -6,7 +6,8 @@
 //!
 //! - in-process, through the library: `pipeline_stories`, `pipeline_smollm2` (chains of
 //!   session servers), `dataplane_bad_input`, `progress`, `blame`, `churn_harness`,
-//!   `nodes` (whole `Node`s in one process: mesh, placement, API);
+//!   `verify` (hops that lie, caught by peer id), `nodes` (whole `Node`s in one process:
+//!   mesh, placement, API);
 //! - processes, where the process is the point: `cli`, `mesh` (kill -9, restart),
 //!   `churn`, `failover`, `api_*` and `openai_python` (the daemon's HTTP API as users run
 //!   it), `testnet_*`, `model_pull`, `trust` (private meshes: strangers refused, revocation,
@@ -35,3 +36,4 @@ mod progress;
 mod testnet_control;
 mod testnet_updown;
 mod trust;
+mod verify;

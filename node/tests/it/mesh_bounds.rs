@@ -335,6 +335,7 @@ fn routes_follow_measured_speed_and_an_inflated_claim_is_demoted() {
                                 session_id: f.session_id,
                                 step: f.step,
                                 output: StepOutput::Hidden(row),
+                                evidence: Vec::new(),
                             })
                         }
                         _ => return,

@@ -55,6 +55,7 @@ async fn same_tokens_and_no_token_ids(file: &str, ranges: &[(u32, u32)], prompt:
         tokenizer: tokenizer.clone(),
         context_length: model.config().expect("config").context_length,
         ends: None,
+        verify: Default::default(),
     };
     let private = ChainClient {
         ends: Some(EntryEnds::new(

@@ -14,12 +14,13 @@ use lamina_node::failure::Failure;
 use lamina_node::pipeline::{ChainHop, PipelineError, PipelineOptions, PipelineSession};
 use lamina_node::session::ServerOptions;
 use lamina_protocol::{
-    FrameLimits, HelloAck, LayerRange, Message, ModelId, Progress, SessionOpened, StepOutput,
-    StepResult,
+    digest_input, FrameLimits, HelloAck, LayerRange, Message, ModelId, Progress, SessionOpened,
+    StepOutput, StepProduct, StepRecord, StepResult,
 };
 use lamina_sharding::source::ModelFile;
+use libp2p::identity::Keypair;
 
-use crate::common::hops::{client_dialer, spawn_fake, spawn_hop, tiny_model};
+use crate::common::hops::{client_dialer, spawn_fake_with_key, spawn_hop, tiny_model};
 
 const LIMIT: u32 = 1 << 20;
 /// The client's silence deadline: shorter than the slow hop's step, longer than the gap
@@ -41,12 +42,24 @@ enum Slow {
     Silent,
 }
 
-/// A fake hop for `layers` that answers every step with token 7, slowly.
+/// A fake hop for `layers` that answers every step with token 7, slowly (with its signed
+/// step record, as every hop since protocol version 5).
 fn start_fake(layers: LayerRange, how: Slow) -> ChainHop {
-    spawn_fake(layers, limits(), move |tx, rx| serve_fake(tx, rx, how)).0
+    let key = Keypair::generate_ed25519();
+    let signer = key.clone();
+    spawn_fake_with_key(layers, limits(), key, move |tx, rx| {
+        serve_fake(tx, rx, how, signer.clone(), layers)
+    })
+    .0
 }
 
-async fn serve_fake(mut tx: FramedSend, mut rx: FramedRecv, how: Slow) {
+async fn serve_fake(
+    mut tx: FramedSend,
+    mut rx: FramedRecv,
+    how: Slow,
+    key: Keypair,
+    layers: LayerRange,
+) {
     loop {
         let msg = match rx.recv().await {
             Ok(Some(m)) => m,
@@ -72,6 +85,16 @@ async fn serve_fake(mut tx: FramedSend, mut rx: FramedRecv, how: Slow) {
                         }
                     }
                 }
+                let record = StepRecord {
+                    signer: key.public().to_peer_id().to_bytes(),
+                    session_id: f.session_id,
+                    step: f.step,
+                    layers,
+                    input: digest_input(&f.input),
+                    output: StepProduct::Token(7),
+                }
+                .sign(&key)
+                .expect("sign");
                 Message::StepResult(StepResult {
                     session_id: f.session_id,
                     step: f.step,
@@ -79,6 +102,7 @@ async fn serve_fake(mut tx: FramedSend, mut rx: FramedRecv, how: Slow) {
                         id: 7,
                         logits: None,
                     },
+                    evidence: vec![record],
                 })
             }
             Message::Close(c) => Message::Closed(lamina_protocol::Closed {

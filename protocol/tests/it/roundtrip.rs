@@ -70,6 +70,7 @@ proptest! {
             session_id: SessionId::from(1u128),
             step: 0,
             output: StepOutput::Token { id: 0, logits: (!values.is_empty()).then_some(t) },
+            evidence: vec![],
         });
         let decoded = decode_frame(&encode_frame(&msg).unwrap(), &FrameLimits::default()).unwrap();
         if let Message::StepResult(StepResult { output: StepOutput::Token { logits: Some(l), .. }, .. }) = decoded {

@@ -93,7 +93,20 @@ where
     F: Fn(FramedSend, FramedRecv) -> Fut + Send + Sync + Clone + 'static,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
-    let key = Keypair::generate_ed25519();
+    spawn_fake_with_key(layers, limits, Keypair::generate_ed25519(), serve)
+}
+
+/// [`spawn_fake`] with a key the test chose (to sign what the fake sends).
+pub fn spawn_fake_with_key<F, Fut>(
+    layers: LayerRange,
+    limits: FrameLimits,
+    key: Keypair,
+    serve: F,
+) -> (ChainHop, Keypair)
+where
+    F: Fn(FramedSend, FramedRecv) -> Fut + Send + Sync + Clone + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
     let endpoint = server_endpoint("127.0.0.1:0".parse().expect("addr"), &key).expect("endpoint");
     let addr = endpoint.local_addr().expect("addr");
     tokio::spawn(async move {

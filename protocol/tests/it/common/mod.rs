@@ -235,11 +235,26 @@ pub fn step_result() -> impl Strategy<Value = StepResult> {
             .prop_map(|(id, logits)| StepOutput::Token { id, logits }),
         rows_tensor().prop_map(StepOutput::Hidden),
     ];
-    (session_id(), any::<u64>(), output).prop_map(|(session_id, step, output)| StepResult {
-        session_id,
-        step,
-        output,
-    })
+    let record = (
+        vec(any::<u8>(), 0..64),
+        vec(any::<u8>(), 0..40),
+        vec(any::<u8>(), 0..64),
+    )
+        .prop_map(
+            |(body, public_key, signature)| lamina_protocol::SignedStepRecord {
+                body,
+                public_key,
+                signature,
+            },
+        );
+    (session_id(), any::<u64>(), output, vec(record, 0..3)).prop_map(
+        |(session_id, step, output, evidence)| StepResult {
+            session_id,
+            step,
+            output,
+            evidence,
+        },
+    )
 }
 
 /// Any valid message.

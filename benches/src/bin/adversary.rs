@@ -1,0 +1,300 @@
+//! The adversary drill: a 4-node testnet (three servers of the whole model and an entry
+//! with `--layers none`) where node-0 misbehaves on purpose (`--adversary MODE`, one mode
+//! per round), while honest clients generate through the entry. Per mode it reports:
+//! whether every honest request completed with the reference text, honest time per token
+//! against the unattacked round, whether (and after how many requests) the adversary was
+//! banned by the entry, and the peak RSS of every node.
+//!
+//! `cargo build --release -p lamina-node -p lamina-benches &&
+//!  target/release/adversary [--modes corrupt,huge-token,stall,inflate,flood]
+//!  [--requests 6] [--clients 2] [--tokens 32] [--verify-rate 0.25] [--model FILE]`
+//!
+//! Activations are f32 (spot checks compare bit-exactly). Bounded: each request has a
+//! timeout, and every round's testnet is stopped before the next starts.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+use lamina_testnet::{Placement, UpOptions};
+use serde_json::{json, Value};
+
+#[derive(Parser, Debug)]
+#[command(about = "Drive each --adversary mode against a testnet while honest clients generate")]
+struct Args {
+    /// The modes to drill, comma-separated (the unattacked round always runs first).
+    #[arg(long, default_value = "corrupt,huge-token,stall,inflate,flood")]
+    modes: String,
+    /// Requests per honest client per round.
+    #[arg(long, default_value_t = 6)]
+    requests: usize,
+    /// Honest clients at once.
+    #[arg(long, default_value_t = 2)]
+    clients: usize,
+    /// Tokens per request (greedy).
+    #[arg(long, default_value_t = 32)]
+    tokens: usize,
+    /// `--verify-rate` of the nodes.
+    #[arg(long, default_value_t = 0.25)]
+    verify_rate: f64,
+    /// The model (default: shared/models/stories260K.gguf).
+    #[arg(long)]
+    model: Option<PathBuf>,
+    #[arg(long, default_value = "Once upon a time")]
+    prompt: String,
+    /// Timeout of one request, seconds.
+    #[arg(long, default_value_t = 120)]
+    timeout: u64,
+    /// Testnet folder (default: a temporary one).
+    #[arg(long)]
+    dir: Option<PathBuf>,
+}
+
+/// One honest request's outcome.
+struct Run {
+    text: Option<String>,
+    secs: f64,
+    error: Option<String>,
+}
+
+fn complete(api: &str, body: &Value, timeout: Duration) -> Run {
+    let t = Instant::now();
+    let r = ureq::post(&format!("{api}/v1/completions"))
+        .timeout(timeout)
+        .set("Content-Type", "application/json")
+        .send_string(&body.to_string());
+    let secs = t.elapsed().as_secs_f64();
+    match r {
+        Ok(resp) => match resp.into_json::<Value>() {
+            Ok(v) => Run {
+                text: v["choices"][0]["text"].as_str().map(str::to_owned),
+                secs,
+                error: None,
+            },
+            Err(e) => Run {
+                text: None,
+                secs,
+                error: Some(format!("bad body: {e}")),
+            },
+        },
+        Err(e) => Run {
+            text: None,
+            secs,
+            error: Some(e.to_string()),
+        },
+    }
+}
+
+/// Peak resident memory of a process, KiB (`VmHWM`).
+fn peak_rss_kib(pid: u32) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    s.lines()
+        .find(|l| l.starts_with("VmHWM:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+fn lamina_bin() -> Result<PathBuf> {
+    if let Some(p) = std::env::var_os("LAMINA_BIN") {
+        return Ok(PathBuf::from(p));
+    }
+    let p = std::env::current_exe()?.with_file_name("lamina");
+    if !p.exists() {
+        bail!(
+            "{} not found: build it with cargo build --release -p lamina-node",
+            p.display()
+        );
+    }
+    Ok(p)
+}
+
+/// What one round measured.
+struct Round {
+    mode: String,
+    runs: Vec<Run>,
+    /// Whether the entry's `/status` shows node-0 banned at the end of the round.
+    banned: bool,
+    /// Routes through node-0 seen in the entry's last route after each request.
+    routes_via_adversary: usize,
+    peak_rss_mib: Vec<f64>,
+}
+
+fn round(args: &Args, exe: &Path, model: &Path, dir: &Path, mode: Option<&str>) -> Result<Round> {
+    let state_path = dir.join("state.json");
+    let ranges = ["0..N", "0..N", "0..N", "none"];
+    let n_layers = {
+        let m = lamina_sharding::source::ModelFile::open(model)?;
+        m.config()?.n_layers
+    };
+    let ranges: Vec<String> = ranges
+        .iter()
+        .map(|r| r.replace('N', &n_layers.to_string()))
+        .collect();
+    let mut opts = UpOptions::new(
+        exe.to_path_buf(),
+        ranges.len(),
+        model.to_path_buf(),
+        state_path.clone(),
+        dir.join("net"),
+    );
+    opts.placement = Placement::Fixed(ranges);
+    opts.threads = Some(1);
+    opts.ready_timeout = Duration::from_secs(180);
+    opts.verify_rate = args.verify_rate;
+    if let Some(m) = mode {
+        opts.adversaries = vec![(0, m.to_string())];
+    }
+    let st = lamina_testnet::up(&opts).context("testnet up")?;
+    let down = Down(state_path.clone());
+    let entry = st.nodes.last().context("no entry")?.clone();
+    let api = entry.api.clone().context("the entry has no API")?;
+    let adversary = st.nodes[0].peer_id.clone();
+    let body = json!({"prompt": args.prompt, "max_tokens": args.tokens, "temperature": 0.0,
+                      "activation_dtype": "f32"});
+    let timeout = Duration::from_secs(args.timeout);
+    let mut runs = Vec::new();
+    let mut via = 0;
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (0..args.clients)
+            .map(|_| {
+                s.spawn(|| {
+                    (0..args.requests)
+                        .map(|_| {
+                            let r = complete(&api, &body, timeout);
+                            let route_via = lamina_testnet::status(&api)
+                                .ok()
+                                .and_then(|st| st["last_route"]["hops"].as_array().cloned())
+                                .is_some_and(|h| h.iter().any(|x| x["peer"] == adversary));
+                            (r, route_via)
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        for h in handles {
+            if let Ok(v) = h.join() {
+                for (r, route_via) in v {
+                    via += usize::from(route_via);
+                    runs.push(r);
+                }
+            }
+        }
+    });
+    let status = lamina_testnet::status(&api).unwrap_or(Value::Null);
+    let banned = status["peers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|p| p["peer_id"] == adversary && p["banned_for_ms"].as_u64().unwrap_or(0) > 0);
+    let peak_rss_mib = st
+        .nodes
+        .iter()
+        .map(|n| peak_rss_kib(n.pid).map_or(f64::NAN, |k| k as f64 / 1024.0))
+        .collect();
+    drop(down);
+    Ok(Round {
+        mode: mode.unwrap_or("none").to_string(),
+        runs,
+        banned,
+        routes_via_adversary: via,
+        peak_rss_mib,
+    })
+}
+
+/// Stops the testnet of `state` when dropped.
+struct Down(PathBuf);
+
+impl Drop for Down {
+    fn drop(&mut self) {
+        let _ = lamina_testnet::down(&self.0);
+    }
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    let exe = lamina_bin()?;
+    let model = args.model.clone().unwrap_or_else(|| {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/models/stories260K.gguf")
+    });
+    if !model.exists() {
+        bail!("model {} not found (--model)", model.display());
+    }
+    let dir = args.dir.clone().unwrap_or_else(|| {
+        std::env::temp_dir().join(format!("lamina-adversary-{}", std::process::id()))
+    });
+    let mut rounds = Vec::new();
+    let modes: Vec<String> = args.modes.split(',').map(|m| m.trim().to_owned()).collect();
+    for (i, mode) in std::iter::once(None)
+        .chain(modes.iter().map(|m| Some(m.as_str())))
+        .enumerate()
+    {
+        eprintln!("adversary: round {i}: {}", mode.unwrap_or("none"));
+        rounds.push(round(
+            &args,
+            &exe,
+            &model,
+            &dir.join(format!("round-{i}")),
+            mode,
+        )?);
+    }
+    let reference = rounds[0]
+        .runs
+        .iter()
+        .find_map(|r| r.text.clone())
+        .context("the unattacked round produced no text")?;
+    let per_token = |r: &Round| {
+        let ok: Vec<f64> = r
+            .runs
+            .iter()
+            .filter(|x| x.error.is_none())
+            .map(|x| x.secs / args.tokens as f64)
+            .collect();
+        if ok.is_empty() {
+            f64::NAN
+        } else {
+            let mut v = ok;
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2]
+        }
+    };
+    let base = per_token(&rounds[0]);
+    println!(
+        "| mode | honest requests ok | reference text | median ms/token | vs unattacked | adversary banned | routes via adversary | peak RSS per node (MiB) |"
+    );
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- |");
+    for r in &rounds {
+        let ok = r.runs.iter().filter(|x| x.error.is_none()).count();
+        let same = r
+            .runs
+            .iter()
+            .filter(|x| x.text.as_deref() == Some(reference.as_str()))
+            .count();
+        let t = per_token(r);
+        println!(
+            "| {} | {ok}/{} | {same}/{} | {:.1} | {:.2}x | {} | {} | {} |",
+            r.mode,
+            r.runs.len(),
+            r.runs.len(),
+            t * 1e3,
+            t / base,
+            if r.mode == "none" {
+                "-".into()
+            } else {
+                r.banned.to_string()
+            },
+            r.routes_via_adversary,
+            r.peak_rss_mib
+                .iter()
+                .map(|m| format!("{m:.0}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        for e in r.runs.iter().filter_map(|x| x.error.as_ref()).take(3) {
+            eprintln!("  {}: error: {e}", r.mode);
+        }
+    }
+    Ok(())
+}
