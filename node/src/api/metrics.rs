@@ -487,4 +487,38 @@ mod tests {
         assert_eq!(m.active_requests(), 0);
         assert!(text.ends_with("# EOF\n"));
     }
+
+    #[test]
+    fn mesh_figures_follow_the_snapshot_and_departed_peers_lose_their_labels() {
+        let m = Metrics::new();
+        let peer = libp2p::PeerId::random();
+        let mut snap = crate::mesh::MeshSnapshot::default();
+        snap.speeds.record(peer, 10.0, 1000.0, 0);
+        snap.obs
+            .rtt
+            .insert(peer, std::time::Duration::from_millis(2));
+        snap.gossip_refused.insert("rate", 3);
+        snap.connections_refused.insert("inbound", 1);
+        snap.gossip_verified = 7;
+        m.set_mesh(&snap);
+        let text = m.encode();
+        for line in [
+            format!("lamina_peer_measured_tokens_per_sec{{peer=\"{peer}\"}} 10.0"),
+            format!("lamina_peer_demoted{{peer=\"{peer}\"}} 1"),
+            format!("lamina_hop_rtt_seconds{{peer=\"{peer}\"}} 0.002"),
+            "lamina_gossip_refused_total{reason=\"rate\"} 3".to_string(),
+            "lamina_p2p_connections_refused_total{reason=\"inbound\"} 1".to_string(),
+            "lamina_gossip_verified_total 7".to_string(),
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line:?} in\n{text}");
+        }
+        // Counters only grow: a later snapshot's totals raise them, never lower them.
+        snap.gossip_refused.insert("rate", 5);
+        snap.speeds.forget(&peer);
+        snap.obs.rtt.clear();
+        m.set_mesh(&snap);
+        let text = m.encode();
+        assert!(text.contains("lamina_gossip_refused_total{reason=\"rate\"} 5"));
+        assert!(!text.contains(&peer.to_string()), "{text}");
+    }
 }

@@ -48,7 +48,8 @@ pub struct ProbeOptions {
     pub max_concurrent: usize,
     /// Bound on one whole probe. Default 15 s.
     pub timeout: Duration,
-    /// Rows of the probe's prefill. Default 8.
+    /// Rows of the probe's prefill, at least (each probe picks up to four times this).
+    /// Default 8.
     pub prefill_rows: u32,
     /// Timed decode steps. Default 5 (the median is taken).
     pub decode_steps: u32,
@@ -154,12 +155,17 @@ async fn probe(dialer: &Dialer, t: &Target, opts: &ProbeOptions) -> Result<Durat
         .await
         .map_err(|e| err("connect", &e))?;
     let session_id = crate::ids::new_session_id();
-    let rows = opts.prefill_rows.max(1);
+    // Sizes vary per probe (from the session id, itself random), so that a hop cannot
+    // tell probes by a fixed prefill length or session length at open time.
+    let mut seed = u64::from_le_bytes(session_id.as_bytes()[..8].try_into().unwrap_or([7; 8]));
+    let base = opts.prefill_rows.max(1);
+    let rows = base.saturating_add((seed % u64::from(base.saturating_mul(3))) as u32);
+    let slack = 16 + ((seed >> 16) % 497) as u32;
     let open = OpenSession {
         session_id,
         model_id: t.model_id,
         layers: t.layers,
-        max_length: rows + opts.decode_steps + 1,
+        max_length: rows.saturating_add(opts.decode_steps).saturating_add(slack),
         activation_dtype: crate::pipeline::PipelineOptions::default().activation_dtype,
         sampling: None,
         return_logits: false,
@@ -185,7 +191,6 @@ async fn probe(dialer: &Dialer, t: &Target, opts: &ProbeOptions) -> Result<Durat
             )));
         }
     }
-    let mut seed = u64::from_le_bytes(session_id.as_bytes()[..8].try_into().unwrap_or([7; 8]));
     let mut position = 0u32;
     let mut times = Vec::with_capacity(opts.decode_steps as usize);
     for step in 0..=u64::from(opts.decode_steps) {
@@ -197,7 +202,7 @@ async fn probe(dialer: &Dialer, t: &Target, opts: &ProbeOptions) -> Result<Durat
             start_pos: position,
             input,
         };
-        position += n;
+        position = position.saturating_add(n);
         let t0 = Instant::now();
         tx.send(&Message::Forward(f))
             .await
