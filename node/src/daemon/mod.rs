@@ -205,12 +205,13 @@ impl Node {
             }
             None => Arc::new(crate::api::access::Access::open()),
         };
-        let mesh = MeshHandle::start(
+        let mesh = MeshHandle::start_with(
             key.clone(),
             &swarm,
             template,
             gate.clone(),
             token.child_token(),
+            config.limits.mesh,
         )?;
         mesh.wait_listening(Duration::from_secs(5)).await;
         mesh.update(|_| {}).await?;

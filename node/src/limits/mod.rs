@@ -15,7 +15,9 @@
 //! - every send and dial: a deadline;
 //! - the HTTP API: connections, header and body deadlines, admission before tokenizing.
 //!
-//! The mesh's own bounds (gossip, libp2p connections) live in [`crate::mesh`].
+//! The mesh's own bounds (gossip verification and sync per peer, libp2p connections) are
+//! [`MeshLimits`](crate::mesh::MeshLimits), a part of [`Limits`], enforced in
+//! [`crate::mesh`].
 //!
 //! [`ErrorCode`]: lamina_protocol::ErrorCode
 
@@ -38,7 +40,7 @@ pub use refusals::{Bound, Refusals};
 pub const DEFAULT_MAX_STEP_ROWS: u32 = 512;
 
 /// What a node bounds, with the defaults of `lamina node`.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Limits {
     /// Sessions served at once; the next `OpenSession` gets `SessionLimit`.
     pub max_sessions: usize,
@@ -50,6 +52,8 @@ pub struct Limits {
     pub peers: PeerBounds,
     /// What HTTP clients can make this node spend.
     pub http: HttpBounds,
+    /// What mesh peers can make this node spend (gossip, libp2p connections).
+    pub mesh: crate::mesh::MeshLimits,
 }
 
 impl Default for Limits {
@@ -60,6 +64,7 @@ impl Default for Limits {
             frame: FrameLimits::default(),
             peers: PeerBounds::default(),
             http: HttpBounds::default(),
+            mesh: crate::mesh::MeshLimits::default(),
         }
     }
 }
