@@ -195,13 +195,15 @@ impl<'a> FailoverSession<'a> {
         if !self.verifier.sample() {
             return r;
         }
-        let inputs: Vec<Vec<u32>> = self.history.iter().map(|(i, _)| i.clone()).collect();
+        let widest = self.history.iter().map(|(i, _)| i.len()).max().unwrap_or(1);
+        let chain_floor = HOP_FLOOR * u32::try_from(self.chain.len()).unwrap_or(u32::MAX);
         let cx = VerifyContext {
             client: self.client,
             routes: self.routes,
             opts: &self.opts,
             chain: &self.chain,
-            inputs: &inputs,
+            history: &self.history,
+            timeout: self.deadline.next_for(widest).max(chain_floor),
             accounts: &self.accounts,
             exclude: &self.exclude,
         };

@@ -31,12 +31,15 @@
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use lamina_protocol::{check_chain, ExpectedHop, HopEvidence, StepProduct, TraceId, WireDType};
+use lamina_protocol::{
+    check_chain, ExpectedHop, HopEvidence, LinkFailure, StepProduct, TraceId, WireDType,
+};
 use libp2p::PeerId;
 
 use super::{
     open_timeout, ChainClient, ChainHop, PipelineError, PipelineOptions, PipelineSession, StepReply,
 };
+use crate::failure::{judge, Failure, Hop, Verdict};
 use crate::routes::RouteSource;
 
 /// How much to verify.
@@ -239,8 +242,12 @@ pub struct Context<'a> {
     pub routes: &'a dyn RouteSource,
     pub opts: &'a PipelineOptions,
     pub chain: &'a [ChainHop],
-    /// Inputs of the confirmed steps, in order (the last is the sampled step).
-    pub inputs: &'a [Vec<u32>],
+    /// The confirmed steps' inputs and drawn tokens, in order (the last is the sampled
+    /// step).
+    pub history: &'a [(Vec<u32>, u32)],
+    /// Bound on each answer of a second chain (the primary's own step deadline: a
+    /// stalling replica costs no more than a stalling primary).
+    pub timeout: std::time::Duration,
     /// The primary chain's checked account of each confirmed step.
     pub accounts: &'a [Vec<HopEvidence>],
     /// Peers the generation avoids already.
@@ -252,6 +259,9 @@ pub struct Verifier {
     rate: f64,
     rng: SplitMix,
     shadow: Option<Replica>,
+    /// Peers of second chains that failed this generation's checks without a culprit
+    /// named (a stalling replica): later checks of this generation pick others.
+    avoid: HashSet<PeerId>,
 }
 
 impl Verifier {
@@ -267,6 +277,7 @@ impl Verifier {
             rate: policy.rate,
             rng: SplitMix(policy.seed ^ t),
             shadow: None,
+            avoid: HashSet::new(),
         }
     }
 
@@ -295,11 +306,11 @@ impl Verifier {
             bump(&COUNTS.skipped);
             return Outcome::Keep;
         }
-        let Some(upto) = cx.inputs.len().checked_sub(1) else {
+        let Some(upto) = cx.history.len().checked_sub(1) else {
             return Outcome::Keep;
         };
         if self.shadow.is_none() {
-            let avoid: HashSet<PeerId> = cx.exclude.clone();
+            let avoid: HashSet<PeerId> = cx.exclude.union(&self.avoid).copied().collect();
             match open_replica(&cx, &avoid, cx.chain).await {
                 Some(r) => self.shadow = Some(r),
                 None => {
@@ -313,6 +324,15 @@ impl Verifier {
         };
         if let Err(e) = catch_up(shadow, &cx, upto).await {
             tracing::warn!("verify: the shadow chain failed ({e}); skipping this check");
+            blame_replica(&cx, &shadow.chain, &e);
+            let primary: HashSet<PeerId> = cx.chain.iter().map(|h| h.peer).collect();
+            self.avoid.extend(
+                shadow
+                    .chain
+                    .iter()
+                    .map(|h| h.peer)
+                    .filter(|p| !primary.contains(p)),
+            );
             self.shadow = None;
             bump(&COUNTS.skipped);
             return Outcome::Keep;
@@ -348,7 +368,7 @@ impl Verifier {
             };
         }
         let judgement = {
-            let mut hard: HashSet<PeerId> = cx.exclude.clone();
+            let mut hard: HashSet<PeerId> = cx.exclude.union(&self.avoid).copied().collect();
             hard.extend(primary_suspects.iter().copied());
             hard.extend(shadow_suspects.iter().copied());
             let prefer_off: Vec<ChainHop> = cx
@@ -366,6 +386,7 @@ impl Verifier {
                     ),
                     Err(e) => {
                         tracing::warn!("verify: the third chain failed ({e})");
+                        blame_replica(&cx, &third.chain, &e);
                         Judgement::Undecided
                     }
                 },
@@ -447,6 +468,16 @@ async fn open_replica(
     }
 }
 
+/// A second chain's failure is judged like the primary's (its culprit banned), but
+/// changes nothing for the generation: the check is skipped.
+fn blame_replica(cx: &Context<'_>, chain: &[ChainHop], e: &PipelineError) {
+    let Some(f) = e.failure() else { return };
+    let hops: Vec<Hop> = chain.iter().map(ChainHop::hop).collect();
+    if let Verdict::Reroute { ban: Some(p), .. } = judge(&hops, f) {
+        cx.routes.report_failure(p);
+    }
+}
+
 /// Runs the confirmed steps `r` has not run yet, up to `upto`, checking each answer's
 /// records against `r`'s chain.
 async fn catch_up(r: &mut Replica, cx: &Context<'_>, upto: usize) -> Result<(), PipelineError> {
@@ -462,15 +493,24 @@ async fn catch_up(r: &mut Replica, cx: &Context<'_>, upto: usize) -> Result<(), 
             layers: h.layers,
         })
         .collect();
-    r.session.set_timeout(cx.opts.step_timeout);
-    let replies = r.session.replay(&cx.inputs[from..=upto]).await?;
+    r.session.set_timeout(cx.timeout);
+    let inputs: Vec<Vec<u32>> = cx.history[from..=upto]
+        .iter()
+        .map(|(i, _)| i.clone())
+        .collect();
+    let replies = r.session.replay(&inputs).await?;
     for reply in replies {
         let p = &reply.proof;
         let answered = p.answered.ok_or_else(|| {
             PipelineError::InvalidChain("a replica's answer carries no step records".into())
         })?;
         let account = check_chain(&p.records, &below, p.session, p.step, p.sent, answered)
-            .map_err(|e| PipelineError::InvalidChain(format!("a replica's records: {e}")))?;
+            .map_err(|e| {
+                PipelineError::hop(
+                    Failure::FirstHop(LinkFailure::BadReply),
+                    format!("a replica's step records that do not hold: {e}"),
+                )
+            })?;
         r.accounts.push(account);
         r.replies.push(reply);
     }

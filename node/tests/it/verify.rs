@@ -275,3 +275,21 @@ async fn with_verification_on_an_honest_mesh_bans_nobody() {
     assert!(routes.banned().is_empty(), "{:?}", routes.banned());
     close(&servers);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_first_hop_that_stalls_every_step_is_routed_around() {
+    let Some(c) = case() else { return };
+    let servers = vec![
+        serve(&c.model, c.id, RANGES[0], Some(Adversary::Stall)),
+        serve(&c.model, c.id, RANGES[0], None),
+        serve(&c.model, c.id, RANGES[1], None),
+        serve(&c.model, c.id, RANGES[2], None),
+    ];
+    let staller = servers[0].hop.peer;
+    let routes = Routes::new(&servers);
+    let (ids, banned_at) = generate(&c, &routes, 0.0, Some(staller)).await;
+    assert_eq!(ids, c.want);
+    assert_eq!(routes.banned(), vec![staller]);
+    assert_eq!(banned_at, Some(0));
+    close(&servers);
+}
