@@ -9,6 +9,9 @@
 //! dicts and lists (`.strip()`, `.startswith()`, `.items()`, ...) are provided by an unknown-method
 //! callback, since `minijinja-contrib` is not a dependency.
 
+use crate::file_limits::{
+    CHAT_RECURSION_LIMIT, CHAT_RENDER_FUEL, CHAT_RENDER_MAX_BYTES, CHAT_TEMPLATE_MAX_BYTES,
+};
 use crate::tokenizer::Tokenizer;
 use crate::{Error, Result};
 use candle_core::quantized::gguf_file::Value;
@@ -79,8 +82,23 @@ impl ChatTemplate {
 
     /// From a template string (e.g. `tokenizer_config.json`'s `chat_template`), with the
     /// BOS/EOS token strings the template may reference.
+    ///
+    /// The template is a model file's content: its source is capped at
+    /// [`CHAT_TEMPLATE_MAX_BYTES`], and every render runs with [`CHAT_RENDER_FUEL`]
+    /// instructions, [`CHAT_RECURSION_LIMIT`] levels of nesting and [`CHAT_RENDER_MAX_BYTES`]
+    /// of output, so a hostile template costs a bounded amount of time and output.
     pub fn new(source: &str, bos_token: &str, eos_token: &str) -> Result<Self> {
+        if source.len() > CHAT_TEMPLATE_MAX_BYTES {
+            return Err(Error::limit(
+                TEMPLATE_NAME,
+                "chat template source size",
+                source.len() as u64,
+                CHAT_TEMPLATE_MAX_BYTES as u64,
+            ));
+        }
         let mut env = Environment::new();
+        env.set_fuel(Some(CHAT_RENDER_FUEL));
+        env.set_recursion_limit(CHAT_RECURSION_LIMIT);
         env.set_trim_blocks(true);
         env.set_lstrip_blocks(true);
         env.set_unknown_method_callback(python_method);
@@ -108,13 +126,64 @@ impl ChatTemplate {
             .env
             .get_template(TEMPLATE_NAME)
             .map_err(template_error)?;
-        tmpl.render(minijinja::context! {
-            messages => messages,
-            add_generation_prompt => add_generation_prompt,
-            bos_token => &self.bos_token,
-            eos_token => &self.eos_token,
-        })
-        .map_err(template_error)
+        let mut out = CappedWriter {
+            buf: Vec::new(),
+            cap: CHAT_RENDER_MAX_BYTES,
+            overflowed: false,
+        };
+        let rendered = tmpl.render_captured_to(
+            minijinja::context! {
+                messages => messages,
+                add_generation_prompt => add_generation_prompt,
+                bos_token => &self.bos_token,
+                eos_token => &self.eos_token,
+            },
+            &mut out,
+        );
+        if out.overflowed {
+            return Err(Error::limit(
+                TEMPLATE_NAME,
+                "rendered chat prompt size",
+                (out.buf.len() as u64).saturating_add(1),
+                CHAT_RENDER_MAX_BYTES as u64,
+            ));
+        }
+        match rendered {
+            Ok(_) => {}
+            Err(e) if e.kind() == ErrorKind::OutOfFuel => {
+                return Err(Error::limit(
+                    TEMPLATE_NAME,
+                    "chat template render instructions",
+                    CHAT_RENDER_FUEL.saturating_add(1),
+                    CHAT_RENDER_FUEL,
+                ));
+            }
+            Err(e) => return Err(template_error(e)),
+        }
+        String::from_utf8(out.buf)
+            .map_err(|e| Error::ChatTemplate(format!("the rendered prompt is not UTF-8: {e}")))
+    }
+}
+
+/// The render's output, refusing to grow past `cap` bytes (the render then fails).
+struct CappedWriter {
+    buf: Vec<u8>,
+    cap: usize,
+    overflowed: bool,
+}
+
+impl std::io::Write for CappedWriter {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        if self.buf.len().saturating_add(data.len()) > self.cap {
+            self.overflowed = true;
+            return Err(std::io::Error::other("rendered chat prompt too large"));
+        }
+        self.buf.extend_from_slice(data);
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 

@@ -4,6 +4,7 @@
 //! executor needs is validated once, at load, so that a bad file fails with a message
 //! naming the key rather than with a shape error deep inside a forward pass.
 
+use crate::file_limits::*;
 use crate::{Error, Result};
 use candle_core::quantized::gguf_file::Value;
 use std::collections::HashMap;
@@ -105,7 +106,7 @@ impl ModelConfig {
             rms_eps,
             tied_embeddings: !has_output,
         };
-        cfg.validate()?;
+        cfg.validate_keys(&SettingKeys::gguf(&cfg.architecture))?;
         Ok(cfg)
     }
 
@@ -113,10 +114,14 @@ impl ModelConfig {
     pub fn from_hf_config(json: &serde_json::Value) -> Result<Self> {
         let get = |k: &str| json.get(k);
         let num = |k: &str| -> Result<usize> {
-            get(k)
-                .and_then(|v| v.as_u64())
-                .map(|v| v as usize)
-                .ok_or_else(|| Error::MissingMetadata(format!("config.json: {k}")))
+            let key = format!("config.json: {k}");
+            let v = get(k).ok_or_else(|| Error::MissingMetadata(key.clone()))?;
+            let n = v
+                .as_u64()
+                .map(i128::from)
+                .or_else(|| v.as_i64().map(i128::from))
+                .ok_or_else(|| bad(&key, format!("expected an integer, found {v}")))?;
+            in_range(&key, n, 0, u32::MAX as u64)
         };
         let model_type = get("model_type")
             .and_then(|v| v.as_str())
@@ -127,14 +132,20 @@ impl ModelConfig {
         }
         let dim = num("hidden_size")?;
         let n_heads = num("num_attention_heads")?;
-        let n_kv_heads = num("num_key_value_heads").unwrap_or(n_heads);
+        let n_kv_heads = match get("num_key_value_heads") {
+            Some(_) => num("num_key_value_heads")?,
+            None => n_heads,
+        };
         if n_heads == 0 || dim % n_heads != 0 {
             return Err(bad(
                 "config.json: num_attention_heads",
                 format!("{n_heads} heads do not divide hidden_size {dim}"),
             ));
         }
-        let head_dim = num("head_dim").unwrap_or(dim / n_heads);
+        let head_dim = match get("head_dim") {
+            Some(v) if !v.is_null() => num("head_dim")?,
+            _ => dim / n_heads,
+        };
         if get("rope_scaling").is_some_and(|v| !v.is_null()) {
             return Err(bad(
                 "config.json: rope_scaling",
@@ -154,7 +165,10 @@ impl ModelConfig {
             head_dim,
             ffn_dim: num("intermediate_size")?,
             vocab_size: num("vocab_size")?,
-            context_length: num("max_position_embeddings").unwrap_or(2048),
+            context_length: match get("max_position_embeddings") {
+                Some(_) => num("max_position_embeddings")?,
+                None => 2048,
+            },
             rope_base: get("rope_theta")
                 .and_then(|v| v.as_f64())
                 .unwrap_or(10_000.0) as f32,
@@ -165,24 +179,42 @@ impl ModelConfig {
                 .and_then(|v| v.as_bool())
                 .unwrap_or(false),
         };
-        cfg.validate()?;
+        cfg.validate_keys(&SettingKeys::hf())?;
         Ok(cfg)
     }
 
-    /// Refuses settings the executor cannot run, with the key that is wrong.
+    /// Refuses settings the executor cannot run, with the key that is wrong (named as in
+    /// GGUF metadata).
     pub fn validate(&self) -> Result<()> {
-        let nonzero = [
-            ("block_count", self.n_layers),
-            ("embedding_length", self.dim),
-            ("feed_forward_length", self.ffn_dim),
-            ("vocab_size", self.vocab_size),
-            ("context_length", self.context_length),
-            ("attention.head_count_kv", self.n_kv_heads),
+        self.validate_keys(&SettingKeys::gguf(&self.architecture))
+    }
+
+    /// [`ModelConfig::validate`], naming the settings by `keys`. Every size is bounded by
+    /// [`crate::file_limits`], so that nothing sized from them later (the RoPE tables, the
+    /// KV cache, the embedding) can overflow or ask for an absurd allocation.
+    fn validate_keys(&self, keys: &SettingKeys) -> Result<()> {
+        let ranges = [
+            (&keys.layers, self.n_layers, MAX_LAYERS),
+            (&keys.dim, self.dim, MAX_EMBEDDING),
+            (&keys.heads, self.n_heads, MAX_HEADS),
+            (&keys.kv_heads, self.n_kv_heads, MAX_HEADS),
+            (&keys.head_dim, self.head_dim, MAX_HEAD_DIM),
+            (&keys.rope_dim, self.rope_dim, MAX_HEAD_DIM),
+            (&keys.ffn, self.ffn_dim, MAX_FFN),
+            (&keys.vocab, self.vocab_size, MAX_VOCAB),
+            (&keys.context, self.context_length, MAX_CONTEXT_LENGTH),
         ];
-        for (k, v) in nonzero {
-            if v == 0 {
-                return Err(bad(k, "must be positive".into()));
-            }
+        for (key, value, max) in ranges {
+            in_range(key, value as i128, 1, max)?;
+        }
+        let rope_floats = self.context_length as u64 * self.rope_dim as u64;
+        if rope_floats > MAX_ROPE_TABLE_FLOATS {
+            return Err(Error::OutOfRange {
+                key: format!("{} * {}", keys.context, keys.rope_dim),
+                value: rope_floats.into(),
+                min: 1,
+                max: MAX_ROPE_TABLE_FLOATS,
+            });
         }
         if !self.n_heads.is_multiple_of(self.n_kv_heads) {
             return Err(bad(
@@ -223,6 +255,69 @@ impl ModelConfig {
     }
 }
 
+/// The names of the settings in the format they were read from, for errors.
+struct SettingKeys {
+    layers: String,
+    dim: String,
+    heads: String,
+    kv_heads: String,
+    head_dim: String,
+    rope_dim: String,
+    ffn: String,
+    vocab: String,
+    context: String,
+}
+
+impl SettingKeys {
+    fn gguf(arch: &str) -> Self {
+        let k = |s: &str| format!("{arch}.{s}");
+        Self {
+            layers: k("block_count"),
+            dim: k("embedding_length"),
+            heads: k("attention.head_count"),
+            kv_heads: k("attention.head_count_kv"),
+            head_dim: k("attention.key_length"),
+            rope_dim: k("rope.dimension_count"),
+            ffn: k("feed_forward_length"),
+            vocab: k("vocab_size"),
+            context: k("context_length"),
+        }
+    }
+
+    fn hf() -> Self {
+        let k = |s: &str| format!("config.json: {s}");
+        Self {
+            layers: k("num_hidden_layers"),
+            dim: k("hidden_size"),
+            heads: k("num_attention_heads"),
+            kv_heads: k("num_key_value_heads"),
+            head_dim: k("head_dim"),
+            rope_dim: k("head_dim"),
+            ffn: k("intermediate_size"),
+            vocab: k("vocab_size"),
+            context: k("max_position_embeddings"),
+        }
+    }
+}
+
+/// `value` as a usize if it lies in `min..=max`, else [`Error::OutOfRange`] naming `key`.
+fn in_range(key: &str, value: i128, min: u64, max: u64) -> Result<usize> {
+    if value < i128::from(min) || value > i128::from(max) {
+        return Err(Error::OutOfRange {
+            key: key.to_string(),
+            value,
+            min,
+            max,
+        });
+    }
+    usize::try_from(value).map_err(|_| Error::OutOfRange {
+        key: key.to_string(),
+        value,
+        min,
+        max,
+    })
+}
+
 fn bad(key: &str, reason: String) -> Error {
     Error::BadMetadata {
         key: key.to_string(),
@@ -261,11 +356,9 @@ pub(crate) fn md_usize(md: &HashMap<String, Value>, key: &str) -> Result<usize> 
             ))
         }
     };
-    // Bounds that no real model reaches keep later size arithmetic from overflowing.
-    if !(0..=(1i128 << 32)).contains(&n) {
-        return Err(bad(key, format!("{n} is out of range")));
-    }
-    Ok(n as usize)
+    // Each setting has its own, tighter bound in `validate`; this one only keeps the
+    // arithmetic before it from overflowing.
+    in_range(key, n, 0, u32::MAX as u64)
 }
 
 pub(crate) fn md_f64(md: &HashMap<String, Value>, key: &str) -> Result<f64> {

@@ -22,6 +22,26 @@ pub enum Error {
     #[error("{path}: malformed or truncated model file: {reason}")]
     Malformed { path: PathBuf, reason: String },
 
+    /// A count or size read from a file is above lamina's limit for it
+    /// ([`crate::file_limits`]); `field` names what was read.
+    #[error("{path}: {field} is {value}, above lamina's limit of {limit}")]
+    LimitExceeded {
+        path: PathBuf,
+        field: String,
+        value: u64,
+        limit: u64,
+    },
+
+    /// A model setting is outside the range lamina runs ([`crate::file_limits`]); `key` is
+    /// the metadata key or `config.json` field.
+    #[error("model setting `{key}` is {value}, outside the supported range {min}..={max}")]
+    OutOfRange {
+        key: String,
+        value: i128,
+        min: u64,
+        max: u64,
+    },
+
     #[error("unsupported architecture `{0}` (lamina runs the llama family: llama, mistral, smollm, tinyllama)")]
     UnsupportedArchitecture(String),
 
@@ -87,4 +107,34 @@ impl Error {
             source,
         }
     }
+
+    pub(crate) fn limit(
+        path: impl Into<PathBuf>,
+        field: impl Into<String>,
+        value: u64,
+        limit: u64,
+    ) -> Self {
+        Error::LimitExceeded {
+            path: path.into(),
+            field: field.into(),
+            value,
+            limit,
+        }
+    }
+}
+
+/// Reads a whole file, refusing one longer than `limit` bytes with
+/// [`Error::LimitExceeded`] naming `field`, without reading past the limit.
+pub(crate) fn read_capped(path: &std::path::Path, field: &str, limit: u64) -> Result<Vec<u8>> {
+    use std::io::Read;
+    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut bytes = Vec::new();
+    file.take(limit.saturating_add(1))
+        .read_to_end(&mut bytes)
+        .map_err(|e| Error::io(path, e))?;
+    if bytes.len() as u64 > limit {
+        let len = std::fs::metadata(path).map_or(bytes.len() as u64, |m| m.len());
+        return Err(Error::limit(path, field, len, limit));
+    }
+    Ok(bytes)
 }

@@ -6,6 +6,7 @@
 //! unsupported tensors lie outside a shard's range can still serve that shard. The
 //! metadata values reuse candle's [`Value`] type, which the rest of the crate reads.
 
+use crate::file_limits::*;
 use crate::{Error, Result};
 use candle_core::quantized::gguf_file::Value;
 use candle_core::quantized::{GgmlDType, QStorage, QTensor};
@@ -15,9 +16,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-/// Hard limits on header fields, so a hostile file cannot make the parser allocate
-/// without bound before it has been checked against the file size.
-const MAX_TENSOR_DIMS: u32 = 4;
+/// Metadata arrays of arrays are allowed, deeper nesting is not (no real file has any).
 const MAX_ARRAY_DEPTH: usize = 2;
 const DEFAULT_ALIGNMENT: u64 = 32;
 
@@ -171,123 +170,14 @@ impl GgufFile {
     }
 
     fn parse(path: PathBuf, bytes: FileBytes) -> Result<Self> {
-        let mut r = Reader {
-            buf: &bytes,
-            pos: 0,
-            path: &path,
-        };
-        let magic = r.take(4).map_err(|_| Error::BadMagic {
-            path: path.clone(),
-            magic: bytes.iter().take(4).copied().collect(),
-        })?;
-        if magic != b"GGUF" {
-            return Err(Error::BadMagic {
-                path: path.clone(),
-                magic: magic.to_vec(),
-            });
-        }
-        let version = r.u32()?;
-        if !(1..=3).contains(&version) {
-            return Err(r.malformed(format!("unsupported GGUF version {version}")));
-        }
-        let v1 = version == 1;
-        let tensor_count = r.len_field(v1)?;
-        let kv_count = r.len_field(v1)?;
-        // Each entry takes at least a dozen bytes; counts beyond that cannot be honest.
-        if tensor_count.saturating_add(kv_count) > r.remaining() / 12 {
-            return Err(r.malformed(format!(
-                "header declares {tensor_count} tensors and {kv_count} metadata entries, more than the file can hold"
-            )));
-        }
-        let mut metadata = HashMap::with_capacity(kv_count as usize);
-        for _ in 0..kv_count {
-            let key = r.string(v1)?;
-            let ty = r.u32()?;
-            let value = r.value(ty, v1, 0)?;
-            metadata.insert(key, value);
-        }
-        let mut tensors = Vec::with_capacity(tensor_count as usize);
-        let mut index = HashMap::with_capacity(tensor_count as usize);
-        for _ in 0..tensor_count {
-            let name = r.string(v1)?;
-            let n_dims = r.u32()?;
-            if n_dims == 0 || n_dims > MAX_TENSOR_DIMS {
-                return Err(r.malformed(format!("tensor `{name}` has {n_dims} dimensions")));
-            }
-            let mut dims = Vec::with_capacity(n_dims as usize);
-            for _ in 0..n_dims {
-                let d = r.len_field(v1)?;
-                dims.push(
-                    usize::try_from(d).map_err(|_| r.malformed("dimension overflow".into()))?,
-                );
-            }
-            // GGUF lists the innermost dimension first; candle wants it last.
-            dims.reverse();
-            let type_id = r.u32()?;
-            let offset = r.u64()?;
-            let dtype = ggml_dtype(type_id);
-            let elems = dims
-                .iter()
-                .try_fold(1u64, |acc, &d| acc.checked_mul(d as u64))
-                .ok_or_else(|| r.malformed(format!("tensor `{name}` is too large")))?;
-            let size = match dtype {
-                Some(dt) => {
-                    let bs = dt.block_size() as u64;
-                    let inner = *dims.last().unwrap_or(&0) as u64;
-                    if !inner.is_multiple_of(bs) {
-                        return Err(r.malformed(format!(
-                            "tensor `{name}`: row length {inner} is not a multiple of the {} block size {bs}",
-                            ggml_type_name(type_id)
-                        )));
-                    }
-                    Some(elems / bs * dt.type_size() as u64)
-                }
-                None => None,
-            };
-            if index.insert(name.clone(), tensors.len()).is_some() {
-                return Err(r.malformed(format!("tensor `{name}` appears twice")));
-            }
-            tensors.push(TensorInfo {
-                name,
-                shape: dims,
-                type_id,
-                dtype,
-                offset,
-                size,
-            });
-        }
-        let alignment = match metadata.get("general.alignment") {
-            Some(Value::U32(a)) if *a > 0 && a.is_power_of_two() => *a as u64,
-            Some(Value::U64(a)) if *a > 0 && a.is_power_of_two() => *a,
-            Some(_) => {
-                return Err(r.malformed("general.alignment must be a power of two".into()));
-            }
-            None => DEFAULT_ALIGNMENT,
-        };
-        let data_offset = (r.pos as u64).div_ceil(alignment) * alignment;
-        let file_len = bytes.len() as u64;
-        for t in &tensors {
-            if let Some(size) = t.size {
-                let end = data_offset
-                    .checked_add(t.offset)
-                    .and_then(|s| s.checked_add(size));
-                match end {
-                    Some(end) if end <= file_len => {}
-                    _ => {
-                        return Err(Error::Malformed {
-                            path: path.clone(),
-                            reason: format!(
-                                "tensor `{}` ({} bytes at offset {}) extends past the end of the file ({} bytes): the file is truncated",
-                                t.name,
-                                size,
-                                data_offset.saturating_add(t.offset),
-                                file_len
-                            ),
-                        });
-                    }
-                }
-            }
-        }
+        let header = parse_header(&path, &bytes)?;
+        let Header {
+            version,
+            metadata,
+            tensors,
+            index,
+            data_offset,
+        } = header;
         Ok(Self {
             path,
             bytes: Arc::new(bytes),
@@ -397,6 +287,206 @@ impl GgufFile {
     }
 }
 
+/// What [`parse_header`] reads: everything but the tensor bytes.
+pub struct Header {
+    pub version: u32,
+    pub metadata: HashMap<String, Value>,
+    pub tensors: Vec<TensorInfo>,
+    pub index: HashMap<String, usize>,
+    /// Where the tensor data section starts in the file.
+    pub data_offset: u64,
+}
+
+/// Parses and checks a GGUF header (magic, version, metadata, tensor table) from the file's
+/// bytes; `path` names the file in errors. Every count and size is checked against
+/// [`crate::file_limits`] and against the bytes actually present before anything is
+/// allocated from it, and every tensor of a known type must lie inside the file, so a
+/// header that parses can be read without further bounds checks. Also the entry point of
+/// the `gguf_header` fuzz target.
+pub fn parse_header(path: &Path, bytes: &[u8]) -> Result<Header> {
+    let mut r = Reader {
+        buf: bytes,
+        pos: 0,
+        path,
+        values: 0,
+    };
+    let magic = r.take(4).map_err(|_| Error::BadMagic {
+        path: path.to_path_buf(),
+        magic: bytes.iter().take(4).copied().collect(),
+    })?;
+    if magic != b"GGUF" {
+        return Err(Error::BadMagic {
+            path: path.to_path_buf(),
+            magic: magic.to_vec(),
+        });
+    }
+    let version = r.u32()?;
+    if !(1..=3).contains(&version) {
+        return Err(r.malformed(format!("unsupported GGUF version {version}")));
+    }
+    let v1 = version == 1;
+    let tensor_count = r.len_field(v1)?;
+    let kv_count = r.len_field(v1)?;
+    if tensor_count > GGUF_MAX_TENSORS {
+        return Err(Error::limit(
+            path,
+            "tensor count",
+            tensor_count,
+            GGUF_MAX_TENSORS,
+        ));
+    }
+    if kv_count > GGUF_MAX_METADATA_ENTRIES {
+        return Err(Error::limit(
+            path,
+            "metadata entry count",
+            kv_count,
+            GGUF_MAX_METADATA_ENTRIES,
+        ));
+    }
+    // Each entry takes at least a dozen bytes; counts beyond that cannot be honest.
+    if tensor_count.saturating_add(kv_count) > r.remaining() / 12 {
+        return Err(r.malformed(format!(
+            "header declares {tensor_count} tensors and {kv_count} metadata entries, more than the file can hold"
+        )));
+    }
+    // Both counts are capped above, so these capacities are bounded.
+    let mut metadata = HashMap::with_capacity(kv_count as usize);
+    for _ in 0..kv_count {
+        let key = r.string(v1, GGUF_MAX_STRING_BYTES, "metadata key length")?;
+        let ty = r.u32()?;
+        let value = r.value(ty, v1, 0, &key)?;
+        metadata.insert(key, value);
+    }
+    let mut tensors = Vec::with_capacity(tensor_count as usize);
+    let mut index = HashMap::with_capacity(tensor_count as usize);
+    for _ in 0..tensor_count {
+        let name = r.string(v1, GGUF_MAX_TENSOR_NAME_BYTES, "tensor name length")?;
+        let n_dims = r.u32()?;
+        if n_dims == 0 {
+            return Err(r.malformed(format!("tensor `{name}` has no dimensions")));
+        }
+        if u64::from(n_dims) > GGUF_MAX_TENSOR_DIMS {
+            return Err(Error::limit(
+                path,
+                format!("tensor `{name}` dimension count"),
+                n_dims.into(),
+                GGUF_MAX_TENSOR_DIMS,
+            ));
+        }
+        let mut dims = Vec::with_capacity(n_dims as usize);
+        for _ in 0..n_dims {
+            let d = r.len_field(v1)?;
+            // ggml stores dimensions as int64.
+            if d > i64::MAX as u64 {
+                return Err(r.malformed(format!("tensor `{name}` has a dimension of {d}")));
+            }
+            dims.push(
+                usize::try_from(d)
+                    .map_err(|_| r.malformed(format!("tensor `{name}`: dimension overflow")))?,
+            );
+        }
+        // GGUF lists the innermost dimension first; candle wants it last.
+        dims.reverse();
+        let type_id = r.u32()?;
+        let offset = r.u64()?;
+        let dtype = ggml_dtype(type_id);
+        let too_large = || r.malformed(format!("tensor `{name}` is too large ({dims:?})"));
+        let elems = dims
+            .iter()
+            .try_fold(1u64, |acc, &d| acc.checked_mul(d as u64))
+            .ok_or_else(too_large)?;
+        let size = match dtype {
+            Some(dt) => {
+                let bs = dt.block_size() as u64;
+                let inner = *dims.last().unwrap_or(&0) as u64;
+                if !inner.is_multiple_of(bs) {
+                    return Err(r.malformed(format!(
+                        "tensor `{name}`: row length {inner} is not a multiple of the {} block size {bs}",
+                        ggml_type_name(type_id)
+                    )));
+                }
+                Some(
+                    (elems / bs)
+                        .checked_mul(dt.type_size() as u64)
+                        .ok_or_else(too_large)?,
+                )
+            }
+            None => None,
+        };
+        if index.insert(name.clone(), tensors.len()).is_some() {
+            return Err(r.malformed(format!("tensor `{name}` appears twice")));
+        }
+        tensors.push(TensorInfo {
+            name,
+            shape: dims,
+            type_id,
+            dtype,
+            offset,
+            size,
+        });
+    }
+    let alignment = match metadata.get("general.alignment") {
+        Some(Value::U32(a)) => u64::from(*a),
+        Some(Value::U64(a)) => *a,
+        Some(_) => return Err(r.malformed("general.alignment must be an unsigned integer".into())),
+        None => DEFAULT_ALIGNMENT,
+    };
+    if alignment == 0 || !alignment.is_power_of_two() {
+        return Err(r.malformed(format!(
+            "general.alignment must be a power of two, not {alignment}"
+        )));
+    }
+    if alignment > GGUF_MAX_ALIGNMENT {
+        return Err(Error::limit(
+            path,
+            "general.alignment",
+            alignment,
+            GGUF_MAX_ALIGNMENT,
+        ));
+    }
+    // pos is at most the file length and alignment at most 64 KiB: no overflow.
+    let data_offset = (r.pos as u64).div_ceil(alignment) * alignment;
+    let file_len = bytes.len() as u64;
+    for t in &tensors {
+        if !t.offset.is_multiple_of(alignment) {
+            return Err(Error::Malformed {
+                path: path.to_path_buf(),
+                reason: format!(
+                    "tensor `{}` starts at offset {}, not a multiple of the alignment {alignment}",
+                    t.name, t.offset
+                ),
+            });
+        }
+        if let Some(size) = t.size {
+            let end = data_offset
+                .checked_add(t.offset)
+                .and_then(|s| s.checked_add(size));
+            match end {
+                Some(end) if end <= file_len => {}
+                _ => {
+                    return Err(Error::Malformed {
+                        path: path.to_path_buf(),
+                        reason: format!(
+                            "tensor `{}` ({} bytes at offset {}) extends past the end of the file ({} bytes): the file is truncated",
+                            t.name,
+                            size,
+                            data_offset.saturating_add(t.offset),
+                            file_len
+                        ),
+                    });
+                }
+            }
+        }
+    }
+    Ok(Header {
+        version,
+        metadata,
+        tensors,
+        index,
+        data_offset,
+    })
+}
+
 fn aligned_copy(bytes: &[u8]) -> Vec<u64> {
     let mut out = vec![0u64; bytes.len().div_ceil(8)];
     for (chunk, dst) in bytes.chunks(8).zip(out.iter_mut()) {
@@ -500,6 +590,8 @@ struct Reader<'a> {
     buf: &'a [u8],
     pos: usize,
     path: &'a Path,
+    /// Metadata array elements read so far, against [`GGUF_MAX_METADATA_VALUES`].
+    values: u64,
 }
 
 impl<'a> Reader<'a> {
@@ -550,8 +642,19 @@ impl<'a> Reader<'a> {
         }
     }
 
-    fn string(&mut self, v1: bool) -> Result<String> {
+    /// A length-prefixed string of at most `limit` bytes; `field` names the length in the
+    /// error.
+    fn string(&mut self, v1: bool, limit: u64, field: &str) -> Result<String> {
+        let at = self.pos;
         let len = self.len_field(v1)?;
+        if len > limit {
+            return Err(Error::limit(
+                self.path,
+                format!("{field} at offset {at}"),
+                len,
+                limit,
+            ));
+        }
         if len > self.remaining() {
             return Err(self.malformed(format!(
                 "a string of {len} bytes at offset {} runs past the end of the file",
@@ -566,7 +669,23 @@ impl<'a> Reader<'a> {
         Ok(String::from_utf8_lossy(bytes).into_owned())
     }
 
-    fn value(&mut self, ty: u32, v1: bool, depth: usize) -> Result<Value> {
+    /// The fewest bytes a value of type `ty` takes, to check an array's length against the
+    /// bytes left before allocating for it (0 for an unknown type, refused when read).
+    fn min_value_size(ty: u32, v1: bool) -> u64 {
+        let len_field = if v1 { 4 } else { 8 };
+        match ty {
+            0 | 1 | 7 => 1,
+            2 | 3 => 2,
+            4..=6 => 4,
+            10..=12 => 8,
+            8 => len_field,
+            9 => 4 + len_field,
+            _ => 0,
+        }
+    }
+
+    /// One metadata value of type `ty`, of the entry `key` (named in errors).
+    fn value(&mut self, ty: u32, v1: bool, depth: usize, key: &str) -> Result<Value> {
         Ok(match ty {
             0 => Value::U8(self.array::<1>()?[0]),
             1 => Value::I8(self.array::<1>()?[0] as i8),
@@ -576,23 +695,45 @@ impl<'a> Reader<'a> {
             5 => Value::I32(i32::from_le_bytes(self.array()?)),
             6 => Value::F32(f32::from_le_bytes(self.array()?)),
             7 => Value::Bool(self.array::<1>()?[0] != 0),
-            8 => Value::String(self.string(v1)?),
+            8 => Value::String(self.string(
+                v1,
+                GGUF_MAX_STRING_BYTES,
+                &format!("metadata `{key}` string length"),
+            )?),
             9 => {
                 if depth >= MAX_ARRAY_DEPTH {
-                    return Err(self.malformed("metadata arrays nest too deeply".into()));
+                    return Err(self.malformed(format!("metadata `{key}`: arrays nest too deeply")));
                 }
                 let elem_ty = self.u32()?;
                 let n = self.len_field(v1)?;
-                // Every element takes at least one byte.
-                if n > self.remaining() {
+                if n > GGUF_MAX_ARRAY_LEN {
+                    return Err(Error::limit(
+                        self.path,
+                        format!("metadata `{key}` array length"),
+                        n,
+                        GGUF_MAX_ARRAY_LEN,
+                    ));
+                }
+                self.values = self.values.saturating_add(n);
+                if self.values > GGUF_MAX_METADATA_VALUES {
+                    return Err(Error::limit(
+                        self.path,
+                        format!("metadata array elements in total (at `{key}`)"),
+                        self.values,
+                        GGUF_MAX_METADATA_VALUES,
+                    ));
+                }
+                let min = Self::min_value_size(elem_ty, v1).max(1);
+                if n.saturating_mul(min) > self.remaining() {
                     return Err(self.malformed(format!(
-                        "an array of {n} elements at offset {} runs past the end of the file",
+                        "metadata `{key}`: an array of {n} elements at offset {} runs past the end of the file",
                         self.pos
                     )));
                 }
+                // n is capped and backed by bytes present, so this capacity is bounded.
                 let mut items = Vec::with_capacity(n as usize);
                 for _ in 0..n {
-                    items.push(self.value(elem_ty, v1, depth + 1)?);
+                    items.push(self.value(elem_ty, v1, depth + 1, key)?);
                 }
                 Value::Array(items)
             }
@@ -600,7 +741,9 @@ impl<'a> Reader<'a> {
             11 => Value::I64(i64::from_le_bytes(self.array()?)),
             12 => Value::F64(f64::from_le_bytes(self.array()?)),
             other => {
-                return Err(self.malformed(format!("unknown metadata value type {other}")));
+                return Err(
+                    self.malformed(format!("metadata `{key}` has unknown value type {other}"))
+                );
             }
         })
     }

@@ -41,6 +41,7 @@
 //! - [`safetensors`]: Hugging Face Llama-layout safetensors checkpoints.
 //! - [`source`]: one interface over both formats, so a shard reads only its own tensors.
 //! - [`config`]: architecture settings read from GGUF metadata or HF `config.json`.
+//! - [`file_limits`]: every limit on what a model file may declare.
 //! - [`manifest`]: blake3 of every tensor, grouped by layer; the model id.
 //! - [`synth`]: random-weight GGUF models of real architectures.
 //!
@@ -72,6 +73,7 @@ pub mod chat;
 pub mod config;
 pub mod error;
 pub mod executor;
+pub mod file_limits;
 pub mod generate;
 pub mod gguf;
 pub mod kernels;

@@ -5,6 +5,8 @@
 //! them to the Hugging Face names, so the executor has one naming scheme.
 
 use crate::config::ModelConfig;
+use crate::error::read_capped;
+use crate::file_limits::*;
 use crate::{Error, Result};
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::safetensors::MmapedSafetensors;
@@ -89,9 +91,9 @@ impl SafetensorsModel {
             path.parent().unwrap_or(Path::new(".")).to_path_buf()
         };
         let config_path = dir.join("config.json");
-        let text = std::fs::read_to_string(&config_path).map_err(|e| Error::io(&config_path, e))?;
+        let text = read_capped(&config_path, "config.json size", CONFIG_JSON_MAX_BYTES)?;
         let config_json: serde_json::Value =
-            serde_json::from_str(&text).map_err(|e| Error::Malformed {
+            serde_json::from_slice(&text).map_err(|e| Error::Malformed {
                 path: config_path.clone(),
                 reason: e.to_string(),
             })?;
@@ -106,6 +108,9 @@ impl SafetensorsModel {
                 path: dir.clone(),
                 reason: "no .safetensors files in the directory".into(),
             });
+        }
+        for f in &files {
+            check_file_header(f)?;
         }
         // SAFETY: read-only maps of files lamina does not modify while serving them.
         let st = unsafe { MmapedSafetensors::multi(&files) }.map_err(|e| Error::Malformed {
@@ -139,11 +144,20 @@ impl SafetensorsModel {
         self.dir.join("tokenizer.json")
     }
 
-    /// `tokenizer_config.json`'s chat template and special tokens, when present.
-    pub fn tokenizer_config(&self) -> Option<serde_json::Value> {
+    /// `tokenizer_config.json`'s chat template and special tokens, when present. A file
+    /// over [`TOKENIZER_CONFIG_MAX_BYTES`] or not JSON is an error, not an absent file.
+    pub fn tokenizer_config(&self) -> Result<Option<serde_json::Value>> {
         let p = self.dir.join("tokenizer_config.json");
-        let text = std::fs::read_to_string(p).ok()?;
-        serde_json::from_str(&text).ok()
+        if !p.exists() {
+            return Ok(None);
+        }
+        let text = read_capped(&p, "tokenizer_config.json size", TOKENIZER_CONFIG_MAX_BYTES)?;
+        serde_json::from_slice(&text)
+            .map(Some)
+            .map_err(|e| Error::Malformed {
+                path: p,
+                reason: e.to_string(),
+            })
     }
 
     pub fn config_json(&self) -> &serde_json::Value {
@@ -194,4 +208,147 @@ impl SafetensorsModel {
         let t = self.files.load(&hf, device)?.to_dtype(DType::F32)?;
         Ok(QTensor::quantize(&t, target)?)
     }
+}
+
+/// One tensor of a safetensors header, as [`check_header`] validated it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct HeaderEntry {
+    pub name: String,
+    pub dtype: safetensors::Dtype,
+    pub shape: Vec<usize>,
+    /// Byte range in the data section (after the header).
+    pub data: std::ops::Range<u64>,
+}
+
+/// Checks a whole safetensors file held in memory: the header length against
+/// [`SAFETENSORS_MAX_HEADER_BYTES`] and the file, then every entry as
+/// [`check_header_json`] does. Also the entry point of the `safetensors_header` fuzz
+/// target.
+pub fn check_header(path: &Path, bytes: &[u8]) -> Result<Vec<HeaderEntry>> {
+    let n = header_len(path, bytes.get(..8), bytes.len() as u64)?;
+    let json = &bytes[8..8 + n as usize];
+    check_header_json(path, json, bytes.len() as u64 - 8 - n)
+}
+
+/// Reads and checks the header of a safetensors file without mapping it, so that a
+/// hostile header is refused with a typed error before the `safetensors` crate sees it.
+fn check_file_header(path: &Path) -> Result<()> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let file_len = f.metadata().map_err(|e| Error::io(path, e))?.len();
+    let mut len = [0u8; 8];
+    let first8 = if file_len >= 8 {
+        f.read_exact(&mut len).map_err(|e| Error::io(path, e))?;
+        Some(&len[..])
+    } else {
+        None
+    };
+    let n = header_len(path, first8, file_len)?;
+    let mut json = vec![0u8; n as usize];
+    f.read_exact(&mut json).map_err(|e| Error::io(path, e))?;
+    check_header_json(path, &json, file_len - 8 - n).map(|_| ())
+}
+
+/// The header length a file declares, checked against the limit and the file length.
+fn header_len(path: &Path, first8: Option<&[u8]>, file_len: u64) -> Result<u64> {
+    let malformed = |reason: String| Error::Malformed {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let Some(Ok(first8)) = first8.map(<[u8; 8]>::try_from) else {
+        return Err(malformed(format!(
+            "{file_len} bytes: too short for a safetensors header"
+        )));
+    };
+    let n = u64::from_le_bytes(first8);
+    if n > SAFETENSORS_MAX_HEADER_BYTES {
+        return Err(Error::limit(
+            path,
+            "safetensors header length",
+            n,
+            SAFETENSORS_MAX_HEADER_BYTES,
+        ));
+    }
+    if n > file_len - 8 {
+        return Err(malformed(format!(
+            "the header of {n} bytes runs past the end of the file ({file_len} bytes): the file is truncated"
+        )));
+    }
+    Ok(n)
+}
+
+/// Checks a safetensors JSON header against a data section of `data_len` bytes: at most
+/// [`SAFETENSORS_MAX_TENSORS`] entries, each with a known dtype, a shape whose element
+/// count times the dtype's bits is computed with checked arithmetic and matches its byte
+/// range exactly, and a byte range inside the data section.
+pub fn check_header_json(path: &Path, json: &[u8], data_len: u64) -> Result<Vec<HeaderEntry>> {
+    let malformed = |reason: String| Error::Malformed {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let map: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(json)
+        .map_err(|e| malformed(format!("the header is not a JSON object: {e}")))?;
+    if map.len() > SAFETENSORS_MAX_TENSORS + 1 {
+        return Err(Error::limit(
+            path,
+            "safetensors tensor count",
+            map.len() as u64,
+            SAFETENSORS_MAX_TENSORS as u64,
+        ));
+    }
+    #[derive(serde::Deserialize)]
+    struct Raw {
+        dtype: safetensors::Dtype,
+        shape: Vec<u64>,
+        data_offsets: (u64, u64),
+    }
+    let mut out = Vec::with_capacity(map.len());
+    for (name, v) in map {
+        if name == "__metadata__" {
+            if !v.is_object() {
+                return Err(malformed("`__metadata__` is not an object".into()));
+            }
+            continue;
+        }
+        let raw: Raw =
+            serde_json::from_value(v).map_err(|e| malformed(format!("tensor `{name}`: {e}")))?;
+        let (start, end) = raw.data_offsets;
+        if start > end || end > data_len {
+            return Err(malformed(format!(
+                "tensor `{name}`: bytes {start}..{end} are not inside the data section of {data_len} bytes"
+            )));
+        }
+        let too_large = || {
+            malformed(format!(
+                "tensor `{name}`: shape {:?} is too large",
+                raw.shape
+            ))
+        };
+        let bits = raw
+            .shape
+            .iter()
+            .try_fold(1u64, |acc, &d| acc.checked_mul(d))
+            .and_then(|elems| elems.checked_mul(raw.dtype.bitsize() as u64))
+            .ok_or_else(too_large)?;
+        if !bits.is_multiple_of(8) || bits / 8 != end - start {
+            return Err(malformed(format!(
+                "tensor `{name}`: shape {:?} of {:?} takes {bits} bits, but its byte range {start}..{end} holds {}",
+                raw.shape,
+                raw.dtype,
+                end - start
+            )));
+        }
+        let shape = raw
+            .shape
+            .iter()
+            .map(|&d| usize::try_from(d).map_err(|_| too_large()))
+            .collect::<Result<Vec<_>>>()?;
+        out.push(HeaderEntry {
+            name,
+            dtype: raw.dtype,
+            shape,
+            data: start..end,
+        });
+    }
+    Ok(out)
 }

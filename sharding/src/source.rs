@@ -67,7 +67,7 @@ impl ModelFile {
         match self {
             Self::Gguf(g) => ChatTemplate::from_gguf_metadata(g.metadata(), tok),
             Self::Safetensors(s) => {
-                let Some(cfg) = s.tokenizer_config() else {
+                let Some(cfg) = s.tokenizer_config()? else {
                     return Ok(None);
                 };
                 let Some(src) = cfg.get("chat_template").and_then(|v| v.as_str()) else {

@@ -61,6 +61,11 @@ pub const REFRESH_INTERVAL: Duration = Duration::from_secs(3);
 pub enum MeshError {
     #[error("identity key {path}: {message}")]
     Identity { path: String, message: String },
+    /// The identity key file may be read by group or others (as ssh refuses such keys).
+    #[error(
+        "identity key {path} is readable by other users (mode {mode:o}); run `chmod 600 {path}`"
+    )]
+    KeyExposed { path: String, mode: u32 },
     #[error("swarm: {0}")]
     Swarm(String),
     #[error("announcement: {0}")]

@@ -91,8 +91,18 @@ pub fn recorded_hash_matches(path: &Path, sha256: &str) -> bool {
     recorded_hash == Some(sha256) && recorded_stamp == now
 }
 
-/// Records that `path`, as it is now, hashes to `sha256`. The record is written atomically
-/// too: a torn record would only cost a re-hash, but a stale one must never read as valid.
+/// The sha256 a completed pull recorded for `path`, whatever the file is now (`None`: no
+/// record, so no completed pull).
+pub fn recorded_hash(path: &Path) -> Option<String> {
+    let record = std::fs::read_to_string(sidecar(path)).ok()?;
+    let hash = record.split_whitespace().next()?;
+    (hash.len() == 64 && hash.bytes().all(|b| b.is_ascii_hexdigit())).then(|| hash.to_string())
+}
+
+/// Records that `path`, as it is now, hashes to `sha256`: the mark that the cache entry is
+/// complete, so it is written last, after the file and its directory were synced. The
+/// record is written atomically and synced too: a torn record would only cost a re-hash,
+/// but a stale one must never read as valid.
 pub fn record_hash(path: &Path, sha256: &str) -> Result<(), PullError> {
     let Some(now) = stamp(path) else {
         return Err(PullError::io(
@@ -108,9 +118,58 @@ pub fn record_hash(path: &Path, sha256: &str) -> Result<(), PullError> {
         .map_err(|e| PullError::io(format!("cannot create a temp file in {}", dir.display()), e))?;
     writeln!(tmp, "{sha256} {now}")
         .map_err(|e| PullError::io(format!("cannot write {}", side.display()), e))?;
-    tmp.persist(&side)
-        .map_err(|e| PullError::io(format!("cannot write {}", side.display()), e.error))?;
-    Ok(())
+    write_durably(tmp, &side)
+}
+
+/// Writes a small text file next to a model (its pin), atomically and durably.
+pub(crate) fn write_small(path: &Path, text: &str) -> Result<(), PullError> {
+    let dir = parent_of(path);
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".partial-")
+        .tempfile_in(dir)
+        .map_err(|e| PullError::io(format!("cannot create a temp file in {}", dir.display()), e))?;
+    tmp.write_all(text.as_bytes())
+        .map_err(|e| PullError::io(format!("cannot write {}", path.display()), e))?;
+    write_durably(tmp, path)
+}
+
+/// Syncs a finished temp file, renames it to `dest` and syncs the directory, so that after
+/// a crash `dest` is either absent (or the old file) or the whole new one, never a name
+/// pointing at unwritten blocks.
+pub(crate) fn write_durably(tmp: tempfile::NamedTempFile, dest: &Path) -> Result<(), PullError> {
+    tmp.as_file()
+        .sync_all()
+        .map_err(|e| PullError::io(format!("cannot flush {}", tmp.path().display()), e))?;
+    tmp.persist(dest)
+        .map_err(|e| PullError::io(format!("cannot write {}", dest.display()), e.error))?;
+    sync_dir(parent_of(dest))
+}
+
+/// Syncs a directory so that renames and creations in it survive a crash.
+pub(crate) fn sync_dir(dir: &Path) -> Result<(), PullError> {
+    #[cfg(unix)]
+    {
+        let d = if dir.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            dir
+        };
+        std::fs::File::open(d)
+            .and_then(|f| f.sync_all())
+            .map_err(|e| PullError::io(format!("cannot sync the directory {}", d.display()), e))
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = dir;
+        Ok(())
+    }
+}
+
+/// Syncs a file's data (a download another library wrote) before it is renamed into place.
+pub(crate) fn sync_file(path: &Path) -> Result<(), PullError> {
+    std::fs::File::open(path)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| PullError::io(format!("cannot flush {}", path.display()), e))
 }
 
 pub(crate) fn parent_of(path: &Path) -> &Path {

@@ -79,6 +79,18 @@ pub enum PullError {
         expected: String,
         actual: String,
     },
+    #[error("{what} changed since it was pulled and pinned: sha256 {actual}, pinned {expected}; remove the file and its .sha256 record to accept the new one")]
+    PinnedFileChanged {
+        what: String,
+        expected: String,
+        actual: String,
+    },
+    #[error("{what}: the server resolved the pinned revision {requested} to commit {resolved}")]
+    RevisionMismatch {
+        what: String,
+        requested: String,
+        resolved: String,
+    },
     #[error("{what} is not a GGUF file (first bytes {found:02x?}, expected \"GGUF\")")]
     NotGguf { what: String, found: Vec<u8> },
     #[error("not found on the Hugging Face Hub: {url}")]
@@ -293,9 +305,9 @@ pub fn pull(spec: &str, opts: &PullOptions) -> Result<PathBuf, PullError> {
     }
 }
 
-/// The path of an already-cached model, without downloading or hashing anything: for a
-/// catalog model the cached file must carry a hash record matching its size and mtime
-/// (written by a completed pull), for a Hub file it must exist and start with `GGUF`.
+/// The path of an already-cached model, without downloading or hashing anything: the cached
+/// file must carry a hash record matching its size and mtime (written by a completed pull),
+/// and for a catalog model name the catalog's hash.
 pub fn resolve(spec: &str) -> Option<PathBuf> {
     resolve_with(spec, &PullOptions::from_env())
 }
@@ -317,8 +329,10 @@ pub fn resolve_with(spec: &str, opts: &PullOptions) -> Option<PathBuf> {
             file,
         } => {
             let path = cache::hf_path(&opts.cache_root().ok()?, &repo, revision.as_deref(), &file);
-            check_gguf(&path).ok()?;
-            std::path::absolute(&path).ok()
+            let pinned = cache::recorded_hash(&path)?;
+            (cache::recorded_hash_matches(&path, &pinned) && check_gguf(&path).is_ok())
+                .then(|| std::path::absolute(&path).ok())
+                .flatten()
         }
     }
 }

@@ -259,16 +259,9 @@ fn extract_verified(
         });
     }
     opts.note(format!("sha256 {actual} verified"));
-    tmp.as_file()
-        .sync_all()
-        .map_err(|e| PullError::io(format!("cannot flush {}", tmp.path().display()), e))?;
-    // rename(2): readers see the old file or the whole new one, and a concurrent pull that
-    // renames the same verified bytes over it changes nothing they can observe.
-    tmp.persist(dest).map_err(|e| {
-        PullError::io(
-            format!("cannot move the model to {}", dest.display()),
-            e.error,
-        )
-    })?;
-    Ok(())
+    // Synced, then rename(2), then the directory synced: readers see the old file or the
+    // whole new one, a crash leaves no name over unwritten blocks, and a concurrent pull
+    // that renames the same verified bytes over it changes nothing they can observe. The
+    // hash record, which marks the entry complete, is written only after this.
+    cache::write_durably(tmp, dest)
 }

@@ -8,7 +8,8 @@
 //!   public key and the node's certificate. It holds nothing secret.
 //!
 //! A key file that others may read is refused rather than used: whoever reads it can admit
-//! anyone.
+//! anyone. Key files are created with mode 0600 in the `open` call itself (a temporary file,
+//! synced, renamed into place, its directory synced), never created wider and narrowed after.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -55,8 +56,49 @@ fn unhex(path: &Path, text: &str) -> Result<Vec<u8>, TrustError> {
         .ok_or_else(|| TrustError::malformed(path, "not hex"))
 }
 
-/// Writes `bytes` to a new file readable by its owner only.
-fn write_private(path: &Path, bytes: &[u8]) -> Result<(), TrustError> {
+/// The permission bits of an open key file if group or others may access it (`None`:
+/// private). On other platforms than Unix, always `None`.
+pub(crate) fn exposed_mode(file: &std::fs::File) -> std::io::Result<Option<u32>> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = file.metadata()?.permissions().mode() & 0o777;
+        Ok((mode & 0o077 != 0).then_some(mode))
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = file;
+        Ok(None)
+    }
+}
+
+/// Reads an open file of at most `limit` bytes; a longer one is an error, not read whole.
+pub(crate) fn read_small(file: std::fs::File, limit: u64) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    file.take(limit + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > limit {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("longer than {limit} bytes: not a key file"),
+        ));
+    }
+    Ok(bytes)
+}
+
+/// Writes `bytes` as `path`, readable by its owner only, atomically: a temporary file
+/// `path.tmp` created with mode 0600 (a stale one is removed first, so its mode is never
+/// inherited), synced, renamed to `path`, and the directory synced so the rename survives
+/// a crash. Overwrites `path` if it exists; callers that must not check first.
+pub(crate) fn write_private_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let mut tmp_name = path.file_name().unwrap_or_default().to_os_string();
+    tmp_name.push(".tmp");
+    let tmp = path.with_file_name(tmp_name);
+    match std::fs::remove_file(&tmp) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
     let mut o = std::fs::OpenOptions::new();
     o.write(true).create_new(true);
     #[cfg(unix)]
@@ -64,10 +106,39 @@ fn write_private(path: &Path, bytes: &[u8]) -> Result<(), TrustError> {
         use std::os::unix::fs::OpenOptionsExt;
         o.mode(0o600);
     }
-    let mut f = o.open(path).map_err(|e| TrustError::io(path, e))?;
-    f.write_all(bytes).map_err(|e| TrustError::io(path, e))?;
-    f.sync_all().map_err(|e| TrustError::io(path, e))
+    let written = (|| {
+        let mut f = o.open(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()
+    })();
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
+    std::fs::rename(&tmp, path)?;
+    sync_dir(path.parent().unwrap_or(Path::new(".")))
 }
+
+/// Syncs a directory, so a rename or creation in it is durable (a no-op off Unix).
+pub(crate) fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        let dir = if dir.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            dir
+        };
+        std::fs::File::open(dir)?.sync_all()
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = dir;
+        Ok(())
+    }
+}
+
+/// A mesh key is 64 bytes, 128 hex digits and a newline.
+const MAX_MESH_KEY_FILE_BYTES: u64 = 1024;
 
 impl Authority {
     /// Makes a new mesh in `dir` (created if needed); refuses to overwrite a key.
@@ -80,7 +151,8 @@ impl Authority {
             });
         }
         let key = ed25519::Keypair::generate();
-        write_private(&key_path, format!("{}\n", hex(&key.to_bytes())).as_bytes())?;
+        write_private_atomic(&key_path, format!("{}\n", hex(&key.to_bytes())).as_bytes())
+            .map_err(|e| TrustError::io(&key_path, e))?;
         let pub_path = dir.join(PUB_FILE);
         std::fs::write(
             &pub_path,
@@ -96,21 +168,18 @@ impl Authority {
     /// Opens the mesh in `dir`; refuses a key file that group or others may read.
     pub fn open(dir: &Path) -> Result<Self, TrustError> {
         let key_path = dir.join(KEY_FILE);
-        let meta = std::fs::metadata(&key_path).map_err(|e| TrustError::io(&key_path, e))?;
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            let mode = meta.permissions().mode() & 0o777;
-            if mode & 0o077 != 0 {
-                return Err(TrustError::KeyExposed {
-                    path: key_path.display().to_string(),
-                    mode,
-                });
-            }
+        let file = std::fs::File::open(&key_path).map_err(|e| TrustError::io(&key_path, e))?;
+        // The mode of the file opened, not of the path looked up earlier.
+        if let Some(mode) = exposed_mode(&file).map_err(|e| TrustError::io(&key_path, e))? {
+            return Err(TrustError::KeyExposed {
+                path: key_path.display().to_string(),
+                mode,
+            });
         }
-        #[cfg(not(unix))]
-        let _ = meta;
-        let text = std::fs::read_to_string(&key_path).map_err(|e| TrustError::io(&key_path, e))?;
+        let raw =
+            read_small(file, MAX_MESH_KEY_FILE_BYTES).map_err(|e| TrustError::io(&key_path, e))?;
+        let text =
+            String::from_utf8(raw).map_err(|_| TrustError::malformed(&key_path, "not hex"))?;
         let mut bytes = unhex(&key_path, &text)?;
         let key = ed25519::Keypair::try_from_bytes(&mut bytes)
             .map_err(|e| TrustError::malformed(&key_path, e.to_string()))?;
@@ -254,5 +323,40 @@ mod tests {
         let r = a.revoke(&peer, 60).unwrap();
         assert_eq!(r.verify(&a.mesh()).unwrap().1, peer);
         assert_eq!(a.revocations(), vec![r]);
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn key_files_are_private_from_creation_and_exposed_ones_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        // A stale temporary file with a wide mode is not reused.
+        let tmp = dir.path().join(format!("{KEY_FILE}.tmp"));
+        std::fs::write(&tmp, b"x").unwrap();
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o666)).unwrap();
+        let a = Authority::create(dir.path()).unwrap();
+        let key = dir.path().join(KEY_FILE);
+        assert_eq!(mode(&key), 0o600);
+        assert!(!tmp.exists());
+        for exposed in [0o640, 0o604, 0o660, 0o606] {
+            std::fs::set_permissions(&key, std::fs::Permissions::from_mode(exposed)).unwrap();
+            match Authority::open(dir.path()) {
+                Err(TrustError::KeyExposed { path, mode: m }) => {
+                    assert_eq!(m, exposed);
+                    assert_eq!(path, key.display().to_string());
+                }
+                other => panic!("mode {exposed:o}: {:?}", other.map(|a| a.mesh())),
+            }
+        }
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o400)).unwrap();
+        assert_eq!(Authority::open(dir.path()).unwrap().mesh(), a.mesh());
+        // An oversized key file is refused, not read whole.
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+        std::fs::write(&key, vec![b'a'; 100_000]).unwrap();
+        assert!(matches!(
+            Authority::open(dir.path()),
+            Err(TrustError::Io { .. })
+        ));
     }
 }

@@ -510,6 +510,14 @@ const COMMIT: &str = "0123456789abcdef0123456789abcdef01234567";
 /// `etag`, `x-repo-commit` and `content-range` (hf-hub first asks for `bytes=0-0` to learn
 /// the size, then for `bytes=N-`).
 fn fake_hub(files: HashMap<String, Vec<u8>>) -> Server {
+    fake_hub_with(files, sha256_hex)
+}
+
+/// [`fake_hub`] with the etag computed by `etag` (the real Hub sends an LFS file's sha256).
+fn fake_hub_with(
+    files: HashMap<String, Vec<u8>>,
+    etag: impl Fn(&[u8]) -> String + Send + Sync + 'static,
+) -> Server {
     Server::start(move |req| {
         let Some(body) = files.get(&req.path) else {
             return Response::new(404, "Entry not found")
@@ -529,7 +537,7 @@ fn fake_hub(files: HashMap<String, Vec<u8>>) -> Server {
             })
             .unwrap_or((0, len));
         Response::new(206, body[start..end].to_vec())
-            .header("etag", format!("\"{}\"", sha256_hex(body)))
+            .header("etag", format!("\"{}\"", etag(body)))
             .header("x-repo-commit", COMMIT)
             .header(
                 "content-range",
@@ -633,13 +641,19 @@ fn hub_pull_success_not_found_and_not_gguf() {
         run.stderr
     );
 
-    // Only the two good files (no staging dirs, no HTML "model").
+    // Only the two good files with their pins (no staging dirs, no HTML "model").
+    let pinned = |p: &str| {
+        let f = cache.join(p);
+        let side = |ext: &str| PathBuf::from(format!("{}.{ext}", f.display()));
+        vec![f.clone(), side("commit"), side("sha256")]
+    };
     assert_eq!(
         files_under(cache),
-        vec![
-            cache.join("hf/org/good/main/m.gguf"),
-            cache.join("hf/org/good/v1/sub/m.gguf")
+        [
+            pinned("hf/org/good/main/m.gguf"),
+            pinned("hf/org/good/v1/sub/m.gguf")
         ]
+        .concat()
     );
 
     let run = lamina(
@@ -654,6 +668,95 @@ fn hub_pull_success_not_found_and_not_gguf() {
         "{}",
         run.stdout
     );
+}
+
+#[test]
+fn hub_pulls_are_pinned_and_synced_before_marked_complete() {
+    let a = fake_gguf(60_000, 7);
+    let b = fake_gguf(60_000, 8);
+    let other = "f".repeat(40);
+    let serve = |main: &[u8]| {
+        let mut files = HashMap::new();
+        files.insert("/org/pin/resolve/main/m.gguf".to_string(), main.to_vec());
+        files.insert(format!("/org/pin/resolve/{COMMIT}/m.gguf"), a.clone());
+        files.insert(format!("/org/pin/resolve/{other}/m.gguf"), a.clone());
+        fake_hub(files)
+    };
+    let server = serve(&a);
+    let dir = tempfile::tempdir().unwrap();
+    let o = |server: &Server| PullOptions {
+        cache_dir: Some(dir.path().to_path_buf()),
+        hf_endpoint: Some(server.url()),
+        quiet: true,
+        ..Default::default()
+    };
+
+    // A pull records the content's sha256 and the commit the revision resolved to.
+    let p = models::pull("hf:org/pin/m.gguf", &o(&server)).unwrap();
+    let record = std::fs::read_to_string(format!("{}.sha256", p.display())).unwrap();
+    assert!(record.starts_with(&sha256_hex(&a)), "{record}");
+    let commit = std::fs::read_to_string(format!("{}.commit", p.display())).unwrap();
+    assert_eq!(commit.trim(), COMMIT);
+
+    // A full commit id must resolve to itself.
+    models::pull(&format!("hf:org/pin@{COMMIT}/m.gguf"), &o(&server)).unwrap();
+    match models::pull(&format!("hf:org/pin@{other}/m.gguf"), &o(&server)) {
+        Err(PullError::RevisionMismatch {
+            requested,
+            resolved,
+            ..
+        }) => {
+            assert_eq!(requested, other);
+            assert_eq!(resolved, COMMIT);
+        }
+        other => panic!("expected RevisionMismatch, got {other:?}"),
+    }
+    assert!(models::resolve_with(&format!("hf:org/pin@{other}/m.gguf"), &o(&server)).is_none());
+
+    // The cached file changed under the cache: refused on re-pull, and left as it is.
+    std::fs::write(&p, &b).unwrap();
+    let hits = server.log.lock().unwrap().len();
+    match models::pull("hf:org/pin/m.gguf", &o(&server)) {
+        Err(PullError::PinnedFileChanged {
+            expected, actual, ..
+        }) => {
+            assert_eq!(expected, sha256_hex(&a));
+            assert_eq!(actual, sha256_hex(&b));
+        }
+        other => panic!("expected PinnedFileChanged, got {other:?}"),
+    }
+    assert_eq!(std::fs::read(&p).unwrap(), b);
+    assert!(models::resolve_with("hf:org/pin/m.gguf", &o(&server)).is_none());
+    // Rewritten with the pinned bytes (new mtime), it is accepted again, offline.
+    std::fs::write(&p, &a).unwrap();
+    assert_eq!(models::pull("hf:org/pin/m.gguf", &o(&server)).unwrap(), p);
+    assert_eq!(server.log.lock().unwrap().len(), hits, "no request");
+
+    // `main` moved upstream while the file was deleted: the new bytes are refused.
+    drop(server);
+    let moved = serve(&b);
+    std::fs::remove_file(&p).unwrap();
+    match models::pull("hf:org/pin/m.gguf", &o(&moved)) {
+        Err(PullError::PinnedFileChanged { actual, .. }) => assert_eq!(actual, sha256_hex(&b)),
+        other => panic!("expected PinnedFileChanged, got {other:?}"),
+    }
+    assert!(!p.exists());
+
+    // The Hub's own sha256 (an LFS file's etag) is checked.
+    let mut files = HashMap::new();
+    files.insert("/org/lying/resolve/main/m.gguf".to_string(), a.clone());
+    let lying = fake_hub_with(files, |_| "ab".repeat(32));
+    match models::pull("hf:org/lying/m.gguf", &o(&lying)) {
+        Err(PullError::HashMismatch {
+            expected, actual, ..
+        }) => {
+            assert_eq!(expected, "ab".repeat(32));
+            assert_eq!(actual, sha256_hex(&a));
+        }
+        other => panic!("expected HashMismatch, got {other:?}"),
+    }
+    // Nothing of the refused pulls is left where a reader looks.
+    assert!(!dir.path().join("hf/org/lying/main/m.gguf").exists());
 }
 
 // ---------------------------------------------------------------- local paths and the CLI

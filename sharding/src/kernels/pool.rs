@@ -11,7 +11,10 @@
 //! whose neighbours compute meanwhile) does not burn the cores its neighbours need.
 //!
 //! Parts are claimed dynamically, so a worker that is late costs nothing: the caller runs
-//! its parts. One job runs at a time. A caller that finds the pool busy (another thread is inside
+//! its parts. A part that panics, on a worker or on the caller, is re-raised in the caller's
+//! thread once every part has finished: the caller's request fails (the node's compute queue
+//! turns a panic into that request's error) rather than going on with a result that has a
+//! part missing, and the pool serves the next job as before. One job runs at a time. A caller that finds the pool busy (another thread is inside
 //! [`Pool::run`]) runs its parts itself instead of waiting, so concurrent callers never
 //! block one another and never deadlock.
 
@@ -32,6 +35,8 @@ struct Job {
     parts: usize,
     next: AtomicUsize,
     done: AtomicUsize,
+    /// The first panic of a part run by a worker, re-raised by `run` in the caller.
+    panic: Mutex<Option<Box<dyn std::any::Any + Send>>>,
 }
 
 // SAFETY: `f` points to a `Sync` closure and is only dereferenced under the claim rule
@@ -51,9 +56,12 @@ impl Job {
             // SAFETY: part i < parts is claimed and not yet done, so `run` is still
             // waiting and the closure it borrowed is alive.
             let f = unsafe { &*self.f };
-            // A panicking part must still count as done, or `run` would wait forever;
-            // `run` re-raises a panic of its own parts only.
-            let _ = catch_unwind(AssertUnwindSafe(|| f(i)));
+            // A panicking part must still count as done, or `run` would wait forever; its
+            // payload is kept for `run` to re-raise in the caller.
+            if let Err(p) = catch_unwind(AssertUnwindSafe(|| f(i))) {
+                let mut slot = self.panic.lock().unwrap_or_else(|e| e.into_inner());
+                slot.get_or_insert(p);
+            }
             self.done.fetch_add(1, Ordering::Release);
         }
     }
@@ -124,15 +132,21 @@ impl Pool {
     }
 
     /// Runs `f(0), .., f(parts - 1)` on the pool's threads and the caller, and returns
-    /// when all are done. A panic in a part run by the caller is re-raised here after
-    /// the other parts finish; a panic on a worker is contained there.
+    /// when all are done. A panic in any part, the caller's or a worker's, is re-raised
+    /// here after every part has finished (the caller's own first), so a job never
+    /// returns with a part silently missing.
     pub fn run(&self, parts: usize, f: &(dyn Fn(usize) + Sync)) {
         let serial = || (0..parts).for_each(f);
         if parts <= 1 || self.workers == 0 {
             return serial();
         }
-        let Ok(_busy) = self.busy.try_lock() else {
-            return serial();
+        // A job that re-raised a part's panic unwound through this guard and poisoned the
+        // lock; the pool itself is intact (every part finished), so poison is ignored, or
+        // every later job would run serially on its caller.
+        let _busy = match self.busy.try_lock() {
+            Ok(g) => g,
+            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return serial(),
         };
         let s = &*self.shared;
         // SAFETY: only erases the borrow's lifetime; see `Job::f` for why every
@@ -147,6 +161,7 @@ impl Pool {
             parts,
             next: AtomicUsize::new(0),
             done: AtomicUsize::new(0),
+            panic: Mutex::new(None),
         });
         *s.job.lock().unwrap_or_else(|e| e.into_inner()) = Some(job.clone());
         s.epoch.fetch_add(1, Ordering::SeqCst);
@@ -183,6 +198,10 @@ impl Pool {
         }
         *s.job.lock().unwrap_or_else(|e| e.into_inner()) = None;
         if let Err(panic) = mine {
+            std::panic::resume_unwind(panic);
+        }
+        let worker_panic = job.panic.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(panic) = worker_panic {
             std::panic::resume_unwind(panic);
         }
     }
@@ -317,23 +336,63 @@ mod tests {
     }
 
     #[test]
-    fn a_panicking_part_does_not_hang_the_pool() {
+    fn a_panicking_part_fails_the_job_and_the_pool_goes_on() {
         let pool = Pool::new(2);
         for _ in 0..20 {
-            // Whoever runs part 1 panics; either way `run` returns (re-raising only a
-            // panic of the caller's own part), and the pool keeps working.
-            let _ = catch_unwind(AssertUnwindSafe(|| {
+            // Whoever runs part 1 panics: either way `run` re-raises it in the caller
+            // once every part is done, and the pool keeps working.
+            let r = catch_unwind(AssertUnwindSafe(|| {
                 pool.run(4, &|i| {
                     if i == 1 {
                         panic!("part 1 fails");
                     }
                 })
             }));
+            assert!(r.is_err());
             let n = AtomicU32::new(0);
             pool.run(4, &|_| {
                 n.fetch_add(1, Ordering::Relaxed);
             });
             assert_eq!(n.load(Ordering::Relaxed), 4);
+        }
+    }
+
+    #[test]
+    fn a_worker_panic_reaches_the_caller() {
+        let pool = Pool::with_spin(2, Duration::from_micros(100));
+        let caller = std::thread::current().id();
+        for round in 0..10 {
+            // The caller's part waits until the worker has run one, and the worker's part
+            // panics: the panic happened on the worker, and must surface here.
+            let worker_ran = AtomicBool::new(false);
+            let r = catch_unwind(AssertUnwindSafe(|| {
+                pool.run(2, &|_| {
+                    if std::thread::current().id() == caller {
+                        let t0 = Instant::now();
+                        while !worker_ran.load(Ordering::Acquire)
+                            && t0.elapsed() < Duration::from_secs(10)
+                        {
+                            std::thread::yield_now();
+                        }
+                    } else {
+                        worker_ran.store(true, Ordering::Release);
+                        panic!("worker part fails in round {round}");
+                    }
+                })
+            }));
+            assert!(worker_ran.load(Ordering::Acquire), "the worker ran no part");
+            let payload = r.expect_err("a worker's panic must fail the job");
+            let msg = payload
+                .downcast_ref::<String>()
+                .cloned()
+                .unwrap_or_default();
+            assert_eq!(msg, format!("worker part fails in round {round}"));
+            // The next job runs every part, on the same workers.
+            let hits: Vec<AtomicU32> = (0..8).map(|_| AtomicU32::new(0)).collect();
+            pool.run(8, &|i| {
+                hits[i].fetch_add(1, Ordering::Relaxed);
+            });
+            assert!(hits.iter().all(|h| h.load(Ordering::Relaxed) == 1));
         }
     }
 }

@@ -6,6 +6,10 @@
 //! stories260K's `Strip`, drop the first token's space in ways llama.cpp does not).
 
 use super::vocab::{attr, parse_byte_token, PieceStyle, Vocab, VocabParts};
+use crate::error::read_capped;
+use crate::file_limits::{
+    CONFIG_JSON_MAX_BYTES, MAX_VOCAB, TOKENIZER_CONFIG_MAX_BYTES, TOKENIZER_JSON_MAX_BYTES,
+};
 use crate::{Error, Result};
 use serde_json::Value as Json;
 use std::path::Path;
@@ -99,21 +103,52 @@ fn config_token(v: Option<&Json>) -> Option<String> {
     }
 }
 
-fn read_json(path: &Path) -> Result<Option<Json>> {
-    match std::fs::read(path) {
-        Ok(bytes) => serde_json::from_slice(&bytes)
-            .map(Some)
-            .map_err(|e| Error::Tokenizer(format!("{}: {e}", path.display()))),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(Error::io(path, e)),
+/// A JSON file next to `tokenizer.json`, read with a byte cap (`None` when absent).
+fn read_json(path: &Path, limit: u64) -> Result<Option<Json>> {
+    if !path.exists() {
+        return Ok(None);
     }
+    let field = format!(
+        "{} size",
+        path.file_name().unwrap_or_default().to_string_lossy()
+    );
+    let bytes = read_capped(path, &field, limit)?;
+    serde_json::from_slice(&bytes)
+        .map(Some)
+        .map_err(|e| Error::Tokenizer(format!("{}: {e}", path.display())))
 }
 
 pub(crate) fn load(path: &Path, add_bos: Option<bool>) -> Result<(Vocab, HfModel)> {
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    let json: Json = serde_json::from_slice(&bytes)
+    let bytes = read_capped(path, "tokenizer.json size", TOKENIZER_JSON_MAX_BYTES)?;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let tok_config = read_json(
+        &dir.join("tokenizer_config.json"),
+        TOKENIZER_CONFIG_MAX_BYTES,
+    )?;
+    let model_config = read_json(&dir.join("config.json"), CONFIG_JSON_MAX_BYTES)?;
+    load_bytes(path, &bytes, tok_config, model_config, add_bos)
+}
+
+/// [`load`] from the bytes of a `tokenizer.json` and its two optional companion files;
+/// `path` names it in errors.
+pub(crate) fn load_bytes(
+    path: &Path,
+    bytes: &[u8],
+    tok_config: Option<Json>,
+    model_config: Option<Json>,
+    add_bos: Option<bool>,
+) -> Result<(Vocab, HfModel)> {
+    if bytes.len() as u64 > TOKENIZER_JSON_MAX_BYTES {
+        return Err(Error::limit(
+            path,
+            "tokenizer.json size",
+            bytes.len() as u64,
+            TOKENIZER_JSON_MAX_BYTES,
+        ));
+    }
+    let json: Json = serde_json::from_slice(bytes)
         .map_err(|e| Error::Tokenizer(format!("{}: {e}", path.display())))?;
-    let with_special = tokenizers::Tokenizer::from_bytes(&bytes)
+    let with_special = tokenizers::Tokenizer::from_bytes(bytes)
         .map_err(|e| Error::Tokenizer(format!("{}: {e}", path.display())))?;
     let mut plain = with_special.clone();
     plain.set_encode_special_tokens(true);
@@ -129,6 +164,15 @@ pub(crate) fn load(path: &Path, add_bos: Option<bool>) -> Result<(Vocab, HfModel
             "{}: the vocabulary is empty",
             path.display()
         )));
+    }
+    // The token table is sized by the largest id, not by the number of tokens.
+    if n as u64 > MAX_VOCAB {
+        return Err(Error::limit(
+            path,
+            "tokenizer.json largest token id + 1",
+            n as u64,
+            MAX_VOCAB,
+        ));
     }
     let mut tokens = vec![String::new(); n];
     for (t, &i) in &vocab_map {
@@ -164,9 +208,6 @@ pub(crate) fn load(path: &Path, add_bos: Option<bool>) -> Result<(Vocab, HfModel
 
     // BOS/EOS: the model folder's tokenizer_config.json / config.json when present, else the
     // token the post-processor prepends, else well-known names.
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let tok_config = read_json(&dir.join("tokenizer_config.json"))?;
-    let model_config = read_json(&dir.join("config.json"))?;
     let id_of = |name: &str| vocab_map.get(name).copied();
     let config_id = |key: &str| -> Vec<u32> {
         let Some(cfg) = &model_config else {

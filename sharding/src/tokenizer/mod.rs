@@ -91,6 +91,19 @@ impl Tokenizer {
         })
     }
 
+    /// From the bytes of a `tokenizer.json` alone (no companion config files), for tests
+    /// and the `tokenizer_json` fuzz target; otherwise as [`Tokenizer::from_hf_file`].
+    pub fn from_hf_json_bytes(bytes: &[u8], add_bos: Option<bool>) -> Result<Self> {
+        let name = std::path::Path::new("tokenizer.json");
+        let (vocab, model) = hf::load_bytes(name, bytes, None, None, add_bos)?;
+        Ok(Tokenizer {
+            inner: Arc::new(Inner {
+                vocab,
+                model: Model::Hf(Box::new(model)),
+            }),
+        })
+    }
+
     /// Encodes `text`. `add_bos` prepends BOS (when the model has one; pass
     /// [`Self::add_bos_default`] normally). With `parse_special`, control tokens written in the
     /// text (e.g. `<|im_start|>`) become their ids; without, they are tokenized as plain text.
