@@ -841,3 +841,20 @@ fn run_lamina(exe: &Path, args: &[&str], paths: &[&Path]) -> anyhow::Result<Stri
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn adversaries_are_node_ids_and_modes() {
+        assert_eq!(
+            parse_adversary("node-2=corrupt:0.25"),
+            Ok((2, "corrupt:0.25".to_string()))
+        );
+        assert!(parse_adversary("node-2").is_err());
+        assert!(parse_adversary("2=stall").is_err());
+        assert!(parse_adversary("node-x=stall").is_err());
+        assert!(parse_adversary("node-1=").is_err());
+    }
+}

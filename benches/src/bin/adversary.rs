@@ -27,7 +27,7 @@ struct Args {
     #[arg(long, default_value = "corrupt,huge-token,stall,inflate,flood")]
     modes: String,
     /// Requests per honest client per round.
-    #[arg(long, default_value_t = 6)]
+    #[arg(long, default_value_t = 8)]
     requests: usize,
     /// Honest clients at once.
     #[arg(long, default_value_t = 2)]
@@ -115,8 +115,10 @@ fn lamina_bin() -> Result<PathBuf> {
 struct Round {
     mode: String,
     runs: Vec<Run>,
-    /// Whether the entry's `/status` shows node-0 banned at the end of the round.
+    /// Whether the entry banned node-0 during the round.
     banned: bool,
+    /// Sessions node-0 opened (as a primary, shadow or third chain's hop).
+    adversary_sessions: usize,
     /// Routes through node-0 seen in the entry's last route after each request.
     routes_via_adversary: usize,
     peak_rss_mib: Vec<f64>,
@@ -183,12 +185,15 @@ fn round(args: &Args, exe: &Path, model: &Path, dir: &Path, mode: Option<&str>) 
             }
         }
     });
-    let status = lamina_testnet::status(&api).unwrap_or(Value::Null);
-    let banned = status["peers"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .any(|p| p["peer_id"] == adversary && p["banned_for_ms"].as_u64().unwrap_or(0) > 0);
+    // Bans are short-lived (they double per failure): read them from the entry's log,
+    // and how much work the adversary got from its own.
+    let entry_log = std::fs::read_to_string(&entry.log).unwrap_or_default();
+    let banned = entry_log.contains(&format!("banned peer={adversary}"));
+    let adversary_log = std::fs::read_to_string(&st.nodes[0].log).unwrap_or_default();
+    let adversary_sessions = adversary_log
+        .lines()
+        .filter(|l| l.contains("session::stream: opened"))
+        .count();
     let peak_rss_mib = st
         .nodes
         .iter()
@@ -199,6 +204,7 @@ fn round(args: &Args, exe: &Path, model: &Path, dir: &Path, mode: Option<&str>) 
         mode: mode.unwrap_or("none").to_string(),
         runs,
         banned,
+        adversary_sessions,
         routes_via_adversary: via,
         peak_rss_mib,
     })
@@ -262,9 +268,9 @@ fn main() -> Result<()> {
     };
     let base = per_token(&rounds[0]);
     println!(
-        "| mode | honest requests ok | reference text | median ms/token | vs unattacked | adversary banned | routes via adversary | peak RSS per node (MiB) |"
+        "| mode | honest requests ok | reference text | median ms/token | vs unattacked | adversary banned | adversary sessions | last routes via adversary | peak RSS per node (MiB) |"
     );
-    println!("| --- | --- | --- | --- | --- | --- | --- | --- |");
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- |");
     for r in &rounds {
         let ok = r.runs.iter().filter(|x| x.error.is_none()).count();
         let same = r
@@ -274,7 +280,7 @@ fn main() -> Result<()> {
             .count();
         let t = per_token(r);
         println!(
-            "| {} | {ok}/{} | {same}/{} | {:.1} | {:.2}x | {} | {} | {} |",
+            "| {} | {ok}/{} | {same}/{} | {:.1} | {:.2}x | {} | {} | {} | {} |",
             r.mode,
             r.runs.len(),
             r.runs.len(),
@@ -285,6 +291,7 @@ fn main() -> Result<()> {
             } else {
                 r.banned.to_string()
             },
+            r.adversary_sessions,
             r.routes_via_adversary,
             r.peak_rss_mib
                 .iter()

@@ -469,12 +469,22 @@ async fn open_replica(
 }
 
 /// A second chain's failure is judged like the primary's (its culprit banned), but
-/// changes nothing for the generation: the check is skipped.
+/// changes nothing for the generation: the check is skipped. Silence is held against its
+/// first hop at once (the rule failover applies after waiting for the mesh to notice a
+/// dead peer: a replica that stalls answers its pings, and the generation waits while it
+/// is checked); a stall further down is named by the hop above it before the entry's
+/// deadline (depth-scaled deadlines).
 fn blame_replica(cx: &Context<'_>, chain: &[ChainHop], e: &PipelineError) {
     let Some(f) = e.failure() else { return };
     let hops: Vec<Hop> = chain.iter().map(ChainHop::hop).collect();
-    if let Verdict::Reroute { ban: Some(p), .. } = judge(&hops, f) {
-        cx.routes.report_failure(p);
+    match judge(&hops, f) {
+        Verdict::Reroute { ban: Some(p), .. } => cx.routes.report_failure(p),
+        Verdict::Unattributed => {
+            if let Some(first) = chain.first() {
+                cx.routes.report_failure(first.peer);
+            }
+        }
+        _ => {}
     }
 }
 
