@@ -358,49 +358,6 @@ mod tests {
         assert_eq!(tampered[0].verify(), Err(EvidenceError::BadSignature));
     }
 
-    /// What evidence costs a hop per step (not a test: prints figures; run with
-    /// `cargo test --release -p lamina-protocol --lib evidence_cost -- --ignored --nocapture`).
-    #[test]
-    #[ignore]
-    fn evidence_cost() {
-        let key = Keypair::generate_ed25519();
-        let h = hop(&key, 0, 2);
-        let n = 2000u32;
-        let t = std::time::Instant::now();
-        let mut last = None;
-        for i in 0..n {
-            let r = StepRecord {
-                signer: h.peer.to_bytes(),
-                session_id: SessionId::from(1u128),
-                step: u64::from(i),
-                layers: h.layers,
-                input: [1; 32],
-                output: StepProduct::Hidden([2; 32]),
-            };
-            last = Some(r.sign(&key).unwrap());
-        }
-        let sign = t.elapsed() / n;
-        let signed = last.unwrap();
-        let t = std::time::Instant::now();
-        for _ in 0..n {
-            signed.verify().unwrap();
-        }
-        let verify = t.elapsed() / n;
-        let row = vec![0.5f32; 2048];
-        let one_row = WireTensor::from_f32(&[1, 2048], &row, crate::WireDType::F16).unwrap();
-        let t = std::time::Instant::now();
-        for _ in 0..n {
-            std::hint::black_box(digest_tensor(&one_row));
-        }
-        let digest = t.elapsed() / n;
-        let bytes = bincode::encode_to_vec(&signed, bincode::config::standard()).unwrap();
-        println!(
-            "sign {sign:?}, verify {verify:?}, blake3 of a 2048-wide f16 row {digest:?}, \
-             {} bytes per record on the wire",
-            bytes.len()
-        );
-    }
-
     #[test]
     fn digests_tell_tokens_from_hidden_states() {
         let t = WireTensor::from_f32(&[1, 2], &[1.0, 2.0], crate::WireDType::F32).unwrap();
