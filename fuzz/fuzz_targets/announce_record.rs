@@ -304,7 +304,10 @@ fn seeds() -> Vec<(String, Vec<u8>)> {
         ("member-hello".into(), with(3, hello)),
         (
             "cert-body".into(),
-            with(4, bincode::encode_to_vec(&cert, bincode::config::standard()).unwrap()),
+            with(
+                4,
+                bincode::encode_to_vec(&cert, bincode::config::standard()).unwrap(),
+            ),
         ),
         (
             "revocation-body".into(),

@@ -15,7 +15,7 @@ use lamina_node::api::errors::{parse_value, ApiError};
 use lamina_node::api::generation::fit_context;
 use lamina_node::api::openai::{ChatFields, CommonParams, CompletionFields, Settings};
 use lamina_protocol::SamplingSettings;
-use lamina_sharding::sampling::{SamplingParams, Sampler};
+use lamina_sharding::sampling::{Sampler, SamplingParams};
 use libfuzzer_sys::fuzz_target;
 use serde_json::Value;
 
@@ -63,7 +63,13 @@ fn completion(body: Value, context: usize) -> Result<usize, ApiError> {
     let settings = common.settings(max_tokens)?;
     check_settings(&settings);
     let prompt = fields.prompt()?;
-    fit_context(tokens_of(&prompt), settings.max_tokens, Some(16), context, "prompt")
+    fit_context(
+        tokens_of(&prompt),
+        settings.max_tokens,
+        Some(16),
+        context,
+        "prompt",
+    )
 }
 
 fn seeds() -> Vec<(String, Vec<u8>)> {

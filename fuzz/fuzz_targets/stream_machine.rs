@@ -22,8 +22,8 @@
 use lamina_fuzz::{messages, write_seeds_if_asked, MODEL};
 use lamina_node::session::machine::{HostInfo, Role, StreamMachine};
 use lamina_protocol::{
-    encode_frame, EndsAt, ForwardInput, FrameDecoder, FrameLimits, LayerRange, Message,
-    ModelId, WireDType,
+    encode_frame, EndsAt, ForwardInput, FrameDecoder, FrameLimits, LayerRange, Message, ModelId,
+    WireDType,
 };
 use libfuzzer_sys::fuzz_target;
 
@@ -70,7 +70,10 @@ fn check_invariants(m: &StreamMachine, sh: &mut Shadow, context_length: u32) {
     }
     if let Some(s) = m.session() {
         assert!(s.position <= s.max_length, "positions past max_length");
-        assert!(s.max_length <= context_length, "max_length past the context");
+        assert!(
+            s.max_length <= context_length,
+            "max_length past the context"
+        );
         if let Some((step, pos)) = sh.progress {
             assert!(s.next_step >= step, "step numbers went back");
             assert!(s.position >= pos, "positions went back");
@@ -124,7 +127,10 @@ fn drive(m: &mut StreamMachine, msg: Message, decision: u8, sh: &mut Shadow) {
         Message::Forward(f) => match m.check_forward(&f) {
             Ok(rows) => {
                 assert!(!sh.was_closed, "a step accepted after close");
-                let s = m.session().expect("a step accepted without a session").clone();
+                let s = m
+                    .session()
+                    .expect("a step accepted without a session")
+                    .clone();
                 assert_eq!(s.session_id, f.session_id);
                 assert!(rows >= 1 && rows == f.rows());
                 assert!(f.step >= s.next_step, "a step replayed");

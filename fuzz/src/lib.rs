@@ -29,8 +29,8 @@ pub fn node_key() -> Keypair {
 
 /// The mesh authority's key (fixed, so seeds carry certificates that verify).
 pub fn authority_key() -> ed25519::Keypair {
-    let secret = ed25519::SecretKey::try_from_bytes([2u8; 32])
-        .unwrap_or_else(|_| unreachable!("32 bytes"));
+    let secret =
+        ed25519::SecretKey::try_from_bytes([2u8; 32]).unwrap_or_else(|_| unreachable!("32 bytes"));
     ed25519::Keypair::from(secret)
 }
 

@@ -109,7 +109,10 @@ pub fn all() -> Vec<(&'static str, Message)> {
             Message::HelloAck(HelloAck::new("fuzz", Some(range(0, 2)))),
         ),
         ("open", Message::OpenSession(open((0, 2), 4, 64, true))),
-        ("open-last", Message::OpenSession(open((2, 4), 4, 64, false))),
+        (
+            "open-last",
+            Message::OpenSession(open((2, 4), 4, 64, false)),
+        ),
         ("open-entry", Message::OpenSession(entry_open)),
         (
             "opened",
