@@ -13,7 +13,8 @@
 #
 # Environment: CARGO_TARGET_DIR (default fuzz/target); FUZZ_SANITIZER (cargo fuzz's
 # --sanitizer, default address: its allocator also catches single huge allocations);
-# FUZZ_ARGS (extra libFuzzer flags, e.g. -jobs/-workers or -dict=...). The main
+# FUZZ_ARGS (extra libFuzzer flags, e.g. -jobs/-workers or -dict=...); FUZZ_NO_BUILD=1
+# runs the binaries already built (a campaign resumed while sources changed). The main
 # workspace's RUSTFLAGS, RUSTC_WORKSPACE_WRAPPER and CLIPPY_ARGS are unset: cargo fuzz
 # sets its own flags, and clippy is not the compiler for these builds. On a shared
 # machine run it under `nice -n 10`.
@@ -43,6 +44,7 @@ else
 fi
 
 build() {
+    [[ -n ${FUZZ_NO_BUILD:-} ]] && return 0
     cargo +nightly fuzz build --fuzz-dir fuzz --sanitizer "$sanitizer" "$1"
 }
 
@@ -78,7 +80,7 @@ for t in "${targets[@]}"; do
     {
         echo "target: $t"
         echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
-        echo "commit: $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
+        echo "commit: $(git describe --always --dirty 2>/dev/null || echo unknown)"
         echo "seconds: $seconds"
         echo "sanitizer: $sanitizer"
         echo "exit: $rc"
