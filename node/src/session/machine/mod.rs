@@ -256,6 +256,14 @@ impl StreamMachine {
                 ),
             ));
         }
+        // `next_step` saturates, so a step numbered u64::MAX could be accepted again and
+        // again: the last usable step number is u64::MAX - 1.
+        if f.step == u64::MAX {
+            return Err(err(
+                ErrorCode::StepOutOfOrder,
+                "step u64::MAX: step numbers end at u64::MAX - 1",
+            ));
+        }
         if f.step < s.next_step {
             return Err(err(
                 ErrorCode::StepOutOfOrder,

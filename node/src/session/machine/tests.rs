@@ -237,3 +237,31 @@ fn a_session_whose_entry_runs_the_ends_takes_and_gives_hidden_states() {
         ErrorCode::InvalidMessage
     );
 }
+
+/// Steps increase strictly even at the end of the numbers: `next_step` saturates, so a step
+/// numbered u64::MAX was accepted twice (found writing the `stream_machine` fuzz target's
+/// strictly-increasing-steps invariant).
+#[test]
+fn a_step_numbered_u64_max_is_refused() {
+    let mut m = StreamMachine::new(host(0, 5));
+    m.on_hello(&Hello::new(ModelId::from_bytes([7; 32]), "c"))
+        .unwrap();
+    let o = open(0, 5);
+    let role = m.check_open(&o, true).unwrap();
+    m.opened(&o, role);
+    let last = fwd(u64::MAX - 1, 0, ForwardInput::Tokens(vec![1]));
+    assert_eq!(m.check_forward(&last), Ok(1));
+    m.forwarded(last.step, 1);
+    let again = fwd(u64::MAX, 1, ForwardInput::Tokens(vec![2]));
+    let before = m.session().cloned();
+    assert_eq!(
+        m.check_forward(&again).unwrap_err().code,
+        ErrorCode::StepOutOfOrder
+    );
+    assert_eq!(
+        m.session().cloned(),
+        before,
+        "a refused step changes nothing"
+    );
+    assert_eq!(m.session().unwrap().next_step, u64::MAX);
+}
