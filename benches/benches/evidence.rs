@@ -41,7 +41,9 @@ fn evidence(c: &mut Criterion) {
             black_box(record(&key, step).sign(&key).expect("sign"))
         })
     });
-    g.bench_function("verify", |b| b.iter(|| black_box(signed.verify().expect("verify"))));
+    g.bench_function("verify", |b| {
+        b.iter(|| black_box(signed.verify().expect("verify")))
+    });
     g.bench_function("digest_2048_f16_row", |b| {
         b.iter(|| black_box(digest_tensor(black_box(&one_row))))
     });

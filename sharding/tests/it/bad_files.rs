@@ -592,21 +592,30 @@ fn chat_templates_are_bounded() {
     ));
 }
 
-/// Writes the seed corpora of the file fuzz targets (`fuzz/corpus/<target>/`): small valid
-/// files of each format, from the synth writer and the builders above. By hand:
+/// The seed corpora of the file fuzz targets (`fuzz/corpus/<target>/`) are exactly what
+/// the writers below make: small valid files of each format, from the synth writer and the
+/// builders above, so the seeds cannot drift from the formats. To write them afresh:
 /// `LAMINA_FUZZ_SEEDS=$PWD/fuzz/corpus cargo test -p lamina-sharding --test it
-/// bad_files::write_fuzz_seeds -- --ignored`.
+/// bad_files::fuzz_seeds`.
 #[test]
-#[ignore = "writes the fuzz seed corpora; run by hand"]
-fn write_fuzz_seeds() {
-    let root = std::path::PathBuf::from(
-        std::env::var_os("LAMINA_FUZZ_SEEDS")
-            .expect("set LAMINA_FUZZ_SEEDS to the fuzz/corpus directory"),
-    );
-    let put = |target: &str, name: &str, bytes: &[u8]| {
-        let dir = root.join(target);
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join(name), bytes).unwrap();
+fn fuzz_seeds_are_what_the_writers_make() {
+    let committed = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus");
+    let write_to = std::env::var_os("LAMINA_FUZZ_SEEDS").map(std::path::PathBuf::from);
+    let put = |target: &str, name: &str, bytes: &[u8]| match &write_to {
+        Some(root) => {
+            let dir = root.join(target);
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(dir.join(name), bytes).unwrap();
+        }
+        None => {
+            let p = committed.join(target).join(name);
+            let have = std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+            assert!(
+                have == bytes,
+                "{} is not what its writer makes (rewrite with LAMINA_FUZZ_SEEDS)",
+                p.display()
+            );
+        }
     };
     // GGUF: a one-layer model of the smallest legal shape (every metadata kind a real file
     // has: strings, u32/f32 values, token/score/type arrays), and hand-built headers.
