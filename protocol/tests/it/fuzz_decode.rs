@@ -12,7 +12,7 @@
 //! * `LAMINA_FUZZ_SECONDS`: optional wall-clock budget; stops early when reached.
 //! * `LAMINA_FUZZ_SEED`: fixes the RNG seed (default: a fresh seed, printed).
 //! * `LAMINA_FUZZ_WRITE_CORPUS=DIR`: also write valid frames there as a seed corpus for the
-//!   cargo-fuzz target in `protocol/fuzz` (first byte 0 = default limits, one chunk).
+//!   coverage-guided `frame_decode` target of `fuzz/` (`fuzz/run.sh`, docs/SECURITY.md).
 //!
 //! Long run: `LAMINA_FUZZ_CASES=1000000000 LAMINA_FUZZ_SECONDS=600 cargo test -p
 //! lamina-protocol --release --test fuzz_decode -- --nocapture`
