@@ -3,7 +3,11 @@
 //! per round), while honest clients generate through the entry. Per mode it reports:
 //! whether every honest request completed with the reference text, honest time per token
 //! against the unattacked round, whether (and after how many requests) the adversary was
-//! banned by the entry, and the peak RSS of every node.
+//! banned by the entry, the steps each serving node ran (an `inflate`d node must get no
+//! more than the honest servers of its speed), and the peak RSS of every node against its
+//! `--kv-budget` plus 150 MB. The `http-flood` round has no adversary node: a flood of
+//! held-open connections, junk and oversized bodies and bad requests from 127.0.0.2
+//! against the entry's API.
 //!
 //! `cargo build --release -p lamina-node -p lamina-benches &&
 //!  target/release/adversary [--modes corrupt,huge-token,stall,inflate,flood]
@@ -23,8 +27,12 @@ use serde_json::{json, Value};
 #[derive(Parser, Debug)]
 #[command(about = "Drive each --adversary mode against a testnet while honest clients generate")]
 struct Args {
-    /// The modes to drill, comma-separated (the unattacked round always runs first).
-    #[arg(long, default_value = "corrupt,huge-token,stall,inflate,flood")]
+    /// The modes to drill, comma-separated (the unattacked round always runs first):
+    /// node-0's `--adversary` modes, and `http-flood` (a flood against the entry's API).
+    #[arg(
+        long,
+        default_value = "corrupt,huge-token,stall,inflate,flood,http-flood"
+    )]
     modes: String,
     /// Requests per honest client per round.
     #[arg(long, default_value_t = 8)]
@@ -49,6 +57,9 @@ struct Args {
     /// Testnet folder (default: a temporary one).
     #[arg(long)]
     dir: Option<PathBuf>,
+    /// `--kv-budget` of every node, MiB (the RSS bound checked is this plus 150).
+    #[arg(long, default_value_t = 256)]
+    kv_budget_mib: u64,
 }
 
 /// One honest request's outcome.
@@ -121,6 +132,8 @@ struct Round {
     adversary_sessions: usize,
     /// Routes through node-0 seen in the entry's last route after each request.
     routes_via_adversary: usize,
+    /// Steps each serving node ran (its `lamina_session_steps_by_input`, probes included).
+    steps: Vec<u64>,
     peak_rss_mib: Vec<f64>,
 }
 
@@ -146,7 +159,11 @@ fn round(args: &Args, exe: &Path, model: &Path, dir: &Path, mode: Option<&str>) 
     opts.threads = Some(1);
     opts.ready_timeout = Duration::from_secs(180);
     opts.verify_rate = args.verify_rate;
-    if let Some(m) = mode {
+    opts.extra_args = vec!["--kv-budget".into(), format!("{}MiB", args.kv_budget_mib)];
+    // `http-flood` is no node's misbehaviour: a flood of HTTP connections and bad
+    // requests against the entry, from another loopback address than the clients'.
+    let http_flood = mode == Some("http-flood");
+    if let Some(m) = mode.filter(|_| !http_flood) {
         opts.adversaries = vec![(0, m.to_string())];
     }
     let st = lamina_testnet::up(&opts).context("testnet up")?;
@@ -159,7 +176,11 @@ fn round(args: &Args, exe: &Path, model: &Path, dir: &Path, mode: Option<&str>) 
     let timeout = Duration::from_secs(args.timeout);
     let mut runs = Vec::new();
     let mut via = 0;
+    let flooding = std::sync::atomic::AtomicBool::new(true);
     std::thread::scope(|s| {
+        if http_flood {
+            s.spawn(|| flood_http(&api, &flooding));
+        }
         let handles: Vec<_> = (0..args.clients)
             .map(|_| {
                 s.spawn(|| {
@@ -184,7 +205,14 @@ fn round(args: &Args, exe: &Path, model: &Path, dir: &Path, mode: Option<&str>) 
                 }
             }
         }
+        flooding.store(false, std::sync::atomic::Ordering::Relaxed);
     });
+    let steps = st
+        .nodes
+        .iter()
+        .filter(|n| n.layers != "none")
+        .map(|n| n.api.as_deref().map_or(0, node_steps))
+        .collect();
     // Bans are short-lived (they double per failure): read them from the entry's log,
     // and how much work the adversary got from its own.
     let entry_log = std::fs::read_to_string(&entry.log).unwrap_or_default();
@@ -206,8 +234,81 @@ fn round(args: &Args, exe: &Path, model: &Path, dir: &Path, mode: Option<&str>) 
         banned,
         adversary_sessions,
         routes_via_adversary: via,
+        steps,
         peak_rss_mib,
     })
+}
+
+/// Steps a node's session server ran, from its `/metrics`.
+fn node_steps(api: &str) -> u64 {
+    let Ok(r) = ureq::get(&format!("{api}/metrics"))
+        .timeout(Duration::from_secs(10))
+        .call()
+    else {
+        return 0;
+    };
+    r.into_string()
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.starts_with("lamina_session_steps_by_input"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+/// Floods `api` from 127.0.0.2 while `on`: up to 200 connections that send half a
+/// request header and hold it (slowloris), 1 MiB bodies that are no JSON, 8 MiB bodies
+/// (over the cap) and requests for a model the node does not serve. Bounded: paced, at
+/// most 100 000 requests.
+fn flood_http(api: &str, on: &std::sync::atomic::AtomicBool) {
+    use std::io::{Read, Write};
+    use std::sync::atomic::Ordering;
+    let Ok(addr) = api
+        .trim_start_matches("http://")
+        .parse::<std::net::SocketAddr>()
+    else {
+        return;
+    };
+    let connect = || -> Option<std::net::TcpStream> {
+        let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).ok()?;
+        s.bind(&std::net::SocketAddr::from(([127, 0, 0, 2], 0)).into())
+            .ok()?;
+        s.connect_timeout(&addr.into(), Duration::from_secs(2))
+            .ok()?;
+        let s: std::net::TcpStream = s.into();
+        s.set_read_timeout(Some(Duration::from_millis(500))).ok()?;
+        s.set_write_timeout(Some(Duration::from_millis(500))).ok()?;
+        Some(s)
+    };
+    let junk = vec![b'a'; 1 << 20];
+    let huge = vec![b'a'; 8 << 20];
+    let wrong_model = br#"{"model":"no-such-model","prompt":"x","max_tokens":64}"#.to_vec();
+    let mut held: Vec<std::net::TcpStream> = Vec::new();
+    let mut sent = 0u32;
+    while on.load(Ordering::Relaxed) && sent < 100_000 {
+        held.retain_mut(|s| s.write_all(b"x").is_ok());
+        while held.len() < 200 {
+            let Some(mut s) = connect() else { break };
+            if s.write_all(b"POST /v1/completions HTTP/1.1\r\nhost: x\r\n")
+                .is_err()
+            {
+                break;
+            }
+            held.push(s);
+        }
+        for body in [&junk, &huge, &wrong_model] {
+            let Some(mut s) = connect() else { continue };
+            let head = format!(
+                "POST /v1/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                body.len()
+            );
+            let _ = s.write_all(head.as_bytes());
+            let _ = s.write_all(body);
+            let mut b = [0u8; 512];
+            let _ = s.read(&mut b);
+            sent += 1;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// Stops the testnet of `state` when dropped.
@@ -268,9 +369,10 @@ fn main() -> Result<()> {
     };
     let base = per_token(&rounds[0]);
     println!(
-        "| mode | honest requests ok | reference text | median ms/token | vs unattacked | adversary banned | adversary sessions | last routes via adversary | peak RSS per node (MiB) |"
+        "| mode | honest requests ok | reference text | median ms/token | vs unattacked | adversary banned | adversary sessions | last routes via adversary | steps served (node-0 adversary; node-1, node-2 honest) | peak RSS per node (MiB; bound {}) |",
+        args.kv_budget_mib + 150
     );
-    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- |");
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
     for r in &rounds {
         let ok = r.runs.iter().filter(|x| x.error.is_none()).count();
         let same = r
@@ -280,19 +382,24 @@ fn main() -> Result<()> {
             .count();
         let t = per_token(r);
         println!(
-            "| {} | {ok}/{} | {same}/{} | {:.1} | {:.2}x | {} | {} | {} | {} |",
+            "| {} | {ok}/{} | {same}/{} | {:.1} | {:.2}x | {} | {} | {} | {} | {} |",
             r.mode,
             r.runs.len(),
             r.runs.len(),
             t * 1e3,
             t / base,
-            if r.mode == "none" {
+            if r.mode == "none" || r.mode == "http-flood" {
                 "-".into()
             } else {
                 r.banned.to_string()
             },
             r.adversary_sessions,
             r.routes_via_adversary,
+            r.steps
+                .iter()
+                .map(u64::to_string)
+                .collect::<Vec<_>>()
+                .join(", "),
             r.peak_rss_mib
                 .iter()
                 .map(|m| format!("{m:.0}"))
