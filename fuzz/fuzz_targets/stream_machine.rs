@@ -3,8 +3,8 @@
 //! the way the session server drives it (`session/stream.rs`).
 //!
 //! Input: a 16-byte header, then a stream of frames.
-//! * bytes 0..8 pick the host: layer count, the loaded range, hidden width, vocabulary
-//!   and context length;
+//! * bytes 0..8 pick the host: layer count, the loaded range, hidden width and rows per
+//!   step, vocabulary and context length;
 //! * bytes 8..16 are 32 two-bit decisions, one per message (cycled): 0 means all goes well;
 //!   bit 0 means the server says no (no free session slot; the step's compute or the next
 //!   hop failed, so the step is not recorded); bit 1 alone means the next hop refused the
@@ -14,7 +14,8 @@
 //! Properties, checked after every message: nothing panics; a refused message changes
 //! nothing; an accepted `OpenSession` fits the host (layers, context, a free slot) and its
 //! role fits the chain; an accepted `Forward` continues the cache exactly (step above the
-//! last, `start_pos` = positions held, within `max_length`, tokens inside the vocabulary
+//! last, `start_pos` = positions held, within `max_length` and the rows per step, tokens
+//! inside the vocabulary
 //! and only on an embedding hop, hidden states of the host's width otherwise); positions
 //! and step numbers only grow; once closed a stream stays closed and accepts nothing.
 #![no_main]
@@ -39,6 +40,8 @@ fn host(h: &[u8; HEADER]) -> HostInfo {
         layers: LayerRange::new(start, end).expect("start < end"),
         n_layers,
         hidden_dim: 1 + u32::from(h[3] % 16),
+        // The high half of byte 3: rows per step from 1 to 961 (the default is 512).
+        max_step_rows: 1 + u32::from(h[3] >> 4) * 64,
         vocab_size: 1 + u32::from(u16::from_le_bytes([h[4], h[5]])),
         context_length: 1 + u32::from(u16::from_le_bytes([h[6], h[7]])),
     }
@@ -136,6 +139,7 @@ fn drive(m: &mut StreamMachine, msg: Message, decision: u8, sh: &mut Shadow) {
                 assert!(f.step >= s.next_step, "a step replayed");
                 assert_eq!(f.start_pos, s.position, "a step off the cache");
                 assert!(u64::from(s.position) + u64::from(rows) <= u64::from(s.max_length));
+                assert!(rows <= m.host().max_step_rows, "a step over the row limit");
                 match &f.input {
                     ForwardInput::Tokens(t) => {
                         assert!(s.embeds, "token ids accepted by a hop that does not embed");

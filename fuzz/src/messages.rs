@@ -140,6 +140,7 @@ pub fn all() -> Vec<(&'static str, Message)> {
                     id: 5,
                     logits: None,
                 },
+                evidence: Vec::new(),
             }),
         ),
         (
@@ -151,6 +152,7 @@ pub fn all() -> Vec<(&'static str, Message)> {
                     id: 5,
                     logits: Some(tensor(&[8], WireDType::F32)),
                 },
+                evidence: Vec::new(),
             }),
         ),
         (
@@ -159,6 +161,7 @@ pub fn all() -> Vec<(&'static str, Message)> {
                 session_id: sid,
                 step: 2,
                 output: StepOutput::Hidden(tensor(&[1, 4], WireDType::F16)),
+                evidence: Vec::new(),
             }),
         ),
         ("close", Message::Close(close())),
