@@ -148,6 +148,8 @@ pub(crate) fn load_bytes(
     }
     let json: Json = serde_json::from_slice(bytes)
         .map_err(|e| Error::Tokenizer(format!("{}: {e}", path.display())))?;
+    check_bpe_merges(&json["model"])
+        .map_err(|e| Error::Tokenizer(format!("{}: {e}", path.display())))?;
     let with_special = tokenizers::Tokenizer::from_bytes(bytes)
         .map_err(|e| Error::Tokenizer(format!("{}: {e}", path.display())))?;
     let mut plain = with_special.clone();
@@ -274,4 +276,46 @@ pub(crate) fn load_bytes(
             plain,
         },
     ))
+}
+
+/// Refuses BPE merges the `tokenizers` crate (0.23) would panic on while building its
+/// merge table instead of returning an error: it copies each merge's result into a buffer
+/// as long as the longest vocabulary entry *before* checking that the result is in the
+/// vocabulary (a slice-index panic), and strips the continuing-subword prefix by bytes
+/// (an index panic or invalid UTF-8 when the right piece is shorter). Found by the
+/// `tokenizer_json` fuzz target; every merge of a real tokenizer passes.
+fn check_bpe_merges(model: &Json) -> std::result::Result<(), String> {
+    let (Some(vocab), Some(merges)) = (model["vocab"].as_object(), model["merges"].as_array())
+    else {
+        return Ok(());
+    };
+    let prefix = model["continuing_subword_prefix"].as_str().unwrap_or("");
+    for m in merges {
+        let (a, b) = match m {
+            Json::String(s) => match s.split_once(' ') {
+                Some(p) => p,
+                None => continue,
+            },
+            Json::Array(p) => match (
+                p.first().and_then(Json::as_str),
+                p.get(1).and_then(Json::as_str),
+            ) {
+                (Some(a), Some(b)) => (a, b),
+                _ => continue,
+            },
+            _ => continue,
+        };
+        let Some(rest) = b.get(prefix.len()..) else {
+            return Err(format!(
+                "merge {a:?} {b:?}: the right piece is shorter than the subword prefix {prefix:?}"
+            ));
+        };
+        let merged = format!("{a}{rest}");
+        if !vocab.contains_key(&merged) {
+            return Err(format!(
+                "merge {a:?} {b:?} makes {merged:?}, which is not in the vocabulary"
+            ));
+        }
+    }
+    Ok(())
 }

@@ -510,6 +510,35 @@ fn word_level_tokenizer(max_id: u64) -> String {
     )
 }
 
+/// Regression (the `tokenizer_json` fuzz target's crash): a BPE merge whose result is
+/// missing from the vocabulary made the `tokenizers` crate panic (a slice index) while
+/// building its merge table; it is a typed error now, before that crate sees the file.
+#[test]
+fn a_bpe_merge_outside_the_vocabulary_is_an_error_not_a_panic() {
+    let crash = r#"{"version":"1.0","truncation":null,"padding":null,
+        "added_tokens":[{"id":5,"content":"<s>","single_word":false,"lstrip":false,"rstrip":false,"normalized":false,"special":true}],
+    "post_processor":null,"decoder":{"type":"ByteLevel","add_prefix_space":true,"trim_offsets":true,"use_regex":true},
+        "model":{"type":"BPE","dropout":null,"~use_unkn":null,"continuing_subword_prefix":null,"end_of_word_suffix":null,"fuse_unk":false,"byte_fallbAck":false,
+        "vocab":{"h":8,"e":26},"merges":["h e","l l"]}}"#;
+    assert!(matches!(
+        Tokenizer::from_hf_json_bytes(crash.as_bytes(), None),
+        Err(Error::Tokenizer(m)) if m.contains("not in the vocabulary")
+    ));
+    let short = crash
+        .replace(
+            r#""continuing_subword_prefix":null"#,
+            r#""continuing_subword_prefix":"@@""#,
+        )
+        .replace(
+            r#""vocab":{"h":8,"e":26}"#,
+            r#""vocab":{"h":8,"e":26,"he":27}"#,
+        );
+    assert!(matches!(
+        Tokenizer::from_hf_json_bytes(short.as_bytes(), None),
+        Err(Error::Tokenizer(m)) if m.contains("shorter than the subword prefix")
+    ));
+}
+
 #[test]
 fn tokenizer_json_is_bounded() {
     let tok = Tokenizer::from_hf_json_bytes(word_level_tokenizer(2).as_bytes(), None).unwrap();
