@@ -40,6 +40,7 @@ use super::{
     open_timeout, ChainClient, ChainHop, PipelineError, PipelineOptions, PipelineSession, StepReply,
 };
 use crate::failure::{judge, Failure, Hop, Verdict};
+use crate::ids::SplitMix;
 use crate::routes::RouteSource;
 
 /// How much to verify.
@@ -104,23 +105,6 @@ impl VerifyCounts {
 
 fn bump(c: &AtomicU64) {
     c.fetch_add(1, Ordering::Relaxed);
-}
-
-/// splitmix64: a seeded sampler, the same sequence on every machine.
-struct SplitMix(u64);
-
-impl SplitMix {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn unit(&mut self) -> f64 {
-        (self.next() >> 11) as f64 / (1u64 << 53) as f64
-    }
 }
 
 /// Where two accounts of one step first disagree: layers `lo..hi`, between the highest

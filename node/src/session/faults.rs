@@ -26,6 +26,7 @@ use lamina_protocol::{ErrorCode, Message, WireTensor};
 
 use super::compute::StepOut;
 use crate::dataplane::{FramedRecv, FramedSend};
+use crate::ids::SplitMix;
 
 /// A standing misbehaviour of a node, for drills (`--adversary MODE[:fraction]`).
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -89,25 +90,6 @@ impl FromStr for Adversary {
                 "unknown adversary `{m}` (corrupt[:f], huge-token[:f], stall, inflate, flood)"
             )),
         }
-    }
-}
-
-/// splitmix64: a seeded generator, the same sequence on every machine.
-#[derive(Debug)]
-struct SplitMix(u64);
-
-impl SplitMix {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `[0, 1)`.
-    fn unit(&mut self) -> f64 {
-        (self.next() >> 11) as f64 / (1u64 << 53) as f64
     }
 }
 
