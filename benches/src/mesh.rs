@@ -28,6 +28,12 @@ pub fn lamina_exe(arg: Option<PathBuf>) -> Result<PathBuf> {
     Ok(p)
 }
 
+/// The `lamina` binary of a drill: `$LAMINA_BIN` if set, else `lamina` next to this
+/// executable.
+pub fn lamina_bin() -> Result<PathBuf> {
+    lamina_exe(std::env::var_os("LAMINA_BIN").map(PathBuf::from))
+}
+
 static STOP: AtomicBool = AtomicBool::new(false);
 
 /// Makes Ctrl-C (SIGINT) set the flag [`stopped`] reads instead of killing the process, so

@@ -108,20 +108,6 @@ fn peak_rss_kib(pid: u32) -> Option<u64> {
         .ok()
 }
 
-fn lamina_bin() -> Result<PathBuf> {
-    if let Some(p) = std::env::var_os("LAMINA_BIN") {
-        return Ok(PathBuf::from(p));
-    }
-    let p = std::env::current_exe()?.with_file_name("lamina");
-    if !p.exists() {
-        bail!(
-            "{} not found: build it with cargo build --release -p lamina-node",
-            p.display()
-        );
-    }
-    Ok(p)
-}
-
 /// What one round measured.
 struct Round {
     mode: String,
@@ -322,7 +308,7 @@ impl Drop for Down {
 
 fn main() -> Result<()> {
     let args = Args::parse();
-    let exe = lamina_bin()?;
+    let exe = lamina_benches::mesh::lamina_bin()?;
     let model = args.model.clone().unwrap_or_else(|| {
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/models/stories260K.gguf")
     });

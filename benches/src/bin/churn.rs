@@ -258,20 +258,6 @@ fn max(v: &[f64]) -> f64 {
     v.iter().copied().fold(f64::NAN, f64::max)
 }
 
-fn lamina_bin() -> Result<PathBuf> {
-    if let Some(p) = std::env::var_os("LAMINA_BIN") {
-        return Ok(PathBuf::from(p));
-    }
-    let p = std::env::current_exe()?.with_file_name("lamina");
-    if !p.exists() {
-        bail!(
-            "{} not found: build it with cargo build --release -p lamina-node",
-            p.display()
-        );
-    }
-    Ok(p)
-}
-
 /// One disturbed generation's outcome.
 struct Gen {
     /// The nodes killed, comma-separated.
@@ -297,7 +283,7 @@ fn main() -> Result<()> {
     if args.tokens < 2 {
         bail!("--tokens must be at least 2 (a hop dies after the first token)");
     }
-    let exe = lamina_bin()?;
+    let exe = lamina_benches::mesh::lamina_bin()?;
     let model = args.model.clone().unwrap_or_else(|| {
         PathBuf::from(env!("CARGO_MANIFEST_DIR"))
             .join("../../shared/models/SmolLM2-135M-Instruct.Q4_1.gguf")
