@@ -23,10 +23,19 @@
 //! steps *between* two checks are streamed unchecked: a hop that lies on such a step is
 //! caught at the next sampled step (its corrupted caches disagree from then on), but the
 //! text already streamed is not taken back. With `--verify-rate 1` every step is checked
-//! before it is streamed. Comparison is bit-exact, so verification only runs on sessions
-//! with f32 activations: with f16 (the default) rounding differs between splits and a
-//! tolerance would need measuring per model; such sessions are not checked (counted as
-//! `skipped`).
+//! before it is streamed.
+//!
+//! Comparison is bit-exact, with f16 activations (the default) too, but over fewer
+//! boundaries ([`Agreement`]): every hop rounds its output to f16 for the wire, so two
+//! honest chains agree bit for bit only where they cut the layers below at the same
+//! places (the same rounding history); a boundary above a cut only one of them made is
+//! not compared. The tolerance at compared boundaries is zero: measured, not assumed,
+//! by `node/tests/it/verify.rs` (f16 replays of honest hops agree on every step; a hop
+//! that corrupts is caught). An f16 check whose second chain is cut elsewhere than the
+//! primary is skipped (`skipped`), as are sessions with the ends at the entry (the
+//! first hop's input is then the entry's own embedding). Across CPUs with different
+//! kernels (AVX2 against AVX-512) no dtype is bit-exact: a mesh of mixed CPUs needs the
+//! kernels' reduction order pinned before spot checks can span it.
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -76,7 +85,8 @@ pub struct VerifyCounts {
     pub shadow_caught: AtomicU64,
     /// The chains disagreed and no majority could be had: nobody banned.
     pub undecided: AtomicU64,
-    /// Sampled but not checkable (f16 activations, no other servers, a shadow failure).
+    /// Sampled but not checkable (no other servers, a shadow failure, an f16 second chain
+    /// cut elsewhere, the ends at the entry).
     pub skipped: AtomicU64,
 }
 
@@ -107,6 +117,32 @@ fn bump(c: &AtomicU64) {
     c.fetch_add(1, Ordering::Relaxed);
 }
 
+/// Which boundaries two honest accounts of a step must agree on, bit for bit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Agreement {
+    /// f32 on the wire: every boundary both state (an honest computation is bit-exact
+    /// whoever runs it, whatever the split).
+    EveryBoundary,
+    /// f16 on the wire: each hop rounds its output, so only boundaries below which both
+    /// chains cut the layers at the same places (the input of layer 0 always).
+    SameCuts,
+}
+
+impl Agreement {
+    /// The rule for sessions with `dtype` activations.
+    pub fn of(dtype: WireDType) -> Self {
+        match dtype {
+            WireDType::F32 => Self::EveryBoundary,
+            _ => Self::SameCuts,
+        }
+    }
+}
+
+/// The layers at which a chain cuts the model (its boundaries, ascending).
+fn cuts(a: &[HopEvidence]) -> Vec<u32> {
+    boundaries(a).into_iter().map(|(l, _)| l).collect()
+}
+
 /// Where two accounts of one step first disagree: layers `lo..hi`, between the highest
 /// boundary both state and agree on and the lowest one both state and differ on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -128,15 +164,28 @@ fn boundaries(a: &[HopEvidence]) -> Vec<(u32, StepProduct)> {
     v
 }
 
-/// The first disagreement of two chains' accounts of the same step, if any (pure).
-pub fn first_disagreement(a: &[HopEvidence], b: &[HopEvidence]) -> Option<Disagreement> {
+/// The first disagreement of two chains' accounts of the same step, if any, over the
+/// boundaries `rule` compares (pure).
+pub fn first_disagreement(
+    a: &[HopEvidence],
+    b: &[HopEvidence],
+    rule: Agreement,
+) -> Option<Disagreement> {
+    let ba = boundaries(a);
     let bb = boundaries(b);
     let mut lo = 0;
-    for (layer, pa) in boundaries(a) {
-        let Some((_, pb)) = bb.iter().find(|(l, _)| *l == layer) else {
+    for (i, (layer, pa)) in ba.iter().enumerate() {
+        let Some(j) = bb.iter().position(|(l, _)| l == layer) else {
             continue;
         };
-        if pa == *pb {
+        let same_history = ba[..i].iter().map(|x| x.0).eq(bb[..j].iter().map(|x| x.0));
+        if rule == Agreement::SameCuts && !same_history {
+            // Every boundary above a cut only one chain made has another rounding
+            // history: nothing more is comparable.
+            break;
+        }
+        let (layer, pb) = (*layer, bb[j].1);
+        if *pa == pb {
             lo = layer;
         } else {
             return Some(Disagreement { lo, hi: layer });
@@ -157,11 +206,12 @@ pub fn suspects(a: &[HopEvidence], d: Disagreement) -> Vec<PeerId> {
 pub fn first_disagreeing_step(
     a: &[Vec<HopEvidence>],
     b: &[Vec<HopEvidence>],
+    rule: Agreement,
 ) -> Option<(usize, Disagreement)> {
     a.iter()
         .zip(b)
         .enumerate()
-        .find_map(|(i, (x, y))| first_disagreement(x, y).map(|d| (i, d)))
+        .find_map(|(i, (x, y))| first_disagreement(x, y, rule).map(|d| (i, d)))
 }
 
 /// Who is wrong, given a third opinion (pure): `None` when the third sides with neither.
@@ -186,9 +236,10 @@ pub fn judge_with_third(
     primary: &[Vec<HopEvidence>],
     shadow: &[Vec<HopEvidence>],
     third: &[Vec<HopEvidence>],
+    rule: Agreement,
 ) -> Judgement {
-    let vs_primary = first_disagreeing_step(primary, third);
-    let vs_shadow = first_disagreeing_step(shadow, third);
+    let vs_primary = first_disagreeing_step(primary, third, rule);
+    let vs_shadow = first_disagreeing_step(shadow, third, rule);
     match (vs_primary, vs_shadow) {
         (Some((t, d)), None) => Judgement::Primary(single(suspects(&primary[t], d))),
         (None, Some((t, d))) => Judgement::Shadow(single(suspects(&shadow[t], d))),
@@ -283,13 +334,13 @@ impl Verifier {
 
     /// Checks the last confirmed step of `cx` (and every unchecked one before it).
     pub async fn check(&mut self, cx: Context<'_>) -> Outcome {
-        if cx.opts.activation_dtype != WireDType::F32 || cx.opts.ends.is_some() {
-            // Bit-exact comparison needs f32 on the wire; with the ends at the entry the
-            // first hop's input is the entry's own embedding, and the records are not
-            // checked here (see the module doc).
+        if cx.opts.ends.is_some() {
+            // With the ends at the entry the first hop's input is the entry's own
+            // embedding, and the records are not checked here (see the module doc).
             bump(&COUNTS.skipped);
             return Outcome::Keep;
         }
+        let rule = Agreement::of(cx.opts.activation_dtype);
         let Some(upto) = cx.history.len().checked_sub(1) else {
             return Outcome::Keep;
         };
@@ -321,7 +372,21 @@ impl Verifier {
             bump(&COUNTS.skipped);
             return Outcome::Keep;
         }
-        let Some((t, d)) = first_disagreeing_step(cx.accounts, &shadow.accounts[..=upto]) else {
+        if rule == Agreement::SameCuts {
+            let (Some(p), Some(q)) = (cx.accounts.last(), shadow.accounts.get(upto)) else {
+                return Outcome::Keep;
+            };
+            if cuts(p) != cuts(q) {
+                // f16 rounded at other boundaries: the token is not comparable. A later
+                // check opens another second chain.
+                tracing::debug!("verify: the second chain cuts the layers elsewhere (f16)");
+                self.shadow = None;
+                bump(&COUNTS.skipped);
+                return Outcome::Keep;
+            }
+        }
+        let Some((t, d)) = first_disagreeing_step(cx.accounts, &shadow.accounts[..=upto], rule)
+        else {
             bump(&COUNTS.agreed);
             return Outcome::Keep;
         };
@@ -367,6 +432,7 @@ impl Verifier {
                         &cx.accounts[..=t],
                         &shadow.accounts[..=t],
                         &third.accounts[..=t],
+                        rule,
                     ),
                     Err(e) => {
                         tracing::warn!("verify: the third chain failed ({e})");
@@ -515,6 +581,9 @@ async fn catch_up(r: &mut Replica, cx: &Context<'_>, upto: usize) -> Result<(), 
 mod tests {
     use super::*;
     use lamina_protocol::LayerRange;
+    use Agreement::SameCuts;
+
+    const EXACT: Agreement = Agreement::EveryBoundary;
 
     fn hop(peer: PeerId, a: u32, b: u32, input: u8, output: StepProduct) -> HopEvidence {
         HopEvidence {
@@ -547,19 +616,59 @@ mod tests {
             hop(b1, 2, 4, 1, h(2)),
             hop(a2, 4, 5, 2, StepProduct::Token(8)),
         ];
-        let d = first_disagreement(&primary, &shadow).unwrap();
+        let d = first_disagreement(&primary, &shadow, EXACT).unwrap();
         assert_eq!(d, Disagreement { lo: 2, hi: 4 });
         assert_eq!(suspects(&primary, d), vec![a1]);
         assert_eq!(suspects(&shadow, d), vec![b1]);
-        assert_eq!(first_disagreement(&primary, &primary), None);
+        assert_eq!(first_disagreement(&primary, &primary, EXACT), None);
         // Coarser boundaries on one side widen the range to the common ones.
         let coarse = vec![
             hop(b1, 0, 4, 0, h(2)),
             hop(a2, 4, 5, 2, StepProduct::Token(8)),
         ];
-        let d = first_disagreement(&primary, &coarse).unwrap();
+        let d = first_disagreement(&primary, &coarse, EXACT).unwrap();
         assert_eq!(d, Disagreement { lo: 0, hi: 4 });
         assert_eq!(suspects(&primary, d), vec![a0, a1]);
+    }
+
+    #[test]
+    fn with_f16_only_boundaries_with_the_same_cuts_below_are_compared() {
+        let (a0, a1, a2, b0) = (
+            PeerId::random(),
+            PeerId::random(),
+            PeerId::random(),
+            PeerId::random(),
+        );
+        let primary = vec![
+            hop(a0, 0, 2, 0, h(1)),
+            hop(a1, 2, 4, 1, h(9)),
+            hop(a2, 4, 5, 9, StepProduct::Token(7)),
+        ];
+        // Cut at 4 only: layer 4's state was rounded once, not twice. The honest f16
+        // states differ there and the tokens may too; neither is compared.
+        let coarse = vec![
+            hop(b0, 0, 4, 0, h(3)),
+            hop(a2, 4, 5, 3, StepProduct::Token(8)),
+        ];
+        assert_eq!(first_disagreement(&primary, &coarse, SameCuts), None);
+        assert!(first_disagreement(&primary, &coarse, EXACT).is_some());
+        // The same cuts: compared everywhere, as with f32.
+        let mut liar = primary.clone();
+        liar[1].output = h(5);
+        liar[2].input = [5; 32];
+        assert_eq!(
+            first_disagreement(&primary, &liar, SameCuts),
+            Some(Disagreement { lo: 2, hi: 4 })
+        );
+        // A disagreement below the first differing cut is still found.
+        let mut early = coarse.clone();
+        early[0].input = [4; 32];
+        assert_eq!(
+            first_disagreement(&primary, &early, SameCuts),
+            Some(Disagreement { lo: 0, hi: 0 })
+        );
+        assert_eq!(Agreement::of(WireDType::F16), SameCuts);
+        assert_eq!(Agreement::of(WireDType::F32), EXACT);
     }
 
     #[test]
@@ -580,20 +689,20 @@ mod tests {
         let shadow = vec![step(b1, 5), step(b1, 7)];
         let third = vec![step(c1, 5), step(c1, 7)];
         assert_eq!(
-            first_disagreeing_step(&primary, &shadow).map(|(t, _)| t),
+            first_disagreeing_step(&primary, &shadow, EXACT).map(|(t, _)| t),
             Some(1)
         );
         assert_eq!(
-            judge_with_third(&primary, &shadow, &third),
+            judge_with_third(&primary, &shadow, &third, EXACT),
             Judgement::Primary(Some(a1))
         );
         assert_eq!(
-            judge_with_third(&shadow, &primary, &third),
+            judge_with_third(&shadow, &primary, &third, EXACT),
             Judgement::Shadow(Some(a1))
         );
         let odd = vec![step(c1, 5), step(c1, 8)];
         assert_eq!(
-            judge_with_third(&primary, &shadow, &odd),
+            judge_with_third(&primary, &shadow, &odd, EXACT),
             Judgement::Undecided
         );
     }

@@ -1,5 +1,5 @@
 //! Catching hops that lie, by their peer id: in-process chains of real session servers
-//! over stories260K with f32 activations, some of them adversaries (`--adversary`'s
+//! over stories260K with f32 (and f16) activations, some of them adversaries (`--adversary`'s
 //! behaviours, armed in their fault plans).
 //!
 //! - A last hop that draws an out-of-range token signs it in its step record: it is
@@ -9,14 +9,19 @@
 //!   banned within ten checked steps, and the text is the reference text.
 //! - With verification on and every hop honest, nobody is banned and the text is the
 //!   reference text.
+//! - The same two with f16 activations (the default): chains cut at the same layers
+//!   agree bit for bit (the measured tolerance is zero), so a corrupting hop is caught
+//!   as with f32 and honest hops never are.
 
 use std::collections::HashSet;
 use std::ops::ControlFlow;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use candle_core::Device;
 use lamina_node::dataplane::{client_endpoint, server_endpoint, Dialer};
+use lamina_node::pipeline::verify::COUNTS;
 use lamina_node::pipeline::{
     ChainClient, ChainHop, FailoverPolicy, GenerateOptions, Observer, VerifyPolicy,
 };
@@ -171,6 +176,17 @@ async fn generate(
     rate: f64,
     watch: Option<PeerId>,
 ) -> (Vec<u32>, Option<usize>) {
+    generate_as(c, routes, rate, watch, WireDType::F32).await
+}
+
+/// As [`generate`], with `dtype` activations.
+async fn generate_as(
+    c: &Case,
+    routes: &Routes,
+    rate: f64,
+    watch: Option<PeerId>,
+    dtype: WireDType,
+) -> (Vec<u32>, Option<usize>) {
     let client = ChainClient {
         dialer: Dialer::new(
             client_endpoint(None).expect("client endpoint"),
@@ -190,7 +206,7 @@ async fn generate(
         stop: vec![],
     };
     let opts = GenerateOptions {
-        activation_dtype: WireDType::F32,
+        activation_dtype: dtype,
         trace_id: None,
         policy: FailoverPolicy {
             max_attempts: 4,
@@ -291,5 +307,41 @@ async fn a_first_hop_that_stalls_every_step_is_routed_around() {
     assert_eq!(ids, c.want);
     assert_eq!(routes.banned(), vec![staller]);
     assert_eq!(banned_at, Some(0));
+    close(&servers);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_f16_activations_a_corrupting_hop_is_caught_and_honest_ones_are_not() {
+    let Some(c) = case() else { return };
+    let corrupt = Adversary::Corrupt { fraction: 0.5 };
+    let servers = vec![
+        serve(&c.model, c.id, RANGES[0], None),
+        serve(&c.model, c.id, RANGES[1], Some(corrupt)),
+        serve(&c.model, c.id, RANGES[1], None),
+        serve(&c.model, c.id, RANGES[1], None),
+        serve(&c.model, c.id, RANGES[2], None),
+        serve(&c.model, c.id, RANGES[2], None),
+    ];
+    let liar = servers[1].hop.peer;
+    let routes = Routes::new(&servers);
+    let (ids, banned_at) = generate_as(&c, &routes, 1.0, Some(liar), WireDType::F16).await;
+    assert_eq!(ids, c.want, "the client's text is the honest one");
+    assert_eq!(routes.banned(), vec![liar], "exactly the liar is banned");
+    let at = banned_at.expect("the liar is banned");
+    assert!(at < 10, "banned within 10 checked steps (after step {at})");
+    // Every step checked again on honest hops only (the last range has two servers, so
+    // the second chains differ in every hop but the first): nobody else is banned.
+    let agreed = || COUNTS.agreed.load(Ordering::Relaxed);
+    let before = agreed();
+    let (ids, _) = generate_as(&c, &routes, 1.0, None, WireDType::F16).await;
+    assert_eq!(ids, c.want);
+    assert_eq!(routes.banned(), vec![liar], "no honest hop is banned");
+    // The checks compared (other tests only add to the process-wide count).
+    let checked = agreed() - before;
+    assert!(
+        checked as usize >= c.want.len() - 1,
+        "{checked} f16 checks agreed for {} steps",
+        c.want.len()
+    );
     close(&servers);
 }
