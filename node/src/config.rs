@@ -108,6 +108,9 @@ pub struct NodeConfig {
     /// The fraction of the API's steps the entry re-runs on other servers to check them
     /// (`--verify-rate`; 0 by default, 0.05 in testnets). See `pipeline::verify`.
     pub verify_rate: f64,
+    /// How widely routes are spread over servers of about the same speed
+    /// (`--route-spread`; see `mesh::Spread`).
+    pub route_spread: f64,
 }
 
 impl NodeConfig {
@@ -136,6 +139,7 @@ impl NodeConfig {
             faults: None,
             adversary: None,
             verify_rate: 0.0,
+            route_spread: crate::mesh::Spread::DEFAULT_FRACTION,
         }
     }
 
@@ -167,6 +171,7 @@ impl NodeConfig {
             faults: None,
             adversary: args.adversary,
             verify_rate: args.verify_rate,
+            route_spread: args.route_spread,
         }
     }
 }

@@ -3,8 +3,10 @@
 //! per round), while honest clients generate through the entry. Per mode it reports:
 //! whether every honest request completed with the reference text, honest time per token
 //! against the unattacked round, whether (and after how many requests) the adversary was
-//! banned by the entry, the steps each serving node ran (an `inflate`d node must get no
-//! more than the honest servers of its speed), and the peak RSS of every node against its
+//! banned by the entry, the routes the entry planned through each serving node and the
+//! speed it measured of each (an `inflate`d node must get no more routes than the honest
+//! servers of its measured speed: it is node-0 of the unattacked round too), the steps
+//! each ran, and the peak RSS of every node against its
 //! `--kv-budget` plus 150 MB. The `http-flood` round has no adversary node: a flood of
 //! held-open connections, junk and oversized bodies and bad requests from 127.0.0.2
 //! against the entry's API.
@@ -120,6 +122,10 @@ struct Round {
     routes_via_adversary: usize,
     /// Steps each serving node ran (its `lamina_session_steps_by_input`, probes included).
     steps: Vec<u64>,
+    /// Routes the entry planned through each serving node (its `/status`), and the
+    /// tokens/s it measured of each.
+    routes: Vec<u64>,
+    measured: Vec<Option<f64>>,
     peak_rss_mib: Vec<f64>,
 }
 
@@ -199,6 +205,24 @@ fn round(args: &Args, exe: &Path, model: &Path, dir: &Path, mode: Option<&str>) 
         .filter(|n| n.layers != "none")
         .map(|n| n.api.as_deref().map_or(0, node_steps))
         .collect();
+    let entry_peers = lamina_testnet::status(&api)
+        .ok()
+        .and_then(|st| st["peers"].as_array().cloned())
+        .unwrap_or_default();
+    let of = |peer: &str| entry_peers.iter().find(|p| p["peer_id"] == peer).cloned();
+    let servers: Vec<_> = st.nodes.iter().filter(|n| n.layers != "none").collect();
+    let routes = servers
+        .iter()
+        .map(|n| {
+            of(&n.peer_id)
+                .and_then(|p| p["routes"].as_u64())
+                .unwrap_or(0)
+        })
+        .collect();
+    let measured = servers
+        .iter()
+        .map(|n| of(&n.peer_id).and_then(|p| p["measured_tokens_per_sec"].as_f64()))
+        .collect();
     // Bans are short-lived (they double per failure): read them from the entry's log,
     // and how much work the adversary got from its own.
     let entry_log = std::fs::read_to_string(&entry.log).unwrap_or_default();
@@ -221,6 +245,8 @@ fn round(args: &Args, exe: &Path, model: &Path, dir: &Path, mode: Option<&str>) 
         adversary_sessions,
         routes_via_adversary: via,
         steps,
+        routes,
+        measured,
         peak_rss_mib,
     })
 }
@@ -355,10 +381,10 @@ fn main() -> Result<()> {
     };
     let base = per_token(&rounds[0]);
     println!(
-        "| mode | honest requests ok | reference text | median ms/token | vs unattacked | adversary banned | adversary sessions | last routes via adversary | steps served (node-0 adversary; node-1, node-2 honest) | peak RSS per node (MiB; bound {}) |",
+        "| mode | honest requests ok | reference text | median ms/token | vs unattacked | adversary banned | adversary sessions | last routes via adversary | routes planned by the entry (node-0 adversary; node-1, node-2 honest) | tokens/s the entry measured | steps served | peak RSS per node (MiB; bound {}) |",
         args.kv_budget_mib + 150
     );
-    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
     for r in &rounds {
         let ok = r.runs.iter().filter(|x| x.error.is_none()).count();
         let same = r
@@ -368,7 +394,7 @@ fn main() -> Result<()> {
             .count();
         let t = per_token(r);
         println!(
-            "| {} | {ok}/{} | {same}/{} | {:.1} | {:.2}x | {} | {} | {} | {} | {} |",
+            "| {} | {ok}/{} | {same}/{} | {:.1} | {:.2}x | {} | {} | {} | {} | {} | {} | {} |",
             r.mode,
             r.runs.len(),
             r.runs.len(),
@@ -381,6 +407,16 @@ fn main() -> Result<()> {
             },
             r.adversary_sessions,
             r.routes_via_adversary,
+            r.routes
+                .iter()
+                .map(u64::to_string)
+                .collect::<Vec<_>>()
+                .join(", "),
+            r.measured
+                .iter()
+                .map(|m| m.map_or("-".into(), |m| format!("{m:.0}")))
+                .collect::<Vec<_>>()
+                .join(", "),
             r.steps
                 .iter()
                 .map(u64::to_string)

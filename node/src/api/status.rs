@@ -69,6 +69,7 @@ pub fn mesh_json(m: &MeshStatus) -> Value {
                 "measured_tokens_per_sec": p.measured_tokens_per_sec,
                 "routed_tokens_per_sec": p.routed_tokens_per_sec,
                 "demoted": p.demoted,
+                "routes": p.routes,
                 "free_slots": p.free_slots,
                 "dataplane": p.dataplane,
                 "api": p.api,

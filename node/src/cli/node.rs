@@ -84,6 +84,11 @@ pub struct NodeArgs {
     /// the same layers, banning a hop whose output differs (0 = off; 0..=1).
     #[arg(long, default_value_t = 0.0, value_parser = parse_fraction)]
     pub verify_rate: f64,
+    /// How widely routes are spread over servers of about the same measured speed: each
+    /// route scales every server's speed by a random factor in 1..1+R, so servers within
+    /// R of each other share the traffic (0 = always the single cheapest chain).
+    #[arg(long, default_value_t = crate::mesh::Spread::DEFAULT_FRACTION, value_parser = parse_fraction)]
+    pub route_spread: f64,
     /// DRILLS ONLY: misbehave on purpose (corrupt[:fraction], huge-token[:fraction], stall,
     /// inflate, flood), so a testnet can watch its defences work. Hidden from --help.
     #[arg(long, hide = true, value_name = "MODE")]

@@ -212,7 +212,8 @@ impl Node {
             gate.clone(),
             token.child_token(),
             config.limits.mesh,
-        )?;
+        )?
+        .with_route_spread(config.route_spread);
         mesh.wait_listening(Duration::from_secs(5)).await;
         mesh.update(|_| {}).await?;
 

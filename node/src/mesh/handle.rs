@@ -2,8 +2,9 @@
 //! to the event loop, reads come from the latest published snapshot, and waits are waits
 //! on the snapshot channel.
 
-use std::collections::HashSet;
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use lamina_protocol::{Announcement, ModelId, SignedRevocation};
@@ -36,6 +37,12 @@ pub struct MeshHandle {
     snapshots: watch::Receiver<MeshSnapshot>,
     /// The last route planned here, for `/status` (planning happens on the handles).
     last_route: Arc<watch::Sender<Option<RouteSummary>>>,
+    /// Routes planned here through each peer, for `/status`; departed peers pruned.
+    routes_via: Arc<Mutex<HashMap<PeerId, u64>>>,
+    /// Plans made here: each plan's [`plan::Spread`] seed.
+    plans: Arc<AtomicU64>,
+    /// The spread's width ([`plan::Spread::DEFAULT_FRACTION`] unless set).
+    spread_fraction: f64,
     me: PeerId,
     model_id: ModelId,
     n_layers: usize,
@@ -78,10 +85,22 @@ impl MeshHandle {
             commands: cmd_tx,
             snapshots: snap_rx,
             last_route: Arc::new(watch::channel(None).0),
+            routes_via: Arc::default(),
+            plans: Arc::new(AtomicU64::new(u64::from_le_bytes(
+                me.to_bytes()[..8].try_into().unwrap_or_default(),
+            ))),
+            spread_fraction: plan::Spread::DEFAULT_FRACTION,
             me,
             model_id,
             n_layers,
         })
+    }
+
+    /// Sets how widely routes are spread over servers of about the same speed (0: always
+    /// the cheapest chain).
+    pub fn with_route_spread(mut self, fraction: f64) -> Self {
+        self.spread_fraction = fraction;
+        self
     }
 
     pub fn peer_id(&self) -> PeerId {
@@ -233,7 +252,15 @@ impl MeshHandle {
 
     /// As [`route`](Self::route), also avoiding `exclude` (failover) and banned peers.
     pub fn route_avoiding(&self, exclude: &HashSet<PeerId>) -> Result<PlannedRoute, PlanError> {
-        let r = self.plan_in(&self.snapshot(), exclude);
+        let snap = self.snapshot();
+        let spread = plan::Spread {
+            seed: self.plans.fetch_add(1, Ordering::Relaxed),
+            fraction: self.spread_fraction,
+        };
+        let r = self.plan_in(&snap, exclude, spread);
+        if let Ok(r) = &r {
+            self.count_routes(&snap, &r.peers);
+        }
         let summary = match &r {
             Ok(r) => RouteSummary::Planned {
                 hops: r
@@ -249,11 +276,27 @@ impl MeshHandle {
         r
     }
 
-    /// The cheapest chain in `snap` avoiding `exclude` and banned peers (pure).
+    /// Counts a planned route's peers; forgets peers without a record once the map
+    /// outgrows the table (bounded by the table's own bound).
+    fn count_routes(&self, snap: &MeshSnapshot, peers: &[PeerId]) {
+        let Ok(mut m) = self.routes_via.lock() else {
+            return;
+        };
+        for p in peers {
+            *m.entry(*p).or_default() += 1;
+        }
+        if m.len() > 2 * snap.records.len() + 16 {
+            m.retain(|p, _| snap.records.iter().any(|(q, _)| q == p));
+        }
+    }
+
+    /// The cheapest chain in `snap` (each server's speed scaled by `spread`) avoiding
+    /// `exclude` and banned peers (pure).
     fn plan_in(
         &self,
         snap: &MeshSnapshot,
         exclude: &HashSet<PeerId>,
+        spread: plan::Spread,
     ) -> Result<PlannedRoute, PlanError> {
         let now = now_ms();
         let banned: HashSet<PeerId> = snap
@@ -274,6 +317,7 @@ impl MeshHandle {
             &snap.obs,
             &snap.speeds,
             &self.me,
+            spread,
         );
         plan::route(&view, &live)
     }
@@ -281,8 +325,10 @@ impl MeshHandle {
     /// Waits (at most `timeout`) until the mesh covers the model; the route then.
     pub async fn wait_covered(&self, timeout: Duration) -> Result<PlannedRoute, PlanError> {
         let none = HashSet::new();
-        self.wait_for(timeout, |s| self.plan_in(s, &none).is_ok())
-            .await;
+        self.wait_for(timeout, |s| {
+            self.plan_in(s, &none, plan::Spread::NONE).is_ok()
+        })
+        .await;
         self.route()
     }
 
@@ -297,6 +343,11 @@ impl MeshHandle {
     /// The mesh as `/status` shows it.
     pub fn status(&self) -> MeshStatus {
         let last = self.last_route.borrow().clone();
+        let routes = self
+            .routes_via
+            .lock()
+            .map(|m| m.clone())
+            .unwrap_or_default();
         mesh_status(
             &self.snapshots.borrow(),
             self.me,
@@ -304,6 +355,7 @@ impl MeshHandle {
             self.n_layers,
             now_ms(),
             last,
+            &routes,
         )
     }
 }

@@ -9,7 +9,8 @@
 //! - [`state`]: the loop's state, this node's own record, the published [`MeshSnapshot`];
 //! - [`status`]: the typed view `/status` shows;
 //! - [`table`]: verified announcements, newest per peer (pure);
-//! - [`plan`]: table -> the planners' view -> a chain of hops, or this node's range (pure);
+//! - [`plan`]: table -> the planners' view -> a chain of hops (spread over servers of
+//!   about the same measured speed), or this node's range (pure);
 //! - [`bans`]: which peers failed generations and how long routes avoid them (pure);
 //! - [`gossip`]: what a gossiped record costs, bounded: verified once by hash, a budget
 //!   of verifications and of sync requests per sending peer (pure);
@@ -46,6 +47,7 @@ pub use behaviour::SwarmOptions;
 pub use handle::MeshHandle;
 pub use identity::load_or_create_identity;
 pub use limits::MeshLimits;
+pub use plan::Spread;
 pub use state::MeshSnapshot;
 pub use status::{MeshStatus, PeerStatus, RouteSummary};
 

@@ -64,9 +64,52 @@ pub fn placement_view(
     MeshView::new(&model.to_string(), n_layers, now_ms, records)
 }
 
+/// How routes are spread over servers of about the same speed.
+///
+/// Why: the planner picks the cheapest chain, and two servers measured a few percent
+/// apart (noise, on equal machines) would otherwise see one take every route: the other
+/// idles while its twin queues every user's steps, and whichever measured a hair faster
+/// gets all the traffic, which is also what a peer that lies about its speed wants. So
+/// each plan scales every server's speed by its own draw from `1..1 + fraction` (seeded
+/// per plan, so a plan is reproducible): servers within `fraction` of each other share
+/// routes, about evenly when equal; a server faster by more than `fraction` still wins
+/// every time. With measured speeds (the speed book) the share a server gets follows
+/// what this node measured of it, never what it claims.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Spread {
+    pub seed: u64,
+    pub fraction: f64,
+}
+
+impl Spread {
+    /// The default width: the spread of honest probes of equal servers on a busy
+    /// machine is of this order.
+    pub const DEFAULT_FRACTION: f64 = 0.2;
+
+    /// No spreading: every plan picks the strictly cheapest chain.
+    pub const NONE: Self = Self {
+        seed: 0,
+        fraction: 0.0,
+    };
+
+    /// This plan's factor for `peer`'s speed, in `1..1 + fraction`.
+    pub fn factor(&self, peer: &PeerId) -> f64 {
+        if self.fraction <= 0.0 || !self.fraction.is_finite() {
+            return 1.0;
+        }
+        let h = blake3::hash(&peer.to_bytes());
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&h.as_bytes()[..8]);
+        let mut rng = crate::ids::SplitMix(self.seed ^ u64::from_le_bytes(b));
+        1.0 + self.fraction * rng.unit()
+    }
+}
+
 /// The view routing works on: serving, reachable nodes, with their RTTs, each at the
 /// speed the speed book believes of it (its measurement where this node measured it,
-/// its announced figure, a prior, otherwise). `me` (if it serves layers) costs no RTT.
+/// its announced figure, a prior, otherwise), scaled by this plan's `spread`. `me` (if it
+/// serves layers) costs no RTT.
+#[allow(clippy::too_many_arguments)]
 pub fn routing_view(
     live: &[(PeerId, &Announcement)],
     model: &ModelId,
@@ -75,6 +118,7 @@ pub fn routing_view(
     obs: &Observations,
     speeds: &SpeedBook,
     me: &PeerId,
+    spread: Spread,
 ) -> MeshView {
     let records = live
         .iter()
@@ -85,7 +129,7 @@ pub fn routing_view(
             } else {
                 obs.rtt.get(p).copied()
             };
-            let tps = speeds.effective(p, f64::from(a.tokens_per_sec), now_ms);
+            let tps = speeds.effective(p, f64::from(a.tokens_per_sec), now_ms) * spread.factor(p);
             server_record(p, a, rtt, tps)
         });
     MeshView::new(&model.to_string(), n_layers, now_ms, records)
@@ -238,13 +282,31 @@ mod tests {
         let model = a.model_id;
         let live = vec![(ks[0].0, &a), (ks[1].0, &b), (ks[2].0, &c)];
         let obs = Observations::default();
-        let view = routing_view(&live, &model, 30, 1, &obs, &SpeedBook::default(), &ks[0].0);
+        let view = routing_view(
+            &live,
+            &model,
+            30,
+            1,
+            &obs,
+            &SpeedBook::default(),
+            &ks[0].0,
+            Spread::NONE,
+        );
         let r = route(&view, &live).unwrap();
         assert_eq!(r.peers, vec![ks[0].0, ks[1].0]);
         assert_eq!(r.hops[0].addr, "127.0.0.1:1000");
         let mut obs = Observations::default();
         obs.unreachable.insert(ks[1].0);
-        let view = routing_view(&live, &model, 30, 1, &obs, &SpeedBook::default(), &ks[0].0);
+        let view = routing_view(
+            &live,
+            &model,
+            30,
+            1,
+            &obs,
+            &SpeedBook::default(),
+            &ks[0].0,
+            Spread::NONE,
+        );
         let e = route(&view, &live).unwrap_err();
         assert!(e.to_string().contains("15..30"), "{e}");
     }
@@ -263,7 +325,7 @@ mod tests {
         let me = PeerId::random();
         let mut speeds = SpeedBook::default();
         let plan = |speeds: &SpeedBook| {
-            let view = routing_view(&live, &model, 30, 1, &obs, speeds, &me);
+            let view = routing_view(&live, &model, 30, 1, &obs, speeds, &me, Spread::NONE);
             route(&view, &live).unwrap().peers
         };
         assert_eq!(plan(&speeds), vec![ks[1].0], "the claim is the prior");
@@ -278,10 +340,70 @@ mod tests {
         let mut as_honest = liar.clone();
         as_honest.tokens_per_sec = measured as f32;
         let live2 = vec![(ks[0].0, &honest), (ks[1].0, &as_honest)];
-        let view = routing_view(&live2, &model, 30, 1, &obs, &SpeedBook::default(), &me);
+        let view = routing_view(
+            &live2,
+            &model,
+            30,
+            1,
+            &obs,
+            &SpeedBook::default(),
+            &me,
+            Spread::NONE,
+        );
         assert_eq!(route(&view, &live2).unwrap().peers, vec![ks[0].0]);
         // Measured faster than the honest hop: it gets the route on its measurement.
         speeds.record(ks[1].0, 4.0 * measured, f64::from(liar.tokens_per_sec), 2);
         assert_eq!(plan(&speeds), vec![ks[1].0]);
+    }
+
+    /// Routes planned with spreading: equal servers share them about evenly, a server
+    /// slower by more than the spread gets none, and a demoted liar gets exactly the
+    /// routes an honest server announcing its measured speed would get.
+    #[test]
+    fn spread_routes_follow_measured_speed_and_a_liar_gets_an_honest_share() {
+        let ks = keys(3);
+        let a = record(&ks[0].1, 1, 0, Some((0, 30)));
+        let b = record(&ks[1].1, 1, 0, Some((0, 30)));
+        let mut liar = record(&ks[2].1, 1, 0, Some((0, 30)));
+        let speed = f64::from(a.tokens_per_sec);
+        liar.tokens_per_sec = (100.0 * speed) as f32;
+        let model = a.model_id;
+        let obs = Observations::default();
+        let me = PeerId::random();
+        let shares = |live: &[(PeerId, &Announcement)], speeds: &SpeedBook| {
+            let mut n = HashMap::<PeerId, usize>::new();
+            for seed in 0..3000 {
+                let spread = Spread {
+                    seed,
+                    fraction: Spread::DEFAULT_FRACTION,
+                };
+                let view = routing_view(live, &model, 30, 1, &obs, speeds, &me, spread);
+                for p in route(&view, live).unwrap().peers {
+                    *n.entry(p).or_default() += 1;
+                }
+            }
+            n
+        };
+        // The liar, measured at the honest speed: demoted.
+        let mut speeds = SpeedBook::default();
+        let m = speeds
+            .record(ks[2].0, speed, f64::from(liar.tokens_per_sec), 1)
+            .unwrap();
+        assert!(m.demoted);
+        let live = vec![(ks[0].0, &a), (ks[1].0, &b), (ks[2].0, &liar)];
+        let lied = shares(&live, &speeds);
+        for (p, _) in &live {
+            let n = lied.get(p).copied().unwrap_or(0);
+            assert!((800..=1200).contains(&n), "{p}: {n} of 3000 ({lied:?})");
+        }
+        // An honest twin announcing what the liar measured: the same routes, plan by plan.
+        let mut twin = liar.clone();
+        twin.tokens_per_sec = speed as f32;
+        let live2 = vec![(ks[0].0, &a), (ks[1].0, &b), (ks[2].0, &twin)];
+        assert_eq!(shares(&live2, &SpeedBook::default()), lied);
+        // Measured 30% slower than the others (more than the spread): no routes.
+        let mut slow = SpeedBook::default();
+        slow.record(ks[2].0, speed / 1.3, f64::from(liar.tokens_per_sec), 1);
+        assert_eq!(shares(&live, &slow).get(&ks[2].0), None);
     }
 }

@@ -2,6 +2,7 @@
 //! bans; coverage per layer; the last route. Built from a snapshot (pure); the API layer
 //! turns it into JSON.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use lamina_protocol::{LayerRange, ModelId, NodeState};
@@ -26,6 +27,8 @@ pub struct PeerStatus {
     pub routed_tokens_per_sec: f64,
     /// Measured far below its claim: ranked by measurement only from then on.
     pub demoted: bool,
+    /// Routes this node planned through it (second chains of spot checks included).
+    pub routes: u64,
     pub free_slots: u32,
     pub dataplane: String,
     pub api: Option<String>,
@@ -82,6 +85,7 @@ pub fn mesh_status(
     n_layers: usize,
     now_ms: u64,
     last_route: Option<RouteSummary>,
+    routes: &HashMap<PeerId, u64>,
 ) -> MeshStatus {
     let live = snap.live(&model_id, now_ms);
     let view = plan::routing_view(
@@ -92,6 +96,7 @@ pub fn mesh_status(
         &snap.obs,
         &snap.speeds,
         &me,
+        plan::Spread::NONE,
     );
     let coverage = Coverage::of(&view);
     let peers = live
@@ -107,6 +112,7 @@ pub fn mesh_status(
                 .speeds
                 .effective(p, f64::from(a.tokens_per_sec), now_ms),
             demoted: snap.speeds.get(p).is_some_and(|m| m.demoted),
+            routes: routes.get(p).copied().unwrap_or(0),
             free_slots: a.free_slots,
             dataplane: a.dataplane_addr.clone(),
             api: a.api.clone(),
