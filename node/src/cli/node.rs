@@ -36,7 +36,9 @@ pub struct NodeArgs {
     #[arg(long, default_value = "127.0.0.1:0")]
     pub listen: std::net::SocketAddr,
     /// The data-plane address announced to the mesh, when peers must dial something in
-    /// front of --listen (a relay, a NAT mapping). Default: the bound --listen address.
+    /// front of --listen (a NAT mapping). `p2p`: sessions run as streams on the mesh's own
+    /// libp2p connections, however those reach this node. Default: the bound --listen
+    /// address.
     #[arg(long, value_name = "ADDR")]
     pub advertise_dataplane: Option<String>,
     /// libp2p listen multiaddrs (default: QUIC and TCP on the --listen host, any port).

@@ -214,6 +214,8 @@ impl Node {
             config.limits.mesh,
         )?
         .with_route_spread(config.route_spread);
+        // Hops that announce `p2p` are reached on the mesh's own connections.
+        let dialer = dialer.with_p2p(mesh.streams());
         mesh.wait_listening(Duration::from_secs(5)).await;
         mesh.update(|_| {}).await?;
 
@@ -266,6 +268,12 @@ impl Node {
             let server =
                 SessionServer::new(shard, model_id, dialer.clone(), Reporter::new(key), opts)?;
             tasks.spawn(server.clone().serve(endpoint.clone()));
+            match mesh.streams().accept(crate::dataplane::SESSION_PROTOCOL) {
+                Ok(incoming) => {
+                    tasks.spawn(server.clone().serve_p2p(incoming));
+                }
+                Err(e) => tracing::warn!("session streams over the mesh: {e}"),
+            }
             let announced = FaultPlan::announced_tps(faults.as_deref(), tps);
             mesh.update(move |a| {
                 a.state = NodeState::Serving;

@@ -9,6 +9,12 @@
 //!   server learns its peer id ([`cert::peer_of`]); the dialer accepts only the peer id it
 //!   expects, so a handshake with anyone else fails.
 //!
+//! * Or, for a hop announcing [`P2P_ADDR`], one libp2p stream per session on the mesh's
+//!   own connection to it ([`SESSION_PROTOCOL`], through a `libp2p_stream::Control`):
+//!   whichever way the mesh reaches the peer (direct, hole-punched, relayed), its
+//!   sessions go the same way, and its identity is the connection's authenticated peer
+//!   id.
+//!
 //! [`Message`]: lamina_protocol::Message
 //! [`FrameDecoder`]: lamina_protocol::FrameDecoder
 
@@ -27,12 +33,18 @@ use libp2p::PeerId;
 use crate::limits::PeerBounds;
 
 pub use cert::{client_config, peer_of, server_config, server_config_with};
-pub use framed::{FramedRecv, FramedSend, RecvError};
+pub use framed::{p2p_framed, FramedRecv, FramedSend, RecvError};
 
 /// ALPN of the data plane, versioned with the protocol (2: libp2p-signed certificates).
 pub const ALPN: &[u8] = b"lamina-dp/2";
 /// TLS server name a dialer sends (identity is the peer id in the certificate, not it).
 pub const SERVER_NAME: &str = "lamina";
+/// The data-plane address a node announces when its sessions run on the mesh's libp2p
+/// connections instead of its own QUIC endpoint.
+pub const P2P_ADDR: &str = "p2p";
+/// The libp2p protocol of a session stream (one per session, as on the QUIC endpoint).
+pub const SESSION_PROTOCOL: libp2p::StreamProtocol =
+    libp2p::StreamProtocol::new("/lamina/session/5.0.0");
 
 /// Errors of the data plane's transport layer.
 #[derive(Debug, thiserror::Error)]
@@ -125,6 +137,8 @@ pub struct Dialer {
     bounds: PeerBounds,
     key: Keypair,
     member: Option<SignedMemberCert>,
+    /// Opens session streams on the mesh's connections (hops announcing [`P2P_ADDR`]).
+    p2p: Option<libp2p_stream::Control>,
 }
 
 impl Dialer {
@@ -138,7 +152,15 @@ impl Dialer {
             bounds: PeerBounds::default(),
             key,
             member: None,
+            p2p: None,
         }
+    }
+
+    /// This dialer opening sessions to hops that announce [`P2P_ADDR`] through `control`
+    /// (the mesh's stream behaviour).
+    pub fn with_p2p(mut self, control: libp2p_stream::Control) -> Self {
+        self.p2p = Some(control);
+        self
     }
 
     /// This dialer keeping `bounds`' deadlines (dial, stream open, every send).
@@ -221,6 +243,9 @@ impl Dialer {
             addr: addr.to_owned(),
             within,
         };
+        if addr == P2P_ADDR {
+            return self.open_p2p(peer).await;
+        }
         let conn = self.connection(addr, peer).await?;
         let (send, recv) = match tokio::time::timeout(within, conn.open_bi()).await {
             Err(_) => return Err(timed_out()),
@@ -242,9 +267,37 @@ impl Dialer {
         ))
     }
 
+    /// Opens a session stream to `peer` on the mesh's connection to it (dialing it by peer
+    /// id if there is none), within [`PeerBounds::connect_within`].
+    async fn open_p2p(&self, peer: PeerId) -> Result<(FramedSend, FramedRecv), DataPlaneError> {
+        let Some(mut control) = self.p2p.clone() else {
+            return Err(DataPlaneError::Connect {
+                addr: P2P_ADDR.to_owned(),
+                reason: "this dialer has no mesh connection to open sessions on".into(),
+            });
+        };
+        let within = self.bounds.connect_within;
+        let stream = tokio::time::timeout(within, control.open_stream(peer, SESSION_PROTOCOL))
+            .await
+            .map_err(|_| DataPlaneError::ConnectTimeout {
+                addr: format!("{P2P_ADDR}/{peer}"),
+                within,
+            })?
+            .map_err(|e| DataPlaneError::Connect {
+                addr: format!("{P2P_ADDR}/{peer}"),
+                reason: e.to_string(),
+            })?;
+        let (tx, rx) = framed::p2p_framed(stream, self.limits);
+        Ok((tx.with_send_within(self.bounds.send_within), rx))
+    }
+
     /// Forgets the pooled connection to (`addr`, `peer`): after a hop failed on it, the
     /// next dial must not reuse a connection that only looks alive.
     pub async fn evict(&self, addr: &str, peer: PeerId) {
+        if addr == P2P_ADDR {
+            // The mesh owns that connection; its pings judge whether it is alive.
+            return;
+        }
         if let Ok(sock) = resolve(addr).await {
             if let Some(c) = self.lock_pool().remove(&(sock, peer)) {
                 c.close(0u32.into(), b"evicted after a failure");

@@ -1,7 +1,8 @@
 //! The libp2p swarm lamina runs: QUIC and TCP + noise + yamux; mDNS on a LAN, Kademlia
 //! across networks, identify and ping, all under lamina's own protocol names (so a lamina
 //! mesh never mixes with IPFS's DHT); the membership exchange every connection starts
-//! with, and the announcement exchange (both request-response, CBOR, size-capped).
+//! with, and the announcement exchange (both request-response, CBOR, size-capped); and
+//! session streams of the data plane for nodes that serve over the mesh's connections.
 
 use std::time::Duration;
 
@@ -79,6 +80,10 @@ pub struct Behaviour {
     pub mdns: Toggle<mdns::tokio::Behaviour>,
     pub announce: request_response::cbor::Behaviour<Sync, Sync>,
     pub member: request_response::cbor::Behaviour<MemberHello, MemberHello>,
+    /// Session streams of the data plane on the mesh's own connections
+    /// ([`crate::dataplane::SESSION_PROTOCOL`]), for hops that announce
+    /// [`crate::dataplane::P2P_ADDR`].
+    pub streams: libp2p_stream::Behaviour,
 }
 
 /// What the swarm is built with.
@@ -170,6 +175,7 @@ pub fn build_swarm_with(
                 ),
                 mdns: Toggle::from(mdns),
                 announce,
+                streams: libp2p_stream::Behaviour::new(),
             })
         })
         .map_err(|e| swarm_err(&e))?

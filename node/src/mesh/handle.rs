@@ -43,6 +43,8 @@ pub struct MeshHandle {
     plans: Arc<AtomicU64>,
     /// The spread's width ([`plan::Spread::DEFAULT_FRACTION`] unless set).
     spread_fraction: f64,
+    /// Opens and accepts data-plane session streams on the swarm's connections.
+    streams: libp2p_stream::Control,
     me: PeerId,
     model_id: ModelId,
     n_layers: usize,
@@ -74,6 +76,7 @@ impl MeshHandle {
         limits: MeshLimits,
     ) -> Result<Self, MeshError> {
         let swarm = build_swarm_with(&key, opts, &limits)?;
+        let streams = swarm.behaviour().streams.new_control();
         let me = key.public().to_peer_id();
         let (model_id, n_layers) = (template.model_id, template.n_layers as usize);
         let state = MeshState::with_limits(OwnRecord::new(template), limits);
@@ -90,6 +93,7 @@ impl MeshHandle {
                 me.to_bytes()[..8].try_into().unwrap_or_default(),
             ))),
             spread_fraction: plan::Spread::DEFAULT_FRACTION,
+            streams,
             me,
             model_id,
             n_layers,
@@ -101,6 +105,13 @@ impl MeshHandle {
     pub fn with_route_spread(mut self, fraction: f64) -> Self {
         self.spread_fraction = fraction;
         self
+    }
+
+    /// A control of the swarm's session streams: a [`crate::dataplane::Dialer`] opens
+    /// sessions to [`crate::dataplane::P2P_ADDR`] hops with it, a session server accepts
+    /// them with it ([`crate::session::SessionServer::serve_p2p`]).
+    pub fn streams(&self) -> libp2p_stream::Control {
+        self.streams.clone()
     }
 
     pub fn peer_id(&self) -> PeerId {

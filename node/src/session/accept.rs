@@ -84,6 +84,53 @@ impl SessionServer {
         .await
     }
 
+    /// Serves the session streams peers open on the mesh's libp2p connections
+    /// ([`crate::dataplane::SESSION_PROTOCOL`]) until `incoming` ends. The peer id is the
+    /// connection's, authenticated by libp2p; the membership gate admitted the connection
+    /// and judges each stream's `Hello` as on the QUIC endpoint. Streams are counted per
+    /// peer ([`PeerBounds::max_streams_per_connection`]: a peer normally has one mesh
+    /// connection) and in all ([`PeerBounds::max_connections`]). The loop only spawns:
+    /// libp2p drops streams that arrive while nobody polls `incoming`.
+    ///
+    /// [`PeerBounds::max_streams_per_connection`]: crate::limits::PeerBounds::max_streams_per_connection
+    /// [`PeerBounds::max_connections`]: crate::limits::PeerBounds::max_connections
+    pub async fn serve_p2p(self: Arc<Self>, mut incoming: libp2p_stream::IncomingStreams) {
+        use futures::StreamExt;
+        let bounds = self.options().peers;
+        let streams = crate::limits::Connections::<libp2p::PeerId>::new(
+            bounds.max_connections,
+            bounds.max_streams_per_connection as usize,
+        );
+        while let Some((peer, stream)) = incoming.next().await {
+            let counted = match streams.admit(peer) {
+                Ok(g) => g,
+                Err(refused) => {
+                    let bound = match refused {
+                        ConnRefused::Total(_) => Bound::Connections,
+                        ConnRefused::PerPeer(_) => Bound::PeerConnections,
+                    };
+                    self.refusals().count(bound);
+                    tracing::debug!(%peer, "refused a session stream: {refused}");
+                    continue;
+                }
+            };
+            let limits = self.options().limits;
+            let (tx, mut rx) = crate::dataplane::p2p_framed(stream, limits);
+            let tx = tx.with_send_within(bounds.send_within);
+            // Until its session is open a stream carries control frames only.
+            rx.set_limits(bounds.pre_open_frame(limits));
+            let span = tracing::info_span!("peer", via = "p2p", %peer);
+            let server = self.clone();
+            tokio::spawn(
+                async move {
+                    super::stream::serve(server, None, Some(peer), tx, rx).await;
+                    drop(counted);
+                }
+                .instrument(span),
+            );
+        }
+    }
+
     /// Serves one stream (one session) that arrived some other way than [`serve`]'s
     /// endpoint (tests drive the server over their own streams) from `peer`, if known
     /// (a private mesh's gate refuses a stream from no known peer).

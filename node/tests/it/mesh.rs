@@ -395,3 +395,38 @@ fn forged_and_expired_announcements_are_ignored() {
         assert_eq!(me.1.layers, None);
     });
 }
+
+/// Sessions as streams on the mesh's own libp2p connections: every node announces `p2p`
+/// as its data plane, so no hop is dialed at a data-plane address, and the chain answers
+/// exactly as one process does (f32 activations).
+#[test]
+fn sessions_run_over_the_mesh_connections_when_nodes_announce_p2p() {
+    let Some(path) = model_path(STORIES) else {
+        return;
+    };
+    let model = ModelFile::open(&path).unwrap();
+    let (net, _) = up(
+        &path,
+        Placement::Fixed(vec!["0..2".into(), "2..5".into(), "none".into()]),
+        &["--advertise-dataplane", "p2p"],
+    );
+    let entry = net.st.nodes[2].api.clone().unwrap();
+    let st = get(&addr(&entry), "/status").json();
+    let planes: Vec<&str> = st["peers"]
+        .as_array()
+        .expect("peers")
+        .iter()
+        .filter_map(|p| p["dataplane"].as_str())
+        .collect();
+    assert!(
+        !planes.is_empty() && planes.iter().all(|d| *d == "p2p"),
+        "{st}"
+    );
+    let prompt = "Once upon a time";
+    assert_eq!(greedy(&entry, prompt, 24), reference(&model, prompt, 24));
+    // The layerless entry served nothing; both hops served steps, over p2p streams.
+    for n in &net.st.nodes[..2] {
+        let m = get(&addr(n.api.as_deref().unwrap()), "/metrics").body;
+        assert!(m.contains("lamina_session_steps"), "{m}");
+    }
+}
