@@ -4,8 +4,9 @@
 //! whether every honest request completed with the reference text, honest time per token
 //! against the unattacked round, whether (and after how many requests) the adversary was
 //! banned by the entry, the routes the entry planned through each serving node and the
-//! speed it measured of each (an `inflate`d node must get no more routes than the honest
-//! servers of its measured speed: it is node-0 of the unattacked round too), the steps
+//! speed it measured of each, against the routes servers of those measured speeds would
+//! get under the nodes' route spread (an `inflate`d node must get no more than an honest
+//! server of its measured speed; node-0 of the unattacked round is one), the steps
 //! each ran, and the peak RSS of every node against its
 //! `--kv-budget` plus 150 MB. The `http-flood` round has no adversary node: a flood of
 //! held-open connections, junk and oversized bodies and bad requests from 127.0.0.2
@@ -251,6 +252,41 @@ fn round(args: &Args, exe: &Path, model: &Path, dir: &Path, mode: Option<&str>) 
     })
 }
 
+/// `lamina node --route-spread`'s default: each plan scales every server's speed by a
+/// draw from `1..1 + ROUTE_SPREAD`.
+const ROUTE_SPREAD: f64 = 0.2;
+
+/// The routes each server would get of `total` if routing ranked them at `measured`
+/// (tokens/s) with the nodes' spread: the share of seeded draws each wins. What an honest
+/// server of a given measured speed gets; `None` when a server was not measured.
+fn expected_routes(measured: &[Option<f64>], total: u64) -> Option<Vec<f64>> {
+    let speeds: Vec<f64> = measured.iter().copied().collect::<Option<_>>()?;
+    const DRAWS: usize = 100_000;
+    let mut wins = vec![0usize; speeds.len()];
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut unit = || {
+        // xorshift64*: enough for a share estimate.
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        (x.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 11) as f64 / (1u64 << 53) as f64
+    };
+    for _ in 0..DRAWS {
+        let best = speeds
+            .iter()
+            .map(|s| s * (1.0 + ROUTE_SPREAD * unit()))
+            .enumerate()
+            .max_by(|a, b| a.1.total_cmp(&b.1))
+            .map(|(i, _)| i)?;
+        wins[best] += 1;
+    }
+    Some(
+        wins.iter()
+            .map(|w| *w as f64 / DRAWS as f64 * total as f64)
+            .collect(),
+    )
+}
+
 /// Steps a node's session server ran, from its `/metrics`.
 fn node_steps(api: &str) -> u64 {
     let Ok(r) = ureq::get(&format!("{api}/metrics"))
@@ -381,10 +417,10 @@ fn main() -> Result<()> {
     };
     let base = per_token(&rounds[0]);
     println!(
-        "| mode | honest requests ok | reference text | median ms/token | vs unattacked | adversary banned | adversary sessions | last routes via adversary | routes planned by the entry (node-0 adversary; node-1, node-2 honest) | tokens/s the entry measured | steps served | peak RSS per node (MiB; bound {}) |",
+        "| mode | honest requests ok | reference text | median ms/token | vs unattacked | adversary banned | adversary sessions | last routes via adversary | routes planned by the entry (node-0 adversary; node-1, node-2 honest) | tokens/s the entry measured | routes servers of those speeds would get | steps served | peak RSS per node (MiB; bound {}) |",
         args.kv_budget_mib + 150
     );
-    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
     for r in &rounds {
         let ok = r.runs.iter().filter(|x| x.error.is_none()).count();
         let same = r
@@ -394,7 +430,7 @@ fn main() -> Result<()> {
             .count();
         let t = per_token(r);
         println!(
-            "| {} | {ok}/{} | {same}/{} | {:.1} | {:.2}x | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {ok}/{} | {same}/{} | {:.1} | {:.2}x | {} | {} | {} | {} | {} | {} | {} | {} |",
             r.mode,
             r.runs.len(),
             r.runs.len(),
@@ -417,6 +453,11 @@ fn main() -> Result<()> {
                 .map(|m| m.map_or("-".into(), |m| format!("{m:.0}")))
                 .collect::<Vec<_>>()
                 .join(", "),
+            expected_routes(&r.measured, r.routes.iter().sum()).map_or("-".into(), |v| v
+                .iter()
+                .map(|e| format!("{e:.0}"))
+                .collect::<Vec<_>>()
+                .join(", ")),
             r.steps
                 .iter()
                 .map(u64::to_string)
