@@ -65,6 +65,8 @@ pub struct UpOptions {
     pub verify_rate: f64,
     /// Nodes started as adversaries for drills: (node index, `--adversary` mode).
     pub adversaries: Vec<(usize, String)>,
+    /// Nodes behind a NAT of their own (`--netns` only; node 0 stays public).
+    pub nat: Vec<(usize, netns::Nat)>,
 }
 
 /// The `--verify-rate` of testnet nodes unless told otherwise.
@@ -84,6 +86,22 @@ pub fn parse_adversary(s: &str) -> Result<(usize, String), String> {
         return Err(format!("`{s}` names no mode"));
     }
     Ok((i, mode.to_string()))
+}
+
+/// `--nat`'s value: `node-1=cone,node-2=symmetric` (comma-separated, repeatable).
+pub fn parse_nats(s: &str) -> Result<Vec<(usize, netns::Nat)>, String> {
+    s.split(',')
+        .map(|one| {
+            let (i, kind) = parse_adversary(one.trim()).map_err(|e| {
+                e.replace(
+                    "NODE=MODE (e.g. node-2=corrupt)",
+                    "NODE=NAT (e.g. node-1=cone)",
+                )
+            })?;
+            let nat = kind.parse::<netns::Nat>().map_err(|e| e.to_string())?;
+            Ok((i, nat))
+        })
+        .collect()
 }
 
 /// How testnet nodes get their layers.
@@ -129,6 +147,7 @@ impl UpOptions {
             open: false,
             verify_rate: DEFAULT_VERIFY_RATE,
             adversaries: Vec::new(),
+            nat: Vec::new(),
         }
     }
 }
@@ -366,16 +385,28 @@ pub fn up_with_links(opts: &UpOptions) -> anyhow::Result<Testnet> {
         }
     };
     // Made before the nodes start, so it is removed after they are killed when `up` fails.
+    if !opts.nat.is_empty() && !opts.netns {
+        bail!("--nat needs --netns (each NAT is a namespace)");
+    }
     let namespaces = if opts.netns {
-        Some(netns::Netns::create(layers.len())?)
+        Some(netns::Netns::create_with_nats(layers.len(), &opts.nat)?)
     } else {
         None
     };
+    // The address node `i` binds (behind a NAT, its LAN address).
     let host_of = |i: usize| -> String {
         match &namespaces {
-            Some(ns) => ns.state.nodes[i].addr.to_string(),
+            Some(ns) => ns.state.nodes[i].bind_addr().to_string(),
             None => "127.0.0.1".to_string(),
         }
+    };
+    // Its NAT gateway's public address, where the API port is forwarded.
+    let nat_public = |i: usize| {
+        namespaces
+            .as_ref()
+            .map(|ns| &ns.state.nodes[i])
+            .filter(|n| n.nat.is_some())
+            .map(|n| n.addr)
     };
     let ns_of = |i: usize| {
         namespaces
@@ -483,8 +514,16 @@ pub fn up_with_links(opts: &UpOptions) -> anyhow::Result<Testnet> {
                 cmd.arg("--open");
             }
         }
+        let api_port = if nat_public(i).is_some() {
+            // Nobody can dial its data plane: sessions reach it on the mesh's
+            // connections, which it opens itself.
+            cmd.args(["--advertise-dataplane", "p2p"]);
+            netns::NAT_API_PORT
+        } else {
+            0
+        };
         cmd.arg("--api")
-            .arg(format!("{}:0", host_of(i)))
+            .arg(format!("{}:{api_port}", host_of(i)))
             .arg("--data-dir")
             .arg(&data_dir)
             .arg("--ready-file")
@@ -584,7 +623,10 @@ pub fn up_with_links(opts: &UpOptions) -> anyhow::Result<Testnet> {
                 nodes.push(NodeState {
                     id: jid,
                     layers: info.layers,
-                    api: info.api.map(|a| format!("http://{a}")),
+                    api: info.api.map(|a| match nat_public(j) {
+                        Some(public) => format!("http://{public}:{}", netns::NAT_API_PORT),
+                        None => format!("http://{a}"),
+                    }),
                     pid: started.0[j].id(),
                     log: jlog,
                     dataplane: relay.clone().unwrap_or_else(|| info.listen.clone()),

@@ -5,12 +5,22 @@
 //! machine reach the nodes' APIs). The namespaces have no default route and the machine
 //! does not forward for them, so all traffic stays inside the machine.
 //!
-//! `partition` cuts node pairs with blackhole routes in both nodes' namespaces (this
-//! kernel has no tc qdiscs or netfilter tables to drop with; a blackhole route makes the
-//! sender's `sendmsg` fail, which QUIC treats as a lost datagram); `heal` removes them.
+//! `partition` cuts node pairs with blackhole routes in both nodes' namespaces (a
+//! blackhole route makes the sender's `sendmsg` fail, which QUIC treats as a lost
+//! datagram; it needs neither tc nor netfilter); `heal` removes them.
 //! `down` removes every namespace and the bridge, which takes the veths with them.
 //!
-//! The plan (names, addresses, which routes a cut needs) is pure; [`Netns`] runs `ip`.
+//! `--nat node-1=cone,node-2=symmetric` puts a named node behind a NAT of its own: its
+//! bridge port goes to a gateway namespace (`lamina-<tag>-<i>g`, interface `wan`, the
+//! node's public address), whose `lan` veth leads to the node (`eth0`, `192.168.<i>.2`,
+//! default route via `.1`). nftables in the gateway masquerades what leaves `wan`
+//! (port-preserving for `cone`, `fully-random` for `symmetric`: a new port per remote
+//! endpoint), forwards only replies inward (a port-restricted NAT), and forwards one TCP
+//! port, the node's API ([`NAT_API_PORT`]), so `up`, `status` and clients reach it at the
+//! public address. Nothing is routed out of the machine.
+//!
+//! The plan (names, addresses, which routes a cut needs, the NAT rules) is pure;
+//! [`Netns`] runs `ip` and `nft`.
 
 use std::net::Ipv4Addr;
 use std::process::{Command, Stdio};
@@ -25,12 +35,93 @@ const BRIDGE_HOST: u8 = 254;
 /// Nodes a /24 holds besides the bridge.
 pub const MAX_NODES: usize = 253;
 
+/// The port a node behind a NAT serves its API on, forwarded by its gateway.
+pub const NAT_API_PORT: u16 = 8080;
+
+/// The kind of NAT in front of a node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Nat {
+    /// Endpoint-independent mapping (the source port is kept where it can be): what hole
+    /// punching needs.
+    Cone,
+    /// A new mapping (random port) for every remote endpoint: hole punching fails, only a
+    /// relay or the node's own outbound connections reach it.
+    Symmetric,
+}
+
+impl std::str::FromStr for Nat {
+    type Err = anyhow::Error;
+
+    fn from_str(s: &str) -> anyhow::Result<Self> {
+        match s {
+            "cone" => Ok(Self::Cone),
+            "symmetric" => Ok(Self::Symmetric),
+            _ => bail!("unknown NAT {s:?}: cone or symmetric"),
+        }
+    }
+}
+
+/// A node's NAT: its gateway namespace and its private address behind it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NatGateway {
+    pub kind: Nat,
+    /// The gateway namespace (its `wan` holds the node's public address).
+    pub netns: String,
+    /// The node's own address on the LAN (`192.168.<i>.2`).
+    pub lan_addr: Ipv4Addr,
+    /// The gateway's LAN address (`192.168.<i>.1`), the node's default route.
+    pub gateway_addr: Ipv4Addr,
+}
+
+impl NatGateway {
+    /// The gateway's nftables ruleset (pure): masquerade out of `wan`, replies and the
+    /// API port in, nothing else.
+    pub fn ruleset(&self) -> String {
+        let masquerade = match self.kind {
+            Nat::Cone => "masquerade",
+            Nat::Symmetric => "masquerade fully-random",
+        };
+        let lan = self.lan_addr;
+        let port = NAT_API_PORT;
+        format!(
+            "table ip lamina_nat {{\n\
+             \tchain prerouting {{\n\
+             \t\ttype nat hook prerouting priority dstnat; policy accept;\n\
+             \t\tiifname \"wan\" tcp dport {port} dnat to {lan}:{port}\n\
+             \t}}\n\
+             \tchain postrouting {{\n\
+             \t\ttype nat hook postrouting priority srcnat; policy accept;\n\
+             \t\toifname \"wan\" {masquerade}\n\
+             \t}}\n\
+             \tchain forward {{\n\
+             \t\ttype filter hook forward priority filter; policy drop;\n\
+             \t\tct state established,related accept\n\
+             \t\tiifname \"lan\" oifname \"wan\" accept\n\
+             \t\tiifname \"wan\" oifname \"lan\" ip daddr {lan} tcp dport {port} ct status dnat accept\n\
+             \t}}\n\
+             }}\n"
+        )
+    }
+}
+
 /// One node's namespace and address.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NsNode {
     pub id: String,
     pub netns: String,
+    /// Its public address: its own, or its NAT gateway's.
     pub addr: Ipv4Addr,
+    /// The NAT in front of it, if any.
+    #[serde(default)]
+    pub nat: Option<NatGateway>,
+}
+
+impl NsNode {
+    /// The address the node binds (its LAN address behind a NAT).
+    pub fn bind_addr(&self) -> Ipv4Addr {
+        self.nat.as_ref().map_or(self.addr, |n| n.lan_addr)
+    }
 }
 
 /// The namespaces of a testnet, as the state file records them for `partition`, `heal`
@@ -48,8 +139,30 @@ impl NetnsState {
     /// The plan for `nodes` nodes named `node-<i>`: names from `tag` (a few hex digits),
     /// addresses in `10.213.<subnet>.0/24`.
     pub fn plan(tag: &str, subnet: u8, nodes: usize) -> anyhow::Result<Self> {
+        Self::plan_with_nats(tag, subnet, nodes, &[])
+    }
+
+    /// [`plan`](Self::plan) with node `i` behind a NAT of kind `k` for each `(i, k)` of
+    /// `nats`. Node 0 is everyone's bootstrap: it stays public.
+    pub fn plan_with_nats(
+        tag: &str,
+        subnet: u8,
+        nodes: usize,
+        nats: &[(usize, Nat)],
+    ) -> anyhow::Result<Self> {
         if nodes == 0 || nodes > MAX_NODES {
             bail!("--netns holds 1 to {MAX_NODES} nodes, not {nodes}");
+        }
+        for (i, _) in nats {
+            if *i >= nodes {
+                bail!("--nat names node-{i}, but the testnet has {nodes} nodes");
+            }
+            if *i == 0 {
+                bail!("--nat node-0: node-0 is every node's bootstrap and stays public");
+            }
+            if nats.iter().filter(|(j, _)| j == i).count() > 1 {
+                bail!("--nat names node-{i} twice");
+            }
         }
         // Interface names have at most 15 bytes: `lt` + tag + `n` + up to 3 digits.
         if tag.is_empty() || tag.len() > 9 || !tag.bytes().all(|b| b.is_ascii_alphanumeric()) {
@@ -64,6 +177,15 @@ impl NetnsState {
                     id: format!("node-{i}"),
                     netns: format!("lamina-{tag}-{i}"),
                     addr: addr(i as u8 + 1),
+                    nat: nats
+                        .iter()
+                        .find(|(j, _)| *j == i)
+                        .map(|(_, kind)| NatGateway {
+                            kind: *kind,
+                            netns: format!("lamina-{tag}-{i}g"),
+                            lan_addr: Ipv4Addr::new(192, 168, i as u8, 2),
+                            gateway_addr: Ipv4Addr::new(192, 168, i as u8, 1),
+                        }),
                 })
                 .collect(),
         })
@@ -181,11 +303,16 @@ pub struct Netns {
 impl Netns {
     /// Creates the bridge and `nodes` namespaces with their veths and addresses.
     pub fn create(nodes: usize) -> anyhow::Result<Self> {
+        Self::create_with_nats(nodes, &[])
+    }
+
+    /// [`create`](Self::create) with the nodes of `nats` behind NATs (needs `nft`).
+    pub fn create_with_nats(nodes: usize, nats: &[(usize, Nat)]) -> anyhow::Result<Self> {
         let tag = format!("{:06x}", rand::random::<u32>() & 0xff_ffff);
         let used = route_prefixes(&ip(&["-4", "route", "show", "table", "all"])?);
         let subnet = free_subnet(&used, rand::random::<u8>())
             .context("every /24 of 10.213.0.0/16 is in use on this machine")?;
-        let state = NetnsState::plan(&tag, subnet, nodes)?;
+        let state = NetnsState::plan_with_nats(&tag, subnet, nodes, nats)?;
         // From here on a failure removes what was made.
         let net = Self { state, keep: false };
         let s = &net.state;
@@ -198,13 +325,63 @@ impl Netns {
             let veth = s.veth(i);
             let cidr = format!("{}/24", n.addr);
             ip(&["netns", "add", &n.netns])?;
+            let Some(nat) = &n.nat else {
+                ip(&[
+                    "link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns", &n.netns,
+                ])?;
+                ip(&["link", "set", &veth, "master", &s.bridge, "up"])?;
+                ip(&["-n", &n.netns, "addr", "add", &cidr, "dev", "eth0"])?;
+                ip(&["-n", &n.netns, "link", "set", "eth0", "up"])?;
+                ip(&["-n", &n.netns, "link", "set", "lo", "up"])?;
+                continue;
+            };
+            // Bridge -> gateway (`wan`, the public address) -> `lan` -> the node (`eth0`).
+            let gw = &nat.netns;
+            ip(&["netns", "add", gw])?;
             ip(&[
-                "link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns", &n.netns,
+                "link", "add", &veth, "type", "veth", "peer", "name", "wan", "netns", gw,
             ])?;
             ip(&["link", "set", &veth, "master", &s.bridge, "up"])?;
-            ip(&["-n", &n.netns, "addr", "add", &cidr, "dev", "eth0"])?;
+            ip(&["-n", gw, "addr", "add", &cidr, "dev", "wan"])?;
+            ip(&[
+                "-n", gw, "link", "add", "lan", "type", "veth", "peer", "name", "eth0", "netns",
+                &n.netns,
+            ])?;
+            ip(&[
+                "-n",
+                gw,
+                "addr",
+                "add",
+                &format!("{}/24", nat.gateway_addr),
+                "dev",
+                "lan",
+            ])?;
+            for dev in ["wan", "lan", "lo"] {
+                ip(&["-n", gw, "link", "set", dev, "up"])?;
+            }
+            ip(&[
+                "-n",
+                &n.netns,
+                "addr",
+                "add",
+                &format!("{}/24", nat.lan_addr),
+                "dev",
+                "eth0",
+            ])?;
             ip(&["-n", &n.netns, "link", "set", "eth0", "up"])?;
             ip(&["-n", &n.netns, "link", "set", "lo", "up"])?;
+            ip(&[
+                "-n",
+                &n.netns,
+                "route",
+                "add",
+                "default",
+                "via",
+                &nat.gateway_addr.to_string(),
+            ])?;
+            run_in(gw, "sysctl", &["-qw", "net.ipv4.ip_forward=1"], None)?;
+            run_in(gw, "nft", &["-f", "-"], Some(&nat.ruleset()))
+                .context("--nat needs nftables (`apt-get install nftables`)")?;
         }
         Ok(net)
     }
@@ -234,8 +411,15 @@ pub fn remove(state: &NetnsState) -> anyhow::Result<()> {
             .any(|l| l.split_whitespace().next() == Some(ns))
     };
     let mut failed = Vec::new();
-    for n in state.nodes.iter().filter(|n| exists(&n.netns)) {
-        for pid in ip(&["netns", "pids", &n.netns])
+    let gateways = state.nodes.iter().filter_map(|n| n.nat.as_ref());
+    for ns in state
+        .nodes
+        .iter()
+        .map(|n| &n.netns)
+        .chain(gateways.map(|g| &g.netns))
+        .filter(|ns| exists(ns))
+    {
+        for pid in ip(&["netns", "pids", ns])
             .unwrap_or_default()
             .split_whitespace()
         {
@@ -243,7 +427,7 @@ pub fn remove(state: &NetnsState) -> anyhow::Result<()> {
                 crate::signal(pid, "KILL");
             }
         }
-        if let Err(e) = ip(&["netns", "del", &n.netns]) {
+        if let Err(e) = ip(&["netns", "del", ns]) {
             failed.push(e.to_string());
         }
     }
@@ -286,6 +470,35 @@ pub fn heal(state: &NetnsState) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Runs `prog args` in namespace `netns`, feeding it `stdin`.
+fn run_in(netns: &str, prog: &str, args: &[&str], stdin: Option<&str>) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", netns, prog])
+        .args(args)
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("cannot run {prog} in {netns}"))?;
+    if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
+        pipe.write_all(text.as_bytes())?;
+    }
+    let out = child.wait_with_output()?;
+    if !out.status.success() {
+        bail!(
+            "`{prog} {}` in {netns} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
 /// The command that runs `exe` in `netns`.
 pub fn command_in(netns: &str, exe: &std::path::Path) -> Command {
     let mut c = Command::new("ip");
@@ -312,6 +525,34 @@ mod tests {
         assert!(NetnsState::plan("a1b2c3", 7, 0).is_err());
         assert!(NetnsState::plan("a1b2c3", 7, MAX_NODES + 1).is_err());
         assert!(NetnsState::plan("a/b", 7, 1).is_err());
+    }
+
+    #[test]
+    fn nat_plans_put_named_nodes_behind_gateways_and_keep_node_0_public() {
+        let p =
+            NetnsState::plan_with_nats("t", 1, 4, &[(1, Nat::Cone), (3, Nat::Symmetric)]).unwrap();
+        assert_eq!(p.nodes[0].nat, None);
+        assert_eq!(p.nodes[0].bind_addr(), Ipv4Addr::new(10, 213, 1, 1));
+        let g = p.nodes[1].nat.as_ref().expect("node-1 is behind a NAT");
+        assert_eq!(g.netns, "lamina-t-1g");
+        assert_eq!(p.nodes[1].addr, Ipv4Addr::new(10, 213, 1, 2), "public");
+        assert_eq!(p.nodes[1].bind_addr(), Ipv4Addr::new(192, 168, 1, 2));
+        assert!(g.ruleset().contains("oifname \"wan\" masquerade\n"));
+        let sym = p.nodes[3].nat.as_ref().unwrap().ruleset();
+        assert!(sym.contains("masquerade fully-random"), "{sym}");
+        assert!(
+            sym.contains(&format!("dnat to 192.168.3.2:{NAT_API_PORT}")),
+            "{sym}"
+        );
+        assert!(
+            sym.contains("policy drop"),
+            "inbound only for replies and the API"
+        );
+        assert!(NetnsState::plan_with_nats("t", 1, 4, &[(0, Nat::Cone)]).is_err());
+        assert!(NetnsState::plan_with_nats("t", 1, 4, &[(4, Nat::Cone)]).is_err());
+        assert!(NetnsState::plan_with_nats("t", 1, 4, &[(2, Nat::Cone), (2, Nat::Cone)]).is_err());
+        assert_eq!("symmetric".parse::<Nat>().unwrap(), Nat::Symmetric);
+        assert!("full-cone".parse::<Nat>().is_err());
     }
 
     #[test]

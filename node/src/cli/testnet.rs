@@ -26,6 +26,9 @@ pub struct DemoArgs {
     pub exit: bool,
 }
 
+// `Up` carries every flag of `testnet up`; the command is parsed once per process, so
+// its size costs nothing worth boxing the variant for.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand, Debug)]
 pub enum TestnetCommand {
     /// Start N nodes on loopback, layers split evenly, write the state file, and keep
@@ -68,6 +71,13 @@ pub enum TestnetCommand {
         /// `lamina testnet partition` can cut links. Not with link emulation.
         #[arg(long, conflicts_with_all = ["latency", "jitter", "loss", "bandwidth"])]
         netns: bool,
+        /// With --netns: put nodes behind a NAT of their own, e.g.
+        /// node-1=cone,node-2=symmetric (nftables; node-0, the bootstrap, stays public).
+        /// Their API port is forwarded; the rest of their traffic is NATed, and they
+        /// serve sessions over the mesh's connections (`--advertise-dataplane p2p`), which
+        /// they open themselves.
+        #[arg(long, value_name = "NODE=NAT,...", requires = "netns", value_parser = lamina_testnet::parse_nats)]
+        nat: Vec<Vec<(usize, lamina_testnet::netns::Nat)>>,
         /// An open mesh. By default the testnet is a private mesh: its authority key in
         /// DIR/mesh (named in the state file), every node admitted before it starts.
         #[arg(long)]

@@ -49,6 +49,7 @@ pub fn run(cmd: TestnetCommand) -> anyhow::Result<()> {
             threads,
             detach,
             netns,
+            nat,
             open,
             latency,
             jitter,
@@ -90,6 +91,7 @@ pub fn run(cmd: TestnetCommand) -> anyhow::Result<()> {
             }
             opts.adversaries = adversary;
             opts.netns = netns;
+            opts.nat = nat.into_iter().flatten().collect();
             opts.open = open;
             if latency.is_some() || jitter.is_some() || loss.is_some() || bandwidth.is_some() {
                 let spec = lamina_testnet::relay::LinkSpec {

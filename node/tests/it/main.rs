@@ -10,7 +10,7 @@
 //!   mesh, placement, API);
 //! - processes, where the process is the point: `cli`, `mesh` (kill -9, restart),
 //!   `churn`, `failover`, `api_*` and `openai_python` (the daemon's HTTP API as users run
-//!   it), `testnet_*`, `model_pull`, `trust` (private meshes: strangers refused, revocation,
+//!   it), `testnet_*`, `nat` (NAT namespaces), `model_pull`, `trust` (private meshes: strangers refused, revocation,
 //!   the data plane's peer-id handshake, the README's commands).
 
 mod common;
@@ -28,6 +28,7 @@ mod limits;
 mod mesh;
 mod mesh_bounds;
 mod model_pull;
+mod nat;
 mod openai_python;
 mod pipeline_smollm2;
 mod pipeline_stories;

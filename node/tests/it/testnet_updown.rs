@@ -503,7 +503,7 @@ fn four_smollm2_nodes_answer_a_chat_completion_and_down_or_ctrl_c_leave_nothing(
 
 /// Whether network namespaces can be made here: as root, `ip netns add` and `del` work.
 /// In CI (which runs as root on the same kind of machine) they must.
-fn netns_available() -> bool {
+pub(crate) fn netns_available() -> bool {
     let root = std::fs::read_to_string("/proc/self/status")
         .unwrap_or_default()
         .lines()

@@ -1,0 +1,110 @@
+//! NATs in the testnet (`up --netns --nat`, root): a node behind a symmetric NAT cannot be
+//! dialed at all (its addresses are private, its mappings change per remote endpoint), yet
+//! it serves its layers, because sessions run as streams on the mesh connections it opened
+//! itself (`--advertise-dataplane p2p`, which the testnet gives every NATed node). The
+//! answer is exactly one process's (f32 activations).
+
+use std::time::Duration;
+
+use crate::common::api::*;
+use crate::common::pipeline::*;
+use crate::testnet_updown::netns_available;
+use lamina_sharding::source::ModelFile;
+use lamina_testnet::netns::Nat;
+use lamina_testnet::{Placement, UpOptions};
+use serde_json::json;
+
+/// Stops the testnet (and removes its namespaces) when dropped.
+struct Down(std::path::PathBuf);
+
+impl Drop for Down {
+    fn drop(&mut self) {
+        let _ = lamina_testnet::down(&self.0);
+    }
+}
+
+#[test]
+fn a_node_behind_a_symmetric_nat_serves_its_layers_over_the_connections_it_opened() {
+    let Some(path) = model_path(STORIES) else {
+        return;
+    };
+    if !netns_available() {
+        return;
+    }
+    let dir = TempDir::new("nat");
+    let state = dir.path().join("state.json");
+    let mut opts = UpOptions::new(
+        env!("CARGO_BIN_EXE_lamina").into(),
+        3,
+        path.clone(),
+        state.clone(),
+        dir.path().join("net"),
+    );
+    // node-0 public (the bootstrap, first hop), node-1 behind a symmetric NAT (last
+    // hop), node-2 the public entry.
+    opts.placement = Placement::Fixed(vec!["0..2".into(), "2..5".into(), "none".into()]);
+    opts.threads = Some(1);
+    opts.ready_timeout = Duration::from_secs(90);
+    opts.netns = true;
+    opts.nat = vec![(1, Nat::Symmetric)];
+    opts.verify_rate = 0.0;
+    let st = lamina_testnet::up(&opts).expect("testnet up");
+    let _down = Down(state);
+    let ns = st.netns.clone().expect("namespaces");
+    let natted = &ns.nodes[1];
+    let gw = natted.nat.as_ref().expect("node-1 is behind a NAT");
+    assert_eq!(gw.kind, Nat::Symmetric);
+
+    // What the mesh knows of node-1: a `p2p` data plane, and only private addresses.
+    let entry = st.nodes[2].api.clone().expect("entry API");
+    let entry = entry.trim_start_matches("http://");
+    let status = get(entry, "/status").json();
+    let rec = status["peers"]
+        .as_array()
+        .expect("peers")
+        .iter()
+        .find(|p| p["peer_id"] == st.nodes[1].peer_id.as_str())
+        .cloned()
+        .unwrap_or_else(|| panic!("the entry sees node-1: {status}"));
+    assert_eq!(rec["dataplane"], "p2p", "{rec}");
+    assert!(
+        st.nodes[1]
+            .p2p
+            .iter()
+            .all(|a| a.contains(&gw.lan_addr.to_string())),
+        "node-1 listens on its LAN address only: {:?}",
+        st.nodes[1].p2p
+    );
+    // Its API is reached through the gateway's forwarded port.
+    let natted_api = st.nodes[1].api.clone().expect("node-1 API");
+    assert!(
+        natted_api.contains(&natted.addr.to_string()),
+        "{natted_api} is the gateway's public address"
+    );
+    assert_eq!(
+        get(natted_api.trim_start_matches("http://"), "/status").status,
+        200
+    );
+
+    let model = ModelFile::open(&path).unwrap();
+    let prompt = "Once upon a time";
+    let tok = model.tokenizer().unwrap();
+    let ids = tok.encode(prompt, tok.add_bos_default(), false).unwrap();
+    let want = reference_run(&model, ids, 24, vec![]).generated_token_ids;
+    let r = post(
+        entry,
+        "/v1/completions",
+        &json!({"prompt": prompt, "max_tokens": 24, "temperature": 0, "activation_dtype": "f32"}),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let got: Vec<u32> = r.json()["choices"][0]["token_ids"]
+        .as_array()
+        .expect("token_ids")
+        .iter()
+        .map(|t| t.as_u64().unwrap() as u32)
+        .collect();
+    assert_eq!(
+        got, want,
+        "the chain through the NAT answers as one process"
+    );
+}
