@@ -6,7 +6,8 @@
 //!  target/release/dataplane [--rounds 5] [--tokens 64] [--model FILE]`
 //!
 //! Four testnets of release `lamina` processes on loopback (one thread each), all up at
-//! once and measured in alternating rounds so that machine load affects each alike: per
+//! once and measured in rounds (odd rounds in reverse order) so that machine load affects
+//! each alike: per
 //! data plane, a one-hop chain (a layerless entry and one server of every layer) and a
 //! three-hop chain (the layers split over three servers). Decode time per token is the
 //! difference of two greedy requests (8 and 8 + `--tokens` tokens) through the entry's
@@ -164,7 +165,14 @@ fn main() -> Result<()> {
     }
     let mut ms: Vec<Vec<f64>> = vec![Vec::new(); nets.len()];
     for round in 0..args.rounds {
-        for (i, n) in nets.iter().enumerate() {
+        // Odd rounds go backwards, so no chain always runs first or last.
+        let order: Vec<usize> = if round % 2 == 0 {
+            (0..nets.len()).collect()
+        } else {
+            (0..nets.len()).rev().collect()
+        };
+        for i in order {
+            let n = &nets[i];
             let v = decode_ms(&n.api, &args.prompt, args.tokens)?;
             eprintln!("round {round}: {}: {v:.3} ms/token", n.label);
             ms[i].push(v);
