@@ -111,6 +111,12 @@ pub struct NodeConfig {
     /// How widely routes are spread over servers of about the same speed
     /// (`--route-spread`; see `mesh::Spread`).
     pub route_spread: f64,
+    /// Serve as a relay for nodes behind NATs (`--relay`).
+    pub relay: bool,
+    /// Behind a NAT: reserve a circuit on a relay at once (`--behind-nat`).
+    pub behind_nat: bool,
+    /// AutoNAT may probe private addresses (`--autonat-private`; testnets).
+    pub autonat_private: bool,
 }
 
 impl NodeConfig {
@@ -140,6 +146,9 @@ impl NodeConfig {
             adversary: None,
             verify_rate: 0.0,
             route_spread: crate::mesh::Spread::DEFAULT_FRACTION,
+            relay: false,
+            behind_nat: false,
+            autonat_private: false,
         }
     }
 
@@ -172,6 +181,9 @@ impl NodeConfig {
             adversary: args.adversary,
             verify_rate: args.verify_rate,
             route_spread: args.route_spread,
+            relay: args.relay,
+            behind_nat: args.behind_nat,
+            autonat_private: args.autonat_private,
         }
     }
 }

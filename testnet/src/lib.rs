@@ -67,6 +67,8 @@ pub struct UpOptions {
     pub adversaries: Vec<(usize, String)>,
     /// Nodes behind a NAT of their own (`--netns` only; node 0 stays public).
     pub nat: Vec<(usize, netns::Nat)>,
+    /// Nodes that serve as relays (`lamina node --relay`) for the NATed ones.
+    pub relays: Vec<usize>,
 }
 
 /// The `--verify-rate` of testnet nodes unless told otherwise.
@@ -102,6 +104,13 @@ pub fn parse_nats(s: &str) -> Result<Vec<(usize, netns::Nat)>, String> {
             Ok((i, nat))
         })
         .collect()
+}
+
+/// A node id like `node-2`.
+pub fn parse_node(s: &str) -> Result<usize, String> {
+    s.strip_prefix("node-")
+        .and_then(|i| i.parse::<usize>().ok())
+        .ok_or_else(|| format!("`{s}` is not a node id like node-2"))
 }
 
 /// How testnet nodes get their layers.
@@ -148,6 +157,7 @@ impl UpOptions {
             verify_rate: DEFAULT_VERIFY_RATE,
             adversaries: Vec::new(),
             nat: Vec::new(),
+            relays: Vec::new(),
         }
     }
 }
@@ -388,6 +398,12 @@ pub fn up_with_links(opts: &UpOptions) -> anyhow::Result<Testnet> {
     if !opts.nat.is_empty() && !opts.netns {
         bail!("--nat needs --netns (each NAT is a namespace)");
     }
+    if let Some(i) = opts.relays.iter().find(|i| **i >= layers.len()) {
+        bail!("--relay node-{i}: the testnet has {} nodes", layers.len());
+    }
+    if let Some((i, _)) = opts.nat.iter().find(|(i, _)| opts.relays.contains(i)) {
+        bail!("--relay node-{i}: a relay must be reachable, and node-{i} is behind a NAT");
+    }
     let namespaces = if opts.netns {
         Some(netns::Netns::create_with_nats(layers.len(), &opts.nat)?)
     } else {
@@ -516,12 +532,20 @@ pub fn up_with_links(opts: &UpOptions) -> anyhow::Result<Testnet> {
         }
         let api_port = if nat_public(i).is_some() {
             // Nobody can dial its data plane: sessions reach it on the mesh's
-            // connections, which it opens itself.
-            cmd.args(["--advertise-dataplane", "p2p"]);
+            // connections (which it opens itself, or which reach it through a relay's
+            // circuit and then, where the NATs allow, a punched hole).
+            cmd.args(["--advertise-dataplane", "p2p", "--behind-nat"]);
             netns::NAT_API_PORT
         } else {
             0
         };
+        if opts.relays.contains(&i) {
+            cmd.arg("--relay");
+        }
+        if netns.is_some() {
+            // Every address of a namespace testnet is private.
+            cmd.arg("--autonat-private");
+        }
         cmd.arg("--api")
             .arg(format!("{}:{api_port}", host_of(i)))
             .arg("--data-dir")

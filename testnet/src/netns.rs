@@ -76,7 +76,11 @@ pub struct NatGateway {
 
 impl NatGateway {
     /// The gateway's nftables ruleset (pure): masquerade out of `wan`, replies and the
-    /// API port in, nothing else.
+    /// API port in, nothing else. Unsolicited packets to the gateway itself are dropped
+    /// in `input`, before conntrack confirms an entry for them: a peer's hole-punching
+    /// packet that arrives before this side's own would otherwise claim the mapping's
+    /// tuple, and the masquerade would pick another port for the outbound packet (the
+    /// punch then fails even through a cone NAT).
     pub fn ruleset(&self) -> String {
         let masquerade = match self.kind {
             Nat::Cone => "masquerade",
@@ -93,6 +97,12 @@ impl NatGateway {
              \tchain postrouting {{\n\
              \t\ttype nat hook postrouting priority srcnat; policy accept;\n\
              \t\toifname \"wan\" {masquerade}\n\
+             \t}}\n\
+             \tchain input {{\n\
+             \t\ttype filter hook input priority filter; policy drop;\n\
+             \t\tiifname \"lo\" accept\n\
+             \t\tiifname \"lan\" accept\n\
+             \t\tct state established,related accept\n\
              \t}}\n\
              \tchain forward {{\n\
              \t\ttype filter hook forward priority filter; policy drop;\n\
@@ -379,8 +389,14 @@ impl Netns {
                 "via",
                 &nat.gateway_addr.to_string(),
             ])?;
-            run_in(gw, "sysctl", &["-qw", "net.ipv4.ip_forward=1"], None)?;
-            run_in(gw, "nft", &["-f", "-"], Some(&nat.ruleset()))
+            // Forwarding is per namespace (and off in a new one); no sysctl binary needed.
+            run_in(
+                gw,
+                "sh",
+                &["-c", "echo 1 > /proc/sys/net/ipv4/ip_forward"],
+                None,
+            )?;
+            run_in(gw, &sbin_tool("nft"), &["-f", "-"], Some(&nat.ruleset()))
                 .context("--nat needs nftables (`apt-get install nftables`)")?;
         }
         Ok(net)
@@ -468,6 +484,22 @@ pub fn heal(state: &NetnsState) -> anyhow::Result<()> {
         ip(&["-n", &n.netns, "route", "flush", "type", "blackhole"])?;
     }
     Ok(())
+}
+
+/// `name` from the PATH, else from the system directories a root shell would search
+/// (a minimal PATH often lacks `/usr/sbin`, where nftables installs `nft`).
+fn sbin_tool(name: &str) -> String {
+    let in_path = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).any(|d| d.join(name).is_file()))
+        .unwrap_or(false);
+    if in_path {
+        return name.to_string();
+    }
+    ["/usr/sbin", "/sbin", "/usr/local/sbin"]
+        .iter()
+        .map(|d| std::path::Path::new(d).join(name))
+        .find(|p| p.is_file())
+        .map_or_else(|| name.to_string(), |p| p.display().to_string())
 }
 
 /// Runs `prog args` in namespace `netns`, feeding it `stdin`.

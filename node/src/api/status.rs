@@ -70,6 +70,7 @@ pub fn mesh_json(m: &MeshStatus) -> Value {
                 "routed_tokens_per_sec": p.routed_tokens_per_sec,
                 "demoted": p.demoted,
                 "routes": p.routes,
+                "path": p.path,
                 "free_slots": p.free_slots,
                 "dataplane": p.dataplane,
                 "api": p.api,
@@ -109,6 +110,7 @@ pub fn mesh_json(m: &MeshStatus) -> Value {
         "uncovered": m.uncovered.iter().map(|r| r.to_string()).collect::<Vec<_>>(),
         "complete": m.complete,
         "last_route": last_route,
+        "nat_status": m.nat_status,
     })
 }
 

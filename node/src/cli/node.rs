@@ -91,6 +91,19 @@ pub struct NodeArgs {
     /// R of each other share the traffic (0 = always the single cheapest chain).
     #[arg(long, default_value_t = crate::mesh::Spread::DEFAULT_FRACTION, value_parser = parse_fraction)]
     pub route_spread: f64,
+    /// Serve as a circuit relay (v2) for nodes behind NATs: reservations and circuits
+    /// bounded in all and per peer, each circuit's bytes and life bounded. Only on a node
+    /// others can dial at its listen addresses (they become its external addresses).
+    #[arg(long)]
+    pub relay: bool,
+    /// This node is behind a NAT: reserve a circuit on a relay of the mesh at once (and
+    /// announce the relayed address) instead of waiting for AutoNAT to find it
+    /// unreachable. Serve with `--advertise-dataplane p2p`.
+    #[arg(long)]
+    pub behind_nat: bool,
+    /// Let AutoNAT's probes count private addresses (testnets, where every address is).
+    #[arg(long, hide = true)]
+    pub autonat_private: bool,
     /// DRILLS ONLY: misbehave on purpose (corrupt[:fraction], huge-token[:fraction], stall,
     /// inflate, flood), so a testnet can watch its defences work. Hidden from --help.
     #[arg(long, hide = true, value_name = "MODE")]

@@ -78,6 +78,11 @@ pub enum TestnetCommand {
         /// they open themselves.
         #[arg(long, value_name = "NODE=NAT,...", requires = "netns", value_parser = lamina_testnet::parse_nats)]
         nat: Vec<Vec<(usize, lamina_testnet::netns::Nat)>>,
+        /// Make these nodes circuit relays (`lamina node --relay`), e.g. node-0
+        /// (repeatable): NATed nodes reserve circuits on them, and peers that cannot reach
+        /// each other directly meet through them until DCUtR punches a hole.
+        #[arg(long, value_name = "NODE", value_parser = lamina_testnet::parse_node)]
+        relay: Vec<usize>,
         /// An open mesh. By default the testnet is a private mesh: its authority key in
         /// DIR/mesh (named in the state file), every node admitted before it starts.
         #[arg(long)]

@@ -50,6 +50,7 @@ pub fn run(cmd: TestnetCommand) -> anyhow::Result<()> {
             detach,
             netns,
             nat,
+            relay,
             open,
             latency,
             jitter,
@@ -92,6 +93,7 @@ pub fn run(cmd: TestnetCommand) -> anyhow::Result<()> {
             opts.adversaries = adversary;
             opts.netns = netns;
             opts.nat = nat.into_iter().flatten().collect();
+            opts.relays = relay;
             opts.open = open;
             if latency.is_some() || jitter.is_some() || loss.is_some() || bandwidth.is_some() {
                 let spec = lamina_testnet::relay::LinkSpec {

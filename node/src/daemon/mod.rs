@@ -189,6 +189,9 @@ impl Node {
             listen: p2p_listen,
             bootstrap: config.bootstrap.clone(),
             mdns: config.mdns,
+            relay: config.relay.then(crate::mesh::RelayLimits::default),
+            behind_nat: config.behind_nat,
+            autonat_private: config.autonat_private,
         };
         let token = CancellationToken::new();
         let tasks = TaskTracker::new();

@@ -1,8 +1,10 @@
 //! The libp2p swarm lamina runs: QUIC and TCP + noise + yamux; mDNS on a LAN, Kademlia
 //! across networks, identify and ping, all under lamina's own protocol names (so a lamina
 //! mesh never mixes with IPFS's DHT); the membership exchange every connection starts
-//! with, and the announcement exchange (both request-response, CBOR, size-capped); and
-//! session streams of the data plane for nodes that serve over the mesh's connections.
+//! with, and the announcement exchange (both request-response, CBOR, size-capped);
+//! session streams of the data plane for nodes that serve over the mesh's connections;
+//! and the NAT kit: AutoNAT (am I reachable?), relay v2 (a client always, a server with
+//! `--relay`) and DCUtR (hole punching from a relayed connection).
 
 use std::time::Duration;
 
@@ -13,8 +15,8 @@ use libp2p::request_response::{self, ProtocolSupport};
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::swarm::NetworkBehaviour;
 use libp2p::{
-    connection_limits, identify, kad, mdns, noise, ping, tcp, yamux, Multiaddr, PeerId,
-    StreamProtocol,
+    autonat, connection_limits, dcutr, identify, kad, mdns, noise, ping, relay, tcp, yamux,
+    Multiaddr, PeerId, StreamProtocol,
 };
 use serde::{Deserialize, Serialize};
 
@@ -80,6 +82,14 @@ pub struct Behaviour {
     pub mdns: Toggle<mdns::tokio::Behaviour>,
     pub announce: request_response::cbor::Behaviour<Sync, Sync>,
     pub member: request_response::cbor::Behaviour<MemberHello, MemberHello>,
+    /// Reservations and circuits on relays, for a node nobody can dial.
+    pub relay_client: relay::client::Behaviour,
+    /// A relay for others (`lamina node --relay`), within [`RelayLimits`].
+    pub relay: Toggle<relay::Behaviour>,
+    /// Upgrades relayed connections to direct ones through the NATs (hole punching).
+    pub dcutr: dcutr::Behaviour,
+    /// Whether this node is reachable at its addresses: peers dial it back.
+    pub autonat: autonat::Behaviour,
     /// Session streams of the data plane on the mesh's own connections
     /// ([`crate::dataplane::SESSION_PROTOCOL`]), for hops that announce
     /// [`crate::dataplane::P2P_ADDR`].
@@ -87,12 +97,66 @@ pub struct Behaviour {
 }
 
 /// What the swarm is built with.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct SwarmOptions {
     pub listen: Vec<Multiaddr>,
     pub bootstrap: Vec<Multiaddr>,
     pub mdns: bool,
+    /// Serve as a relay for nodes behind NATs (`--relay`), within these limits.
+    pub relay: Option<RelayLimits>,
+    /// This node is behind a NAT (`--behind-nat`): it reserves a circuit on a relay of the
+    /// mesh without waiting for AutoNAT to say so.
+    pub behind_nat: bool,
+    /// AutoNAT probes private addresses too (testnets: every address there is private).
+    pub autonat_private: bool,
 }
+
+/// What a relay gives the nodes behind NATs that use it. Circuits carry their sessions
+/// (activations), so bytes are bounded per circuit by a generous cap and time by a
+/// duration after which the node reconnects; reservations and circuits are bounded in
+/// all and per peer.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct RelayLimits {
+    /// Reservations held at once (default 128), per peer (default 4).
+    pub max_reservations: usize,
+    pub max_reservations_per_peer: usize,
+    /// Circuits open at once (default 64), per peer (default 16).
+    pub max_circuits: usize,
+    pub max_circuits_per_peer: usize,
+    /// One circuit's life (default 1 h) and bytes (default 4 GiB).
+    pub max_circuit_duration: Duration,
+    pub max_circuit_bytes: u64,
+}
+
+impl Default for RelayLimits {
+    fn default() -> Self {
+        Self {
+            max_reservations: 128,
+            max_reservations_per_peer: 4,
+            max_circuits: 64,
+            max_circuits_per_peer: 16,
+            max_circuit_duration: Duration::from_secs(3600),
+            max_circuit_bytes: 4 << 30,
+        }
+    }
+}
+
+impl RelayLimits {
+    fn config(&self) -> relay::Config {
+        relay::Config {
+            max_reservations: self.max_reservations,
+            max_reservations_per_peer: self.max_reservations_per_peer,
+            max_circuits: self.max_circuits,
+            max_circuits_per_peer: self.max_circuits_per_peer,
+            max_circuit_duration: self.max_circuit_duration,
+            max_circuit_bytes: self.max_circuit_bytes,
+            ..relay::Config::default()
+        }
+    }
+}
+
+/// The relay protocol a peer lists (identify) when it serves as a relay.
+pub const RELAY_HOP_PROTOCOL: &str = "/libp2p/circuit/relay/0.2.0/hop";
 
 /// libp2p's connection limits from [`MeshLimits`].
 pub fn connection_limits(limits: &MeshLimits) -> connection_limits::ConnectionLimits {
@@ -120,6 +184,8 @@ pub fn build_swarm_with(
     let conn_limits = connection_limits(limits);
     let swarm_err = |e: &dyn std::fmt::Display| MeshError::Swarm(e.to_string());
     let mdns_on = opts.mdns;
+    let relay_limits = opts.relay;
+    let autonat_private = opts.autonat_private;
     let mut swarm = libp2p::SwarmBuilder::with_existing_identity(key.clone())
         .with_tokio()
         .with_tcp(
@@ -129,7 +195,9 @@ pub fn build_swarm_with(
         )
         .map_err(|e| swarm_err(&e))?
         .with_quic()
-        .with_behaviour(|key| {
+        .with_relay_client(noise::Config::new, yamux::Config::default)
+        .map_err(|e| swarm_err(&e))?
+        .with_behaviour(|key, relay_client| {
             let peer = key.public().to_peer_id();
             let mut kcfg = kad::Config::new(KAD_PROTOCOL);
             kcfg.set_periodic_bootstrap_interval(Some(Duration::from_secs(30)));
@@ -175,6 +243,19 @@ pub fn build_swarm_with(
                 ),
                 mdns: Toggle::from(mdns),
                 announce,
+                relay_client,
+                relay: Toggle::from(relay_limits.map(|l| relay::Behaviour::new(peer, l.config()))),
+                dcutr: dcutr::Behaviour::new(peer),
+                autonat: autonat::Behaviour::new(
+                    peer,
+                    autonat::Config {
+                        only_global_ips: !autonat_private,
+                        // A node joins in seconds; decide about as fast.
+                        boot_delay: Duration::from_secs(3),
+                        retry_interval: Duration::from_secs(30),
+                        ..autonat::Config::default()
+                    },
+                ),
                 streams: libp2p_stream::Behaviour::new(),
             })
         })

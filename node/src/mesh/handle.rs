@@ -82,7 +82,8 @@ impl MeshHandle {
         let state = MeshState::with_limits(OwnRecord::new(template), limits);
         let (snap_tx, snap_rx) = watch::channel(MeshSnapshot::default());
         let (cmd_tx, cmd_rx) = mpsc::channel(COMMAND_QUEUE);
-        let event_loop = EventLoop::new(swarm, state, key, cmd_rx, snap_tx, gate, limits);
+        let event_loop = EventLoop::new(swarm, state, key, cmd_rx, snap_tx, gate, limits)
+            .with_nat(opts.behind_nat, opts.relay.is_some());
         tokio::spawn(event_loop.run(stop));
         Ok(Self {
             commands: cmd_tx,

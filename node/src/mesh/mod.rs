@@ -15,6 +15,7 @@
 //! - [`gossip`]: what a gossiped record costs, bounded: verified once by hash, a budget
 //!   of verifications and of sync requests per sending peer (pure);
 //! - [`limits`]: [`MeshLimits`], every bound of the mesh side with its default;
+//! - [`paths`]: how each peer is reached: direct, hole-punched or relayed (pure);
 //! - [`speed`]: the speed book: measured speed over announced, demotion of liars (pure);
 //! - [`probe`]: the task that measures route candidates with probe sessions;
 //! - [`identity`]: the persistent ed25519 identity;
@@ -34,6 +35,7 @@ pub mod handle;
 pub mod handover;
 pub mod identity;
 pub mod limits;
+pub mod paths;
 pub mod plan;
 pub mod probe;
 pub mod speed;
@@ -43,7 +45,7 @@ pub mod table;
 
 use std::time::Duration;
 
-pub use behaviour::SwarmOptions;
+pub use behaviour::{RelayLimits, SwarmOptions};
 pub use handle::MeshHandle;
 pub use identity::load_or_create_identity;
 pub use limits::MeshLimits;

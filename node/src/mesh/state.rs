@@ -4,6 +4,7 @@
 //! [`MeshSnapshot`]s published on a `tokio::sync::watch` channel after every change, and
 //! waits for a state by waiting on that channel, not by polling.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use lamina_protocol::{Announcement, SignedAnnouncement};
@@ -12,6 +13,7 @@ use libp2p::{Multiaddr, PeerId};
 use super::bans::Bans;
 use super::gossip::{Intake, RefusalCounts};
 use super::limits::MeshLimits;
+use super::paths::Path;
 use super::plan::Observations;
 use super::speed::SpeedBook;
 use super::table::Table;
@@ -83,6 +85,10 @@ pub struct MeshState {
     pub speeds: SpeedBook,
     /// libp2p connections refused for exceeding a limit, by the limit.
     pub connections_refused: RefusalCounts,
+    /// How each connected peer is reached, at its best.
+    pub paths: HashMap<PeerId, Path>,
+    /// What AutoNAT last said of this node's reachability, if anything.
+    pub nat_status: Option<String>,
 }
 
 impl MeshState {
@@ -104,6 +110,8 @@ impl MeshState {
             intake: Intake::new(limits),
             speeds: SpeedBook::default(),
             connections_refused: RefusalCounts::new(),
+            paths: HashMap::new(),
+            nat_status: None,
         }
     }
 
@@ -129,6 +137,8 @@ impl MeshState {
             gossip_verified: self.intake.verified,
             gossip_received: self.intake.received,
             connections_refused: self.connections_refused.clone(),
+            paths: self.paths.clone(),
+            nat_status: self.nat_status.clone(),
         }
     }
 }
@@ -158,6 +168,10 @@ pub struct MeshSnapshot {
     pub gossip_received: u64,
     /// libp2p connections refused for exceeding a limit, by the limit.
     pub connections_refused: RefusalCounts,
+    /// How each connected peer is reached, at its best.
+    pub paths: HashMap<PeerId, Path>,
+    /// What AutoNAT last said of this node's reachability, if anything.
+    pub nat_status: Option<String>,
 }
 
 impl MeshSnapshot {

@@ -29,6 +29,8 @@ pub struct PeerStatus {
     pub demoted: bool,
     /// Routes this node planned through it (second chains of spot checks included).
     pub routes: u64,
+    /// How this node reaches it (`direct`, `hole-punched`, `relayed`), if connected.
+    pub path: Option<&'static str>,
     pub free_slots: u32,
     pub dataplane: String,
     pub api: Option<String>,
@@ -75,6 +77,8 @@ pub struct MeshStatus {
     pub uncovered: Vec<LayerRange>,
     pub complete: bool,
     pub last_route: Option<RouteSummary>,
+    /// What AutoNAT says of this node's reachability, once it said anything.
+    pub nat_status: Option<String>,
 }
 
 /// What `snap` says about `model` at `now_ms`, as seen by `me`.
@@ -113,6 +117,7 @@ pub fn mesh_status(
                 .effective(p, f64::from(a.tokens_per_sec), now_ms),
             demoted: snap.speeds.get(p).is_some_and(|m| m.demoted),
             routes: routes.get(p).copied().unwrap_or(0),
+            path: snap.paths.get(p).map(|x| x.as_str()),
             free_slots: a.free_slots,
             dataplane: a.dataplane_addr.clone(),
             api: a.api.clone(),
@@ -144,5 +149,6 @@ pub fn mesh_status(
         uncovered: coverage.uncovered(),
         complete: coverage.is_complete(),
         last_route,
+        nat_status: snap.nat_status.clone(),
     }
 }

@@ -293,6 +293,7 @@ fn start_evil(bootstrap: &str, model_id: &str, garbage: bool) -> Evil {
             listen: vec!["/ip4/127.0.0.1/udp/0/quic-v1".parse().unwrap()],
             bootstrap: vec![bootstrap],
             mdns: false,
+            ..Default::default()
         };
         let stop = tokio_util::sync::CancellationToken::new();
         let mesh = MeshHandle::start(key, &opts, template, Default::default(), stop).unwrap();

@@ -307,6 +307,7 @@ fn forged_and_expired_announcements_are_ignored() {
             listen: vec!["/ip4/127.0.0.1/udp/0/quic-v1".parse().unwrap()],
             bootstrap: vec![],
             mdns: false,
+            ..Default::default()
         };
         let honest_key = Keypair::generate_ed25519();
         let stop = tokio_util::sync::CancellationToken::new();

@@ -36,6 +36,7 @@ fn quic() -> SwarmOptions {
         listen: vec!["/ip4/127.0.0.1/udp/0/quic-v1".parse().expect("addr")],
         bootstrap: vec![],
         mdns: false,
+        ..Default::default()
     }
 }
 

@@ -1,10 +1,17 @@
-//! NATs in the testnet (`up --netns --nat`, root): a node behind a symmetric NAT cannot be
-//! dialed at all (its addresses are private, its mappings change per remote endpoint), yet
-//! it serves its layers, because sessions run as streams on the mesh connections it opened
-//! itself (`--advertise-dataplane p2p`, which the testnet gives every NATed node). The
-//! answer is exactly one process's (f32 activations).
+//! NATs in the testnet (`up --netns --nat`, root).
+//!
+//! - A node behind a symmetric NAT cannot be dialed at all (its addresses are private, its
+//!   mappings change per remote endpoint), yet it serves its layers, because sessions run
+//!   as streams on the mesh connections it opened itself (`--advertise-dataplane p2p`,
+//!   which the testnet gives every NATed node).
+//! - With a relay (`--relay node-0`): NATed nodes reserve circuits on it and announce the
+//!   relayed addresses; two nodes behind cone NATs meet through the relay and DCUtR
+//!   punches a direct connection (`hole-punched` in `/status`); a node behind a symmetric
+//!   NAT stays `relayed` to them; a prompt at its API is answered through every NAT.
+//!
+//! Answers are exactly one process's (f32 activations).
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::common::api::*;
 use crate::common::pipeline::*;
@@ -107,4 +114,100 @@ fn a_node_behind_a_symmetric_nat_serves_its_layers_over_the_connections_it_opene
         got, want,
         "the chain through the NAT answers as one process"
     );
+}
+
+/// `path` of `peer` in the `/status` of the node at `api` (`None` when not connected).
+fn path_of(api: &str, peer: &str) -> Option<String> {
+    let st = get(api.trim_start_matches("http://"), "/status").json();
+    st["peers"]
+        .as_array()?
+        .iter()
+        .find(|p| p["peer_id"] == peer)?["path"]
+        .as_str()
+        .map(str::to_owned)
+}
+
+#[test]
+fn cone_nats_punch_a_hole_and_a_symmetric_nat_stays_relayed() {
+    let Some(path) = model_path(STORIES) else {
+        return;
+    };
+    if !netns_available() {
+        return;
+    }
+    let dir = TempDir::new("nat-relay");
+    let state = dir.path().join("state.json");
+    let mut opts = UpOptions::new(
+        env!("CARGO_BIN_EXE_lamina").into(),
+        4,
+        path.clone(),
+        state.clone(),
+        dir.path().join("net"),
+    );
+    opts.placement = Placement::Fixed(vec![
+        "0..2".into(),
+        "2..3".into(),
+        "3..4".into(),
+        "4..5".into(),
+    ]);
+    opts.threads = Some(1);
+    opts.ready_timeout = Duration::from_secs(90);
+    opts.netns = true;
+    opts.relays = vec![0];
+    opts.nat = vec![(1, Nat::Cone), (2, Nat::Cone), (3, Nat::Symmetric)];
+    opts.verify_rate = 0.0;
+    let st = lamina_testnet::up(&opts).expect("testnet up");
+    let _down = Down(state);
+    let api = |i: usize| st.nodes[i].api.clone().expect("API");
+    let peer = |i: usize| st.nodes[i].peer_id.clone();
+
+    // node-1 <-> node-2 (cone, cone): through the relay first, then a punched hole.
+    // node-3 (symmetric) <-> node-1, node-2: the relay only.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let want = [
+        (1, 2, "hole-punched"),
+        (2, 1, "hole-punched"),
+        (3, 1, "relayed"),
+        (3, 2, "relayed"),
+        (1, 0, "direct"),
+    ];
+    loop {
+        let got: Vec<Option<String>> = want
+            .iter()
+            .map(|(a, b, _)| path_of(&api(*a), &peer(*b)))
+            .collect();
+        if want
+            .iter()
+            .zip(&got)
+            .all(|((_, _, w), g)| g.as_deref() == Some(*w))
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "paths (from, to, want) {want:?}, got {got:?}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+
+    // A prompt at the symmetric NAT's API: its chain crosses every NAT.
+    let model = ModelFile::open(&path).unwrap();
+    let prompt = "Once upon a time";
+    let tok = model.tokenizer().unwrap();
+    let ids = tok.encode(prompt, tok.add_bos_default(), false).unwrap();
+    let want = reference_run(&model, ids, 24, vec![]).generated_token_ids;
+    let entry = api(3);
+    let r = post(
+        entry.trim_start_matches("http://"),
+        "/v1/completions",
+        &json!({"prompt": prompt, "max_tokens": 24, "temperature": 0, "activation_dtype": "f32"}),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let got: Vec<u32> = r.json()["choices"][0]["token_ids"]
+        .as_array()
+        .expect("token_ids")
+        .iter()
+        .map(|t| t.as_u64().unwrap() as u32)
+        .collect();
+    assert_eq!(got, want, "the answer through the NATs is one process's");
 }

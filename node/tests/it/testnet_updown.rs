@@ -510,7 +510,10 @@ pub(crate) fn netns_available() -> bool {
         .find_map(|l| l.strip_prefix("Uid:"))
         .and_then(|l| l.split_whitespace().nth(1).map(|e| e == "0"))
         .unwrap_or(false);
-    let probe = format!("lamina-probe-{}", std::process::id());
+    // Unique per call: tests run side by side in one process.
+    static PROBES: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = PROBES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let probe = format!("lamina-probe-{}-{n}", std::process::id());
     let works = root
         && Command::new("ip")
             .args(["netns", "add", &probe])

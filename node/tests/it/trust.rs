@@ -108,6 +108,7 @@ async fn join_as_stranger(
         listen: vec!["/ip4/127.0.0.1/udp/0/quic-v1".parse().unwrap()],
         bootstrap: vec![],
         mdns: false,
+        ..Default::default()
     };
     let mut sw = build_swarm(key, &opts).unwrap();
     sw.dial(target).unwrap();

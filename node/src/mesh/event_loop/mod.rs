@@ -22,20 +22,23 @@ use futures::StreamExt;
 use lamina_protocol::{
     AnnounceError, Announcement, MemberError, SignedAnnouncement, SignedRevocation,
 };
+use libp2p::core::transport::ListenerId;
 use libp2p::identity::Keypair;
 use libp2p::multiaddr::Protocol;
 use libp2p::request_response;
 use libp2p::swarm::{DialError, ListenError, SwarmEvent};
-use libp2p::{identify, kad, mdns, ping, Multiaddr, PeerId};
+use libp2p::{autonat, dcutr, identify, kad, mdns, ping, relay, Multiaddr, PeerId};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::behaviour::{
     Behaviour, BehaviourEvent, MemberHello, Sync, ADMISSION_TIMEOUT, KEEP_WITHDRAWN_MS, MAX_PEERS,
-    MAX_REVOCATIONS_PER_MESSAGE, MAX_SYNC_RECORDS, REDIAL_BACKOFF, SYNC_INTERVAL,
+    MAX_REVOCATIONS_PER_MESSAGE, MAX_SYNC_RECORDS, REDIAL_BACKOFF, RELAY_HOP_PROTOCOL,
+    SYNC_INTERVAL,
 };
 use super::gossip::Refusal;
 use super::limits::MeshLimits;
+use super::paths::{Path, Paths};
 use super::state::{MeshSnapshot, MeshState};
 use super::table::Inserted;
 use super::{MeshError, RECORD_TTL, REFRESH_INTERVAL};
@@ -92,6 +95,16 @@ pub struct EventLoop {
     /// neither connected nor in the table, and since when: dropped after
     /// [`MeshLimits::departed_grace`].
     departed: HashMap<PeerId, Instant>,
+    /// How each connected peer is reached (direct, hole-punched, relayed).
+    paths: Paths,
+    /// Peers that serve as relays (identify lists the hop protocol), with their addresses.
+    relays: HashMap<PeerId, Vec<Multiaddr>>,
+    /// The relay this node listens through (its reservation), while it does.
+    relay_listener: Option<(ListenerId, PeerId)>,
+    /// Told it is behind a NAT (`--behind-nat`): reserve without waiting for AutoNAT.
+    behind_nat: bool,
+    /// Serves as a relay: its listen addresses are its external ones.
+    relay_server: bool,
 }
 
 impl EventLoop {
@@ -123,6 +136,67 @@ impl EventLoop {
             revoked_self: false,
             limits,
             departed: HashMap::new(),
+            paths: Paths::default(),
+            relays: HashMap::new(),
+            relay_listener: None,
+            behind_nat: false,
+            relay_server: false,
+        }
+    }
+
+    /// This loop for a node behind a NAT (`behind_nat`) and/or a relay (`relay_server`).
+    pub fn with_nat(mut self, behind_nat: bool, relay_server: bool) -> Self {
+        self.behind_nat = behind_nat;
+        self.relay_server = relay_server;
+        self
+    }
+
+    /// Closes `peer`'s relayed connections once a better one exists: sessions must not
+    /// land on a circuit (libp2p-stream picks any connection to the peer), and the relay
+    /// should not carry what a direct path can.
+    fn close_redundant_relayed(&mut self, peer: PeerId) {
+        for c in self.paths.redundant_relayed(&peer) {
+            self.swarm.close_connection(c);
+        }
+    }
+
+    /// Whether this node needs a relay: told so, or AutoNAT found it unreachable.
+    fn needs_relay(&self) -> bool {
+        self.behind_nat
+            || matches!(
+                self.swarm.behaviour().autonat.nat_status(),
+                autonat::NatStatus::Private
+            )
+    }
+
+    /// Reserves a circuit on a known relay (an admitted one) when this node needs one and
+    /// has none: listening on `/p2p/RELAY/p2p-circuit` makes the relay client reserve,
+    /// and the circuit address it yields is announced like any listen address.
+    fn maybe_reserve(&mut self) {
+        if self.relay_listener.is_some() || self.relay_server || !self.needs_relay() {
+            return;
+        }
+        let pick = self
+            .relays
+            .iter()
+            .filter(|(p, _)| self.admitted.contains(p))
+            .find_map(|(p, addrs)| {
+                let direct = |a: &&Multiaddr| !a.iter().any(|x| x == Protocol::P2pCircuit);
+                let quic = addrs
+                    .iter()
+                    .filter(direct)
+                    .find(|a| a.iter().any(|x| matches!(x, Protocol::QuicV1)));
+                quic.or_else(|| addrs.iter().find(direct))
+                    .map(|a| (*p, a.clone()))
+            });
+        let Some((relay, addr)) = pick else { return };
+        let circuit = addr.with(Protocol::P2p(relay)).with(Protocol::P2pCircuit);
+        match self.swarm.listen_on(circuit.clone()) {
+            Ok(id) => {
+                tracing::info!(%relay, %circuit, "reserving a circuit on a relay");
+                self.relay_listener = Some((id, relay));
+            }
+            Err(e) => tracing::warn!(%relay, "cannot listen through the relay: {e}"),
         }
     }
 
@@ -448,11 +522,66 @@ impl EventLoop {
         match ev {
             SwarmEvent::NewListenAddr { address, .. } => {
                 tracing::debug!(%address, "p2p listening");
-                let full = address.with(Protocol::P2p(self.me));
-                self.state.listen_addrs.push(full);
+                let relayed = address.iter().any(|p| p == Protocol::P2pCircuit);
+                if self.relay_server && !relayed {
+                    // An operator who runs a relay says its addresses are reachable;
+                    // a relay without external addresses cannot hand out reservations.
+                    self.swarm.add_external_address(address.clone());
+                }
+                // A circuit address names this node already (`.../p2p-circuit/p2p/ME`).
+                let full = if matches!(address.iter().last(), Some(Protocol::P2p(_))) {
+                    address
+                } else {
+                    address.with(Protocol::P2p(self.me))
+                };
+                if self.state.listen_addrs.contains(&full) {
+                    return;
+                }
+                if relayed {
+                    // First: the record keeps only its first addresses, and this is the
+                    // one peers can dial.
+                    tracing::info!(address = %full, "reachable through a relay");
+                    self.state.listen_addrs.insert(0, full);
+                    if self.state.own.seq > 0 {
+                        if let Err(e) = self.sign_own() {
+                            tracing::warn!("cannot re-sign the record: {e}");
+                        }
+                    }
+                } else {
+                    self.state.listen_addrs.push(full);
+                }
                 self.dirty = true;
             }
-            SwarmEvent::ConnectionEstablished { peer_id, .. } => {
+            SwarmEvent::ExpiredListenAddr { address, .. } => {
+                let full = if matches!(address.iter().last(), Some(Protocol::P2p(_))) {
+                    address
+                } else {
+                    address.with(Protocol::P2p(self.me))
+                };
+                self.state.listen_addrs.retain(|a| *a != full);
+                self.dirty = true;
+            }
+            SwarmEvent::ListenerClosed { listener_id, .. }
+                if self.relay_listener.is_some_and(|(id, _)| id == listener_id) =>
+            {
+                tracing::info!("the relay reservation ended");
+                self.relay_listener = None;
+                self.maybe_reserve();
+            }
+            SwarmEvent::ConnectionEstablished {
+                peer_id,
+                connection_id,
+                endpoint,
+                ..
+            } => {
+                let path = self
+                    .paths
+                    .established(peer_id, connection_id, endpoint.is_relayed());
+                if path == Path::HolePunched {
+                    self.close_redundant_relayed(peer_id);
+                }
+                self.state.paths = self.paths.summary();
+                self.dirty = true;
                 self.state.obs.unreachable.remove(&peer_id);
                 if !self.bootstrapped {
                     self.bootstrapped = self.swarm.behaviour_mut().kad.bootstrap().is_ok();
@@ -476,9 +605,20 @@ impl EventLoop {
             }
             SwarmEvent::ConnectionClosed {
                 peer_id,
-                num_established: 0,
+                connection_id,
+                num_established,
                 ..
             } => {
+                self.paths.closed(peer_id, connection_id);
+                self.state.paths = self.paths.summary();
+                self.dirty = true;
+                if num_established > 0 {
+                    return;
+                }
+                if self.relay_listener.is_some_and(|(_, r)| r == peer_id) {
+                    // The reservation went with the connection; the listener closes too.
+                    tracing::info!(relay = %peer_id, "lost the relay");
+                }
                 self.admitted.remove(&peer_id);
                 if self.pending.remove(&peer_id).is_some() {
                     // It left (or its own gate refused this node) before proving anything.
@@ -603,6 +743,14 @@ impl EventLoop {
             BehaviourEvent::Ping(ping::Event { peer, .. }) if !self.admitted.contains(&peer) => {
                 // Not (yet) a member: its RTT is of no use to routing, and kept nowhere.
             }
+            BehaviourEvent::Ping(ping::Event {
+                peer, connection, ..
+            }) if self.paths.of(&peer, connection) == Some(Path::Relayed)
+                && self.paths.best(&peer) > Some(Path::Relayed) =>
+            {
+                // A relayed connection beside a direct one: its RTT (the detour through
+                // the relay) is not what sessions will see.
+            }
             BehaviourEvent::Ping(ping::Event { peer, result, .. }) => {
                 self.dirty = true;
                 match result {
@@ -617,10 +765,46 @@ impl EventLoop {
                 }
             }
             BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
+                if info
+                    .protocols
+                    .iter()
+                    .any(|p| p.as_ref() == RELAY_HOP_PROTOCOL)
+                {
+                    let known = self.relays.len() < MAX_PEERS || self.relays.contains_key(&peer_id);
+                    if known {
+                        self.relays.insert(peer_id, info.listen_addrs.clone());
+                    }
+                }
                 for addr in info.listen_addrs {
                     self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
                 }
+                self.maybe_reserve();
             }
+            BehaviourEvent::Autonat(autonat::Event::StatusChanged { old, new }) => {
+                tracing::info!(?old, ?new, "reachability (AutoNAT)");
+                self.state.nat_status = Some(format!("{new:?}"));
+                self.dirty = true;
+                self.maybe_reserve();
+            }
+            BehaviourEvent::RelayClient(relay::client::Event::ReservationReqAccepted {
+                relay_peer_id,
+                ..
+            }) => {
+                tracing::info!(relay = %relay_peer_id, "relay reservation accepted");
+            }
+            BehaviourEvent::Dcutr(dcutr::Event {
+                remote_peer_id,
+                result,
+            }) => match result {
+                Ok(conn) => {
+                    tracing::info!(peer = %remote_peer_id, "hole punched: a direct connection");
+                    self.paths.hole_punched(remote_peer_id, conn);
+                    self.close_redundant_relayed(remote_peer_id);
+                    self.state.paths = self.paths.summary();
+                    self.dirty = true;
+                }
+                Err(e) => tracing::info!(peer = %remote_peer_id, "hole punching failed: {e}"),
+            },
             BehaviourEvent::Mdns(mdns::Event::Discovered(found)) => {
                 let mut seen = HashSet::new();
                 for (peer, addr) in found {
