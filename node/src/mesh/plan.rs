@@ -8,7 +8,7 @@ use std::time::Duration;
 use lamina_protocol::{Announcement, LayerRange, ModelId, NodeState};
 use lamina_sharding::planner::{
     check_rebalance, choose_range, plan_route, Coverage, MeshView, PlanError, RouteParams,
-    ServerId, ServerRecord,
+    ServerId, ServerRecord, DEFAULT_RTT,
 };
 use libp2p::PeerId;
 
@@ -22,7 +22,15 @@ pub struct Observations {
     pub rtt: HashMap<PeerId, Duration>,
     /// Peers this node could not reach lately: left out of routes until they answer again.
     pub unreachable: HashSet<PeerId>,
+    /// Peers this node reaches only through a relay's circuit.
+    pub relayed: HashSet<PeerId>,
 }
+
+/// A relayed hop's RTT counts this many times in its cost: its sessions cross someone
+/// else's relay (shared bandwidth, bounded circuits, one more machine that can fail), so
+/// a direct server of the same layers and speed is preferred; where the relayed one is
+/// the only server, it is used all the same.
+pub const RELAYED_RTT_FACTOR: u32 = 3;
 
 /// The planners' record of one announcement, or `None` for a node without layers.
 fn server_record(
@@ -126,6 +134,9 @@ pub fn routing_view(
         .filter_map(|(p, a)| {
             let rtt = if p == me {
                 Some(Duration::ZERO)
+            } else if obs.relayed.contains(p) {
+                let via = obs.rtt.get(p).copied().unwrap_or(DEFAULT_RTT);
+                Some(via * RELAYED_RTT_FACTOR)
             } else {
                 obs.rtt.get(p).copied()
             };
@@ -405,5 +416,41 @@ mod tests {
         let mut slow = SpeedBook::default();
         slow.record(ks[2].0, speed / 1.3, f64::from(liar.tokens_per_sec), 1);
         assert_eq!(shares(&live, &slow).get(&ks[2].0), None);
+    }
+
+    /// Of two servers of the same layers and speed, the one reached directly gets the
+    /// route; the relayed one still serves when it is the only one.
+    #[test]
+    fn a_relayed_hop_costs_more_than_a_direct_one() {
+        let ks = keys(2);
+        let a = record(&ks[0].1, 1, 0, Some((0, 30)));
+        let b = record(&ks[1].1, 1, 0, Some((0, 30)));
+        let model = a.model_id;
+        let me = PeerId::random();
+        let mut obs = Observations::default();
+        for (p, _) in &ks {
+            obs.rtt.insert(*p, Duration::from_millis(20));
+        }
+        obs.relayed.insert(ks[0].0);
+        let live = vec![(ks[0].0, &a), (ks[1].0, &b)];
+        let plan = |live: &[(PeerId, &Announcement)]| {
+            let view = routing_view(
+                live,
+                &model,
+                30,
+                1,
+                &obs,
+                &SpeedBook::default(),
+                &me,
+                Spread::NONE,
+            );
+            route(&view, live).unwrap().peers
+        };
+        assert_eq!(plan(&live), vec![ks[1].0], "the direct one");
+        assert_eq!(
+            plan(&live[..1]),
+            vec![ks[0].0],
+            "the relayed one when alone"
+        );
     }
 }

@@ -160,6 +160,19 @@ impl EventLoop {
         }
     }
 
+    /// Copies the paths into the state: `/status` shows them, routing charges relayed
+    /// hops more ([`super::plan::RELAYED_RTT_FACTOR`]).
+    fn publish_paths(&mut self) {
+        self.state.paths = self.paths.summary();
+        self.state.obs.relayed = self
+            .state
+            .paths
+            .iter()
+            .filter(|(_, p)| **p == Path::Relayed)
+            .map(|(p, _)| *p)
+            .collect();
+    }
+
     /// Whether this node needs a relay: told so, or AutoNAT found it unreachable.
     fn needs_relay(&self) -> bool {
         self.behind_nat
@@ -580,7 +593,7 @@ impl EventLoop {
                 if path == Path::HolePunched {
                     self.close_redundant_relayed(peer_id);
                 }
-                self.state.paths = self.paths.summary();
+                self.publish_paths();
                 self.dirty = true;
                 self.state.obs.unreachable.remove(&peer_id);
                 if !self.bootstrapped {
@@ -610,7 +623,7 @@ impl EventLoop {
                 ..
             } => {
                 self.paths.closed(peer_id, connection_id);
-                self.state.paths = self.paths.summary();
+                self.publish_paths();
                 self.dirty = true;
                 if num_established > 0 {
                     return;
@@ -800,7 +813,7 @@ impl EventLoop {
                     tracing::info!(peer = %remote_peer_id, "hole punched: a direct connection");
                     self.paths.hole_punched(remote_peer_id, conn);
                     self.close_redundant_relayed(remote_peer_id);
-                    self.state.paths = self.paths.summary();
+                    self.publish_paths();
                     self.dirty = true;
                 }
                 Err(e) => tracing::info!(peer = %remote_peer_id, "hole punching failed: {e}"),
