@@ -143,6 +143,7 @@ impl Default for RelayLimits {
 
 impl RelayLimits {
     fn config(&self) -> relay::Config {
+        let per_sec = |n: u32| std::num::NonZeroU32::new(n).unwrap_or(std::num::NonZeroU32::MIN);
         relay::Config {
             max_reservations: self.max_reservations,
             max_reservations_per_peer: self.max_reservations_per_peer,
@@ -150,8 +151,16 @@ impl RelayLimits {
             max_circuits_per_peer: self.max_circuits_per_peer,
             max_circuit_duration: self.max_circuit_duration,
             max_circuit_bytes: self.max_circuit_bytes,
+            // libp2p's defaults (30 circuits per peer, then one per 2 minutes) suit a
+            // public relay of strangers' pings; members of a mesh redial each other
+            // through it every few seconds until DCUtR punches, and would run dry in a
+            // minute. Bursts of 60 per peer and 240 per IP, one more per second (four per
+            // IP); the open circuits stay bounded by `max_circuits*`.
+            circuit_src_rate_limiters: Vec::new(),
             ..relay::Config::default()
         }
+        .circuit_src_per_peer(per_sec(60), Duration::from_secs(1))
+        .circuit_src_per_ip(per_sec(240), Duration::from_millis(250))
     }
 }
 

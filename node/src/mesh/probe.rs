@@ -15,10 +15,11 @@
 //! session, so it cannot serve probes fast and clients slowly.
 //!
 //! Bounded: only route candidates ([`MeshHandle::route_candidates`]) are probed, each at
-//! most once per [`ProbeOptions::every`], at most [`ProbeOptions::max_concurrent`] at a
-//! time, each within [`ProbeOptions::timeout`], and every probe stops with the node. A
-//! probe that fails records nothing: failures are the blame rules' business (bans), the
-//! book measures speed only.
+//! most once per [`ProbeOptions::every`] (a failed one again after
+//! [`ProbeOptions::retry_after`]), at most [`ProbeOptions::max_concurrent`] at a time,
+//! each within [`ProbeOptions::timeout`], and every probe stops with the node. A probe
+//! that fails records nothing: failures are the blame rules' business (bans), the book
+//! measures speed only.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -48,6 +49,10 @@ pub struct ProbeOptions {
     pub max_concurrent: usize,
     /// Bound on one whole probe. Default 15 s.
     pub timeout: Duration,
+    /// A probe that failed is tried again this soon (default 5 s), not a whole
+    /// [`every`](Self::every) later: a transient failure (a hop still starting, a lost
+    /// connection) must not leave routing on the hop's unchecked claim for a minute.
+    pub retry_after: Duration,
     /// Rows of the probe's prefill, at least (each probe picks up to four times this).
     /// Default 8.
     pub prefill_rows: u32,
@@ -65,6 +70,7 @@ impl ProbeOptions {
             tick: Duration::from_secs(2),
             max_concurrent: 2,
             timeout: Duration::from_secs(15),
+            retry_after: Duration::from_secs(5),
             prefill_rows: 8,
             decode_steps: 5,
             client_name: crate::pipeline::PipelineOptions::default().client_name,
@@ -74,7 +80,8 @@ impl ProbeOptions {
 
 /// Probes route candidates until `stop`, recording each measurement in `mesh`.
 pub async fn run(mesh: MeshHandle, dialer: Dialer, opts: ProbeOptions, stop: CancellationToken) {
-    let mut last: HashMap<PeerId, Instant> = HashMap::new();
+    // When each peer may be probed next.
+    let mut next: HashMap<PeerId, Instant> = HashMap::new();
     let mut running: JoinSet<(PeerId, Result<f64, MeshError>)> = JoinSet::new();
     let mut tick = tokio::time::interval(opts.tick);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -87,13 +94,17 @@ pub async fn run(mesh: MeshHandle, dialer: Dialer, opts: ProbeOptions, stop: Can
                         tracing::debug!(%peer, tokens_per_sec = tps, "probe: measured");
                         mesh.record_speed(peer, tps);
                     }
-                    Ok((peer, Err(e))) => tracing::debug!(%peer, "probe failed: {e}"),
+                    Ok((peer, Err(e))) => {
+                        tracing::info!(%peer, "probe failed (again in {:?}): {e}", opts.retry_after);
+                        next.insert(peer, Instant::now() + opts.retry_after);
+                    }
                     Err(e) => tracing::debug!("probe task: {e}"),
                 }
             }
             _ = tick.tick() => {
                 // Bounded by the peers probed within one interval.
-                last.retain(|_, t| t.elapsed() < opts.every);
+                let now = Instant::now();
+                next.retain(|_, t| *t > now);
                 let mut cands = mesh.route_candidates();
                 // Unmeasured peers first: their claims are unchecked.
                 let snap = mesh.snapshot();
@@ -103,10 +114,10 @@ pub async fn run(mesh: MeshHandle, dialer: Dialer, opts: ProbeOptions, stop: Can
                         break;
                     }
                     let Some(layers) = a.layers else { continue };
-                    if last.contains_key(&peer) {
+                    if next.contains_key(&peer) {
                         continue;
                     }
-                    last.insert(peer, Instant::now());
+                    next.insert(peer, now + opts.every);
                     let rtt = snap.obs.rtt.get(&peer).copied().unwrap_or_default();
                     let target = Target {
                         peer,

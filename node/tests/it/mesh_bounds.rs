@@ -400,7 +400,7 @@ fn routes_follow_measured_speed_and_an_inflated_claim_is_demoted() {
         ));
         assert!(
             entry
-                .wait_for(Duration::from_secs(30), |s| s.speeds.get(&ph).is_some()
+                .wait_for(Duration::from_secs(60), |s| s.speeds.get(&ph).is_some()
                     && s.speeds.get(&pl).is_some())
                 .await,
             "both hops measured"
