@@ -534,7 +534,7 @@ pub fn up_with_links(opts: &UpOptions) -> anyhow::Result<Testnet> {
             // Nobody can dial its data plane: sessions reach it on the mesh's
             // connections (which it opens itself, or which reach it through a relay's
             // circuit and then, where the NATs allow, a punched hole).
-            cmd.args(["--advertise-dataplane", "p2p", "--behind-nat"]);
+            cmd.arg("--behind-nat");
             netns::NAT_API_PORT
         } else {
             0

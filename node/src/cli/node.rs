@@ -98,7 +98,8 @@ pub struct NodeArgs {
     pub relay: bool,
     /// This node is behind a NAT: reserve a circuit on a relay of the mesh at once (and
     /// announce the relayed address) instead of waiting for AutoNAT to find it
-    /// unreachable. Serve with `--advertise-dataplane p2p`.
+    /// unreachable, and serve sessions over the mesh's connections (`p2p`) unless
+    /// `--advertise-dataplane` names a forwarded port.
     #[arg(long)]
     pub behind_nat: bool,
     /// Let AutoNAT's probes count private addresses (testnets, where every address is).

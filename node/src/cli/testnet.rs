@@ -74,8 +74,7 @@ pub enum TestnetCommand {
         /// With --netns: put nodes behind a NAT of their own, e.g.
         /// node-1=cone,node-2=symmetric (nftables; node-0, the bootstrap, stays public).
         /// Their API port is forwarded; the rest of their traffic is NATed, and they
-        /// serve sessions over the mesh's connections (`--advertise-dataplane p2p`), which
-        /// they open themselves.
+        /// serve sessions over the mesh's connections (`lamina node --behind-nat`).
         #[arg(long, value_name = "NODE=NAT,...", requires = "netns", value_parser = lamina_testnet::parse_nats)]
         nat: Vec<Vec<(usize, lamina_testnet::netns::Nat)>>,
         /// Make these nodes circuit relays (`lamina node --relay`), e.g. node-0

@@ -163,10 +163,15 @@ impl Node {
             n_layers: u32::try_from(cfg.n_layers).unwrap_or(u32::MAX),
             layers: None,
             state: NodeState::Serving,
-            dataplane_addr: config
-                .advertise_dataplane
-                .clone()
-                .unwrap_or_else(|| listen.to_string()),
+            // Behind a NAT nobody can dial the endpoint: sessions come over the mesh's
+            // connections unless an operator forwarded a port and says where.
+            dataplane_addr: config.advertise_dataplane.clone().unwrap_or_else(|| {
+                if config.behind_nat {
+                    crate::dataplane::P2P_ADDR.to_string()
+                } else {
+                    listen.to_string()
+                }
+            }),
             listen_addrs: vec![],
             api: api_addr.map(|a| format!("http://{a}")),
             tokens_per_sec: 0.0,

@@ -2,8 +2,8 @@
 //!
 //! - A node behind a symmetric NAT cannot be dialed at all (its addresses are private, its
 //!   mappings change per remote endpoint), yet it serves its layers, because sessions run
-//!   as streams on the mesh connections it opened itself (`--advertise-dataplane p2p`,
-//!   which the testnet gives every NATed node).
+//!   as streams on the mesh connections it opened itself (`--behind-nat` announces `p2p`
+//!   as its data plane; the testnet gives it to every NATed node).
 //! - With a relay (`--relay node-0`): NATed nodes reserve circuits on it and announce the
 //!   relayed addresses; two nodes behind cone NATs meet through the relay and DCUtR
 //!   punches a direct connection (`hole-punched` in `/status`); a node behind a symmetric
