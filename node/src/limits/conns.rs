@@ -17,6 +17,16 @@ pub enum ConnRefused {
     PerPeer(usize),
 }
 
+impl ConnRefused {
+    /// The bound this refusal counts against (`lamina_refused{bound}`).
+    pub fn bound(&self) -> super::Bound {
+        match self {
+            Self::Total(_) => super::Bound::Connections,
+            Self::PerPeer(_) => super::Bound::PeerConnections,
+        }
+    }
+}
+
 /// The connections a node holds, by peer (`K`: a data-plane peer id, `None` for one that
 /// proved none; an HTTP client's IP address).
 #[derive(Debug)]

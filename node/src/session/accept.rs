@@ -7,7 +7,7 @@ use tracing::Instrument;
 
 use super::server::SessionServer;
 use crate::dataplane::{FramedRecv, FramedSend};
-use crate::limits::{Bound, ConnRefused};
+use crate::limits::Bound;
 
 /// The QUIC application close code of a connection refused for a limit (the reason text
 /// says which).
@@ -45,11 +45,7 @@ impl SessionServer {
         let _counted = match self.connections().admit(peer) {
             Ok(g) => g,
             Err(refused) => {
-                let bound = match refused {
-                    ConnRefused::Total(_) => Bound::Connections,
-                    ConnRefused::PerPeer(_) => Bound::PeerConnections,
-                };
-                self.refusals().count(bound);
+                self.refusals().count(refused.bound());
                 tracing::debug!(peer = ?peer, "refused a connection: {refused}");
                 conn.close(CLOSE_OVER_LIMIT.into(), refused.to_string().as_bytes());
                 return;
@@ -105,11 +101,7 @@ impl SessionServer {
             let counted = match streams.admit(peer) {
                 Ok(g) => g,
                 Err(refused) => {
-                    let bound = match refused {
-                        ConnRefused::Total(_) => Bound::Connections,
-                        ConnRefused::PerPeer(_) => Bound::PeerConnections,
-                    };
-                    self.refusals().count(bound);
+                    self.refusals().count(refused.bound());
                     tracing::debug!(%peer, "refused a session stream: {refused}");
                     continue;
                 }

@@ -30,6 +30,56 @@ impl Drop for Down {
     }
 }
 
+/// A namespace testnet of stories260K over `ranges`, with `nat` and `relays`, one thread
+/// per node, no spot checks; stopped when the returned guard drops.
+fn up(
+    path: &std::path::Path,
+    dir: &TempDir,
+    ranges: &[&str],
+    nat: Vec<(usize, Nat)>,
+    relays: Vec<usize>,
+) -> (lamina_testnet::TestnetState, Down) {
+    let state = dir.path().join("state.json");
+    let mut opts = UpOptions::new(
+        env!("CARGO_BIN_EXE_lamina").into(),
+        ranges.len(),
+        path.to_path_buf(),
+        state.clone(),
+        dir.path().join("net"),
+    );
+    opts.placement = Placement::Fixed(ranges.iter().map(|r| r.to_string()).collect());
+    opts.threads = Some(1);
+    opts.ready_timeout = Duration::from_secs(90);
+    opts.netns = true;
+    opts.nat = nat;
+    opts.relays = relays;
+    opts.verify_rate = 0.0;
+    let st = lamina_testnet::up(&opts).expect("testnet up");
+    (st, Down(state))
+}
+
+/// Asserts that a greedy f32 completion at `api` has the tokens of one process.
+fn answers_as_one_process(path: &std::path::Path, api: &str, what: &str) {
+    let model = ModelFile::open(path).unwrap();
+    let prompt = "Once upon a time";
+    let tok = model.tokenizer().unwrap();
+    let ids = tok.encode(prompt, tok.add_bos_default(), false).unwrap();
+    let want = reference_run(&model, ids, 24, vec![]).generated_token_ids;
+    let r = post(
+        api.trim_start_matches("http://"),
+        "/v1/completions",
+        &json!({"prompt": prompt, "max_tokens": 24, "temperature": 0, "activation_dtype": "f32"}),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let got: Vec<u32> = r.json()["choices"][0]["token_ids"]
+        .as_array()
+        .expect("token_ids")
+        .iter()
+        .map(|t| t.as_u64().unwrap() as u32)
+        .collect();
+    assert_eq!(got, want, "{what}");
+}
+
 #[test]
 fn a_node_behind_a_symmetric_nat_serves_its_layers_over_the_connections_it_opened() {
     let Some(path) = model_path(STORIES) else {
@@ -39,24 +89,15 @@ fn a_node_behind_a_symmetric_nat_serves_its_layers_over_the_connections_it_opene
         return;
     }
     let dir = TempDir::new("nat");
-    let state = dir.path().join("state.json");
-    let mut opts = UpOptions::new(
-        env!("CARGO_BIN_EXE_lamina").into(),
-        3,
-        path.clone(),
-        state.clone(),
-        dir.path().join("net"),
-    );
     // node-0 public (the bootstrap, first hop), node-1 behind a symmetric NAT (last
     // hop), node-2 the public entry.
-    opts.placement = Placement::Fixed(vec!["0..2".into(), "2..5".into(), "none".into()]);
-    opts.threads = Some(1);
-    opts.ready_timeout = Duration::from_secs(90);
-    opts.netns = true;
-    opts.nat = vec![(1, Nat::Symmetric)];
-    opts.verify_rate = 0.0;
-    let st = lamina_testnet::up(&opts).expect("testnet up");
-    let _down = Down(state);
+    let (st, _down) = up(
+        &path,
+        &dir,
+        &["0..2", "2..5", "none"],
+        vec![(1, Nat::Symmetric)],
+        vec![],
+    );
     let ns = st.netns.clone().expect("namespaces");
     let natted = &ns.nodes[1];
     let gw = natted.nat.as_ref().expect("node-1 is behind a NAT");
@@ -93,26 +134,10 @@ fn a_node_behind_a_symmetric_nat_serves_its_layers_over_the_connections_it_opene
         200
     );
 
-    let model = ModelFile::open(&path).unwrap();
-    let prompt = "Once upon a time";
-    let tok = model.tokenizer().unwrap();
-    let ids = tok.encode(prompt, tok.add_bos_default(), false).unwrap();
-    let want = reference_run(&model, ids, 24, vec![]).generated_token_ids;
-    let r = post(
+    answers_as_one_process(
+        &path,
         entry,
-        "/v1/completions",
-        &json!({"prompt": prompt, "max_tokens": 24, "temperature": 0, "activation_dtype": "f32"}),
-    );
-    assert_eq!(r.status, 200, "{}", r.body);
-    let got: Vec<u32> = r.json()["choices"][0]["token_ids"]
-        .as_array()
-        .expect("token_ids")
-        .iter()
-        .map(|t| t.as_u64().unwrap() as u32)
-        .collect();
-    assert_eq!(
-        got, want,
-        "the chain through the NAT answers as one process"
+        "the chain through the NAT answers as one process",
     );
 }
 
@@ -136,28 +161,13 @@ fn cone_nats_punch_a_hole_and_a_symmetric_nat_stays_relayed() {
         return;
     }
     let dir = TempDir::new("nat-relay");
-    let state = dir.path().join("state.json");
-    let mut opts = UpOptions::new(
-        env!("CARGO_BIN_EXE_lamina").into(),
-        4,
-        path.clone(),
-        state.clone(),
-        dir.path().join("net"),
+    let (st, _down) = up(
+        &path,
+        &dir,
+        &["0..2", "2..3", "3..4", "4..5"],
+        vec![(1, Nat::Cone), (2, Nat::Cone), (3, Nat::Symmetric)],
+        vec![0],
     );
-    opts.placement = Placement::Fixed(vec![
-        "0..2".into(),
-        "2..3".into(),
-        "3..4".into(),
-        "4..5".into(),
-    ]);
-    opts.threads = Some(1);
-    opts.ready_timeout = Duration::from_secs(90);
-    opts.netns = true;
-    opts.relays = vec![0];
-    opts.nat = vec![(1, Nat::Cone), (2, Nat::Cone), (3, Nat::Symmetric)];
-    opts.verify_rate = 0.0;
-    let st = lamina_testnet::up(&opts).expect("testnet up");
-    let _down = Down(state);
     let api = |i: usize| st.nodes[i].api.clone().expect("API");
     let peer = |i: usize| st.nodes[i].peer_id.clone();
 
@@ -191,23 +201,9 @@ fn cone_nats_punch_a_hole_and_a_symmetric_nat_stays_relayed() {
     }
 
     // A prompt at the symmetric NAT's API: its chain crosses every NAT.
-    let model = ModelFile::open(&path).unwrap();
-    let prompt = "Once upon a time";
-    let tok = model.tokenizer().unwrap();
-    let ids = tok.encode(prompt, tok.add_bos_default(), false).unwrap();
-    let want = reference_run(&model, ids, 24, vec![]).generated_token_ids;
-    let entry = api(3);
-    let r = post(
-        entry.trim_start_matches("http://"),
-        "/v1/completions",
-        &json!({"prompt": prompt, "max_tokens": 24, "temperature": 0, "activation_dtype": "f32"}),
+    answers_as_one_process(
+        &path,
+        &api(3),
+        "the answer through the NATs is one process's",
     );
-    assert_eq!(r.status, 200, "{}", r.body);
-    let got: Vec<u32> = r.json()["choices"][0]["token_ids"]
-        .as_array()
-        .expect("token_ids")
-        .iter()
-        .map(|t| t.as_u64().unwrap() as u32)
-        .collect();
-    assert_eq!(got, want, "the answer through the NATs is one process's");
 }

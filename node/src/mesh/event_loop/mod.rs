@@ -151,6 +151,16 @@ impl EventLoop {
         self
     }
 
+    /// A listen address with this node's `/p2p/ID` at the end (a circuit address names
+    /// the node already: `.../p2p-circuit/p2p/ME`).
+    fn with_own_id(&self, address: Multiaddr) -> Multiaddr {
+        if matches!(address.iter().last(), Some(Protocol::P2p(_))) {
+            address
+        } else {
+            address.with(Protocol::P2p(self.me))
+        }
+    }
+
     /// Closes `peer`'s relayed connections once a better one exists: sessions must not
     /// land on a circuit (libp2p-stream picks any connection to the peer), and the relay
     /// should not carry what a direct path can.
@@ -541,12 +551,7 @@ impl EventLoop {
                     // a relay without external addresses cannot hand out reservations.
                     self.swarm.add_external_address(address.clone());
                 }
-                // A circuit address names this node already (`.../p2p-circuit/p2p/ME`).
-                let full = if matches!(address.iter().last(), Some(Protocol::P2p(_))) {
-                    address
-                } else {
-                    address.with(Protocol::P2p(self.me))
-                };
+                let full = self.with_own_id(address);
                 if self.state.listen_addrs.contains(&full) {
                     return;
                 }
@@ -566,11 +571,7 @@ impl EventLoop {
                 self.dirty = true;
             }
             SwarmEvent::ExpiredListenAddr { address, .. } => {
-                let full = if matches!(address.iter().last(), Some(Protocol::P2p(_))) {
-                    address
-                } else {
-                    address.with(Protocol::P2p(self.me))
-                };
+                let full = self.with_own_id(address);
                 self.state.listen_addrs.retain(|a| *a != full);
                 self.dirty = true;
             }
