@@ -117,6 +117,10 @@ pub struct NodeConfig {
     pub behind_nat: bool,
     /// AutoNAT may probe private addresses (`--autonat-private`; testnets).
     pub autonat_private: bool,
+    /// Where a forwarded port reaches this node's mesh listener (`--external-addr`).
+    pub external_addrs: Vec<Multiaddr>,
+    /// Ask the router for port mappings (`--upnp`).
+    pub upnp: bool,
 }
 
 impl NodeConfig {
@@ -149,6 +153,8 @@ impl NodeConfig {
             relay: false,
             behind_nat: false,
             autonat_private: false,
+            external_addrs: Vec::new(),
+            upnp: false,
         }
     }
 
@@ -184,6 +190,8 @@ impl NodeConfig {
             relay: args.relay,
             behind_nat: args.behind_nat,
             autonat_private: args.autonat_private,
+            external_addrs: args.external_addr.clone(),
+            upnp: args.upnp,
         }
     }
 }

@@ -46,7 +46,8 @@ pub struct UpOptions {
     pub threads: Option<usize>,
     /// More arguments for every `lamina node`.
     pub extra_args: Vec<String>,
-    /// Shape every data-plane link (both directions) like this; needs [`up_with_links`].
+    /// Shape every data-plane link (both directions) like this; on loopback this needs
+    /// [`up_with_links`] (its relays), in namespaces netem shapes every node's uplink.
     pub link: Option<relay::LinkSpec>,
     /// Told of every node's progress (for progress bars).
     pub observer: Option<Observer>,
@@ -328,7 +329,7 @@ fn pick_udp_port() -> anyhow::Result<u16> {
 /// Starts a testnet and writes its state file. Refuses [`UpOptions::link`] (the relays
 /// must outlive this call: use [`up_with_links`]).
 pub fn up(opts: &UpOptions) -> anyhow::Result<TestnetState> {
-    if opts.link.is_some() {
+    if opts.link.is_some() && !opts.netns {
         bail!("link emulation needs its relays kept running: use up_with_links");
     }
     Ok(up_with_links(opts)?.state)
@@ -337,9 +338,6 @@ pub fn up(opts: &UpOptions) -> anyhow::Result<TestnetState> {
 /// Starts a testnet (with link emulation if [`UpOptions::link`] is set) and writes its
 /// state file.
 pub fn up_with_links(opts: &UpOptions) -> anyhow::Result<Testnet> {
-    if opts.netns && opts.link.is_some() {
-        bail!("link emulation relays run on loopback: it cannot be combined with --netns");
-    }
     if opts.state.exists() {
         let old = TestnetState::read(&opts.state)?;
         if old.nodes.iter().any(|n| is_our_node(n.pid)) {
@@ -405,7 +403,11 @@ pub fn up_with_links(opts: &UpOptions) -> anyhow::Result<Testnet> {
         bail!("--relay node-{i}: a relay must be reachable, and node-{i} is behind a NAT");
     }
     let namespaces = if opts.netns {
-        Some(netns::Netns::create_with_nats(layers.len(), &opts.nat)?)
+        let ns = netns::Netns::create_with_nats(layers.len(), &opts.nat)?;
+        if let Some(spec) = &opts.link {
+            ns.shape(spec)?;
+        }
+        Some(ns)
     } else {
         None
     };
@@ -423,6 +425,12 @@ pub fn up_with_links(opts: &UpOptions) -> anyhow::Result<Testnet> {
             .map(|ns| &ns.state.nodes[i])
             .filter(|n| n.nat.is_some())
             .map(|n| n.addr)
+    };
+    let nat_kind = |i: usize| {
+        namespaces
+            .as_ref()
+            .and_then(|ns| ns.state.nodes[i].nat.as_ref())
+            .map(|n| n.kind)
     };
     let ns_of = |i: usize| {
         namespaces
@@ -474,7 +482,11 @@ pub fn up_with_links(opts: &UpOptions) -> anyhow::Result<Testnet> {
         members.push(Some(file));
     }
     let mut started = Started(Vec::new());
-    let mut links = opts.link.map(Links::new).transpose()?;
+    // In namespaces netem shapes the links (see `Netns::shape`); on loopback, relays.
+    let mut links = match opts.netns {
+        true => None,
+        false => opts.link.map(Links::new).transpose()?,
+    };
     let mut nodes = Vec::new();
     let deadline = Instant::now() + opts.ready_timeout;
     let mut bootstrap: Option<String> = None;
@@ -530,14 +542,27 @@ pub fn up_with_links(opts: &UpOptions) -> anyhow::Result<Testnet> {
                 cmd.arg("--open");
             }
         }
-        let api_port = if nat_public(i).is_some() {
-            // Nobody can dial its data plane: sessions reach it on the mesh's
-            // connections (which it opens itself, or which reach it through a relay's
-            // circuit and then, where the NATs allow, a punched hole).
-            cmd.arg("--behind-nat");
-            netns::NAT_API_PORT
-        } else {
-            0
+        let api_port = match (nat_public(i), nat_kind(i)) {
+            (Some(public), Some(netns::Nat::Forwarded)) => {
+                // Its operator forwarded the mesh port: it says where, and sessions
+                // come over the mesh's connections (its data plane port is not open).
+                let port = netns::NAT_MESH_PORT;
+                cmd.arg("--p2p-listen")
+                    .arg(format!("/ip4/{}/udp/{port}/quic-v1", host_of(i)))
+                    .arg("--external-addr")
+                    .arg(format!("/ip4/{public}/udp/{port}/quic-v1"))
+                    .arg("--advertise-dataplane")
+                    .arg("p2p");
+                netns::NAT_API_PORT
+            }
+            (Some(_), _) => {
+                // Nobody can dial its data plane: sessions reach it on the mesh's
+                // connections (which it opens itself, or which reach it through a
+                // relay's circuit and then, where the NATs allow, a punched hole).
+                cmd.arg("--behind-nat");
+                netns::NAT_API_PORT
+            }
+            (None, _) => 0,
         };
         if opts.relays.contains(&i) {
             cmd.arg("--relay");

@@ -17,7 +17,9 @@
 //! (port-preserving for `cone`, `fully-random` for `symmetric`: a new port per remote
 //! endpoint), forwards only replies inward (a port-restricted NAT), and forwards one TCP
 //! port, the node's API ([`NAT_API_PORT`]), so `up`, `status` and clients reach it at the
-//! public address. Nothing is routed out of the machine.
+//! public address. A `forwarded` NAT is symmetric but also forwards the mesh port
+//! ([`NAT_MESH_PORT`], UDP), as an operator who opened a port on a router would. Nothing
+//! is routed out of the machine.
 //!
 //! The plan (names, addresses, which routes a cut needs, the NAT rules) is pure;
 //! [`Netns`] runs `ip` and `nft`.
@@ -37,6 +39,8 @@ pub const MAX_NODES: usize = 253;
 
 /// The port a node behind a NAT serves its API on, forwarded by its gateway.
 pub const NAT_API_PORT: u16 = 8080;
+/// The mesh (libp2p QUIC) port a `forwarded` NAT forwards to its node.
+pub const NAT_MESH_PORT: u16 = 4001;
 
 /// The kind of NAT in front of a node.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -48,6 +52,9 @@ pub enum Nat {
     /// A new mapping (random port) for every remote endpoint: hole punching fails, only a
     /// relay or the node's own outbound connections reach it.
     Symmetric,
+    /// A symmetric NAT whose operator forwarded the mesh port ([`NAT_MESH_PORT`], UDP)
+    /// to the node, which says so (`lamina node --external-addr`): peers dial it directly.
+    Forwarded,
 }
 
 impl std::str::FromStr for Nat {
@@ -57,7 +64,8 @@ impl std::str::FromStr for Nat {
         match s {
             "cone" => Ok(Self::Cone),
             "symmetric" => Ok(Self::Symmetric),
-            _ => bail!("unknown NAT {s:?}: cone or symmetric"),
+            "forwarded" => Ok(Self::Forwarded),
+            _ => bail!("unknown NAT {s:?}: cone, symmetric or forwarded"),
         }
     }
 }
@@ -84,15 +92,23 @@ impl NatGateway {
     pub fn ruleset(&self) -> String {
         let masquerade = match self.kind {
             Nat::Cone => "masquerade",
-            Nat::Symmetric => "masquerade fully-random",
+            Nat::Symmetric | Nat::Forwarded => "masquerade fully-random",
         };
         let lan = self.lan_addr;
         let port = NAT_API_PORT;
+        let (forward_in, forward_ok) = match self.kind {
+            Nat::Forwarded => (
+                format!("\t\tiifname \"wan\" udp dport {NAT_MESH_PORT} dnat to {lan}:{NAT_MESH_PORT}\n"),
+                format!("\t\tiifname \"wan\" oifname \"lan\" ip daddr {lan} udp dport {NAT_MESH_PORT} ct status dnat accept\n"),
+            ),
+            Nat::Cone | Nat::Symmetric => (String::new(), String::new()),
+        };
         format!(
             "table ip lamina_nat {{\n\
              \tchain prerouting {{\n\
              \t\ttype nat hook prerouting priority dstnat; policy accept;\n\
              \t\tiifname \"wan\" tcp dport {port} dnat to {lan}:{port}\n\
+             {forward_in}\
              \t}}\n\
              \tchain postrouting {{\n\
              \t\ttype nat hook postrouting priority srcnat; policy accept;\n\
@@ -109,6 +125,7 @@ impl NatGateway {
              \t\tct state established,related accept\n\
              \t\tiifname \"lan\" oifname \"wan\" accept\n\
              \t\tiifname \"wan\" oifname \"lan\" ip daddr {lan} tcp dport {port} ct status dnat accept\n\
+             {forward_ok}\
              \t}}\n\
              }}\n"
         )
@@ -402,6 +419,23 @@ impl Netns {
         Ok(net)
     }
 
+    /// Shapes every node's uplink like `spec`: a netem queue on the egress of its `eth0`,
+    /// so a datagram between two nodes is delayed once per machine it leaves, as on real
+    /// access links, and a relayed one (node, relay, node) twice. The userspace relays of
+    /// loopback testnets cannot do this here: sessions ride the mesh's own connections.
+    pub fn shape(&self, spec: &crate::relay::LinkSpec) -> anyhow::Result<()> {
+        let tc = sbin_tool("tc");
+        let mut args = vec!["qdisc", "replace", "dev", "eth0", "root"];
+        let netem = netem_args(spec);
+        args.extend(netem.iter().map(String::as_str));
+        for n in &self.state.nodes {
+            run_in(&n.netns, &tc, &args, None).context(
+                "link emulation in namespaces needs tc with netem (iproute2, sch_netem)",
+            )?;
+        }
+        Ok(())
+    }
+
     /// Leaves the namespaces in place (the state file names them; `down` removes them).
     pub fn keep(mut self) -> NetnsState {
         self.keep = true;
@@ -415,6 +449,31 @@ impl Drop for Netns {
             let _ = remove(&self.state);
         }
     }
+}
+
+/// The `netem` arguments of `spec` (pure): delay and jitter in microseconds, loss in
+/// percent, rate in bit/s, and a queue long enough that the delay alone never drops.
+/// Unlike the userspace relays, netem's jitter may reorder datagrams.
+pub fn netem_args(spec: &crate::relay::LinkSpec) -> Vec<String> {
+    let mut a = vec![
+        "netem".to_string(),
+        "limit".to_string(),
+        "100000".to_string(),
+        "delay".to_string(),
+        format!("{}us", spec.latency.as_micros()),
+    ];
+    if !spec.jitter.is_zero() {
+        a.push(format!("{}us", spec.jitter.as_micros()));
+    }
+    if spec.loss > 0.0 {
+        a.push("loss".to_string());
+        a.push(format!("{}%", spec.loss * 100.0));
+    }
+    if let Some(bps) = spec.bandwidth_bps {
+        a.push("rate".to_string());
+        a.push(format!("{bps}bit"));
+    }
+    a
 }
 
 /// Removes the testnet's namespaces (SIGKILLing any process still in one: only the
@@ -547,6 +606,26 @@ mod tests {
     }
 
     #[test]
+    fn netem_gets_every_part_of_a_link_spec_in_its_own_units() {
+        use std::time::Duration;
+        let plain = crate::relay::LinkSpec::latency(Duration::from_millis(20));
+        assert_eq!(
+            netem_args(&plain).join(" "),
+            "netem limit 100000 delay 20000us"
+        );
+        let full = crate::relay::LinkSpec {
+            latency: Duration::from_micros(2500),
+            jitter: Duration::from_micros(500),
+            loss: 0.001,
+            bandwidth_bps: Some(100_000_000),
+        };
+        assert_eq!(
+            netem_args(&full).join(" "),
+            "netem limit 100000 delay 2500us 500us loss 0.1% rate 100000000bit"
+        );
+    }
+
+    #[test]
     fn the_plan_names_and_numbers_every_node() {
         let p = NetnsState::plan("a1b2c3", 7, 3).unwrap();
         assert_eq!(p.bridge, "lta1b2c3");
@@ -585,6 +664,25 @@ mod tests {
         assert!(NetnsState::plan_with_nats("t", 1, 4, &[(2, Nat::Cone), (2, Nat::Cone)]).is_err());
         assert_eq!("symmetric".parse::<Nat>().unwrap(), Nat::Symmetric);
         assert!("full-cone".parse::<Nat>().is_err());
+        assert!(
+            !sym.contains(&format!("udp dport {NAT_MESH_PORT}")),
+            "only a forwarded NAT forwards the mesh port"
+        );
+        let f = NetnsState::plan_with_nats("t", 1, 3, &[(2, Nat::Forwarded)]).unwrap();
+        let fwd = f.nodes[2].nat.as_ref().unwrap().ruleset();
+        assert!(fwd.contains("masquerade fully-random"), "{fwd}");
+        assert!(
+            fwd.contains(&format!(
+                "udp dport {NAT_MESH_PORT} dnat to 192.168.2.2:{NAT_MESH_PORT}"
+            )),
+            "{fwd}"
+        );
+        assert!(
+            fwd.contains(&format!(
+                "ip daddr 192.168.2.2 udp dport {NAT_MESH_PORT} ct status dnat accept"
+            )),
+            "{fwd}"
+        );
     }
 
     #[test]

@@ -111,6 +111,7 @@ pub fn mesh_json(m: &MeshStatus) -> Value {
         "complete": m.complete,
         "last_route": last_route,
         "nat_status": m.nat_status,
+        "upnp": m.upnp,
     })
 }
 

@@ -44,6 +44,15 @@ pub struct NodeArgs {
     /// libp2p listen multiaddrs (default: QUIC and TCP on the --listen host, any port).
     #[arg(long = "p2p-listen", value_name = "MULTIADDR")]
     pub p2p_listen: Vec<libp2p::Multiaddr>,
+    /// An address at which peers reach this node's mesh listener through a port the
+    /// operator forwarded, e.g. /ip4/203.0.113.7/udp/4001/quic-v1 (repeat): announced
+    /// first and taken as reachable (with `--p2p-listen` on the forwarded port).
+    #[arg(long = "external-addr", value_name = "MULTIADDR")]
+    pub external_addr: Vec<libp2p::Multiaddr>,
+    /// Ask the router for port mappings (UPnP IGD) and announce the mapped address; off
+    /// by default. `/status` says what the router answered (`upnp`).
+    #[arg(long)]
+    pub upnp: bool,
     /// Peers to join through, e.g. /ip4/10.0.0.5/udp/4001/quic-v1/p2p/12D3Koo... (repeat).
     #[arg(long, value_name = "MULTIADDR")]
     pub bootstrap: Vec<libp2p::Multiaddr>,

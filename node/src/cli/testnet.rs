@@ -63,13 +63,15 @@ pub enum TestnetCommand {
         #[arg(long, value_parser = parse_threads)]
         threads: Option<usize>,
         /// Return once the model is covered and leave the nodes running (stop them with
-        /// `lamina testnet down --state FILE`) instead of staying up until Ctrl-C.
-        #[arg(long, conflicts_with_all = ["latency", "jitter", "loss", "bandwidth"])]
+        /// `lamina testnet down --state FILE`) instead of staying up until Ctrl-C. Not
+        /// with link emulation on loopback (`up` owns its relays).
+        #[arg(long)]
         detach: bool,
         /// Run every node in a network namespace of its own, joined by veth pairs to a
         /// bridge (root only; addresses in 10.213.0.0/16, nothing leaves the machine), so
-        /// `lamina testnet partition` can cut links. Not with link emulation.
-        #[arg(long, conflicts_with_all = ["latency", "jitter", "loss", "bandwidth"])]
+        /// `lamina testnet partition` can cut links. Link flags then shape every node's
+        /// uplink with netem (a relayed datagram crosses two).
+        #[arg(long)]
         netns: bool,
         /// With --netns: put nodes behind a NAT of their own, e.g.
         /// node-1=cone,node-2=symmetric (nftables; node-0, the bootstrap, stays public).
@@ -86,8 +88,9 @@ pub enum TestnetCommand {
         /// DIR/mesh (named in the state file), every node admitted before it starts.
         #[arg(long)]
         open: bool,
-        /// Link emulation: one-way delay added on every data-plane link, e.g. 20ms. Any
-        /// link flag keeps `up` running (it owns the relays) until Ctrl-C stops the nodes.
+        /// Link emulation: one-way delay added on every data-plane link, e.g. 20ms. On
+        /// loopback any link flag keeps `up` running (it owns the relays) until Ctrl-C
+        /// stops the nodes; with --netns the kernel shapes every node's uplink.
         #[arg(long, value_parser = lamina_testnet::relay::parse_duration)]
         latency: Option<std::time::Duration>,
         /// Link emulation: delay jitter (uniform ±), e.g. 2ms; never reorders datagrams.

@@ -103,6 +103,11 @@ pub fn run(cmd: TestnetCommand) -> anyhow::Result<()> {
                     bandwidth_bps: bandwidth,
                 };
                 spec.validate()?;
+                if detach && !netns {
+                    anyhow::bail!(
+                        "--detach with link emulation needs --netns: on loopback `up` owns the relays that shape the links"
+                    );
+                }
                 opts.link = Some(spec);
             }
             // Signals are caught before the first node starts: a Ctrl-C while they load
@@ -131,6 +136,9 @@ pub fn run(cmd: TestnetCommand) -> anyhow::Result<()> {
                 println!("{}{relay}", super::progress::node_line(n));
             }
             println!("state: {}", state.display());
+            if let (true, Some(spec)) = (netns, &opts.link) {
+                println!("links shaped by netem on every node's uplink: {spec}");
+            }
             if detach {
                 return Ok(());
             }

@@ -197,6 +197,8 @@ impl Node {
             relay: config.relay.then(crate::mesh::RelayLimits::default),
             behind_nat: config.behind_nat,
             autonat_private: config.autonat_private,
+            external: config.external_addrs.clone(),
+            upnp: config.upnp,
         };
         let token = CancellationToken::new();
         let tasks = TaskTracker::new();

@@ -15,7 +15,7 @@ use libp2p::request_response::{self, ProtocolSupport};
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::swarm::NetworkBehaviour;
 use libp2p::{
-    autonat, connection_limits, dcutr, identify, kad, mdns, noise, ping, relay, tcp, yamux,
+    autonat, connection_limits, dcutr, identify, kad, mdns, noise, ping, relay, tcp, upnp, yamux,
     Multiaddr, PeerId, StreamProtocol,
 };
 use serde::{Deserialize, Serialize};
@@ -90,6 +90,9 @@ pub struct Behaviour {
     pub dcutr: dcutr::Behaviour,
     /// Whether this node is reachable at its addresses: peers dial it back.
     pub autonat: autonat::Behaviour,
+    /// Port mappings on the home router (`--upnp`): its external address, once mapped,
+    /// is one peers dial directly.
+    pub upnp: Toggle<upnp::tokio::Behaviour>,
     /// Session streams of the data plane on the mesh's own connections
     /// ([`crate::dataplane::SESSION_PROTOCOL`]), for hops that announce
     /// [`crate::dataplane::P2P_ADDR`].
@@ -109,6 +112,11 @@ pub struct SwarmOptions {
     pub behind_nat: bool,
     /// AutoNAT probes private addresses too (testnets: every address there is private).
     pub autonat_private: bool,
+    /// Addresses at which an operator says this node is reachable (a forwarded port,
+    /// `--external-addr`): announced first, and confirmed to AutoNAT, identify and DCUtR.
+    pub external: Vec<Multiaddr>,
+    /// Ask the router for port mappings (UPnP IGD, `--upnp`).
+    pub upnp: bool,
 }
 
 /// What a relay gives the nodes behind NATs that use it. Circuits carry their sessions
@@ -195,6 +203,7 @@ pub fn build_swarm_with(
     let mdns_on = opts.mdns;
     let relay_limits = opts.relay;
     let autonat_private = opts.autonat_private;
+    let upnp_on = opts.upnp;
     let mut swarm = libp2p::SwarmBuilder::with_existing_identity(key.clone())
         .with_tokio()
         .with_tcp(
@@ -265,6 +274,7 @@ pub fn build_swarm_with(
                         ..autonat::Config::default()
                     },
                 ),
+                upnp: Toggle::from(upnp_on.then(upnp::tokio::Behaviour::default)),
                 streams: libp2p_stream::Behaviour::new(),
             })
         })
@@ -275,6 +285,9 @@ pub fn build_swarm_with(
         swarm
             .listen_on(addr.clone())
             .map_err(|e| MeshError::Swarm(format!("cannot listen on {addr}: {e}")))?;
+    }
+    for addr in &opts.external {
+        swarm.add_external_address(addr.clone());
     }
     for addr in &opts.bootstrap {
         if let Some(peer) = peer_of(addr) {

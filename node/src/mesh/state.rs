@@ -89,6 +89,8 @@ pub struct MeshState {
     pub paths: HashMap<PeerId, Path>,
     /// What AutoNAT last said of this node's reachability, if anything.
     pub nat_status: Option<String>,
+    /// What UPnP last said (`--upnp`): mapped, no gateway, ...
+    pub upnp: Option<String>,
 }
 
 impl MeshState {
@@ -112,6 +114,7 @@ impl MeshState {
             connections_refused: RefusalCounts::new(),
             paths: HashMap::new(),
             nat_status: None,
+            upnp: None,
         }
     }
 
@@ -139,6 +142,7 @@ impl MeshState {
             connections_refused: self.connections_refused.clone(),
             paths: self.paths.clone(),
             nat_status: self.nat_status.clone(),
+            upnp: self.upnp.clone(),
         }
     }
 }
@@ -172,6 +176,8 @@ pub struct MeshSnapshot {
     pub paths: HashMap<PeerId, Path>,
     /// What AutoNAT last said of this node's reachability, if anything.
     pub nat_status: Option<String>,
+    /// What UPnP last said, with `--upnp`.
+    pub upnp: Option<String>,
 }
 
 impl MeshSnapshot {

@@ -79,6 +79,8 @@ pub struct MeshStatus {
     pub last_route: Option<RouteSummary>,
     /// What AutoNAT says of this node's reachability, once it said anything.
     pub nat_status: Option<String>,
+    /// What UPnP says (`--upnp`): `mapped ADDR`, `no gateway`, `gateway not routable`.
+    pub upnp: Option<String>,
 }
 
 /// What `snap` says about `model` at `now_ms`, as seen by `me`.
@@ -150,5 +152,6 @@ pub fn mesh_status(
         complete: coverage.is_complete(),
         last_route,
         nat_status: snap.nat_status.clone(),
+        upnp: snap.upnp.clone(),
     }
 }

@@ -8,6 +8,8 @@
 //!   relayed addresses; two nodes behind cone NATs meet through the relay and DCUtR
 //!   punches a direct connection (`hole-punched` in `/status`); a node behind a symmetric
 //!   NAT stays `relayed` to them; a prompt at its API is answered through every NAT.
+//! - An operator who forwarded the mesh port (`forwarded`, `--external-addr`): the
+//!   address is announced first and peers behind symmetric NATs dial it directly.
 //!
 //! Answers are exactly one process's (f32 activations).
 
@@ -31,13 +33,15 @@ impl Drop for Down {
 }
 
 /// A namespace testnet of stories260K over `ranges`, with `nat` and `relays`, one thread
-/// per node, no spot checks; stopped when the returned guard drops.
+/// per node, no spot checks, `extra` flags for every node; stopped when the returned
+/// guard drops.
 fn up(
     path: &std::path::Path,
     dir: &TempDir,
     ranges: &[&str],
     nat: Vec<(usize, Nat)>,
     relays: Vec<usize>,
+    extra: &[&str],
 ) -> (lamina_testnet::TestnetState, Down) {
     let state = dir.path().join("state.json");
     let mut opts = UpOptions::new(
@@ -54,6 +58,7 @@ fn up(
     opts.nat = nat;
     opts.relays = relays;
     opts.verify_rate = 0.0;
+    opts.extra_args = extra.iter().map(|a| a.to_string()).collect();
     let st = lamina_testnet::up(&opts).expect("testnet up");
     (st, Down(state))
 }
@@ -97,6 +102,7 @@ fn a_node_behind_a_symmetric_nat_serves_its_layers_over_the_connections_it_opene
         &["0..2", "2..5", "none"],
         vec![(1, Nat::Symmetric)],
         vec![],
+        &[],
     );
     let ns = st.netns.clone().expect("namespaces");
     let natted = &ns.nodes[1];
@@ -167,6 +173,7 @@ fn cone_nats_punch_a_hole_and_a_symmetric_nat_stays_relayed() {
         &["0..2", "2..3", "3..4", "4..5"],
         vec![(1, Nat::Cone), (2, Nat::Cone), (3, Nat::Symmetric)],
         vec![0],
+        &[],
     );
     let api = |i: usize| st.nodes[i].api.clone().expect("API");
     let peer = |i: usize| st.nodes[i].peer_id.clone();
@@ -206,4 +213,65 @@ fn cone_nats_punch_a_hole_and_a_symmetric_nat_stays_relayed() {
         &api(3),
         "the answer through the NATs is one process's",
     );
+}
+
+#[test]
+fn a_forwarded_port_is_announced_first_and_peers_behind_nats_dial_it_directly() {
+    let Some(path) = model_path(STORIES) else {
+        return;
+    };
+    if !netns_available() {
+        return;
+    }
+    let dir = TempDir::new("nat-forwarded");
+    let (st, _down) = up(
+        &path,
+        &dir,
+        &["0..2", "2..4", "4..5"],
+        vec![(1, Nat::Forwarded), (2, Nat::Symmetric)],
+        vec![0],
+        // No gateway here speaks UPnP: the nodes must say so, and carry on.
+        &["--upnp"],
+    );
+    let ns = st.netns.clone().expect("namespaces");
+    let api = |i: usize| st.nodes[i].api.clone().expect("API");
+    let peer = |i: usize| st.nodes[i].peer_id.clone();
+
+    // node-1 announces the forwarded port at its gateway first.
+    let want_addr = format!(
+        "/ip4/{}/udp/{}/quic-v1/p2p/{}",
+        ns.nodes[1].addr,
+        lamina_testnet::netns::NAT_MESH_PORT,
+        peer(1)
+    );
+    let own = get(api(1).trim_start_matches("http://"), "/status").json();
+    assert_eq!(own["listen"][0], want_addr.as_str(), "{own}");
+
+    // Two symmetric NATs would only meet through the relay; the forwarded port lets
+    // node-2 dial node-1 directly, and node-1 sees that connection as direct too.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let got = (path_of(&api(2), &peer(1)), path_of(&api(1), &peer(2)));
+        if got == (Some("direct".into()), Some("direct".into())) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "paths 2->1, 1->2: {got:?}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+
+    answers_as_one_process(
+        &path,
+        &api(2),
+        "the answer through the forwarded port is one process's",
+    );
+    // UPnP's search (multicast, inside the namespaces) found no router to ask.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let upnp = get(api(2).trim_start_matches("http://"), "/status").json()["upnp"].clone();
+        if upnp == "no gateway" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "upnp: {upnp}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
 }

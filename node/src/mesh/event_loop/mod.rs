@@ -27,7 +27,7 @@ use libp2p::identity::Keypair;
 use libp2p::multiaddr::Protocol;
 use libp2p::request_response;
 use libp2p::swarm::{DialError, ListenError, SwarmEvent};
-use libp2p::{autonat, dcutr, identify, kad, mdns, ping, relay, Multiaddr, PeerId};
+use libp2p::{autonat, dcutr, identify, kad, mdns, ping, relay, upnp, Multiaddr, PeerId};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
@@ -183,6 +183,22 @@ impl EventLoop {
             .collect();
     }
 
+    /// Puts `full` at the head of this node's addresses and re-signs its record: the record
+    /// keeps only its first addresses, and this is one peers can dial.
+    fn advertise_first(&mut self, full: Multiaddr) {
+        if self.state.listen_addrs.first() == Some(&full) {
+            return;
+        }
+        self.state.listen_addrs.retain(|a| *a != full);
+        self.state.listen_addrs.insert(0, full);
+        self.dirty = true;
+        if self.state.own.seq > 0 {
+            if let Err(e) = self.sign_own() {
+                tracing::warn!("cannot re-sign the record: {e}");
+            }
+        }
+    }
+
     /// Whether this node needs a relay: told so, or AutoNAT found it unreachable.
     fn needs_relay(&self) -> bool {
         self.behind_nat
@@ -228,6 +244,13 @@ impl EventLoop {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut refresh = tokio::time::interval(REFRESH_INTERVAL);
         refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Addresses an operator configured (`--external-addr`) were confirmed before the
+        // swarm ran: no event announces them.
+        let configured: Vec<Multiaddr> = self.swarm.external_addresses().cloned().collect();
+        for address in configured {
+            let full = self.with_own_id(address);
+            self.advertise_first(full);
+        }
         loop {
             tokio::select! {
                 _ = stop.cancelled() => break,
@@ -556,18 +579,24 @@ impl EventLoop {
                     return;
                 }
                 if relayed {
-                    // First: the record keeps only its first addresses, and this is the
-                    // one peers can dial.
                     tracing::info!(address = %full, "reachable through a relay");
-                    self.state.listen_addrs.insert(0, full);
-                    if self.state.own.seq > 0 {
-                        if let Err(e) = self.sign_own() {
-                            tracing::warn!("cannot re-sign the record: {e}");
-                        }
-                    }
+                    self.advertise_first(full);
                 } else {
                     self.state.listen_addrs.push(full);
                 }
+                self.dirty = true;
+            }
+            SwarmEvent::ExternalAddrConfirmed { address } => {
+                // A forwarded port, a UPnP mapping, or an address AutoNAT dialed back:
+                // reachable, so peers should try it before anything else.
+                tracing::info!(%address, "external address confirmed");
+                let full = self.with_own_id(address);
+                self.state.listen_addrs.retain(|a| *a != full);
+                self.advertise_first(full);
+            }
+            SwarmEvent::ExternalAddrExpired { address } => {
+                let full = self.with_own_id(address);
+                self.state.listen_addrs.retain(|a| *a != full);
                 self.dirty = true;
             }
             SwarmEvent::ExpiredListenAddr { address, .. } => {
@@ -799,6 +828,17 @@ impl EventLoop {
                 self.state.nat_status = Some(format!("{new:?}"));
                 self.dirty = true;
                 self.maybe_reserve();
+            }
+            BehaviourEvent::Upnp(ev) => {
+                let said = match ev {
+                    upnp::Event::NewExternalAddr(addr) => format!("mapped {addr}"),
+                    upnp::Event::ExpiredExternalAddr(addr) => format!("mapping expired {addr}"),
+                    upnp::Event::GatewayNotFound => "no gateway".to_string(),
+                    upnp::Event::NonRoutableGateway => "gateway not routable".to_string(),
+                };
+                tracing::info!(upnp = %said, "port mapping (UPnP)");
+                self.state.upnp = Some(said);
+                self.dirty = true;
             }
             BehaviourEvent::RelayClient(relay::client::Event::ReservationReqAccepted {
                 relay_peer_id,
