@@ -24,6 +24,7 @@ pub mod control;
 pub mod events;
 pub mod netns;
 pub mod placement;
+pub mod uplink;
 pub use control::{kill, restart, wait_redundant, Signal};
 pub use events::{CancelFlag, Observer, UpEvent};
 
@@ -47,7 +48,8 @@ pub struct UpOptions {
     /// More arguments for every `lamina node`.
     pub extra_args: Vec<String>,
     /// Shape every data-plane link (both directions) like this; on loopback this needs
-    /// [`up_with_links`] (its relays), in namespaces netem shapes every node's uplink.
+    /// [`up_with_links`] (its relays); in namespaces a shaper holds what leaves each node
+    /// ([`uplink`]).
     pub link: Option<relay::LinkSpec>,
     /// Told of every node's progress (for progress bars).
     pub observer: Option<Observer>,
@@ -405,7 +407,7 @@ pub fn up_with_links(opts: &UpOptions) -> anyhow::Result<Testnet> {
     let namespaces = if opts.netns {
         let ns = netns::Netns::create_with_nats(layers.len(), &opts.nat)?;
         if let Some(spec) = &opts.link {
-            ns.shape(spec)?;
+            ns.shape(&opts.lamina_exe, spec)?;
         }
         Some(ns)
     } else {
@@ -482,7 +484,7 @@ pub fn up_with_links(opts: &UpOptions) -> anyhow::Result<Testnet> {
         members.push(Some(file));
     }
     let mut started = Started(Vec::new());
-    // In namespaces netem shapes the links (see `Netns::shape`); on loopback, relays.
+    // In namespaces the uplink shapers shape the links (`Netns::shape`); on loopback, relays.
     let mut links = match opts.netns {
         true => None,
         false => opts.link.map(Links::new).transpose()?,

@@ -419,19 +419,38 @@ impl Netns {
         Ok(net)
     }
 
-    /// Shapes every node's uplink like `spec`: a netem queue on the egress of its `eth0`,
-    /// so a datagram between two nodes is delayed once per machine it leaves, as on real
-    /// access links, and a relayed one (node, relay, node) twice. The userspace relays of
-    /// loopback testnets cannot do this here: sessions ride the mesh's own connections.
-    pub fn shape(&self, spec: &crate::relay::LinkSpec) -> anyhow::Result<()> {
-        let tc = sbin_tool("tc");
-        let mut args = vec!["qdisc", "replace", "dev", "eth0", "root"];
-        let netem = netem_args(spec);
-        args.extend(netem.iter().map(String::as_str));
-        for n in &self.state.nodes {
-            run_in(&n.netns, &tc, &args, None).context(
-                "link emulation in namespaces needs tc with netem (iproute2, sch_netem)",
-            )?;
+    /// Shapes every node's uplink like `spec`: a shaper process in each node's namespace
+    /// (`exe testnet shape-uplink`, see [`crate::uplink`]) holds every packet leaving its
+    /// `eth0`, so a datagram between two nodes is delayed once per machine it leaves and
+    /// a relayed one (node, relay, node) twice. Returns once every shaper is in place;
+    /// they live until their namespace is removed.
+    pub fn shape(
+        &self,
+        exe: &std::path::Path,
+        spec: &crate::relay::LinkSpec,
+    ) -> anyhow::Result<()> {
+        use std::io::BufRead;
+        for (i, n) in self.state.nodes.iter().enumerate() {
+            let mut child = command_in(&n.netns, exe)
+                .args(shaper_args(spec, i as u64))
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .with_context(|| format!("cannot start the uplink shaper in {}", n.netns))?;
+            let mut line = String::new();
+            if let Some(out) = child.stdout.take() {
+                std::io::BufReader::new(out).read_line(&mut line)?;
+            }
+            if line.trim() != "ready" {
+                let _ = child.kill();
+                let out = child.wait_with_output()?;
+                bail!(
+                    "the uplink shaper in {} failed: {}",
+                    n.netns,
+                    String::from_utf8_lossy(&out.stderr).trim()
+                );
+            }
         }
         Ok(())
     }
@@ -451,26 +470,27 @@ impl Drop for Netns {
     }
 }
 
-/// The `netem` arguments of `spec` (pure): delay and jitter in microseconds, loss in
-/// percent, rate in bit/s, and a queue long enough that the delay alone never drops.
-/// Unlike the userspace relays, netem's jitter may reorder datagrams.
-pub fn netem_args(spec: &crate::relay::LinkSpec) -> Vec<String> {
+/// The arguments of `lamina testnet shape-uplink` for `spec` (pure), in units its
+/// parsers read back exactly.
+pub fn shaper_args(spec: &crate::relay::LinkSpec, seed: u64) -> Vec<String> {
     let mut a = vec![
-        "netem".to_string(),
-        "limit".to_string(),
-        "100000".to_string(),
-        "delay".to_string(),
+        "testnet".to_string(),
+        "shape-uplink".to_string(),
+        "--latency".to_string(),
         format!("{}us", spec.latency.as_micros()),
+        "--seed".to_string(),
+        seed.to_string(),
     ];
     if !spec.jitter.is_zero() {
+        a.push("--jitter".to_string());
         a.push(format!("{}us", spec.jitter.as_micros()));
     }
     if spec.loss > 0.0 {
-        a.push("loss".to_string());
-        a.push(format!("{}%", spec.loss * 100.0));
+        a.push("--loss".to_string());
+        a.push(spec.loss.to_string());
     }
     if let Some(bps) = spec.bandwidth_bps {
-        a.push("rate".to_string());
+        a.push("--bandwidth".to_string());
         a.push(format!("{bps}bit"));
     }
     a
@@ -547,7 +567,7 @@ pub fn heal(state: &NetnsState) -> anyhow::Result<()> {
 
 /// `name` from the PATH, else from the system directories a root shell would search
 /// (a minimal PATH often lacks `/usr/sbin`, where nftables installs `nft`).
-fn sbin_tool(name: &str) -> String {
+pub(crate) fn sbin_tool(name: &str) -> String {
     let in_path = std::env::var_os("PATH")
         .map(|p| std::env::split_paths(&p).any(|d| d.join(name).is_file()))
         .unwrap_or(false);
@@ -606,23 +626,26 @@ mod tests {
     }
 
     #[test]
-    fn netem_gets_every_part_of_a_link_spec_in_its_own_units() {
+    fn the_shaper_gets_every_part_of_a_link_spec_in_units_it_reads_back() {
+        use crate::relay::{parse_bandwidth, parse_duration, parse_loss, LinkSpec};
         use std::time::Duration;
-        let plain = crate::relay::LinkSpec::latency(Duration::from_millis(20));
+        let plain = LinkSpec::latency(Duration::from_millis(20));
         assert_eq!(
-            netem_args(&plain).join(" "),
-            "netem limit 100000 delay 20000us"
+            shaper_args(&plain, 3).join(" "),
+            "testnet shape-uplink --latency 20000us --seed 3"
         );
-        let full = crate::relay::LinkSpec {
+        let full = LinkSpec {
             latency: Duration::from_micros(2500),
             jitter: Duration::from_micros(500),
             loss: 0.001,
             bandwidth_bps: Some(100_000_000),
         };
-        assert_eq!(
-            netem_args(&full).join(" "),
-            "netem limit 100000 delay 2500us 500us loss 0.1% rate 100000000bit"
-        );
+        let a = shaper_args(&full, 0);
+        let value = |flag: &str| a[a.iter().position(|x| x == flag).unwrap() + 1].clone();
+        assert_eq!(parse_duration(&value("--latency")).unwrap(), full.latency);
+        assert_eq!(parse_duration(&value("--jitter")).unwrap(), full.jitter);
+        assert_eq!(parse_loss(&value("--loss")).unwrap(), full.loss);
+        assert_eq!(parse_bandwidth(&value("--bandwidth")).unwrap(), 100_000_000);
     }
 
     #[test]

@@ -70,7 +70,7 @@ pub enum TestnetCommand {
         /// Run every node in a network namespace of its own, joined by veth pairs to a
         /// bridge (root only; addresses in 10.213.0.0/16, nothing leaves the machine), so
         /// `lamina testnet partition` can cut links. Link flags then shape every node's
-        /// uplink with netem (a relayed datagram crosses two).
+        /// uplink (NFQUEUE and iptables; a relayed datagram crosses two).
         #[arg(long)]
         netns: bool,
         /// With --netns: put nodes behind a NAT of their own, e.g.
@@ -90,7 +90,7 @@ pub enum TestnetCommand {
         open: bool,
         /// Link emulation: one-way delay added on every data-plane link, e.g. 20ms. On
         /// loopback any link flag keeps `up` running (it owns the relays) until Ctrl-C
-        /// stops the nodes; with --netns the kernel shapes every node's uplink.
+        /// stops the nodes; with --netns a shaper holds what leaves each node.
         #[arg(long, value_parser = lamina_testnet::relay::parse_duration)]
         latency: Option<std::time::Duration>,
         /// Link emulation: delay jitter (uniform ±), e.g. 2ms; never reorders datagrams.
@@ -156,6 +156,21 @@ pub enum TestnetCommand {
         /// The state file `up` wrote.
         #[arg(long)]
         state: PathBuf,
+    },
+    /// INTERNAL: the uplink shaper `up --netns` starts in each node's namespace with link
+    /// flags (holds what leaves eth0, through NFQUEUE, until the link says).
+    #[command(hide = true)]
+    ShapeUplink {
+        #[arg(long, value_parser = lamina_testnet::relay::parse_duration)]
+        latency: std::time::Duration,
+        #[arg(long, value_parser = lamina_testnet::relay::parse_duration)]
+        jitter: Option<std::time::Duration>,
+        #[arg(long, value_parser = lamina_testnet::relay::parse_loss)]
+        loss: Option<f64>,
+        #[arg(long, value_parser = lamina_testnet::relay::parse_bandwidth)]
+        bandwidth: Option<u64>,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
     },
     /// Which nodes of a testnet are alive, their layers and APIs, and the coverage.
     Status {

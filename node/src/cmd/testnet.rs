@@ -137,7 +137,7 @@ pub fn run(cmd: TestnetCommand) -> anyhow::Result<()> {
             }
             println!("state: {}", state.display());
             if let (true, Some(spec)) = (netns, &opts.link) {
-                println!("links shaped by netem on every node's uplink: {spec}");
+                println!("every node's uplink shaped: {spec}");
             }
             if detach {
                 return Ok(());
@@ -214,6 +214,22 @@ pub fn run(cmd: TestnetCommand) -> anyhow::Result<()> {
                 }
             );
             Ok(())
+        }
+        TestnetCommand::ShapeUplink {
+            latency,
+            jitter,
+            loss,
+            bandwidth,
+            seed,
+        } => {
+            let spec = lamina_testnet::relay::LinkSpec {
+                latency,
+                jitter: jitter.unwrap_or_default(),
+                loss: loss.unwrap_or(0.0),
+                bandwidth_bps: bandwidth,
+            };
+            spec.validate()?;
+            lamina_testnet::uplink::run(spec, seed)
         }
         TestnetCommand::Heal { state } => {
             let st = lamina_testnet::TestnetState::read(&state)?;

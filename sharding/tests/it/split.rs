@@ -250,3 +250,101 @@ fn sub_shards_of_overlapping_loads_chain_like_the_unsplit_model() {
         .sub_shard(lamina_sharding::layers::range(0, 3).unwrap())
         .is_err());
 }
+
+/// Continuous batching must not change a session's output: with f32 activations the
+/// logits of a session stepped in a batch with others equal, bit for bit, those of the
+/// session stepped alone (prefills of different lengths, then decode steps, at every
+/// batch size the node may form).
+#[test]
+fn batched_sessions_equal_single_sessions_bit_for_bit_on_real_models() {
+    use lamina_sharding::executor::{LogitRows, SeqStep, Shard, ShardInput};
+    for file in ["SmolLM2-135M-Instruct.Q4_1.gguf", "stories260K.gguf"] {
+        let Some(path) = crate::common::model_path(file) else {
+            return;
+        };
+        let model = ModelFile::open(&path).unwrap();
+        let n = model.config().unwrap().n_layers;
+        let shard = Shard::load(
+            &model,
+            lamina_sharding::layers::range(0, n).unwrap(),
+            &Device::Cpu,
+        )
+        .unwrap();
+        let prompts: Vec<Vec<u32>> = (0..5u32)
+            .map(|s| {
+                (0..(1 + 7 * s))
+                    .map(|i| 1 + (i * 31 + s * 17) % 250)
+                    .collect()
+            })
+            .collect();
+        let decode = |s: usize, k: usize| vec![(3 + 11 * s as u32 + 5 * k as u32) % 250 + 1];
+        let alone: Vec<Vec<Vec<f32>>> = prompts
+            .iter()
+            .enumerate()
+            .map(|(s, p)| {
+                let mut c = shard.new_cache(64).unwrap();
+                let mut out = vec![shard
+                    .forward(&mut c, ShardInput::Tokens(p.clone()), LogitRows::Last)
+                    .unwrap()
+                    .into_tensor()
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1::<f32>()
+                    .unwrap()];
+                for k in 0..3 {
+                    out.push(
+                        shard
+                            .forward(&mut c, ShardInput::Tokens(decode(s, k)), LogitRows::Last)
+                            .unwrap()
+                            .into_tensor()
+                            .flatten_all()
+                            .unwrap()
+                            .to_vec1::<f32>()
+                            .unwrap(),
+                    );
+                }
+                out
+            })
+            .collect();
+        for size in 2..=prompts.len() {
+            let mut caches: Vec<_> = (0..size).map(|_| shard.new_cache(64).unwrap()).collect();
+            for k in 0..4 {
+                let mut steps: Vec<SeqStep> = caches
+                    .iter_mut()
+                    .enumerate()
+                    .map(|(s, c)| SeqStep {
+                        cache: c,
+                        input: ShardInput::Tokens(match k {
+                            0 => prompts[s].clone(),
+                            _ => decode(s, k - 1),
+                        }),
+                        logits: LogitRows::Last,
+                    })
+                    .collect();
+                let outs = shard.forward_batch(&mut steps).unwrap();
+                for (s, o) in outs.into_iter().enumerate() {
+                    let got = o
+                        .into_tensor()
+                        .flatten_all()
+                        .unwrap()
+                        .to_vec1::<f32>()
+                        .unwrap();
+                    let want = alone[s].get(k).unwrap();
+                    let same = got
+                        .iter()
+                        .zip(want)
+                        .all(|(a, b)| a.to_bits() == b.to_bits());
+                    let worst = got
+                        .iter()
+                        .zip(want)
+                        .map(|(a, b)| (a - b).abs())
+                        .fold(0f32, f32::max);
+                    assert!(
+                        same,
+                        "{file}: session {s} of a batch of {size}, step {k}: max diff {worst:e}"
+                    );
+                }
+            }
+        }
+    }
+}
