@@ -201,6 +201,7 @@ fn limits_of(a: &crate::cli::LimitArgs) -> Limits {
     let mut l = Limits {
         max_sessions: a.max_sessions,
         idle_timeout: Duration::from_secs(a.idle_timeout_secs),
+        batch_rows: a.batch_rows,
         ..Limits::default()
     };
     l.peers.kv_budget_bytes = a.kv_budget;

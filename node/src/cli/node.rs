@@ -169,6 +169,11 @@ pub struct LimitArgs {
     #[arg(long, default_value_t = crate::limits::DEFAULT_MAX_STEP_ROWS,
           value_parser = clap::value_parser!(u32).range(512..=65536))]
     pub max_step_rows: u32,
+    /// Rows one forward may stack from the steps of sessions waiting together
+    /// (continuous batching); 1 steps sessions one by one.
+    #[arg(long, default_value_t = crate::session::queue::DEFAULT_BATCH_ROWS,
+          value_parser = parse_count)]
+    pub batch_rows: usize,
     /// Data-plane connections at once, from all peers.
     #[arg(long, default_value_t = 256, value_parser = parse_count)]
     pub max_connections: usize,

@@ -274,6 +274,7 @@ impl Node {
                 refusals: metrics.refusals().clone(),
                 faults: faults.clone(),
                 gate: gate.clone(),
+                batch_rows: config.limits.batch_rows,
             };
             let server =
                 SessionServer::new(shard, model_id, dialer.clone(), Reporter::new(key), opts)?;

@@ -54,6 +54,8 @@ pub struct Limits {
     pub http: HttpBounds,
     /// What mesh peers can make this node spend (gossip, libp2p connections).
     pub mesh: crate::mesh::MeshLimits,
+    /// Rows one forward may stack from waiting sessions' steps (1: no batching).
+    pub batch_rows: usize,
 }
 
 impl Default for Limits {
@@ -65,6 +67,7 @@ impl Default for Limits {
             peers: PeerBounds::default(),
             http: HttpBounds::default(),
             mesh: crate::mesh::MeshLimits::default(),
+            batch_rows: crate::session::queue::DEFAULT_BATCH_ROWS,
         }
     }
 }

@@ -1,102 +1,17 @@
-//! A hop's compute: a few threads per node that run steps in the order they arrive, handed
-//! over from the async session tasks and answered through a oneshot.
+//! One step's work at a hop: the shard's forward, the sampler on the last hop, and the
+//! conversions between wire tensors and candle's; for one session ([`run_step`]) or for
+//! several at once ([`run_batch`]: their rows stacked into one forward, so the weights
+//! are read once for all of them, each session with its own KV cache and positions).
 //!
-//! Why a FIFO queue and not `spawn_blocking` per step: the kernels already spread one
-//! step over their pool's threads, so more steps at once than the cores can hold only
-//! fight over the cores and finish late together; sixteen prefills at once all finish
-//! late. In order, each finishes as early as it can, the async workers never block, and
-//! this queue is where continuous batching (several sessions' rows in one forward) plugs
-//! in. The queue has as many workers as kernel pools fit in the cores
-//! ([`workers_for`]): one when the kernels use every core, more when they use fewer (a
-//! node started with `--threads 1` on a 2-core machine steps two sessions at once, as
-//! it did before this queue; with one worker its concurrent clients got half the
-//! throughput).
-//!
-//! What runs here is the model: the shard's forward, the sampler on the last hop, and the
-//! conversions between wire tensors and candle's.
-
-use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::{mpsc, Arc, Mutex, PoisonError};
+//! No threads and no queue here: [`super::queue`] decides what runs together and when.
 
 use candle_core::{DType, Device, Tensor};
 use lamina_protocol::{ForwardInput, WireDType, WireTensor};
-use lamina_sharding::executor::{LogitRows, Shard, ShardInput, ShardOutput};
+use lamina_sharding::executor::{LogitRows, SeqStep, Shard, ShardInput, ShardOutput};
 use lamina_sharding::kv_cache::KvCache;
 use lamina_sharding::sampling::Sampler;
-use tokio::sync::oneshot;
 
 use super::machine::Role;
-
-type Job = Box<dyn FnOnce() + Send>;
-
-/// Why a job did not run to its end.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ComputeError {
-    #[error("the compute thread has stopped")]
-    Stopped,
-    #[error("the computation panicked: {0}")]
-    Panicked(String),
-}
-
-/// Workers of a compute queue: how many steps, each running on a kernel pool of
-/// `kernel_threads` threads, fit in `cores` at once (at least one, at most eight).
-pub fn workers_for(cores: usize, kernel_threads: usize) -> usize {
-    (cores / kernel_threads.max(1)).clamp(1, 8)
-}
-
-/// The node's compute threads. Cloning shares them; they stop when the last clone is
-/// dropped.
-#[derive(Clone)]
-pub struct ComputeQueue {
-    tx: mpsc::Sender<Job>,
-}
-
-impl ComputeQueue {
-    /// Starts `workers` threads (at least one) named `name-i` (for profilers and
-    /// panics), taking jobs in arrival order.
-    pub fn start(name: &str, workers: usize) -> std::io::Result<Self> {
-        let (tx, rx) = mpsc::channel::<Job>();
-        let rx = Arc::new(Mutex::new(rx));
-        for i in 0..workers.max(1) {
-            let rx = rx.clone();
-            std::thread::Builder::new()
-                .name(format!("{name}-{i}"))
-                .spawn(move || loop {
-                    // The lock is held only while waiting for the next job, not while it
-                    // runs; a poisoned lock (a panic while waiting cannot happen) is
-                    // taken over.
-                    let job = rx.lock().unwrap_or_else(PoisonError::into_inner).recv();
-                    match job {
-                        Ok(job) => job(),
-                        Err(_) => return,
-                    }
-                })?;
-        }
-        Ok(Self { tx })
-    }
-
-    /// Runs `f` on the compute thread after every job queued before it. A panic in `f`
-    /// is this job's error; the thread goes on with the next.
-    pub async fn run<T: Send + 'static>(
-        &self,
-        f: impl FnOnce() -> T + Send + 'static,
-    ) -> Result<T, ComputeError> {
-        let (done, answer) = oneshot::channel();
-        let job: Job = Box::new(move || {
-            let r = catch_unwind(AssertUnwindSafe(f)).map_err(|p| {
-                let what = p
-                    .downcast_ref::<&str>()
-                    .map(|s| s.to_string())
-                    .or_else(|| p.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "a panic".into());
-                ComputeError::Panicked(what)
-            });
-            let _ = done.send(r);
-        });
-        self.tx.send(job).map_err(|_| ComputeError::Stopped)?;
-        answer.await.map_err(|_| ComputeError::Stopped)?
-    }
-}
 
 /// A session's state that the compute thread works on: moved there for each step and back.
 pub struct SessionCompute {
@@ -127,6 +42,15 @@ fn internal(e: impl std::fmt::Display) -> StepError {
     StepError::Internal(e.to_string())
 }
 
+/// One session's step: its state, what it was sent and how its output is used.
+pub struct Step {
+    pub compute: SessionCompute,
+    pub input: ForwardInput,
+    pub rows: usize,
+    pub dtype: WireDType,
+    pub role: Role,
+}
+
 /// One forward step of `rows` rows through `shard`.
 pub fn run_step(
     shard: &Shard,
@@ -136,17 +60,94 @@ pub fn run_step(
     dtype: WireDType,
     role: Role,
 ) -> Result<StepOut, StepError> {
-    let dim = shard.config().dim;
-    let input = match input {
-        ForwardInput::Tokens(t) => ShardInput::Tokens(t),
-        ForwardInput::Hidden(h) => {
-            let v = h.to_f32().map_err(|e| StepError::BadInput(e.to_string()))?;
-            ShardInput::Hidden(Tensor::from_vec(v, (rows, dim), &Device::Cpu).map_err(internal)?)
-        }
-    };
+    let input = shard_input(shard, input, rows)?;
     let out = shard
         .forward(&mut c.cache, input, LogitRows::Last)
         .map_err(|e| StepError::BadInput(e.to_string()))?;
+    finish(shard, c, out, rows, dtype, role)
+}
+
+/// The steps of several sessions on `shard` as one forward; each result, in the order of
+/// `steps`, is what [`run_step`] gives that session alone (bit for bit where the shard's
+/// kernels are batch-invariant: see [`Shard::forward_batch`]). A step whose input is bad
+/// fails alone; if the stacked forward fails, every step runs again by itself (the batch
+/// changed no cache), so an error lands on the session that caused it.
+pub fn run_batch(
+    shard: &Shard,
+    steps: Vec<Step>,
+) -> Vec<(SessionCompute, Result<StepOut, StepError>)> {
+    let n = steps.len();
+    let mut done: Vec<Option<(SessionCompute, Result<StepOut, StepError>)>> =
+        (0..n).map(|_| None).collect();
+    let mut ready: Vec<(usize, Step, ShardInput)> = Vec::with_capacity(n);
+    for (i, mut s) in steps.into_iter().enumerate() {
+        let input = std::mem::replace(&mut s.input, ForwardInput::Tokens(Vec::new()));
+        match shard_input(shard, input, s.rows) {
+            Ok(input) => ready.push((i, s, input)),
+            Err(e) => done[i] = Some((s.compute, Err(e))),
+        }
+    }
+    let outs = {
+        let mut seq: Vec<SeqStep<'_>> = ready
+            .iter_mut()
+            .map(|(_, s, input)| SeqStep {
+                cache: &mut s.compute.cache,
+                input: input.clone(),
+                logits: LogitRows::Last,
+            })
+            .collect();
+        shard.forward_batch(&mut seq)
+    };
+    match outs {
+        Ok(outs) => {
+            for ((i, mut s, _), out) in ready.into_iter().zip(outs) {
+                let r = finish(shard, &mut s.compute, out, s.rows, s.dtype, s.role);
+                done[i] = Some((s.compute, r));
+            }
+        }
+        Err(e) => {
+            tracing::debug!(
+                seqs = ready.len(),
+                "the stacked step failed ({e}): one by one"
+            );
+            for (i, mut s, input) in ready {
+                let r = shard
+                    .forward(&mut s.compute.cache, input, LogitRows::Last)
+                    .map_err(|e| StepError::BadInput(e.to_string()))
+                    .and_then(|out| finish(shard, &mut s.compute, out, s.rows, s.dtype, s.role));
+                done[i] = Some((s.compute, r));
+            }
+        }
+    }
+    done.into_iter().flatten().collect()
+}
+
+/// The wire input as the shard's: token ids as they are, hidden states as an f32
+/// `(rows, dim)` tensor.
+fn shard_input(shard: &Shard, input: ForwardInput, rows: usize) -> Result<ShardInput, StepError> {
+    match input {
+        ForwardInput::Tokens(t) => Ok(ShardInput::Tokens(t)),
+        ForwardInput::Hidden(h) => {
+            let v = h.to_f32().map_err(|e| StepError::BadInput(e.to_string()))?;
+            let dim = shard.config().dim;
+            Ok(ShardInput::Hidden(
+                Tensor::from_vec(v, (rows, dim), &Device::Cpu).map_err(internal)?,
+            ))
+        }
+    }
+}
+
+/// What the hop sends on for a step's shard output: hidden states on the wire (the last
+/// row only, in f32, for an entry that runs the head), or the token the sampler drew.
+fn finish(
+    shard: &Shard,
+    c: &mut SessionCompute,
+    out: ShardOutput,
+    rows: usize,
+    dtype: WireDType,
+    role: Role,
+) -> Result<StepOut, StepError> {
+    let dim = shard.config().dim;
     let flat = |t: Tensor| -> Result<Vec<f32>, StepError> {
         t.to_dtype(DType::F32)
             .and_then(|t| t.flatten_all())
@@ -191,51 +192,5 @@ pub fn run_step(
             Ok(StepOut::Token { id, logits })
         }
         (ShardOutput::Logits(_), _) => Err(internal("logits on a hop that does not sample")),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test]
-    async fn jobs_run_in_order_and_a_panic_is_only_its_own_error() {
-        let q = ComputeQueue::start("test-compute", 1).unwrap();
-        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let mut waits = Vec::new();
-        for i in 0..8 {
-            let log = log.clone();
-            waits.push(q.run(move || log.lock().unwrap().push(i)));
-        }
-        for w in waits {
-            w.await.unwrap();
-        }
-        assert_eq!(*log.lock().unwrap(), (0..8).collect::<Vec<_>>());
-        let e = q.run(|| -> u32 { panic!("boom") }).await.unwrap_err();
-        assert_eq!(e, ComputeError::Panicked("boom".into()));
-        assert_eq!(q.run(|| 7).await.unwrap(), 7, "the thread goes on");
-    }
-
-    #[tokio::test]
-    async fn several_workers_run_jobs_side_by_side() {
-        let q = ComputeQueue::start("test-compute", 2).unwrap();
-        // Two jobs that each wait for the other: they finish only if they run at once.
-        let barrier = std::sync::Arc::new(std::sync::Barrier::new(2));
-        let (a, b) = (barrier.clone(), barrier);
-        let (x, y) = tokio::join!(
-            q.run(move || a.wait().is_leader()),
-            q.run(move || b.wait().is_leader())
-        );
-        assert_ne!(x.unwrap(), y.unwrap(), "exactly one leader");
-    }
-
-    #[test]
-    fn workers_fill_the_cores_with_kernel_pools() {
-        assert_eq!(workers_for(2, 2), 1);
-        assert_eq!(workers_for(2, 1), 2);
-        assert_eq!(workers_for(8, 3), 2);
-        assert_eq!(workers_for(1, 4), 1);
-        assert_eq!(workers_for(64, 1), 8);
-        assert_eq!(workers_for(4, 0), 4);
     }
 }

@@ -15,9 +15,9 @@ use lamina_protocol::{ForwardInput, FrameLimits, ModelId};
 use lamina_sharding::executor::Shard;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use super::compute::ComputeQueue;
 use super::faults::FaultPlan;
 use super::machine::HostInfo;
+use super::queue::ComputeQueue;
 use super::reporter::Reporter;
 use crate::dataplane::Dialer;
 use crate::limits::{Connections, KvBudget, PeerBounds, Refusals};
@@ -44,6 +44,8 @@ pub struct ServerOptions {
     /// Who may open sessions: judged at every `Hello` on the peer id the TLS handshake
     /// proved (open by default).
     pub gate: SharedGate,
+    /// Rows one forward may stack from waiting sessions' steps (1: no batching).
+    pub batch_rows: usize,
 }
 
 impl Default for ServerOptions {
@@ -57,6 +59,7 @@ impl Default for ServerOptions {
             refusals: Refusals::default(),
             faults: None,
             gate: SharedGate::default(),
+            batch_rows: super::queue::DEFAULT_BATCH_ROWS,
         }
     }
 }
@@ -159,9 +162,10 @@ impl SessionServer {
         let served = Served::new(shard, model_id, &opts);
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let kernel_threads = lamina_sharding::kernels::pool::global().threads();
-        let compute = ComputeQueue::start(
+        let compute = ComputeQueue::start_with(
             &format!("{}-compute", opts.node_name),
-            super::compute::workers_for(cores, kernel_threads),
+            super::queue::workers_for(cores, kernel_threads),
+            opts.batch_rows,
         )?;
         Ok(Arc::new(Self {
             served: RwLock::new(Arc::new(served)),

@@ -16,7 +16,7 @@ use lamina_sharding::sampling::Sampler;
 use tokio::sync::OwnedSemaphorePermit;
 use tracing::Instrument;
 
-use super::compute::{run_step, SessionCompute, StepError, StepOut};
+use super::compute::{SessionCompute, Step, StepError, StepOut};
 use super::machine::{Role, StreamMachine};
 use super::next_hop::{NextHop, Upstream};
 use super::server::{Served, SessionServer};
@@ -417,15 +417,17 @@ impl Stream {
                 "the session's cache was lost in an earlier step",
             )
         })?;
-        let (shard, dtype) = (l.shard.clone(), l.dtype);
+        let work = Step {
+            compute,
+            input,
+            rows: rows as usize,
+            dtype: l.dtype,
+            role,
+        };
         let ran = self
             .server
             .compute()
-            .run(move || {
-                let mut c = compute;
-                let out = run_step(&shard, &mut c, input, rows as usize, dtype, role);
-                (c, out)
-            })
+            .step(l.shard.clone(), work)
             .instrument(span.clone())
             .await
             .map_err(|e| ErrorMessage::new(ErrorCode::Internal, e.to_string()))?;

@@ -9,7 +9,8 @@
 //!   punches a direct connection (`hole-punched` in `/status`); a node behind a symmetric
 //!   NAT stays `relayed` to them; a prompt at its API is answered through every NAT.
 //! - An operator who forwarded the mesh port (`forwarded`, `--external-addr`): the
-//!   address is announced first and peers behind symmetric NATs dial it directly.
+//!   address is announced first and peers behind symmetric NATs dial it directly (with
+//!   every uplink shaped, 5 ms, as `up --netns --latency` does).
 //!
 //! Answers are exactly one process's (f32 activations).
 
@@ -42,6 +43,7 @@ fn up(
     nat: Vec<(usize, Nat)>,
     relays: Vec<usize>,
     extra: &[&str],
+    link: Option<lamina_testnet::relay::LinkSpec>,
 ) -> (lamina_testnet::TestnetState, Down) {
     let state = dir.path().join("state.json");
     let mut opts = UpOptions::new(
@@ -59,6 +61,7 @@ fn up(
     opts.relays = relays;
     opts.verify_rate = 0.0;
     opts.extra_args = extra.iter().map(|a| a.to_string()).collect();
+    opts.link = link;
     let st = lamina_testnet::up(&opts).expect("testnet up");
     (st, Down(state))
 }
@@ -103,6 +106,7 @@ fn a_node_behind_a_symmetric_nat_serves_its_layers_over_the_connections_it_opene
         vec![(1, Nat::Symmetric)],
         vec![],
         &[],
+        None,
     );
     let ns = st.netns.clone().expect("namespaces");
     let natted = &ns.nodes[1];
@@ -174,6 +178,7 @@ fn cone_nats_punch_a_hole_and_a_symmetric_nat_stays_relayed() {
         vec![(1, Nat::Cone), (2, Nat::Cone), (3, Nat::Symmetric)],
         vec![0],
         &[],
+        None,
     );
     let api = |i: usize| st.nodes[i].api.clone().expect("API");
     let peer = |i: usize| st.nodes[i].peer_id.clone();
@@ -232,6 +237,10 @@ fn a_forwarded_port_is_announced_first_and_peers_behind_nats_dial_it_directly() 
         vec![0],
         // No gateway here speaks UPnP: the nodes must say so, and carry on.
         &["--upnp"],
+        // Every uplink shaped (the shapers must carry mesh, relay and sessions alike).
+        Some(lamina_testnet::relay::LinkSpec::latency(
+            Duration::from_millis(5),
+        )),
     );
     let ns = st.netns.clone().expect("namespaces");
     let api = |i: usize| st.nodes[i].api.clone().expect("API");

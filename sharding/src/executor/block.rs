@@ -29,6 +29,15 @@ pub(super) struct Block {
 }
 
 impl Block {
+    /// Whether every linear layer is batch-invariant ([`Linear::batch_invariant`]).
+    pub(super) fn batch_invariant(&self) -> bool {
+        [
+            &self.wq, &self.wk, &self.wv, &self.wo, &self.gate, &self.up, &self.down,
+        ]
+        .iter()
+        .all(|l| l.batch_invariant())
+    }
+
     /// `(name, n, k)` of the linear weights of layer `layer`, for the shard's
     /// [`KernelPlan`].
     pub(super) fn linear_weights(cfg: &ModelConfig, layer: usize) -> [(String, usize, usize); 7] {

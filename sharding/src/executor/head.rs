@@ -16,6 +16,11 @@ pub(super) struct Head {
 }
 
 impl Head {
+    /// Whether the output projection is batch-invariant ([`Linear::batch_invariant`]).
+    pub(super) fn batch_invariant(&self) -> bool {
+        self.output.batch_invariant()
+    }
+
     /// The output weight's name: a tied head reads the embedding table as its weight (in
     /// place for the kernels' types, else as candle's own copy).
     fn output_name(cfg: &ModelConfig) -> &'static str {

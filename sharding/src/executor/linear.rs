@@ -53,6 +53,13 @@ impl Linear {
         Self::from_qtensor(Arc::new(t), plan)
     }
 
+    /// Whether each output row is computed the same way however many rows are stacked:
+    /// lamina's kernels are (each row's dot products run in a fixed order), candle's
+    /// matmul is not (its blocking depends on the row count).
+    pub(super) fn batch_invariant(&self) -> bool {
+        matches!(self, Self::Kernel(_))
+    }
+
     pub(super) fn forward(&self, x: &Tensor) -> Result<Tensor> {
         match self {
             Self::Kernel(k) => k.forward(x)?.ok_or_else(|| {

@@ -184,6 +184,16 @@ impl Shard {
         ))
     }
 
+    /// Whether a session's outputs are the same, bit for bit, whether its step runs
+    /// alone or stacked with others' in [`forward_batch`](Self::forward_batch): true when
+    /// every linear layer runs on lamina's kernels (attention, norms and RoPE are per
+    /// row or per session already). Candle's matmul, used for weight types the kernels do
+    /// not cover (F32), blocks by row count, so stacking changes the last bits.
+    pub fn batch_invariant(&self) -> bool {
+        self.blocks.iter().all(|b| b.batch_invariant())
+            && self.head.as_ref().is_none_or(|h| h.batch_invariant())
+    }
+
     /// Runs one step for one session.
     pub fn forward(
         &self,

@@ -254,11 +254,17 @@ fn sub_shards_of_overlapping_loads_chain_like_the_unsplit_model() {
 /// Continuous batching must not change a session's output: with f32 activations the
 /// logits of a session stepped in a batch with others equal, bit for bit, those of the
 /// session stepped alone (prefills of different lengths, then decode steps, at every
-/// batch size the node may form).
+/// batch size the node may form), wherever the shard says it is batch-invariant
+/// (lamina's kernels: SmolLM2's Q4_1). stories260K's F32 weights run on candle's matmul,
+/// which is not (its nodes step sessions one by one): there it says so, and the
+/// difference is within float noise.
 #[test]
 fn batched_sessions_equal_single_sessions_bit_for_bit_on_real_models() {
     use lamina_sharding::executor::{LogitRows, SeqStep, Shard, ShardInput};
-    for file in ["SmolLM2-135M-Instruct.Q4_1.gguf", "stories260K.gguf"] {
+    for (file, invariant) in [
+        ("SmolLM2-135M-Instruct.Q4_1.gguf", true),
+        ("stories260K.gguf", false),
+    ] {
         let Some(path) = crate::common::model_path(file) else {
             return;
         };
@@ -270,6 +276,7 @@ fn batched_sessions_equal_single_sessions_bit_for_bit_on_real_models() {
             &Device::Cpu,
         )
         .unwrap();
+        assert_eq!(shard.batch_invariant(), invariant, "{file}");
         let prompts: Vec<Vec<u32>> = (0..5u32)
             .map(|s| {
                 (0..(1 + 7 * s))
@@ -340,7 +347,7 @@ fn batched_sessions_equal_single_sessions_bit_for_bit_on_real_models() {
                         .map(|(a, b)| (a - b).abs())
                         .fold(0f32, f32::max);
                     assert!(
-                        same,
+                        same || (!invariant && worst <= 1e-4),
                         "{file}: session {s} of a batch of {size}, step {k}: max diff {worst:e}"
                     );
                 }
