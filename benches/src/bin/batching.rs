@@ -1,0 +1,205 @@
+//! Continuous batching, side by side in one run (issue 18): one node serving every layer,
+//! started twice at once, with batching (`--batch-rows 512`, the default) and without
+//! (`--batch-rows 1`: sessions stepped one by one, as before), measured in alternating
+//! rounds with 1, 4, 16 and 32 concurrent streaming clients.
+//!
+//! ```text
+//! cargo build --release -p lamina-node -p lamina-benches &&
+//!   target/release/batching [--clients 1,4,16,32] [--tokens 64] [--rounds 3] [--threads 1]
+//! ```
+//!
+//! Per configuration: aggregate tokens/s (every stream's completion tokens over the wall
+//! time from the common start to the last stream's end), its ratio to one client's, and
+//! the worst client's time to first token over the median solo TTFT of the same node.
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use lamina_benches::mesh::{check_stop, install_ctrl_c, lamina_exe, stream_chat, Net, Sample};
+use lamina_benches::models::SMOLLM2_PATH;
+use lamina_benches::report::{markdown_table, median};
+use lamina_testnet::{Placement, UpOptions};
+use std::path::PathBuf;
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
+
+#[derive(Parser, Debug)]
+#[command(about = "Continuous batching on and off, one node, concurrent clients")]
+struct Args {
+    #[arg(long, value_delimiter = ',', default_value = "1,4,16,32")]
+    clients: Vec<usize>,
+    /// `max_tokens` of every request.
+    #[arg(long, default_value_t = 64)]
+    tokens: usize,
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// `--threads` of the nodes.
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+    /// `--batch-rows` of the batching node.
+    #[arg(long, default_value_t = 512)]
+    batch_rows: usize,
+    #[arg(long)]
+    lamina: Option<PathBuf>,
+    #[arg(long, default_value = SMOLLM2_PATH)]
+    model: PathBuf,
+    #[arg(long, default_value_t = 600)]
+    request_timeout: u64,
+}
+
+/// One concurrent run's figures.
+struct Run {
+    tokens_per_s: f64,
+    worst_ttft: Duration,
+}
+
+fn concurrent(api: &str, clients: usize, tokens: usize, timeout: Duration) -> Result<Run> {
+    let barrier = Arc::new(Barrier::new(clients + 1));
+    let handles: Vec<_> = (0..clients)
+        .map(|_| {
+            let (api, barrier) = (api.to_string(), barrier.clone());
+            std::thread::spawn(move || -> Result<Sample> {
+                barrier.wait();
+                stream_chat(&api, tokens, timeout)
+            })
+        })
+        .collect();
+    barrier.wait();
+    let start = Instant::now();
+    let mut total = 0;
+    let mut worst = Duration::ZERO;
+    for h in handles {
+        let s = h
+            .join()
+            .map_err(|_| anyhow::anyhow!("a client thread panicked"))??;
+        total += s.completion_tokens;
+        worst = worst.max(s.ttft);
+    }
+    Ok(Run {
+        tokens_per_s: total as f64 / start.elapsed().as_secs_f64().max(1e-9),
+        worst_ttft: worst,
+    })
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    install_ctrl_c()?;
+    let exe = lamina_exe(args.lamina.clone())?;
+    let work = std::env::temp_dir().join(format!("lamina-batching-{}", std::process::id()));
+    std::fs::create_dir_all(&work)?;
+    let max_clients = args.clients.iter().copied().max().unwrap_or(1);
+    let configs = [("batched", args.batch_rows), ("one by one", 1)];
+    let mut nets = Vec::new();
+    for (label, rows) in configs {
+        let name = label.replace(' ', "-");
+        let mut opts = UpOptions::new(
+            exe.clone(),
+            1,
+            args.model.clone(),
+            work.join(format!("{name}.state.json")),
+            work.join(&name),
+        );
+        opts.placement = Placement::Even;
+        opts.threads = Some(args.threads);
+        opts.extra_args = vec![
+            "--api-max-concurrent".into(),
+            (max_clients + 8).to_string(),
+            "--max-sessions".into(),
+            (max_clients + 64).to_string(),
+            "--batch-rows".into(),
+            rows.to_string(),
+        ];
+        let net = Net::up(&opts).with_context(|| format!("starting {label}"))?;
+        let api = net.api()?.to_string();
+        // Warm-up: page faults, connections.
+        stream_chat(&api, args.tokens, Duration::from_secs(args.request_timeout))?;
+        nets.push((label, api, net));
+    }
+    let timeout = Duration::from_secs(args.request_timeout);
+    // results[net][clients] = runs
+    let mut results: Vec<Vec<Vec<Run>>> = nets
+        .iter()
+        .map(|_| args.clients.iter().map(|_| Vec::new()).collect())
+        .collect();
+    for round in 0..args.rounds {
+        for (ci, &clients) in args.clients.iter().enumerate() {
+            let order: Vec<usize> = if round % 2 == 0 {
+                (0..nets.len()).collect()
+            } else {
+                (0..nets.len()).rev().collect()
+            };
+            for ni in order {
+                check_stop()?;
+                let r = concurrent(&nets[ni].1, clients, args.tokens, timeout)?;
+                eprintln!(
+                    "round {round} {:<10} {clients:>2} clients: {:7.1} tok/s, worst TTFT {:6.1} ms",
+                    nets[ni].0,
+                    r.tokens_per_s,
+                    r.worst_ttft.as_secs_f64() * 1e3
+                );
+                results[ni][ci].push(r);
+            }
+        }
+    }
+    let mut rows = Vec::new();
+    for (ni, (label, _, _)) in nets.iter().enumerate() {
+        let solo_tps = median(
+            &results[ni][0]
+                .iter()
+                .map(|r| r.tokens_per_s)
+                .collect::<Vec<_>>(),
+        );
+        let solo_ttft = median(
+            &results[ni][0]
+                .iter()
+                .map(|r| r.worst_ttft.as_secs_f64() * 1e3)
+                .collect::<Vec<_>>(),
+        );
+        for (ci, &clients) in args.clients.iter().enumerate() {
+            let tps = median(
+                &results[ni][ci]
+                    .iter()
+                    .map(|r| r.tokens_per_s)
+                    .collect::<Vec<_>>(),
+            );
+            let worst = median(
+                &results[ni][ci]
+                    .iter()
+                    .map(|r| r.worst_ttft.as_secs_f64() * 1e3)
+                    .collect::<Vec<_>>(),
+            );
+            let other = &results[1 - ni][ci];
+            let other_tps = median(&other.iter().map(|r| r.tokens_per_s).collect::<Vec<_>>());
+            rows.push(vec![
+                label.to_string(),
+                clients.to_string(),
+                format!("{tps:.1}"),
+                format!("{:.2}", tps / solo_tps.max(1e-9)),
+                format!("{:.2}", tps / other_tps.max(1e-9)),
+                format!("{worst:.1}"),
+                format!("{:.2}", worst / solo_ttft.max(1e-9)),
+            ]);
+        }
+    }
+    println!(
+        "SmolLM2 one node, --threads {}, {} tokens per request, medians of {} rounds:\n",
+        args.threads, args.tokens, args.rounds
+    );
+    println!(
+        "{}",
+        markdown_table(
+            &[
+                "node",
+                "clients",
+                "aggregate tok/s",
+                "vs 1 client",
+                "vs the other node",
+                "worst TTFT ms",
+                "worst TTFT / solo TTFT",
+            ],
+            &rows
+        )
+    );
+    drop(nets);
+    let _ = std::fs::remove_dir_all(&work);
+    Ok(())
+}
