@@ -9,8 +9,10 @@
 //! ```
 //!
 //! Per configuration: aggregate tokens/s (every stream's completion tokens over the wall
-//! time from the common start to the last stream's end), its ratio to one client's, and
-//! the worst client's time to first token over the median solo TTFT of the same node.
+//! time from the common start to the last stream's end), its ratio to one client's, the
+//! worst client's time to first token when all arrive at once, and the time to first
+//! token of a client that arrives while the others are decoding (the steady state of a
+//! busy node: `clients - 1` long streams running), each over the node's solo TTFT.
 
 use anyhow::{Context, Result};
 use clap::Parser;
@@ -50,6 +52,8 @@ struct Args {
 struct Run {
     tokens_per_s: f64,
     worst_ttft: Duration,
+    /// TTFT of one more client arriving while `clients - 1` others decode.
+    late_ttft: Duration,
 }
 
 fn concurrent(api: &str, clients: usize, tokens: usize, timeout: Duration) -> Result<Run> {
@@ -74,10 +78,37 @@ fn concurrent(api: &str, clients: usize, tokens: usize, timeout: Duration) -> Re
         total += s.completion_tokens;
         worst = worst.max(s.ttft);
     }
+    let tokens_per_s = total as f64 / start.elapsed().as_secs_f64().max(1e-9);
     Ok(Run {
-        tokens_per_s: total as f64 / start.elapsed().as_secs_f64().max(1e-9),
+        tokens_per_s,
         worst_ttft: worst,
+        late_ttft: late_arrival(api, clients, tokens, timeout)?,
     })
+}
+
+/// The TTFT of a client that arrives once `clients - 1` others are decoding long
+/// streams (each past its first token).
+fn late_arrival(api: &str, clients: usize, tokens: usize, timeout: Duration) -> Result<Duration> {
+    let busy = clients.saturating_sub(1);
+    let started = Arc::new(Barrier::new(busy + 1));
+    let handles: Vec<_> = (0..busy)
+        .map(|_| {
+            let (api, started) = (api.to_string(), started.clone());
+            std::thread::spawn(move || -> Result<Sample> {
+                started.wait();
+                stream_chat(&api, 2 * tokens, timeout)
+            })
+        })
+        .collect();
+    started.wait();
+    // Past every busy stream's prefill: they decode now.
+    std::thread::sleep(Duration::from_millis(if busy == 0 { 0 } else { 1500 }));
+    let s = stream_chat(api, tokens, timeout)?;
+    for h in handles {
+        h.join()
+            .map_err(|_| anyhow::anyhow!("a client thread panicked"))??;
+    }
+    Ok(s.ttft)
 }
 
 fn main() -> Result<()> {
@@ -131,10 +162,11 @@ fn main() -> Result<()> {
                 check_stop()?;
                 let r = concurrent(&nets[ni].1, clients, args.tokens, timeout)?;
                 eprintln!(
-                    "round {round} {:<10} {clients:>2} clients: {:7.1} tok/s, worst TTFT {:6.1} ms",
+                    "round {round} {:<10} {clients:>2} clients: {:7.1} tok/s, worst TTFT {:6.1} ms, late arrival TTFT {:6.1} ms",
                     nets[ni].0,
                     r.tokens_per_s,
-                    r.worst_ttft.as_secs_f64() * 1e3
+                    r.worst_ttft.as_secs_f64() * 1e3,
+                    r.late_ttft.as_secs_f64() * 1e3
                 );
                 results[ni][ci].push(r);
             }
@@ -167,6 +199,12 @@ fn main() -> Result<()> {
                     .map(|r| r.worst_ttft.as_secs_f64() * 1e3)
                     .collect::<Vec<_>>(),
             );
+            let late = median(
+                &results[ni][ci]
+                    .iter()
+                    .map(|r| r.late_ttft.as_secs_f64() * 1e3)
+                    .collect::<Vec<_>>(),
+            );
             let other = &results[1 - ni][ci];
             let other_tps = median(&other.iter().map(|r| r.tokens_per_s).collect::<Vec<_>>());
             rows.push(vec![
@@ -177,6 +215,8 @@ fn main() -> Result<()> {
                 format!("{:.2}", tps / other_tps.max(1e-9)),
                 format!("{worst:.1}"),
                 format!("{:.2}", worst / solo_ttft.max(1e-9)),
+                format!("{late:.1}"),
+                format!("{:.2}", late / solo_ttft.max(1e-9)),
             ]);
         }
     }
@@ -195,6 +235,8 @@ fn main() -> Result<()> {
                 "vs the other node",
                 "worst TTFT ms",
                 "worst TTFT / solo TTFT",
+                "late arrival TTFT ms",
+                "late / solo TTFT",
             ],
             &rows
         )
