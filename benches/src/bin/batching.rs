@@ -1,7 +1,7 @@
 //! Continuous batching, side by side in one run (issue 18): one node serving every layer,
-//! started twice at once, with batching (`--batch-rows 512`, the default) and without
-//! (`--batch-rows 1`: sessions stepped one by one, as before), measured in alternating
-//! rounds with 1, 4, 16 and 32 concurrent streaming clients.
+//! with batching (`--batch-rows 512`, the default) and without (`--batch-rows 1`:
+//! sessions stepped one by one, as before), each round starting each afresh (one node up
+//! at a time, in alternating order), with 1, 4, 16 and 32 concurrent streaming clients.
 //!
 //! ```text
 //! cargo build --release -p lamina-node -p lamina-benches &&
@@ -119,9 +119,11 @@ fn main() -> Result<()> {
     std::fs::create_dir_all(&work)?;
     let max_clients = args.clients.iter().copied().max().unwrap_or(1);
     let configs = [("batched", args.batch_rows), ("one by one", 1)];
-    let mut nets = Vec::new();
-    for (label, rows) in configs {
-        let name = label.replace(' ', "-");
+    // One node up at a time, started afresh for each round in alternating order: two
+    // nodes up at once measured differently by start order alone (the first started one
+    // about 0.83x the other with identical flags, --threads 2), so none shares the machine.
+    let up = |label: &str, rows: usize, round: usize| -> Result<(String, Net)> {
+        let name = format!("{}-{round}", label.replace(' ', "-"));
         let mut opts = UpOptions::new(
             exe.clone(),
             1,
@@ -143,37 +145,39 @@ fn main() -> Result<()> {
         let api = net.api()?.to_string();
         // Warm-up: page faults, connections.
         stream_chat(&api, args.tokens, Duration::from_secs(args.request_timeout))?;
-        nets.push((label, api, net));
-    }
+        Ok((api, net))
+    };
     let timeout = Duration::from_secs(args.request_timeout);
-    // results[net][clients] = runs
-    let mut results: Vec<Vec<Vec<Run>>> = nets
+    // results[config][clients] = runs
+    let mut results: Vec<Vec<Vec<Run>>> = configs
         .iter()
         .map(|_| args.clients.iter().map(|_| Vec::new()).collect())
         .collect();
     for round in 0..args.rounds {
-        for (ci, &clients) in args.clients.iter().enumerate() {
-            let order: Vec<usize> = if round % 2 == 0 {
-                (0..nets.len()).collect()
-            } else {
-                (0..nets.len()).rev().collect()
-            };
-            for ni in order {
+        let order: Vec<usize> = if round % 2 == 0 {
+            (0..configs.len()).collect()
+        } else {
+            (0..configs.len()).rev().collect()
+        };
+        for ni in order {
+            let (label, rows) = configs[ni];
+            let (api, net) = up(label, rows, round)?;
+            for (ci, &clients) in args.clients.iter().enumerate() {
                 check_stop()?;
-                let r = concurrent(&nets[ni].1, clients, args.tokens, timeout)?;
+                let r = concurrent(&api, clients, args.tokens, timeout)?;
                 eprintln!(
-                    "round {round} {:<10} {clients:>2} clients: {:7.1} tok/s, worst TTFT {:6.1} ms, late arrival TTFT {:6.1} ms",
-                    nets[ni].0,
+                    "round {round} {label:<10} {clients:>2} clients: {:7.1} tok/s, worst TTFT {:6.1} ms, late arrival TTFT {:6.1} ms",
                     r.tokens_per_s,
                     r.worst_ttft.as_secs_f64() * 1e3,
                     r.late_ttft.as_secs_f64() * 1e3
                 );
                 results[ni][ci].push(r);
             }
+            drop(net);
         }
     }
     let mut rows = Vec::new();
-    for (ni, (label, _, _)) in nets.iter().enumerate() {
+    for (ni, (label, _)) in configs.iter().enumerate() {
         let solo_tps = median(
             &results[ni][0]
                 .iter()
@@ -241,7 +245,6 @@ fn main() -> Result<()> {
             &rows
         )
     );
-    drop(nets);
     let _ = std::fs::remove_dir_all(&work);
     Ok(())
 }
