@@ -64,6 +64,10 @@ pub struct Metrics {
     rtt_peers: std::sync::Mutex<std::collections::HashSet<String>>,
     sessions_active: Gauge,
     session_inputs: Family<InputLabels, Gauge>,
+    /// Forwards the compute queue ran, and the session steps they carried (their ratio
+    /// is the mean batch size: continuous batching at work).
+    compute_batches: Gauge,
+    compute_steps: Gauge,
     /// The node's refusal counters (shared with the session server and the HTTP
     /// layer), copied into `refused` at every scrape.
     refusals: crate::limits::Refusals,
@@ -216,6 +220,18 @@ impl Metrics {
             "Steps this node's session server ran since start, by the kind of input it was fed",
             session_inputs.clone(),
         );
+        let compute_batches = Gauge::default();
+        registry.register(
+            "lamina_compute_batches",
+            "Forwards this node's compute queue ran since start (a lone step counts as one)",
+            compute_batches.clone(),
+        );
+        let compute_steps = Gauge::default();
+        registry.register(
+            "lamina_compute_batched_steps",
+            "Session steps those forwards carried (steps / batches = the mean batch size)",
+            compute_steps.clone(),
+        );
         let refused = Family::<BoundLabels, Gauge>::default();
         registry.register(
             "lamina_refused",
@@ -249,6 +265,8 @@ impl Metrics {
             rtt_peers: std::sync::Mutex::default(),
             sessions_active,
             session_inputs,
+            compute_batches,
+            compute_steps,
             refusals: crate::limits::Refusals::default(),
             refused,
             kv_bytes,
@@ -407,6 +425,13 @@ impl Metrics {
         }
     }
 
+    /// How the compute queue batched: forwards run and the steps they carried.
+    pub fn set_compute_batches(&self, batches: u64, steps: u64) {
+        self.compute_batches
+            .set(i64::try_from(batches).unwrap_or(i64::MAX));
+        self.compute_steps.set(i64::try_from(steps).unwrap_or(i64::MAX));
+    }
+
     /// The node's refusal counters: whoever refuses something counts it here.
     pub fn refusals(&self) -> &crate::limits::Refusals {
         &self.refusals
@@ -467,6 +492,7 @@ mod tests {
         m.set_hop_rtt("peer-a", 0.25);
         m.set_sessions_active(2);
         m.set_session_inputs(3, 9);
+        m.set_compute_batches(4, 10);
         let g = m.active_request();
         let text = m.encode();
         drop(g);
@@ -481,6 +507,8 @@ mod tests {
             "lamina_sessions_active 2",
             "lamina_session_steps_by_input{input=\"tokens\"} 3",
             "lamina_session_steps_by_input{input=\"hidden\"} 9",
+            "lamina_compute_batches 4",
+            "lamina_compute_batched_steps 10",
         ] {
             assert!(text.lines().any(|l| l == line), "{line:?} in\n{text}");
         }

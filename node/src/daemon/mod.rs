@@ -476,6 +476,8 @@ async fn follow(
         metrics.set_sessions_active(i64::try_from(active).unwrap_or(i64::MAX));
         if let Some(s) = &server {
             metrics.set_session_inputs(s.inputs().tokens(), s.inputs().hidden());
+            let batches = s.compute_stats();
+            metrics.set_compute_batches(batches.batches(), batches.steps());
             metrics.set_kv_budget(s.kv_budget().used(), s.kv_budget().total());
         }
         metrics.set_mesh(&mesh.snapshot());

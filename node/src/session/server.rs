@@ -273,6 +273,11 @@ impl SessionServer {
         &self.dialer
     }
 
+    /// How the compute queue batched so far (`/metrics`).
+    pub fn compute_stats(&self) -> &super::queue::BatchStats {
+        self.compute.stats()
+    }
+
     pub(super) fn compute(&self) -> &ComputeQueue {
         &self.compute
     }
