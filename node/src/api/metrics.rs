@@ -429,7 +429,8 @@ impl Metrics {
     pub fn set_compute_batches(&self, batches: u64, steps: u64) {
         self.compute_batches
             .set(i64::try_from(batches).unwrap_or(i64::MAX));
-        self.compute_steps.set(i64::try_from(steps).unwrap_or(i64::MAX));
+        self.compute_steps
+            .set(i64::try_from(steps).unwrap_or(i64::MAX));
     }
 
     /// The node's refusal counters: whoever refuses something counts it here.

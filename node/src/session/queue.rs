@@ -361,6 +361,47 @@ mod tests {
         assert_eq!(workers_for(4, 0), 4);
     }
 
+    /// Holds the queue's only worker in a job until the returned sender is used (or
+    /// dropped): the job is queued and running when this returns.
+    async fn hold_worker(
+        q: &ComputeQueue,
+    ) -> (std::sync::mpsc::Sender<()>, tokio::task::JoinHandle<()>) {
+        let (release, hold) = std::sync::mpsc::channel::<()>();
+        let (started_tx, started) = std::sync::mpsc::channel::<()>();
+        let q2 = q.clone();
+        let gate = tokio::spawn(async move {
+            let _ = q2
+                .run(move || {
+                    let _ = started_tx.send(());
+                    let _ = hold.recv();
+                })
+                .await;
+        });
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while started.try_recv().is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the worker never took the job"
+            );
+            tokio::task::yield_now().await;
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        (release, gate)
+    }
+
+    /// Waits (bounded) until `n` items wait in the queue.
+    async fn until_queued(q: &ComputeQueue, n: usize) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while q.closer.0.queue.lock().unwrap().work.len() < n {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the steps were never queued"
+            );
+            tokio::task::yield_now().await;
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+    }
+
     fn shard() -> Arc<Shard> {
         let spec = synth::SynthSpec {
             preset: synth::preset("tiny").unwrap().clone(),
@@ -435,9 +476,7 @@ mod tests {
 
         let q = ComputeQueue::start("test-batch", 1).unwrap();
         // Hold the only worker until every step is queued.
-        let (release, hold) = std::sync::mpsc::channel::<()>();
-        let gate = q.run(move || hold.recv().ok());
-        tokio::task::yield_now().await;
+        let (release, gate) = hold_worker(&q).await;
         let pending: Vec<_> = prompts
             .iter()
             .map(|p| {
@@ -445,14 +484,7 @@ mod tests {
                 tokio::spawn(async move { q.step(shard, s).await })
             })
             .collect();
-        // Every step is in the queue once the queue holds them all (checked by length).
-        loop {
-            let queued = q.closer.0.queue.lock().unwrap().work.len();
-            if queued == prompts.len() {
-                break;
-            }
-            tokio::task::yield_now().await;
-        }
+        until_queued(&q, prompts.len()).await;
         release.send(()).unwrap();
         gate.await.unwrap();
         for (i, p) in pending.into_iter().enumerate() {
@@ -471,8 +503,7 @@ mod tests {
         let shard = shard();
         let vocab = shard.config().vocab_size as u32;
         let q = ComputeQueue::start("test-batch-bad", 1).unwrap();
-        let (release, hold) = std::sync::mpsc::channel::<()>();
-        let gate = q.run(move || hold.recv().ok());
+        let (release, gate) = hold_worker(&q).await;
         let inputs = [vec![1, 2], vec![vocab + 5], vec![3]];
         let pending: Vec<_> = inputs
             .iter()
@@ -481,12 +512,7 @@ mod tests {
                 tokio::spawn(async move { q.step(shard, s).await })
             })
             .collect();
-        loop {
-            if q.closer.0.queue.lock().unwrap().work.len() == inputs.len() {
-                break;
-            }
-            tokio::task::yield_now().await;
-        }
+        until_queued(&q, inputs.len()).await;
         release.send(()).unwrap();
         gate.await.unwrap();
         let results: Vec<_> = futures_join(pending).await;
