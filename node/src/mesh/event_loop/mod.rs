@@ -591,7 +591,6 @@ impl EventLoop {
                 // reachable, so peers should try it before anything else.
                 tracing::info!(%address, "external address confirmed");
                 let full = self.with_own_id(address);
-                self.state.listen_addrs.retain(|a| *a != full);
                 self.advertise_first(full);
             }
             SwarmEvent::ExternalAddrExpired { address } => {
