@@ -13,6 +13,13 @@ mod testnet;
 
 use crate::cli::{Cli, Command};
 
+/// The compute threads a process may really use when `--threads` is not given: the CPUs
+/// of its affinity mask, within its cgroup's CPU quota (`available_parallelism` reads
+/// both), not the host's core count.
+pub fn default_compute_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
 /// Fixes the number of compute threads candle uses. Must run before any tensor work,
 /// because candle sizes its thread pools once, from these variables, on first use.
 pub fn set_compute_threads(n: usize) {
