@@ -235,6 +235,50 @@ pub fn stream_chat(api: &str, max_tokens: usize, timeout: Duration) -> Result<Sa
     })
 }
 
+/// `clients` streams of [`stream_chat`] started at once (behind a barrier): every
+/// stream's sample and the wall time from the common start to the last stream's end. On
+/// any failure, the first error, saying how many of the streams failed.
+pub fn concurrent_streams(
+    api: &str,
+    clients: usize,
+    max_tokens: usize,
+    timeout: Duration,
+) -> Result<(Vec<Sample>, Duration)> {
+    let barrier = std::sync::Arc::new(std::sync::Barrier::new(clients + 1));
+    let handles: Vec<_> = (0..clients)
+        .map(|_| {
+            let (api, barrier) = (api.to_string(), barrier.clone());
+            std::thread::spawn(move || {
+                barrier.wait();
+                stream_chat(&api, max_tokens, timeout)
+            })
+        })
+        .collect();
+    barrier.wait();
+    let start = Instant::now();
+    let mut samples = Vec::with_capacity(clients);
+    let (mut failed, mut first_err) = (0, None);
+    for h in handles {
+        let e = match h.join() {
+            Ok(Ok(s)) => {
+                samples.push(s);
+                continue;
+            }
+            Ok(Err(e)) => e,
+            Err(_) => anyhow::anyhow!("a client thread panicked"),
+        };
+        failed += 1;
+        first_err.get_or_insert(e);
+    }
+    let wall = start.elapsed();
+    if let Some(e) = first_err {
+        return Err(e.context(format!(
+            "{failed} of {clients} concurrent streams failed; the first"
+        )));
+    }
+    Ok((samples, wall))
+}
+
 /// `median (min-max)` with `prec` decimals.
 pub fn spread(v: &[f64], prec: usize) -> String {
     let (lo, hi) = crate::report::min_max(v);

@@ -16,13 +16,15 @@
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use lamina_benches::mesh::{check_stop, install_ctrl_c, lamina_exe, stream_chat, Net, Sample};
+use lamina_benches::mesh::{
+    check_stop, concurrent_streams, install_ctrl_c, lamina_exe, stream_chat, Net, Sample,
+};
 use lamina_benches::models::SMOLLM2_PATH;
 use lamina_benches::report::{markdown_table, median};
 use lamina_testnet::{Placement, UpOptions};
 use std::path::PathBuf;
 use std::sync::{Arc, Barrier};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 #[derive(Parser, Debug)]
 #[command(about = "Continuous batching on and off, one node, concurrent clients")]
@@ -57,28 +59,10 @@ struct Run {
 }
 
 fn concurrent(api: &str, clients: usize, tokens: usize, timeout: Duration) -> Result<Run> {
-    let barrier = Arc::new(Barrier::new(clients + 1));
-    let handles: Vec<_> = (0..clients)
-        .map(|_| {
-            let (api, barrier) = (api.to_string(), barrier.clone());
-            std::thread::spawn(move || -> Result<Sample> {
-                barrier.wait();
-                stream_chat(&api, tokens, timeout)
-            })
-        })
-        .collect();
-    barrier.wait();
-    let start = Instant::now();
-    let mut total = 0;
-    let mut worst = Duration::ZERO;
-    for h in handles {
-        let s = h
-            .join()
-            .map_err(|_| anyhow::anyhow!("a client thread panicked"))??;
-        total += s.completion_tokens;
-        worst = worst.max(s.ttft);
-    }
-    let tokens_per_s = total as f64 / start.elapsed().as_secs_f64().max(1e-9);
+    let (samples, wall) = concurrent_streams(api, clients, tokens, timeout)?;
+    let total: usize = samples.iter().map(|s| s.completion_tokens).sum();
+    let worst = samples.iter().map(|s| s.ttft).max().unwrap_or_default();
+    let tokens_per_s = total as f64 / wall.as_secs_f64().max(1e-9);
     Ok(Run {
         tokens_per_s,
         worst_ttft: worst,

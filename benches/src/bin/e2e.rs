@@ -22,7 +22,8 @@
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 use lamina_benches::mesh::{
-    check_stop, install_ctrl_c, lamina_exe, spread, stream_chat, Net, Sample, ScratchDir, PROMPT,
+    check_stop, concurrent_streams, install_ctrl_c, lamina_exe, spread, stream_chat, Net, Sample,
+    ScratchDir, PROMPT,
 };
 use lamina_benches::models::{self, SMOLLM2_PATH};
 use lamina_benches::relay_cost::{self, RelayCost};
@@ -33,7 +34,6 @@ use lamina_testnet::relay::LinkSpec;
 use lamina_testnet::{Placement, UpOptions};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
 #[derive(Parser, Debug)]
@@ -241,41 +241,9 @@ fn request(net: &Net, tokens: usize, args: &Args) -> Result<Sample> {
 
 /// `clients` streams at once; aggregate tokens/s over the common wall time.
 fn concurrent(net: &Net, clients: usize, args: &Args) -> Result<Concurrent> {
-    let api = net.api()?.to_string();
-    let barrier = Arc::new(Barrier::new(clients + 1));
     let timeout = Duration::from_secs(args.request_timeout);
-    let tokens = args.tokens;
-    let handles: Vec<_> = (0..clients)
-        .map(|_| {
-            let (api, barrier) = (api.clone(), barrier.clone());
-            std::thread::spawn(move || {
-                barrier.wait();
-                stream_chat(&api, tokens, timeout)
-            })
-        })
-        .collect();
-    barrier.wait();
-    let start = Instant::now();
-    let mut total = 0;
-    let (mut failed, mut first_err) = (0, None);
-    for h in handles {
-        let e = match h.join() {
-            Ok(Ok(s)) => {
-                total += s.completion_tokens;
-                continue;
-            }
-            Ok(Err(e)) => e,
-            Err(_) => anyhow::anyhow!("a client thread panicked"),
-        };
-        failed += 1;
-        first_err.get_or_insert(e);
-    }
-    let wall = start.elapsed();
-    if let Some(e) = first_err {
-        return Err(e.context(format!(
-            "{failed} of {clients} concurrent streams failed; the first"
-        )));
-    }
+    let (samples, wall) = concurrent_streams(net.api()?, clients, args.tokens, timeout)?;
+    let total: usize = samples.iter().map(|s| s.completion_tokens).sum();
     Ok(Concurrent {
         clients,
         error: None,
